@@ -1,0 +1,59 @@
+# foldline: the commands a person types. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+PYTEST ?= $(PYTHON) -m pytest
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help install lint test unit integration e2e bench demo kafka-up kafka-down postgres-up postgres-down \
+        envtest-up envtest-down crds chart-lint kind-up deploy clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+install: ## install foldline and its development tools (idempotent)
+	@scripts/bootstrap.sh
+
+lint: install ## ruff and mypy --strict on the package
+	$(PYTHON) -m ruff check services operator tests bench
+	$(PYTHON) -m mypy services/foldline operator/foldline_operator
+	$(PYTHON) -m mypy tests bench
+
+test: lint ## lint, then every test: unit, integration (real Kafka, PostgreSQL), e2e (real API server)
+	$(PYTEST) tests
+
+unit: install ## tests that need no service
+	$(PYTEST) tests/unit
+
+integration: install ## tests against the real Kafka broker and databases
+	$(PYTEST) tests/integration
+
+e2e: install ## the operator against a real kube-apiserver and etcd
+	$(PYTEST) tests/e2e
+
+bench: install ## benchmarks; they print figures and never fail on a time
+	$(PYTHON) -m bench
+
+demo: install ## broker, handler, projector and gateway on this machine; walks an invoice through its life
+	$(PYTHON) -m foldline.cli demo
+
+kafka-up: ## start the development Kafka broker (KRaft, loopback)
+	scripts/services.sh start kafka
+kafka-down: ## stop it
+	scripts/services.sh stop kafka
+postgres-up: ## start the development PostgreSQL server (loopback)
+	scripts/services.sh start postgres
+postgres-down: ## stop it
+	scripts/services.sh stop postgres
+envtest-up: ## build (once) and start etcd + kube-apiserver for the e2e tests
+	scripts/envtest.sh start
+envtest-down: ## stop them
+	scripts/envtest.sh stop
+
+kind-up: ## a local kind cluster (needs Docker, which this machine lacks)
+	kind create cluster --name foldline
+deploy: ## helm install the chart into the current cluster
+	helm upgrade --install foldline charts/foldline --namespace foldline --create-namespace
+
+clean: ## stop services, remove caches of this checkout
+	-scripts/services.sh stop all
+	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The foldline operator: reconciles EventSourcedAggregate and Projection resources (kopf)."""

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Start or stop the real services that development and the tests use (cached under .cache/).
+#   scripts/services.sh {start|stop|status} {kafka|postgres|all}
+# Uses $PYTHON (default: python3) with foldline importable (pip install -e .).
+set -euo pipefail
+
+usage() { echo "usage: $0 {start|stop|status} {kafka|postgres|all}" >&2; exit 2; }
+[[ $# -eq 2 ]] || usage
+action=$1 target=$2
+case $action in start | stop | status) ;; *) usage ;; esac
+case $target in
+  kafka | postgres) services=("$target") ;;
+  all) services=(postgres kafka) ;;
+  *) usage ;;
+esac
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python=${PYTHON:-python3}
+rc=0
+for service in "${services[@]}"; do
+  "$python" -m "foldline.dev.$service" "$action" || rc=$?
+done
+exit "$rc"

@@ -1,0 +1,80 @@
+"""foldline: event sourcing on Apache Kafka.
+
+``state = fold(events, empty)``: declare an aggregate's commands, events and fold, and foldline runs
+it exactly once on Kafka, projects it into tables, and serves it over HTTP.
+"""
+
+from foldline.aggregate import STATE, Aggregate, AggregateSpec, Decision, Rejection, Upcaster, load_aggregate
+from foldline.codec import from_json, to_json
+from foldline.errors import (
+    AggregateDefinitionError,
+    BrokerUnavailableError,
+    CommandError,
+    CommandRejectedError,
+    ConfigurationError,
+    DecodeError,
+    FoldlineError,
+    KafkaFatalError,
+    PermanentError,
+    RetryableError,
+    StoreCorruptedError,
+    StoreUnavailableError,
+    TopicMismatchError,
+    UnknownTypeError,
+    ValidationError,
+    VersionConflictError,
+    WaitTimeoutError,
+)
+from foldline.ids import AggregateId, CommandId, Version
+from foldline.partitioner import murmur2, partition_for
+from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord
+from foldline.settings import HandlerSettings, KafkaSettings
+from foldline.topics import Retention, TopicNames, aggregate_topics, delete_topics, ensure_topics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STATE",
+    "Aggregate",
+    "AggregateDefinitionError",
+    "AggregateId",
+    "AggregateSpec",
+    "BrokerUnavailableError",
+    "CommandEnvelope",
+    "CommandError",
+    "CommandId",
+    "CommandRejectedError",
+    "CommandResult",
+    "ConfigurationError",
+    "Decision",
+    "DecodeError",
+    "EventRecord",
+    "FoldlineError",
+    "HandlerSettings",
+    "KafkaFatalError",
+    "KafkaSettings",
+    "PermanentError",
+    "Rejection",
+    "Retention",
+    "RetryableError",
+    "SnapshotRecord",
+    "StoreCorruptedError",
+    "StoreUnavailableError",
+    "TopicMismatchError",
+    "TopicNames",
+    "UnknownTypeError",
+    "Upcaster",
+    "ValidationError",
+    "Version",
+    "VersionConflictError",
+    "WaitTimeoutError",
+    "__version__",
+    "aggregate_topics",
+    "delete_topics",
+    "ensure_topics",
+    "from_json",
+    "load_aggregate",
+    "murmur2",
+    "partition_for",
+    "to_json",
+]

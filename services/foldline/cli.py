@@ -1,0 +1,120 @@
+"""The ``foldline`` command line: one entry point for every process and for a person at a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+import structlog
+
+from foldline.errors import FoldlineError
+
+log = structlog.get_logger("foldline.cli")
+Command = Callable[[argparse.Namespace], int]
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_command_handler(args: argparse.Namespace) -> int:
+    from foldline.aggregate import load_aggregate
+    from foldline.observability.http import HealthServer
+    from foldline.settings import HandlerSettings
+    from foldline.topics import aggregate_topics, ensure_topics
+    from foldline.wiring import build_command_handler
+
+    spec = load_aggregate(args.aggregate)
+    settings = HandlerSettings.from_env()
+    log.info("settings", aggregate=spec.name, settings=repr(settings))
+    if args.create_topics:
+        ensure_topics(settings.kafka.client_config(), aggregate_topics(spec.name, args.partitions))
+    handler = build_command_handler(spec, settings)
+    health = HealthServer(settings.http_port, live=handler.live, ready=handler.ready).start()
+    _on_signals(handler.stop)
+    try:
+        handler.run()
+    finally:
+        health.stop()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from foldline.aggregate import load_aggregate
+    from foldline.settings import KafkaSettings
+    from foldline.topics import aggregate_topics, ensure_topics
+
+    spec = load_aggregate(args.aggregate)
+    report = ensure_topics(KafkaSettings.from_env().client_config(),
+                           aggregate_topics(spec.name, args.partitions, args.replication_factor),
+                           allow_partition_growth=args.allow_partition_growth)
+    for what in ("created", "grown", "reconfigured", "unchanged"):
+        for name in getattr(report, what):
+            print(f"{what:13} {name}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    if args.service == "kafka":
+        from foldline.dev import kafka
+
+        return kafka.main([args.action])
+    from foldline.dev import postgres
+
+    return postgres.main([args.action])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="foldline", description="Event sourcing on Apache Kafka.")
+    parser.add_argument("--log-format", choices=("json", "console"), help="default: console on a terminal")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("command-handler", help="run the exactly-once command handler of an aggregate")
+    p.add_argument("--aggregate", required=True, help="import path, e.g. foldline.examples.invoices:Invoices")
+    p.add_argument("--create-topics", action="store_true", help="create the aggregate's topics if missing")
+    p.add_argument("--partitions", type=int, default=3)
+    p.set_defaults(func=cmd_command_handler)
+
+    p = sub.add_parser("topics", help="create or check an aggregate's topics")
+    p.add_argument("--aggregate", required=True)
+    p.add_argument("--partitions", type=int, required=True)
+    p.add_argument("--replication-factor", type=int, default=1)
+    p.add_argument("--allow-partition-growth", action="store_true", help="growth remaps keys: opt in")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("dev", help="development services: a real Kafka broker, PostgreSQL")
+    p.add_argument("service", choices=("kafka", "postgres"))
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.set_defaults(func=cmd_dev)
+
+    from foldline import cli_client
+
+    cli_client.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from foldline.observability.logging import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format)
+    func: Command = args.func
+    try:
+        return func(args)
+    except FoldlineError as exc:
+        print(f"foldline: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

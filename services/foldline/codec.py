@@ -1,0 +1,244 @@
+"""Typed conversion between frozen dataclasses and JSON-ready values, with validation.
+
+Commands, events and states are plain frozen dataclasses. A converter is compiled once per type from
+its annotations, so the per-record cost is a few function calls, not a walk over type hints.
+
+Money is ``Decimal`` and travels as a JSON string: a JSON float is refused for a ``Decimal`` field,
+since a binary float cannot hold 0.10 exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from foldline.errors import AggregateDefinitionError, ValidationError
+
+T = TypeVar("T")
+Encoder = Callable[[Any], Any]
+Decoder = Callable[[Any, str], Any]
+
+_encoders: dict[Any, Encoder] = {}
+_decoders: dict[Any, Decoder] = {}
+
+
+def _fail(path: str, message: str) -> ValidationError:
+    where = path or "payload"
+    return ValidationError(f"{where}: {message}", details={"field": where})
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _decode_str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(path, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _decode_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _decode_float(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _decode_bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _decode_decimal(value: Any, path: str) -> Decimal:
+    if isinstance(value, (bool, float)):
+        raise _fail(path, "expected a decimal as a string such as \"12.50\" (floats lose cents)")
+    if isinstance(value, int):
+        return Decimal(value)
+    if not isinstance(value, str):
+        raise _fail(path, f"expected a decimal string, got {type(value).__name__}")
+    try:
+        result = Decimal(value)
+    except InvalidOperation:
+        raise _fail(path, f"{value!r} is not a decimal number") from None
+    if not result.is_finite():
+        raise _fail(path, f"{value!r} is not a finite number")
+    return result
+
+
+def _decode_date(value: Any, path: str) -> date:
+    if not isinstance(value, str):
+        raise _fail(path, "expected a date as YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _fail(path, f"{value!r} is not a date in the form YYYY-MM-DD") from None
+
+
+def _decode_datetime(value: Any, path: str) -> datetime:
+    if not isinstance(value, str):
+        raise _fail(path, "expected an ISO 8601 timestamp")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise _fail(path, f"{value!r} is not an ISO 8601 timestamp") from None
+
+
+def _isoformat(value: Any) -> Any:
+    return value.isoformat()
+
+
+_SCALARS: dict[Any, tuple[Encoder, Decoder]] = {
+    str: (_identity, _decode_str),
+    int: (_identity, _decode_int),
+    float: (_identity, _decode_float),
+    bool: (_identity, _decode_bool),
+    Decimal: (str, _decode_decimal),
+    date: (_isoformat, _decode_date),
+    datetime: (_isoformat, _decode_datetime),
+}
+
+
+def _compile(tp: Any) -> tuple[Encoder, Decoder]:
+    if tp in _SCALARS:
+        return _SCALARS[tp]
+    if tp is Any:
+        return _identity, lambda value, path: value
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is Literal:
+        allowed = args
+
+        def decode_literal(value: Any, path: str) -> Any:
+            if value not in allowed:
+                raise _fail(path, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+            return value
+
+        return _identity, decode_literal
+    if origin in (Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        if len(members) != 1 or len(args) != 2:
+            raise AggregateDefinitionError(f"only Optional[X] unions are supported, not {tp!r}")
+        inner_encode, inner_decode = _compile(members[0])
+        return (
+            lambda value: None if value is None else inner_encode(value),
+            lambda value, path: None if value is None else inner_decode(value, path),
+        )
+    if origin in (tuple, list, frozenset):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            raise AggregateDefinitionError(f"use tuple[X, ...] for sequences, not {tp!r}")
+        item_encode, item_decode = _compile(args[0])
+        build: Callable[[Any], Any] = origin
+
+        def decode_seq(value: Any, path: str) -> Any:
+            if not isinstance(value, list):
+                raise _fail(path, f"expected a list, got {type(value).__name__}")
+            return build(item_decode(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+        return (lambda value: [item_encode(item) for item in value]), decode_seq
+    if origin is dict:
+        if args[0] is not str:
+            raise AggregateDefinitionError(f"mapping keys must be str, not {args[0]!r}")
+        value_encode, value_decode = _compile(args[1])
+
+        def decode_map(value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise _fail(path, f"expected an object, got {type(value).__name__}")
+            return {_decode_str(k, path): value_decode(v, f"{path}.{k}") for k, v in value.items()}
+
+        return (lambda value: {k: value_encode(v) for k, v in value.items()}), decode_map
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        enum_type = tp
+
+        def decode_enum(value: Any, path: str) -> Any:
+            try:
+                return enum_type(value)
+            except ValueError:
+                allowed = ", ".join(repr(m.value) for m in enum_type)
+                raise _fail(path, f"must be one of {allowed}, got {value!r}") from None
+
+        return (lambda value: value.value), decode_enum
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _compile_dataclass(tp)
+    raise AggregateDefinitionError(f"foldline cannot encode fields of type {tp!r}")
+
+
+def _compile_dataclass(cls: type[Any]) -> tuple[Encoder, Decoder]:
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError as exc:
+        raise AggregateDefinitionError(f"cannot resolve the annotations of {cls.__qualname__}: {exc}") from exc
+    specs: list[tuple[str, Encoder, Decoder, bool]] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        specs.append((f.name, *_lazy(hints[f.name]), not has_default))
+    names = frozenset(name for name, *_ in specs)
+
+    def encode(value: Any) -> dict[str, Any]:
+        return {name: enc(getattr(value, name)) for name, enc, _, _ in specs}
+
+    def decode(value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise _fail(path, f"expected an object, got {type(value).__name__}")
+        unknown = value.keys() - names
+        if unknown:
+            raise _fail(path, f"unknown field(s) {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for name, _, dec, required in specs:
+            sub = f"{path}.{name}" if path else name
+            if name in value:
+                kwargs[name] = dec(value[name], sub)
+            elif required:
+                raise _fail(sub, "is required")
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:
+            # __post_init__ checks (positive quantities, ...) speak through ValueError.
+            raise _fail(path, str(exc)) from exc
+
+    return encode, decode
+
+
+def _lazy(tp: Any) -> tuple[Encoder, Decoder]:
+    """Resolve nested converters on first use, so self-referencing types compile."""
+    cell: list[tuple[Encoder, Decoder]] = []
+
+    def get() -> tuple[Encoder, Decoder]:
+        if not cell:
+            cell.append(converters(tp))
+        return cell[0]
+
+    return (lambda value: get()[0](value)), (lambda value, path: get()[1](value, path))
+
+
+def converters(tp: Any) -> tuple[Encoder, Decoder]:
+    """The compiled (encode, decode) pair for a type; cached."""
+    enc = _encoders.get(tp)
+    if enc is None:
+        enc, dec = _compile(tp)
+        _encoders[tp], _decoders[tp] = enc, dec
+    return enc, _decoders[tp]
+
+
+def to_json(value: Any) -> Any:
+    """A dataclass instance as JSON-ready data."""
+    return converters(type(value))[0](value)
+
+
+def from_json(tp: type[T], data: Any, path: str = "") -> T:
+    """Build and validate ``tp`` from JSON data; raises ValidationError naming the field at fault."""
+    result: T = converters(tp)[1](data, path)
+    return result

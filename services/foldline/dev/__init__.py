@@ -1,0 +1,1 @@
+"""Real services for development and tests: a single-node Kafka broker and a PostgreSQL server."""

@@ -1,0 +1,1 @@
+"""The command handler: partition tasks that decide commands, and the exactly-once engine around them."""

@@ -1,0 +1,1 @@
+"""Metrics, logs and the health endpoints every foldline process serves."""

@@ -1,0 +1,31 @@
+"""structlog set up once: JSON lines in pods, readable key=value output at a terminal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
+    """``fmt`` is ``json`` or ``console`` (default: console on a TTY, JSON otherwise)."""
+    fmt = fmt or os.environ.get("FOLDLINE_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    level_name = (level or os.environ.get("FOLDLINE_LOG_LEVEL") or "info").upper()
+    numeric = logging.getLevelNamesMapping().get(level_name, logging.INFO)
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,263 @@
+"""The wire formats: every record foldline reads or writes, as JSON, keyed by the aggregate id.
+
+``docs/records.md`` describes the same formats for clients in other languages; keep the two in step.
+Every value carries a ``schema_version`` so an upcaster can read old records.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from foldline.errors import DecodeError
+from foldline.ids import AggregateId, CommandId
+
+FORMAT_VERSION = 1
+Status = Literal["accepted", "rejected", "conflict", "failed"]
+STATUSES: tuple[Status, ...] = ("accepted", "rejected", "conflict", "failed")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> bytes:
+    return _dumps(value).encode()
+
+
+def loads(raw: bytes | str | None, what: str) -> dict[str, Any]:
+    """Parse one JSON object or raise DecodeError saying what was expected."""
+    if raw is None:
+        raise DecodeError(f"{what} has no value (a tombstone or an empty record)")
+    try:
+        data = _loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"{what} is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DecodeError(f"{what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise DecodeError(f"{what} needs {name!r} as {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEnvelope:
+    """A command as sent to ``<agg>.commands`` (key: the aggregate id)."""
+
+    command_id: CommandId
+    aggregate_id: AggregateId
+    type: str
+    payload: dict[str, Any]
+    expected_version: int | None = None
+    schema_version: int = 1
+    issued_at: str = field(default_factory=now_iso)
+
+    def to_bytes(self) -> bytes:
+        return dumps(
+            {
+                "command_id": self.command_id,
+                "aggregate_id": self.aggregate_id,
+                "type": self.type,
+                "schema_version": self.schema_version,
+                "expected_version": self.expected_version,
+                "payload": self.payload,
+                "issued_at": self.issued_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> CommandEnvelope:
+        what = "command envelope"
+        data = loads(raw, what)
+        expected = data.get("expected_version")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 0):
+            raise DecodeError(f"expected_version must be null or a non-negative integer, got {expected!r}")
+        command_id = _field(data, "command_id", str, what)
+        aggregate_id = _field(data, "aggregate_id", str, what)
+        if not command_id or not aggregate_id:
+            raise DecodeError("command_id and aggregate_id must not be empty")
+        payload = data.get("payload", {})
+        if not isinstance(payload, dict):
+            raise DecodeError(f"payload must be a JSON object, got {type(payload).__name__}")
+        return cls(
+            command_id=CommandId(command_id),
+            aggregate_id=AggregateId(aggregate_id),
+            type=_field(data, "type", str, what),
+            payload=payload,
+            expected_version=expected,
+            schema_version=int(data.get("schema_version", 1)),
+            issued_at=str(data.get("issued_at", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """What became of one command, on ``<agg>.command-results`` (key: the aggregate id).
+
+    ``version`` is the aggregate's version after the command (unchanged unless accepted).
+    ``code`` is a stable word for a failure: ``undecodable``, ``unknown_type``, ``invalid_payload``,
+    ``conflict``, ``rejected`` or ``decide_failed``.
+    """
+
+    command_id: CommandId
+    aggregate_id: AggregateId
+    status: Status
+    version: int
+    events: tuple[str, ...] = ()
+    reason: str | None = None
+    code: str | None = None
+    duplicate: bool = False
+    recorded_at: str = field(default_factory=now_iso)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id,
+            "aggregate_id": self.aggregate_id,
+            "status": self.status,
+            "version": self.version,
+            "events": list(self.events),
+            "reason": self.reason,
+            "code": self.code,
+            "duplicate": self.duplicate,
+            "recorded_at": self.recorded_at,
+            "schema_version": FORMAT_VERSION,
+        }
+
+    def to_bytes(self) -> bytes:
+        return dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommandResult:
+        what = "command result"
+        status = data.get("status")
+        if status not in STATUSES:
+            raise DecodeError(f"{what} has an unknown status {status!r}")
+        return cls(
+            command_id=CommandId(_field(data, "command_id", str, what)),
+            aggregate_id=AggregateId(str(data.get("aggregate_id", ""))),
+            status=status,
+            version=_field(data, "version", int, what),
+            events=tuple(data.get("events") or ()),
+            reason=data.get("reason"),
+            code=data.get("code"),
+            duplicate=bool(data.get("duplicate", False)),
+            recorded_at=str(data.get("recorded_at", "")),
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> CommandResult:
+        return cls.from_json(loads(raw, "command result"))
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event on ``<agg>.events`` (key: the aggregate id); ``version`` counts events from 1."""
+
+    aggregate_id: AggregateId
+    type: str
+    version: int
+    payload: dict[str, Any]
+    command_id: CommandId
+    schema_version: int = 1
+    recorded_at: str = field(default_factory=now_iso)
+
+    def to_bytes(self) -> bytes:
+        return dumps(
+            {
+                "aggregate_id": self.aggregate_id,
+                "type": self.type,
+                "schema_version": self.schema_version,
+                "version": self.version,
+                "command_id": self.command_id,
+                "recorded_at": self.recorded_at,
+                "payload": self.payload,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> EventRecord:
+        what = "event"
+        data = loads(raw, what)
+        return cls(
+            aggregate_id=AggregateId(_field(data, "aggregate_id", str, what)),
+            type=_field(data, "type", str, what),
+            version=_field(data, "version", int, what),
+            payload=_field(data, "payload", dict, what),
+            command_id=CommandId(str(data.get("command_id", ""))),
+            schema_version=int(data.get("schema_version", 1)),
+            recorded_at=str(data.get("recorded_at", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """The latest state of one aggregate on ``<agg>.snapshots`` (compacted; key: the aggregate id).
+
+    ``recent`` holds the results of the aggregate's last commands (newest last), which is how a
+    resubmitted command id gets its first result again even after the partition moved to another pod.
+    A snapshot at version 0 records only such results for an aggregate that does not exist yet.
+    """
+
+    aggregate_id: AggregateId
+    version: int
+    state: Any
+    schema_version: int = 1
+    recent: tuple[dict[str, Any], ...] = ()
+    updated_at: str = field(default_factory=now_iso)
+
+    def to_bytes(self) -> bytes:
+        return dumps(
+            {
+                "aggregate_id": self.aggregate_id,
+                "version": self.version,
+                "schema_version": self.schema_version,
+                "updated_at": self.updated_at,
+                "state": self.state,
+                "recent": list(self.recent),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> SnapshotRecord:
+        what = "snapshot"
+        data = loads(raw, what)
+        return cls(
+            aggregate_id=AggregateId(_field(data, "aggregate_id", str, what)),
+            version=_field(data, "version", int, what),
+            state=data.get("state"),
+            schema_version=int(data.get("schema_version", 1)),
+            recent=tuple(data.get("recent") or ()),
+            updated_at=str(data.get("updated_at", "")),
+        )
+
+
+def dead_letter(
+    *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, code: str, message: str
+) -> bytes:
+    """A record for ``<agg>.dead-letters``: the original bytes, where they came from, and why."""
+    try:
+        text, encoding = (value.decode() if value is not None else None), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(value or b"").decode(), "base64"
+    return dumps(
+        {
+            "source": {"topic": topic, "partition": partition, "offset": offset},
+            "key": key.decode(errors="replace") if key is not None else None,
+            "value": text,
+            "value_encoding": encoding,
+            "error": {"code": code, "message": message},
+            "recorded_at": now_iso(),
+            "schema_version": FORMAT_VERSION,
+        }
+    )

@@ -1,0 +1,136 @@
+"""Frozen settings read from ``FOLDLINE_*`` environment variables.
+
+Secrets (SASL password) are kept out of ``repr`` so that logging a settings object never leaks them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Self
+
+from foldline.errors import ConfigurationError
+
+_PREFIX = "FOLDLINE_"
+
+
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(_PREFIX + name, default).strip() or default
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = _get(env, name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{_PREFIX}{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{_PREFIX}{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{_PREFIX}{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{_PREFIX}{name} must be positive, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _get(env, name, default).lower()
+    if value not in choices:
+        raise ConfigurationError(f"{_PREFIX}{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach Kafka. ``sasl_password`` never appears in ``repr``."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: str = "plaintext"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_ca_location: str = ""
+    # "consumer" is KIP-848; "auto" uses it when the broker offers it, else classic cooperative-sticky.
+    group_protocol: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if env is None else env
+        return cls(
+            bootstrap_servers=_get(env, "KAFKA_BOOTSTRAP", cls.bootstrap_servers),
+            security_protocol=_choice(
+                env, "KAFKA_SECURITY_PROTOCOL", "plaintext", ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+            ),
+            sasl_mechanism=_get(env, "KAFKA_SASL_MECHANISM", ""),
+            sasl_username=_get(env, "KAFKA_SASL_USERNAME", ""),
+            sasl_password=_get(env, "KAFKA_SASL_PASSWORD", ""),
+            ssl_ca_location=_get(env, "KAFKA_SSL_CA_LOCATION", ""),
+            group_protocol=_choice(env, "KAFKA_GROUP_PROTOCOL", "auto", ("auto", "classic", "consumer")),
+        )
+
+    def client_config(self) -> dict[str, Any]:
+        """The librdkafka settings shared by every client foldline creates."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """The command handler's knobs; the defaults follow Kafka Streams under exactly-once."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    state_dir: Path = Path(".cache/state")
+    store: str = "lmdb"
+    commit_interval_ms: int = 100
+    max_batch: int = 2000
+    cache_size: int = 100_000
+    dedup_window: int = 32
+    http_port: int = 8080
+    instance_id: str = field(default_factory=socket.gethostname)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if env is None else env
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            state_dir=Path(_get(env, "STATE_DIR", str(cls.state_dir))),
+            store=_choice(env, "STORE", "lmdb", ("lmdb", "sqlite", "rocksdb")),
+            commit_interval_ms=_int(env, "COMMIT_INTERVAL_MS", cls.commit_interval_ms, minimum=1),
+            max_batch=_int(env, "MAX_BATCH", cls.max_batch, minimum=1),
+            cache_size=_int(env, "CACHE_SIZE", cls.cache_size, minimum=0),
+            dedup_window=_int(env, "DEDUP_WINDOW", cls.dedup_window, minimum=1),
+            http_port=_int(env, "HTTP_PORT", cls.http_port),
+            instance_id=_get(env, "INSTANCE_ID", socket.gethostname()),
+        )
+
+    def with_changes(self, **changes: Any) -> Self:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigurationError(f"unknown handler settings: {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
+
+def wait_seconds(env: Mapping[str, str] | None, name: str, default: float) -> float:
+    """A positive duration in seconds from ``FOLDLINE_<name>``."""
+    return _float(os.environ if env is None else env, name, default)

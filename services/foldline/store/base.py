@@ -1,0 +1,69 @@
+"""The state store contract and the factory that picks an implementation.
+
+A store holds, for one partition, the latest snapshot bytes of each aggregate and the changelog offset
+those bytes reflect (the next offset of ``<agg>.snapshots`` to read on restore). ``write`` commits
+both in one local transaction, so a store is never half-way between two offsets. The engine writes
+only after the Kafka transaction committed, so a store can be behind the changelog but never ahead,
+and restore is always "read from my offset to the end" - no wipe after an unclean shutdown.
+
+Durability of the last few writes is not needed (restore re-reads them), so implementations may skip
+fsync; atomicity is needed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from foldline.errors import ConfigurationError
+
+
+class StateStore(Protocol):
+    path: Path
+
+    def get(self, key: bytes) -> bytes | None:
+        """The snapshot bytes stored for ``key``, or None."""
+
+    def write(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int) -> None:
+        """Put every item and set the changelog offset, atomically."""
+
+    def changelog_offset(self) -> int:
+        """The next changelog offset to restore from (0 for an empty store)."""
+
+    def count(self) -> int:
+        """How many keys the store holds."""
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every key and value, in key order."""
+
+    def close(self) -> None:
+        """Release files and handles; the data stays on disk."""
+
+
+def store_kinds() -> tuple[str, ...]:
+    return ("lmdb", "sqlite", "rocksdb")
+
+
+def open_store(kind: str, path: Path) -> StateStore:
+    """Open (creating if needed) the store of one partition at ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    if kind == "lmdb":
+        from foldline.store.lmdb import LmdbStore
+
+        return LmdbStore(path)
+    if kind == "sqlite":
+        from foldline.store.sqlite import SqliteStore
+
+        return SqliteStore(path)
+    if kind == "rocksdb":
+        from foldline.store.rocksdb import RocksDbStore
+
+        return RocksDbStore(path)
+    raise ConfigurationError(f"unknown store {kind!r}; choose one of {', '.join(store_kinds())}")
+
+
+def destroy_store(path: Path) -> None:
+    """Delete a store's files (a wiped disk only costs a longer restore)."""
+    shutil.rmtree(path, ignore_errors=True)
