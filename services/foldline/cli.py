@@ -15,6 +15,11 @@ from foldline.errors import FoldlineError
 log = structlog.get_logger("foldline.cli")
 Command = Callable[[argparse.Namespace], int]
 
+#: Modules that add subcommands through ``register(subparsers)``; one per area of the runtime.
+_REGISTRARS: tuple[str, ...] = (
+    "foldline.cli_client",
+)
+
 
 def _on_signals(stop: Callable[[], None]) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -95,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("start", "stop", "status"))
     p.set_defaults(func=cmd_dev)
 
-    from foldline import cli_client
+    import importlib
 
-    cli_client.register(sub)
+    for module in _REGISTRARS:
+        importlib.import_module(module).register(sub)
     return parser
 
 
