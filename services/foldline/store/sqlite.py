@@ -38,10 +38,12 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO meta (name, value) VALUES ('changelog_offset', ?)", (changelog_offset,)
             )
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise StoreUnavailableError(f"SQLite write failed at {self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailableError(f"SQLite write failed at {self.path}: {exc}") from exc
+            raise
 
     def changelog_offset(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE name = 'changelog_offset'").fetchone()

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Literal
+
+import pytest
+
+from foldline import AggregateDefinitionError, ValidationError, from_json, to_json
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass(frozen=True)
+class Item:
+    sku: str
+    qty: int
+
+    def __post_init__(self) -> None:
+        if self.qty <= 0:
+            raise ValueError("qty must be positive")
+
+
+@dataclass(frozen=True)
+class Order:
+    items: tuple[Item, ...]
+    price: Decimal
+    day: date
+    color: Color
+    kind: Literal["a", "b"] = "a"
+    note: str | None = None
+    tags: dict[str, int] | None = None
+
+
+def test_round_trip_keeps_types_exactly():
+    order = Order((Item("x", 2),), Decimal("10.10"), date(2026, 1, 31), Color.BLUE, "b", None, {"k": 1})
+    data = to_json(order)
+    assert data["price"] == "10.10" and data["day"] == "2026-01-31" and data["color"] == "blue"
+    assert from_json(Order, data) == order
+
+
+@pytest.mark.parametrize(
+    ("patch", "field", "words"),
+    [
+        ({"price": 1.1}, "price", "floats lose cents"),
+        ({"price": "abc"}, "price", "not a decimal"),
+        ({"price": "NaN"}, "price", "finite"),
+        ({"day": "31/01/2026"}, "day", "YYYY-MM-DD"),
+        ({"color": "green"}, "color", "must be one of"),
+        ({"kind": "c"}, "kind", "must be one of"),
+        ({"items": [{"sku": "x", "qty": 0}]}, "items[0]", "qty must be positive"),
+        ({"items": [{"sku": "x", "qty": True}]}, "items[0].qty", "expected an integer"),
+        ({"items": "nope"}, "items", "expected a list"),
+        ({"extra": 1}, "payload", "unknown field"),
+    ],
+)
+def test_invalid_payloads_name_the_field(patch, field, words):
+    data = {"items": [], "price": "1", "day": "2026-01-01", "color": "red", **patch}
+    with pytest.raises(ValidationError) as info:
+        from_json(Order, data)
+    assert field in str(info.value) and words in str(info.value)
+
+
+def test_missing_required_field():
+    with pytest.raises(ValidationError, match="price: is required"):
+        from_json(Order, {"items": [], "day": "2026-01-01", "color": "red"})
+
+
+def test_unsupported_field_type_is_a_definition_error():
+    @dataclass(frozen=True)
+    class Bad:
+        value: set[int]
+
+    with pytest.raises(AggregateDefinitionError):
+        to_json(Bad({1}))
