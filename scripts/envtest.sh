@@ -266,6 +266,8 @@ cmd_start() {
 
   # --disable-admission-plugins=ServiceAccount: like controller-runtime's
   # envtest, so pods are admitted before the `default` ServiceAccount exists.
+  # --endpoint-reconciler-type=none: the endpoint reconciler refuses a loopback
+  # --advertise-address, and nothing in-cluster needs the `kubernetes` endpoints.
   launch kube-apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --secure-port="$APISERVER_PORT" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
@@ -279,6 +281,7 @@ cmd_start() {
     --service-cluster-ip-range=10.0.0.0/24 \
     --allow-privileged=true \
     --disable-admission-plugins=ServiceAccount \
+    --endpoint-reconciler-type=none \
     --profiling=false
   wait_for "kube-apiserver /readyz" kube-apiserver readyz_ok
   write_kubeconfig
@@ -286,6 +289,7 @@ cmd_start() {
   # The admin kubeconfig doubles as the controller manager's credentials.
   # --secure-port=0: it needs no serving endpoint (and no extra port) here.
   # Cluster signing / root CA flags keep the CSR and token controllers happy.
+  # --flex-volume-plugin-dir: it would otherwise create a dir under /usr/libexec.
   launch kube-controller-manager \
     --kubeconfig="$KUBECONFIG_PATH" \
     --leader-elect=false \
@@ -296,6 +300,7 @@ cmd_start() {
     --root-ca-file="$PKI_DIR/ca.crt" \
     --service-account-private-key-file="$PKI_DIR/sa.key" \
     --cluster-signing-cert-file="$PKI_DIR/ca.crt" --cluster-signing-key-file="$PKI_DIR/ca.key" \
+    --flex-volume-plugin-dir="$ENVTEST_DIR/flexvolume" \
     --profiling=false
   # The `default` ServiceAccount is created by a controller: once it exists,
   # the controller manager is up and running its controllers.

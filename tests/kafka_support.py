@@ -112,6 +112,7 @@ def start_handler(bootstrap: str, aggregate_path: str, state_dir: Path, instance
            "FOLDLINE_INSTANCE_ID": instance, "FOLDLINE_HTTP_PORT": str(http_port), "FOLDLINE_LOG_FORMAT": "json",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(extra_env or {})}
     log = log_dir / f"handler-{instance}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate", aggregate_path],
-                            env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate",
+                                 aggregate_path], env=env, stdout=out, stderr=subprocess.STDOUT)
     return HandlerProcess(proc, log)

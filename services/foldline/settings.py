@@ -134,3 +134,72 @@ class HandlerSettings:
 def wait_seconds(env: Mapping[str, str] | None, name: str, default: float) -> float:
     """A positive duration in seconds from ``FOLDLINE_<name>``."""
     return _float(os.environ if env is None else env, name, default)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The gateway's knobs. ``token`` (``FOLDLINE_GATEWAY_TOKEN``) never appears in ``repr``.
+
+    An empty token turns authentication off; any other value makes every route except ``/healthz``,
+    ``/readyz`` and ``/metrics`` demand ``Authorization: Bearer <token>``.
+    """
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    host: str = "0.0.0.0"
+    port: int = 8000
+    token: str = field(default="", repr=False)
+    #: How long ``POST .../commands`` waits for the result by default, and the most a client may ask for.
+    command_timeout_s: float = 10.0
+    max_command_timeout_s: float = 60.0
+    #: How long a read with ``min_version`` waits for the projection by default, and the most allowed.
+    read_timeout_s: float = 10.0
+    max_read_timeout_s: float = 60.0
+    max_body_bytes: int = 1 << 20
+    #: A starting replica reads results from this far back, so it can answer for recent commands.
+    results_lookback_s: float = 300.0
+    #: Results kept in memory for ``GET .../commands/{id}`` (oldest dropped first).
+    result_index_size: int = 100_000
+    producer_linger_ms: int = 1
+    view_poll_interval_s: float = 0.5
+    sse_heartbeat_s: float = 15.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if env is None else env
+        settings = cls(
+            kafka=KafkaSettings.from_env(env),
+            host=_get(env, "GATEWAY_HOST", cls.host),
+            port=_int(env, "GATEWAY_PORT", cls.port),
+            token=env.get(_PREFIX + "GATEWAY_TOKEN", "").strip(),
+            command_timeout_s=_float(env, "GATEWAY_COMMAND_TIMEOUT_S", cls.command_timeout_s),
+            max_command_timeout_s=_float(env, "GATEWAY_MAX_COMMAND_TIMEOUT_S", cls.max_command_timeout_s),
+            read_timeout_s=_float(env, "GATEWAY_READ_TIMEOUT_S", cls.read_timeout_s),
+            max_read_timeout_s=_float(env, "GATEWAY_MAX_READ_TIMEOUT_S", cls.max_read_timeout_s),
+            max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes, minimum=64),
+            results_lookback_s=_float(env, "GATEWAY_RESULTS_LOOKBACK_S", cls.results_lookback_s),
+            result_index_size=_int(env, "GATEWAY_RESULT_INDEX_SIZE", cls.result_index_size, minimum=1),
+            producer_linger_ms=_int(env, "GATEWAY_LINGER_MS", cls.producer_linger_ms),
+            view_poll_interval_s=_float(env, "GATEWAY_VIEW_POLL_S", cls.view_poll_interval_s),
+            sse_heartbeat_s=_float(env, "GATEWAY_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.command_timeout_s > self.max_command_timeout_s:
+            raise ConfigurationError(f"{_PREFIX}GATEWAY_COMMAND_TIMEOUT_S ({self.command_timeout_s}) exceeds "
+                                     f"{_PREFIX}GATEWAY_MAX_COMMAND_TIMEOUT_S ({self.max_command_timeout_s})")
+        if self.read_timeout_s > self.max_read_timeout_s:
+            raise ConfigurationError(f"{_PREFIX}GATEWAY_READ_TIMEOUT_S ({self.read_timeout_s}) exceeds "
+                                     f"{_PREFIX}GATEWAY_MAX_READ_TIMEOUT_S ({self.max_read_timeout_s})")
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"{_PREFIX}GATEWAY_PORT must be a TCP port, got {self.port}")
+
+    def with_changes(self, **changes: Any) -> Self:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigurationError(f"unknown gateway settings: {', '.join(sorted(unknown))}")
+        changed = replace(self, **changes)
+        changed.check()
+        return changed

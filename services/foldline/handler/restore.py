@@ -42,7 +42,7 @@ def restore_partition(consumer: Consumer, topic: str, partition: int, store: Sta
         while not done:
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(f"restoring {topic}[{partition}] took longer than {timeout:.0f}s")
-            for msg in consumer.consume(10_000, 0.5):
+            for msg in consumer.consume(10_000, 0.05):  # returns early only when full: keep it short
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:

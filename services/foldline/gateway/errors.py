@@ -1,0 +1,84 @@
+"""Errors the gateway answers with: each carries its HTTP status and a stable ``code`` word.
+
+The body of every such answer is ``{"error": {"code": ..., "message": ..., "details": {...}}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from foldline.errors import CommandError, FoldlineError, RetryableError, WaitTimeoutError
+
+
+class HttpError(FoldlineError):
+    """A request the gateway refuses or cannot serve; ``status`` is the HTTP status."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"error": {"code": self.code, "message": self.message}}
+        if self.details:
+            body["error"]["details"] = self.details
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class BadRequest(HttpError, CommandError):
+    """Malformed JSON, a bad envelope field, an invalid payload or query parameter."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+        HttpError.__init__(self, message, details=details)
+        if code is not None:
+            self.code = code
+
+
+class Unauthorized(HttpError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="foldline"'})
+
+
+class NotFound(HttpError):
+    status = 404
+    code = "not_found"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        if code is not None:
+            self.code = code
+
+
+class PayloadTooLarge(HttpError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unavailable(HttpError, RetryableError):
+    """Kafka or the projection database is away, or the producer's queue is full; retry later."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class GatewayTimeout(HttpError, WaitTimeoutError):
+    """A command's result or a projection's version did not arrive in time."""
+
+    status = 504
+    code = "timeout"

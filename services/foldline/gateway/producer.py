@@ -1,0 +1,86 @@
+"""The gateway's command producer: idempotent, murmur2 (as Java clients), keyed by the aggregate id.
+
+``send`` is awaited on the event loop; a daemon thread polls librdkafka so delivery reports resolve
+the futures through ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from foldline.errors import BrokerUnavailableError, ConfigurationError
+from foldline.gateway.errors import Unavailable
+from foldline.settings import KafkaSettings
+
+log = structlog.get_logger("foldline.gateway.producer")
+
+
+def producer_config(kafka: KafkaSettings, linger_ms: int) -> dict[str, Any]:
+    return {
+        **kafka.client_config(),
+        "enable.idempotence": True,  # acks=all, no duplicates or reordering on retries
+        "partitioner": "murmur2_random",
+        "linger.ms": linger_ms,
+        "message.timeout.ms": 60_000,
+        "queue.buffering.max.messages": 200_000,
+    }
+
+
+class CommandProducer:
+    def __init__(self, kafka: KafkaSettings, *, linger_ms: int = 1) -> None:
+        try:
+            self._producer = Producer(producer_config(kafka, linger_ms))
+        except KafkaException as exc:
+            raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="foldline-gateway-producer", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            log.warning("commands not delivered at shutdown", count=remaining)
+
+    async def send(self, topic: str, key: str, value: bytes) -> None:
+        """Produce one record and wait for the broker's acknowledgement."""
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def delivered(error: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+        try:
+            self._producer.produce(topic, value, key.encode(), on_delivery=delivered)
+        except BufferError as exc:
+            raise Unavailable("the gateway's producer queue is full; retry shortly") from exc
+        except KafkaException as exc:
+            raise Unavailable(f"cannot produce to {topic}: {exc}") from exc
+        await future
+
+
+def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        cause = BrokerUnavailableError(f"delivery failed: {error.str()}")
+        failure = Unavailable(f"the command could not be written to Kafka: {error.str()}")
+        failure.__cause__ = cause
+        future.set_exception(failure)

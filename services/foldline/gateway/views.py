@@ -1,0 +1,188 @@
+"""Reads of projection views for the gateway, through the projector's ``ProjectionTarget``.
+
+Database calls are blocking, so they run on one dedicated thread (a SQLite connection belongs to the
+thread that opened it); the event loop never waits on the database. ``min_version`` reads poll
+``aggregate_version`` with a short backoff until the projection has caught up, or answer 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from foldline.errors import FoldlineError, RetryableError
+from foldline.gateway.errors import BadRequest, GatewayTimeout, HttpError, NotFound, Unavailable
+
+log = structlog.get_logger("foldline.gateway.views")
+
+T = TypeVar("T")
+RESERVED = frozenset({"limit", "offset", "order_by", "aggregate_id", "min_version", "timeout"})
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class RowQuery:
+    filters: dict[str, str] = field(default_factory=dict)
+    limit: int = 100
+    offset: int = 0
+    order_by: str | None = None
+    aggregate_id: str | None = None
+    min_version: int | None = None
+    timeout: float = 10.0
+
+
+def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}", code="invalid_query") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadRequest(f"{name} must be {bound}, got {value}", code="invalid_query")
+    return value
+
+
+class ViewService:
+    """The views one projection database serves; ``views`` maps each view name to its aggregate."""
+
+    def __init__(self, database_url: str, views: Mapping[str, str], *, opener: Callable[[str], Any],
+                 read_timeout_s: float = 10.0, max_read_timeout_s: float = 60.0) -> None:
+        self.database_url = database_url
+        self.views = dict(views)
+        self._opener = opener
+        self.read_timeout_s = read_timeout_s
+        self.max_read_timeout_s = max_read_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foldline-gateway-db")
+        self._target: Any = None
+        self._columns: dict[str, frozenset[str]] = {}
+        self.error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            self._target = await self._call(self._opener, self.database_url)
+        except HttpError as exc:
+            self.error = exc.message  # the database may come later: /readyz says so, reads answer 503
+            log.warning("projection database not available", error=exc.message)
+
+    def ready(self) -> bool:
+        return self._target is not None
+
+    async def close(self) -> None:
+        target, self._target = self._target, None
+        if target is not None:
+            await self._call(target.close)
+        self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        except RetryableError as exc:
+            raise Unavailable(f"the projection database is unavailable: {exc}") from exc
+        except FoldlineError as exc:
+            if isinstance(exc, HttpError):
+                raise
+            raise Unavailable(f"reading the projection failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _ensure_target(self) -> Any:
+        if self._target is None:
+            self._target = await self._call(self._opener, self.database_url)
+            self.error = None
+        return self._target
+
+    # -- views -----------------------------------------------------------------------------------------
+    def aggregate_of(self, view: str) -> str:
+        return self.views.get(view, "")
+
+    def check_view(self, view: str) -> None:
+        if view not in self.views:
+            raise NotFound(f"no view named {view!r}; known: {', '.join(sorted(self.views)) or 'none'}",
+                           code="unknown_view", details={"view": view, "known": sorted(self.views)})
+
+    async def columns(self, view: str) -> frozenset[str]:
+        self.check_view(view)
+        cached = self._columns.get(view)
+        if cached is None:
+            target = await self._ensure_target()
+            cached = frozenset(await self._call(target.columns, view))
+            if not cached:
+                raise Unavailable(f"view {view!r} has no table yet: is its projector running?")
+            self._columns[view] = cached
+        return cached
+
+    async def parse_query(self, view: str, params: Mapping[str, str], *, allow_wait: bool = True) -> RowQuery:
+        """Check the query string of a rows read: filters name real columns, paging is in range."""
+        columns = await self.columns(view)
+        filters = {k: v for k, v in params.items() if k not in RESERVED}
+        unknown = sorted(set(filters) - columns)
+        if unknown:
+            raise BadRequest(f"view {view!r} has no column(s) {', '.join(unknown)}; columns: "
+                             f"{', '.join(sorted(columns))}", code="unknown_column",
+                             details={"unknown": unknown, "columns": sorted(columns)})
+        order_by = params.get("order_by") or None
+        if order_by is not None and order_by.lstrip("-") not in columns:
+            raise BadRequest(f"cannot order by {order_by!r}: view {view!r} has no such column",
+                             code="unknown_column", details={"columns": sorted(columns)})
+        aggregate_id = params.get("aggregate_id") or None
+        if aggregate_id is not None and "aggregate_id" in columns:
+            filters["aggregate_id"] = aggregate_id
+        min_version = None
+        if params.get("min_version") not in (None, ""):
+            if not allow_wait:
+                raise BadRequest("min_version is not supported on streams", code="invalid_query")
+            min_version = _int(params, "min_version", 0, 0)
+            if aggregate_id is None:
+                raise BadRequest("min_version needs aggregate_id: whose version to wait for", code="invalid_query")
+        timeout = self.read_timeout_s
+        if params.get("timeout") not in (None, ""):
+            try:
+                timeout = float(params["timeout"])
+            except ValueError:
+                raise BadRequest(f"timeout must be a number of seconds, got {params['timeout']!r}",
+                                 code="invalid_query") from None
+            if not 0 < timeout <= self.max_read_timeout_s:
+                raise BadRequest(f"timeout must be above 0 and at most {self.max_read_timeout_s} seconds",
+                                 code="invalid_query")
+        return RowQuery(filters=filters, limit=_int(params, "limit", 100, 1, MAX_LIMIT),
+                        offset=_int(params, "offset", 0, 0), order_by=order_by, aggregate_id=aggregate_id,
+                        min_version=min_version, timeout=timeout)
+
+    async def rows(self, view: str, query: RowQuery) -> list[dict[str, Any]]:
+        target = await self._ensure_target()
+        rows: list[dict[str, Any]] = await self._call(target.read_rows, view, filters=query.filters,
+                                                      limit=query.limit, offset=query.offset,
+                                                      order_by=query.order_by)
+        return rows
+
+    async def version(self, view: str, aggregate_id: str) -> int | None:
+        target = await self._ensure_target()
+        version: int | None = await self._call(target.aggregate_version, view, aggregate_id)
+        return version
+
+    async def wait_for_version(self, view: str, aggregate_id: str, min_version: int, timeout: float) -> int:
+        """Poll until the view reflects ``aggregate_id`` at ``min_version`` or later; 504 after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            version = await self.version(view, aggregate_id)
+            if version is not None and version >= min_version:
+                return version
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GatewayTimeout(
+                    f"view {view!r} has {aggregate_id!r} at version {version} after {timeout}s; "
+                    f"waited for {min_version}", details={"view": view, "aggregate_id": aggregate_id,
+                                                          "min_version": min_version, "version": version})
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)

@@ -1,0 +1,93 @@
+"""Start and stop the real local control plane (etcd + kube-apiserver +
+kube-controller-manager) that the e2e tests run against.
+
+A thin wrapper over ``scripts/envtest.sh``, which builds the binaries from
+``tools/envtest`` on first use (several minutes cold) and caches them. Failures
+raise ``RuntimeError`` with the script output and log tails: the e2e tests need
+this control plane, so a broken one must fail loudly, never be skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+__all__ = ["start_control_plane", "stop_control_plane"]
+
+# A cold build (empty Go module and build caches) takes ~7-10 min on 2 cores;
+# leave generous headroom, and still bound it so CI never hangs forever.
+START_TIMEOUT_S = 30 * 60
+STOP_TIMEOUT_S = 120
+_LOG_TAIL_LINES = 40
+
+
+def _script(repo_root: Path) -> Path:
+    return repo_root / "scripts" / "envtest.sh"
+
+
+def _log_dir(repo_root: Path) -> Path:
+    # Mirrors the script: ${FOLDLINE_CACHE_DIR:-<repo>/.cache}/envtest/logs.
+    cache = os.environ.get("FOLDLINE_CACHE_DIR") or str(repo_root / ".cache")
+    return Path(cache) / "envtest" / "logs"
+
+
+def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _log_tails(repo_root: Path) -> str:
+    log_dir = _log_dir(repo_root)
+    if not log_dir.is_dir():
+        return f"(no logs in {log_dir})"
+    parts = []
+    for log in sorted(log_dir.glob("*.log")):
+        content = log.read_text(errors="replace")
+        parts.append(f"----- tail of {log} -----\n{_tail(content)}")
+    return "\n".join(parts) or f"(no logs in {log_dir})"
+
+
+def _run(repo_root: Path, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    script = _script(repo_root)
+    if not script.is_file():
+        raise RuntimeError(f"control-plane script not found: {script}")
+    try:
+        return subprocess.run(
+            ["bash", str(script), command],
+            cwd=repo_root,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode(errors="replace")
+        raise RuntimeError(
+            f"`envtest.sh {command}` timed out after {timeout:.0f}s\n{_tail(out)}\n{_log_tails(repo_root)}"
+        ) from exc
+
+
+def start_control_plane(repo_root: Path) -> Path:
+    """Build if needed, (re)start a fresh, empty control plane; return its kubeconfig path."""
+    result = _run(repo_root, "start", START_TIMEOUT_S)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"starting the control plane failed (exit {result.returncode}):\n"
+            f"{_tail(result.stderr)}\n{_log_tails(repo_root)}"
+        )
+    # The script prints the kubeconfig path as its last stdout line.
+    lines = result.stdout.strip().splitlines()
+    kubeconfig = Path(lines[-1]) if lines else None
+    if kubeconfig is None or not kubeconfig.is_file():
+        raise RuntimeError(
+            f"control plane started but reported no kubeconfig (stdout: {result.stdout!r})\n" + _tail(result.stderr)
+        )
+    return kubeconfig
+
+
+def stop_control_plane(repo_root: Path) -> None:
+    """Stop every process that ``start_control_plane`` started (no-op if none run)."""
+    result = _run(repo_root, "stop", STOP_TIMEOUT_S)
+    if result.returncode != 0:
+        raise RuntimeError(f"stopping the control plane failed (exit {result.returncode}):\n" + _tail(result.stderr))
