@@ -174,7 +174,26 @@ def _compile(tp: Any) -> tuple[Encoder, Decoder]:
     raise AggregateDefinitionError(f"foldline cannot encode fields of type {tp!r}")
 
 
+_in_progress: set[Any] = set()
+
+
+def _referenced(tp: Any) -> set[Any]:
+    """The type and every type nested in its arguments."""
+    found = {tp}
+    for arg in get_args(tp):
+        found |= _referenced(arg)
+    return found
+
+
 def _compile_dataclass(cls: type[Any]) -> tuple[Encoder, Decoder]:
+    _in_progress.add(cls)
+    try:
+        return _compile_fields(cls)
+    finally:
+        _in_progress.discard(cls)
+
+
+def _compile_fields(cls: type[Any]) -> tuple[Encoder, Decoder]:
     try:
         hints = typing.get_type_hints(cls)
     except NameError as exc:
@@ -184,11 +203,21 @@ def _compile_dataclass(cls: type[Any]) -> tuple[Encoder, Decoder]:
         if not f.init:
             continue
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        specs.append((f.name, *_lazy(hints[f.name]), not has_default))
+        hint = hints[f.name]
+        # Compile eagerly (no per-value indirection) unless the type refers back to one being compiled.
+        pair = _lazy(hint) if _in_progress & _referenced(hint) else converters(hint)
+        specs.append((f.name, *pair, not has_default))
     names = frozenset(name for name, *_ in specs)
 
+    # Fields whose values are already JSON (str, int, bool, ...) are copied without a call per field.
+    plain = tuple(name for name, enc, _, _ in specs if enc is _identity)
+    converted = tuple((name, enc) for name, enc, _, _ in specs if enc is not _identity)
+
     def encode(value: Any) -> dict[str, Any]:
-        return {name: enc(getattr(value, name)) for name, enc, _, _ in specs}
+        out = {name: getattr(value, name) for name in plain}
+        for name, enc in converted:
+            out[name] = enc(getattr(value, name))
+        return out
 
     def decode(value: Any, path: str) -> Any:
         if not isinstance(value, dict):

@@ -7,10 +7,11 @@ Every value carries a ``schema_version`` so an upcaster can read old records.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+import orjson
 
 from foldline.errors import DecodeError
 from foldline.ids import AggregateId, CommandId
@@ -19,8 +20,9 @@ FORMAT_VERSION = 1
 Status = Literal["accepted", "rejected", "conflict", "failed"]
 STATUSES: tuple[Status, ...] = ("accepted", "rejected", "conflict", "failed")
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
+# orjson: several times faster than the stdlib on the per-command path, and byte-for-byte compact JSON.
+_dumps = orjson.dumps
+_loads = orjson.loads
 
 
 def now_iso() -> str:
@@ -28,7 +30,7 @@ def now_iso() -> str:
 
 
 def dumps(value: Any) -> bytes:
-    return _dumps(value).encode()
+    return _dumps(value)
 
 
 def loads(raw: bytes | str | None, what: str) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def loads(raw: bytes | str | None, what: str) -> dict[str, Any]:
         raise DecodeError(f"{what} has no value (a tombstone or an empty record)")
     try:
         data = _loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, TypeError) as exc:
         raise DecodeError(f"{what} is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise DecodeError(f"{what} must be a JSON object, got {type(data).__name__}")

@@ -104,7 +104,7 @@ class HandlerSettings:
     commit_interval_ms: int = 100
     max_batch: int = 2000
     cache_size: int = 100_000
-    dedup_window: int = 32
+    dedup_window: int = 16
     http_port: int = 8080
     instance_id: str = field(default_factory=socket.gethostname)
 
@@ -128,6 +128,42 @@ class HandlerSettings:
         unknown = set(changes) - known
         if unknown:
             raise ConfigurationError(f"unknown handler settings: {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ProjectorSettings:
+    """The projector's knobs. ``database`` is ``sqlite:///path.db`` or ``postgresql://...``."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    database: str = "sqlite:///.cache/projections.db"
+    max_batch: int = 5000
+    batch_wait_ms: int = 100
+    # A rebuilding revision switches once its positions reach end offsets measured at most this long ago.
+    catchup_window_ms: int = 2000
+    pool_size: int = 4
+    http_port: int = 8080
+    instance_id: str = field(default_factory=socket.gethostname)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if env is None else env
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            database=_get(env, "PROJECTION_DATABASE", cls.database),
+            max_batch=_int(env, "PROJECTION_MAX_BATCH", cls.max_batch, minimum=1),
+            batch_wait_ms=_int(env, "PROJECTION_BATCH_WAIT_MS", cls.batch_wait_ms, minimum=1),
+            catchup_window_ms=_int(env, "PROJECTION_CATCHUP_WINDOW_MS", cls.catchup_window_ms, minimum=1),
+            pool_size=_int(env, "PROJECTION_POOL_SIZE", cls.pool_size, minimum=1),
+            http_port=_int(env, "HTTP_PORT", cls.http_port),
+            instance_id=_get(env, "INSTANCE_ID", socket.gethostname()),
+        )
+
+    def with_changes(self, **changes: Any) -> Self:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigurationError(f"unknown projector settings: {', '.join(sorted(unknown))}")
         return replace(self, **changes)
 
 

@@ -26,6 +26,7 @@ def consumer_config(kafka: KafkaSettings, group: str, protocol: str, **extra: An
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
+        "queued.max.messages.kbytes": 16_384,  # prefetch per partition: bounds memory, still ample
     }
     if protocol == "consumer":
         config["group.protocol"] = "consumer"  # KIP-848: the broker assigns, incrementally

@@ -185,6 +185,8 @@ class CommandHandler:
         next_offsets: dict[int, int] = {}
         counts = {"accepted": 0, "rejected": 0, "conflict": 0, "failed": 0}
         events = 0
+        for owned in self.tasks.values():
+            owned.begin_batch()
         try:
             self._call(self.producer.begin_transaction)
             for msg in batch:

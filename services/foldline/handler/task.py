@@ -47,6 +47,26 @@ class Entry:
         return None
 
 
+def remembered(result: CommandResult) -> dict[str, Any]:
+    """The part of a result a snapshot keeps for deduplication (no nulls, no repeated aggregate id)."""
+    item: dict[str, Any] = {"command_id": result.command_id, "status": result.status, "version": result.version,
+                            "recorded_at": result.recorded_at}
+    if result.events:
+        item["events"] = list(result.events)
+    if result.reason is not None:
+        item["reason"] = result.reason
+    if result.code is not None:
+        item["code"] = result.code
+    return item
+
+
+def recalled(item: dict[str, Any], aggregate_id: str) -> CommandResult:
+    """The first result of a command, again, marked as a duplicate."""
+    return CommandResult(CommandId(item["command_id"]), AggregateId(aggregate_id), item["status"], item["version"],
+                         tuple(item.get("events", ())), item.get("reason"), item.get("code"), True,
+                         item.get("recorded_at", ""))
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one command produced; ``result`` is None only for a record with no usable key."""
@@ -74,6 +94,7 @@ class PartitionTask:
         self.topic = topic
         self.dedup_window = dedup_window
         self._clock = clock
+        self._now = clock()
         self._cache: LruCache[str, Entry] = LruCache(cache_size)
         self._dirty: dict[str, Entry] = {}
         self.needs_catch_up = True  # re-read the changelog once offsets are stable (see engine)
@@ -101,6 +122,10 @@ class PartitionTask:
         return Entry(snap.version, state, list(snap.recent))
 
     # -- processing ----------------------------------------------------------------------------------
+    def begin_batch(self) -> None:
+        """One timestamp for every record of a batch: they commit together anyway."""
+        self._now = self._clock()
+
     def handle(self, key: bytes | None, value: bytes | None, offset: int) -> Outcome:
         """Process one command record. Never raises for bad input; the partition always moves on."""
         try:
@@ -114,8 +139,7 @@ class PartitionTask:
         entry = self.load(envelope.aggregate_id)
         earlier = entry.find(envelope.command_id)
         if earlier is not None:
-            first = CommandResult.from_json(earlier["result"])
-            return Outcome(_replace_duplicate(first))
+            return Outcome(recalled(earlier, envelope.aggregate_id))
         return self._decide(envelope, entry, key, value, offset)
 
     def _decide(self, env: CommandEnvelope, entry: Entry, key: bytes | None, value: bytes | None,
@@ -138,7 +162,7 @@ class PartitionTask:
                 state = self.spec.aggregate.evolve(state, event)
                 version += 1
                 events.append(EventRecord(env.aggregate_id, kind.name, version, kind.encode(event),
-                                          env.command_id, kind.version, self._clock()))
+                                          env.command_id, kind.version, self._now))
         except Exception as exc:  # the domain's own bug must not stop the partition
             message = f"{type(exc).__name__}: {exc}"
             log.warning("decide failed", command_id=env.command_id, aggregate_id=env.aggregate_id, error=message)
@@ -152,11 +176,11 @@ class PartitionTask:
     def _result(self, env: CommandEnvelope, status: Any, version: int, reason: str | None, code: str | None,
                 events: tuple[str, ...] = ()) -> CommandResult:
         return CommandResult(env.command_id, env.aggregate_id, status, version, events, reason, code, False,
-                             self._clock())
+                             self._now)
 
     def _record(self, env: CommandEnvelope, entry: Entry, result: CommandResult) -> Outcome:
         """Remember the result under the command id, so a resubmission gets it again."""
-        entry.recent.append({"command_id": env.command_id, "result": result.to_json()})
+        entry.recent.append(remembered(result))
         if len(entry.recent) > self.dedup_window:
             del entry.recent[: len(entry.recent) - self.dedup_window]
         self._dirty[env.aggregate_id] = entry
@@ -182,7 +206,7 @@ class PartitionTask:
         result = None
         if command_id:
             result = CommandResult(CommandId(command_id), AggregateId(aggregate_id), "failed", 0, (), exc.message,
-                                   exc.code, False, self._clock())
+                                   exc.code, False, self._now)
         letter = dead_letter(topic=self.topic, partition=self.partition, offset=offset, key=key, value=value,
                              code=exc.code, message=exc.message)
         return Outcome(result, dead_letter=letter)
@@ -191,7 +215,7 @@ class PartitionTask:
     def snapshots(self) -> list[tuple[bytes, bytes]]:
         """One snapshot per aggregate touched since the last commit: compaction keeps only the last anyway."""
         out = []
-        now = self._clock()
+        now = self._now
         for aggregate_id, entry in self._dirty.items():
             state = self.spec.encode_state(entry.state)
             record = SnapshotRecord(AggregateId(aggregate_id), entry.version, state, self.spec.state.version,
@@ -219,11 +243,6 @@ class PartitionTask:
     def close(self) -> None:
         self._cache.clear()
         self.store.close()
-
-
-def _replace_duplicate(first: CommandResult) -> CommandResult:
-    return CommandResult(first.command_id, first.aggregate_id, first.status, first.version, first.events,
-                         first.reason, first.code, True, first.recorded_at)
 
 
 def _salvage_command_id(value: bytes | None) -> str | None:

@@ -1,0 +1,263 @@
+"""Command-handler benchmarks against the real broker: throughput, latency, restore, memory.
+
+Printed beside the same broker's raw produce and consume rates, so the handler's figure reads as a
+ratio of what Kafka and the Python client give on this machine. Never fails on a time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from bench.support import REPO, broker, figure, free_port, load, new_aggregate, rss_mb, wait_until
+from foldline.handler.restore import restore_partition
+from foldline.records import CommandEnvelope, CommandResult, SnapshotRecord
+from foldline.store.base import open_store, store_kinds
+from foldline.topics import TopicNames
+
+CREATE = {"customer": "ACME Corporation", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
+
+
+def line(n: int) -> dict[str, object]:
+    return {"line_id": f"l{n}", "description": "Consulting, senior engineer", "quantity": 3, "unit_price": "120.00"}
+
+
+def commands(aggregates: int, per_aggregate: int) -> list[bytes]:
+    ids = [f"inv-{i}" for i in range(aggregates)]
+    out = [CommandEnvelope(uuid.uuid4().hex, a, "CreateInvoice", CREATE).to_bytes() for a in ids]  # type: ignore[arg-type]
+    for n in range(per_aggregate - 1):
+        out += [CommandEnvelope(uuid.uuid4().hex, a, "AddLineItem", line(n)).to_bytes() for a in ids]  # type: ignore[arg-type]
+    return out
+
+
+def produce_all(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> float:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random",
+                  "queue.buffering.max.messages": 1_000_000, "batch.num.messages": 10_000})
+    started = time.perf_counter()
+    for key, value in zip(keys, values, strict=True):
+        while True:
+            try:
+                p.produce(topic, value, key)
+                break
+            except BufferError:
+                p.poll(0.01)
+    p.flush(120)
+    return time.perf_counter() - started
+
+
+def consume_all(bootstrap: str, topic: str, partitions: int, count: int) -> float:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "isolation.level": "read_committed",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen = 0
+    started = time.perf_counter()
+    while seen < count:
+        for msg in c.consume(10_000, 0.05):
+            if msg.error() is None:
+                msg.value()
+                seen += 1
+    elapsed = time.perf_counter() - started
+    c.close()
+    return elapsed
+
+
+def handler_process(bootstrap: str, aggregate: str, state: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    environ = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap, "FOLDLINE_STATE_DIR": str(state),
+               "FOLDLINE_HTTP_PORT": str(port), "FOLDLINE_INSTANCE_ID": uuid.uuid4().hex[:8],
+               "FOLDLINE_LOG_FORMAT": "json", "PYTHONPATH": str(REPO), **env}
+    log = (state.parent / f"handler-{port}.log").open("ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate",
+                                 f"tests.named_invoices:{aggregate.replace('-', '_')}"],
+                                env=environ, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()
+
+
+def commands_done(port: int, proc: subprocess.Popen[bytes] | None = None) -> float:
+    if proc is not None and proc.poll() is not None:
+        raise RuntimeError(f"the handler process exited with {proc.returncode}; see its log")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return -1.0
+    return sum(float(v) for v in re.findall(r'^foldline_commands_total\{[^}]*\} (\S+)$', text, re.M))
+
+
+def bench_throughput(bootstrap: str, tmp: Path) -> float:
+    partitions = 3
+    aggregate = new_aggregate(bootstrap, partitions)
+    values = commands(aggregates=20_000, per_aggregate=5)  # 100,000 commands
+    keys = [f"inv-{i % 20_000}".encode() for i in range(len(values))]
+    names = TopicNames(aggregate)
+
+    # The broker's own figures first, with the same record sizes.
+    raw_topic = names.dead_letters
+    produce_s = produce_all(bootstrap, raw_topic, values, keys)
+    consume_s = consume_all(bootstrap, raw_topic, partitions, len(values))
+    figure("raw produce (idempotent, linger 5 ms)", len(values) / produce_s, "records/s")
+    figure("raw consume (read_committed)", len(values) / consume_s, "records/s")
+
+    produce_all(bootstrap, names.commands, values, keys)
+    port = free_port()
+    proc = handler_process(bootstrap, aggregate, tmp / "throughput", port)
+    try:
+        wait_until(lambda: commands_done(port, proc) > 0, 60)
+        first = time.perf_counter()
+        start_count = commands_done(port, proc)
+        wait_until(lambda: commands_done(port, proc) >= len(values), 600, 0.05)
+        elapsed = time.perf_counter() - first
+        rate = (len(values) - start_count) / elapsed
+        figure("handler exactly-once, 1 process", rate, "commands/s",
+               f"{len(values):,} commands, {partitions} partitions")
+        figure("  ratio to raw consume", rate / (len(values) / consume_s) * 100, "%")
+        figure("  handler RSS after run", rss_mb(proc.pid)["VmRSS"], "MB")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return rate
+
+
+def bench_latency(bootstrap: str, tmp: Path, offered: int, seconds: float = 8.0) -> None:
+    aggregate = new_aggregate(bootstrap, 3, "lat")
+    names = TopicNames(aggregate)
+    port = free_port()
+    proc = handler_process(bootstrap, aggregate, tmp / f"lat-{offered}", port, FOLDLINE_COMMIT_INTERVAL_MS="5")
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def read_results() -> None:
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                      "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                      "fetch.wait.max.ms": 5})
+        c.assign([TopicPartition(names.results, p, 0) for p in range(3)])
+        while not done.is_set():
+            for msg in c.consume(1000, 0.05):
+                if msg.error() is None:
+                    at = time.perf_counter()
+                    result = CommandResult.from_bytes(msg.value())
+                    if result.command_id in sent:
+                        latencies.append(at - sent[result.command_id])
+        c.close()
+
+    try:
+        wait_until(lambda: commands_done(port, proc) >= 0, 60)
+        reader = threading.Thread(target=read_results, daemon=True)
+        reader.start()
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "partitioner": "murmur2_random"})
+        # Warm up: create the aggregates.
+        for i in range(500):
+            p.produce(names.commands, CommandEnvelope(uuid.uuid4().hex, f"inv-{i}", "CreateInvoice",  # type: ignore[arg-type]
+                                                      CREATE).to_bytes(), f"inv-{i}".encode())
+        p.flush(30)
+        wait_until(lambda: commands_done(port, proc) >= 500, 60)
+        total = int(offered * seconds)
+        interval = 1.0 / offered
+        start = time.perf_counter()
+        for n in range(total):  # open loop: the schedule does not wait for answers
+            due = start + n * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            cid = uuid.uuid4().hex
+            aggregate_id = f"inv-{random.randrange(500)}"
+            envelope = CommandEnvelope(cid, aggregate_id, "AddLineItem", line(n))  # type: ignore[arg-type]
+            sent[cid] = time.perf_counter()
+            p.produce(names.commands, envelope.to_bytes(), aggregate_id.encode())
+            p.poll(0)
+        p.flush(30)
+        wait_until(lambda: len(latencies) >= total, 60)
+    finally:
+        done.set()
+        proc.terminate()
+        proc.wait(60)
+    ordered = sorted(latencies)
+    if not ordered:
+        figure(f"latency at {offered}/s", float("nan"), "ms", "no results")
+        return
+    q = statistics.quantiles(ordered, n=100)
+    figure(f"command→result p50 at {offered:,}/s offered", q[49] * 1000, "ms", f"{len(ordered):,} results")
+    figure(f"command→result p99 at {offered:,}/s offered", q[98] * 1000, "ms")
+
+
+def snapshot_bytes(i: int) -> bytes:
+    state = {"status": "sent", "customer": f"customer-{i % 5000}", "currency": "EUR", "issue_date": "2026-11-01",
+             "due_date": "2026-12-01", "lines": [line(n) for n in range(2)], "paid": "0", "payments": []}
+    recent = ({"command_id": uuid.uuid4().hex, "status": "accepted", "version": 3},)
+    return SnapshotRecord(f"inv-{i}", 3, state, 1, recent).to_bytes()  # type: ignore[arg-type]
+
+
+def bench_restore_and_memory(bootstrap: str, tmp: Path, aggregates: int = 1_000_000) -> None:
+    aggregate = new_aggregate(bootstrap, 1, "rss")
+    names = TopicNames(aggregate)
+    values = [snapshot_bytes(i) for i in range(aggregates)]
+    keys = [f"inv-{i}".encode() for i in range(aggregates)]
+    produce_all(bootstrap, names.snapshots, values, keys)
+    size = sum(map(len, values)) / aggregates
+    del values, keys
+    figure("snapshots on the changelog", aggregates, "records", f"{size:.0f} bytes each")
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-restore", "isolation.level": "read_committed",
+                  "enable.auto.commit": False, "enable.partition.eof": True, "fetch.max.bytes": 64 << 20,
+                  "max.partition.fetch.bytes": 16 << 20})
+    for kind in store_kinds():
+        store = open_store(kind, tmp / f"restore-{kind}")
+        started = time.perf_counter()
+        n = restore_partition(c, names.snapshots, 0, store)
+        elapsed = time.perf_counter() - started
+        store.close()
+        figure(f"restore into {kind}", n / elapsed, "snapshots/s", f"{n:,} in {elapsed:.1f}s")
+    c.close()
+    for kind in store_kinds():
+        handler_memory(bootstrap, aggregate, aggregates, kind, tmp)
+
+
+def handler_memory(bootstrap: str, aggregate: str, aggregates: int, kind: str, tmp: Path) -> None:
+    """A real handler process owning every aggregate: restore, then commands on random aggregates."""
+    names = TopicNames(aggregate)
+    port = free_port()
+    proc = handler_process(bootstrap, aggregate, tmp / f"rss-{kind}", port, FOLDLINE_STORE=kind)
+    try:
+        wait_until(lambda: commands_done(port, proc) >= 0, 600)
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        for n in range(20_000):
+            aggregate_id = f"inv-{random.randrange(aggregates)}"
+            envelope = CommandEnvelope(uuid.uuid4().hex, aggregate_id, "AddLineItem", line(100 + n))  # type: ignore[arg-type]
+            p.produce(names.commands, envelope.to_bytes(), aggregate_id.encode())
+        p.flush(30)
+        wait_until(lambda: commands_done(port, proc) >= 20_000, 600)
+        mem = rss_mb(proc.pid)
+        figure(f"handler RSS, {aggregates:,} aggregates, {kind}", mem["VmRSS"], "MB",
+               f"anon {mem['RssAnon']:.0f} MB, file-backed {mem['RssFile']:.0f} MB, peak {mem['VmHWM']:.0f} MB")
+    finally:
+        proc.terminate()
+        proc.wait(120)
+
+
+def main() -> None:
+    bootstrap = broker()
+    print(f"# command handler — {load()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="foldline-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        bench_throughput(bootstrap, tmp)
+        for offered in (500, 2000):
+            bench_latency(bootstrap, tmp, offered)
+        aggregates = int(os.environ.get("FOLDLINE_BENCH_AGGREGATES", "1000000"))
+        bench_restore_and_memory(bootstrap, tmp, aggregates)
+    print(f"# done — {load()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

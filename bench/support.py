@@ -1,0 +1,64 @@
+"""Shared pieces of the benchmarks: the broker, topics, a figure printer, process memory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from foldline.topics import aggregate_topics, ensure_topics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def broker() -> str:
+    preset = os.environ.get("FOLDLINE_KAFKA_BOOTSTRAP")
+    if preset:
+        return preset
+    from foldline.dev.kafka import DevKafka
+
+    return DevKafka().start()
+
+
+def new_aggregate(bootstrap: str, partitions: int, prefix: str = "bench") -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), aggregate_topics(name, partitions))
+    return name
+
+
+def figure(name: str, value: float, unit: str, note: str = "") -> None:
+    """One figure per line: ``name value unit (note)``; parsable and readable."""
+    print(f"{name:<48} {value:>14,.1f} {unit:<14} {note}".rstrip(), flush=True)
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cores"
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
