@@ -96,6 +96,25 @@ def commands_done(port: int, proc: subprocess.Popen[bytes] | None = None) -> flo
     return sum(float(v) for v in re.findall(r'^foldline_commands_total\{[^}]*\} (\S+)$', text, re.M))
 
 
+def histogram(port: int, name: str) -> tuple[list[tuple[float, float]], float, float]:
+    """Cumulative buckets, sum and count of one histogram on a handler's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    pattern = rf'^{name}_bucket{{[^}}]*le="([^"]+)"}} (\S+)$'
+    buckets = [(float(le), float(v)) for le, v in re.findall(pattern, text, re.M)]
+    total = sum(float(v) for v in re.findall(rf"^{name}_sum{{[^}}]*}} (\S+)$", text, re.M))
+    count = sum(float(v) for v in re.findall(rf"^{name}_count{{[^}}]*}} (\S+)$", text, re.M))
+    return buckets, total, count
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """The upper bound of the bucket holding quantile q (what Prometheus' histogram_quantile approximates)."""
+    total = buckets[-1][1] if buckets else 0
+    for le, cumulative in buckets:
+        if total and cumulative >= q * total:
+            return le
+    return float("inf")
+
+
 def bench_throughput(bootstrap: str, tmp: Path) -> float:
     partitions = 3
     aggregate = new_aggregate(bootstrap, partitions)
@@ -180,6 +199,12 @@ def bench_latency(bootstrap: str, tmp: Path, offered: int, seconds: float = 8.0)
             p.poll(0)
         p.flush(30)
         wait_until(lambda: len(latencies) >= total, 60)
+        _, txn_sum, txn_count = histogram(port, "foldline_transaction_duration_seconds")
+        lat_buckets, _, _ = histogram(port, "foldline_command_latency_seconds")
+        figure(f"  transaction mean at {offered:,}/s", txn_sum / max(txn_count, 1) * 1000, "ms",
+               f"{txn_count:,.0f} transactions")
+        figure(f"  handler-side p50 bucket at {offered:,}/s", bucket_quantile(lat_buckets, 0.5) * 1000, "ms",
+               "record timestamp to commit, upper bucket bound")
     finally:
         done.set()
         proc.terminate()

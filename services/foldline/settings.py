@@ -100,10 +100,10 @@ class HandlerSettings:
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     state_dir: Path = Path(".cache/state")
-    store: str = "lmdb"
+    store: str = "rocksdb"
     commit_interval_ms: int = 100
     max_batch: int = 2000
-    cache_size: int = 100_000
+    cache_size: int = 20_000
     dedup_window: int = 16
     http_port: int = 8080
     instance_id: str = field(default_factory=socket.gethostname)
@@ -114,7 +114,7 @@ class HandlerSettings:
         return cls(
             kafka=KafkaSettings.from_env(env),
             state_dir=Path(_get(env, "STATE_DIR", str(cls.state_dir))),
-            store=_choice(env, "STORE", "lmdb", ("lmdb", "sqlite", "rocksdb")),
+            store=_choice(env, "STORE", "rocksdb", ("rocksdb", "lmdb", "sqlite")),
             commit_interval_ms=_int(env, "COMMIT_INTERVAL_MS", cls.commit_interval_ms, minimum=1),
             max_batch=_int(env, "MAX_BATCH", cls.max_batch, minimum=1),
             cache_size=_int(env, "CACHE_SIZE", cls.cache_size, minimum=0),

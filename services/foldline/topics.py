@@ -7,6 +7,7 @@ so growth needs ``allow_partition_growth=True``, which the operator takes from a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,15 +110,19 @@ def _admin(admin_or_config: AdminClient | Mapping[str, Any]) -> AdminClient:
     return AdminClient(dict(admin_or_config))
 
 
-def _wait(futures: Mapping[Any, Any], what: str, timeout: float) -> None:
+def _wait(futures: Mapping[Any, Any], what: str, timeout: float) -> list[Any]:
+    """Wait for admin futures; returns the keys whose topic already existed (another caller won)."""
+    existed = []
     for key, future in futures.items():
         try:
             future.result(timeout=timeout)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            if error is not None and error.code() == 36:  # TOPIC_ALREADY_EXISTS: another caller won
+            if error is not None and error.code() == 36:  # TOPIC_ALREADY_EXISTS
+                existed.append(key)
                 continue
             raise BrokerUnavailableError(f"{what} {key} failed: {exc}") from exc
+    return existed
 
 
 def describe_partitions(admin: AdminClient, names: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
@@ -148,31 +153,21 @@ def ensure_topics(
     different cleanup policy.
     """
     admin = _admin(admin_or_config)
-    existing = describe_partitions(admin, (s.name for s in specs), timeout)
     report = TopicReport()
-    for spec in specs:
-        have = existing.get(spec.name)
-        if have is None:
-            continue
-        if have > spec.partitions:
-            raise _mismatch("PartitionShrinkRefused", f"{spec.name} has {have} partitions; Kafka cannot shrink "
-                            f"a topic to {spec.partitions}. Declare {have} or more.")
-        if have < spec.partitions and not allow_partition_growth:
-            raise _mismatch("PartitionGrowthRefused", f"{spec.name} has {have} partitions; growing to "
-                            f"{spec.partitions} remaps aggregate ids to other partitions and needs an explicit "
-                            "opt-in (allowPartitionGrowth)")
-    current = _describe_configs(admin, [s.name for s in specs if s.name in existing], timeout)
-    for spec in specs:
-        policy = current.get(spec.name, {}).get("cleanup.policy")
-        if policy is not None and policy != spec.config.get("cleanup.policy", policy):
-            raise _mismatch("ConfigMismatch", f"{spec.name} has cleanup.policy={policy}, "
-                            f"expected {spec.config['cleanup.policy']}")
-
-    missing = [s for s in specs if s.name not in existing]
-    if missing:
+    for _ in range(5):
+        existing = describe_partitions(admin, (s.name for s in specs), timeout)
+        current = _check(admin, specs, existing, allow_partition_growth, timeout)
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            break
         new = [NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config)) for s in missing]
-        _wait(admin.create_topics(new, request_timeout=timeout), "creating topic", timeout)
-        report.created.extend(s.name for s in missing)
+        raced = set(_wait(admin.create_topics(new, request_timeout=timeout), "creating topic", timeout))
+        report.created.extend(s.name for s in missing if s.name not in raced)
+        if not raced:  # if raced, the metadata was stale: check those topics again
+            _await_metadata(admin, [s.name for s in missing], timeout)
+            break
+    else:
+        raise BrokerUnavailableError("topic metadata kept disagreeing with topic creation")
     grow = [s for s in specs if s.name in existing and existing[s.name] < s.partitions]
     if grow:
         _wait(admin.create_partitions([NewPartitions(s.name, s.partitions) for s in grow]), "growing", timeout)
@@ -187,6 +182,38 @@ def ensure_topics(
         elif spec.name not in report.grown:
             report.unchanged.append(spec.name)
     return report
+
+
+def _check(admin: AdminClient, specs: list[TopicSpec], existing: dict[str, int], allow_growth: bool,
+           timeout: float) -> dict[str, dict[str, str]]:
+    """Refuse, before changing anything, what must not be done; returns the existing topics' configs."""
+    for spec in specs:
+        have = existing.get(spec.name)
+        if have is None:
+            continue
+        if have > spec.partitions:
+            raise _mismatch("PartitionShrinkRefused", f"{spec.name} has {have} partitions; Kafka cannot shrink "
+                            f"a topic to {spec.partitions}. Declare {have} or more.")
+        if have < spec.partitions and not allow_growth:
+            raise _mismatch("PartitionGrowthRefused", f"{spec.name} has {have} partitions; growing to "
+                            f"{spec.partitions} remaps aggregate ids to other partitions and needs an explicit "
+                            "opt-in (allowPartitionGrowth)")
+    current = _describe_configs(admin, [s.name for s in specs if s.name in existing], timeout)
+    for spec in specs:
+        policy = current.get(spec.name, {}).get("cleanup.policy")
+        if policy is not None and policy != spec.config.get("cleanup.policy", policy):
+            raise _mismatch("ConfigMismatch", f"{spec.name} has cleanup.policy={policy}, "
+                            f"expected {spec.config['cleanup.policy']}")
+    return current
+
+
+def _await_metadata(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Wait until new topics show in metadata, so the next caller sees what was created."""
+    deadline = time.monotonic() + timeout
+    while len(describe_partitions(admin, names, timeout)) < len(names):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"created topics did not appear in metadata: {', '.join(names)}")
+        time.sleep(0.1)
 
 
 def _mismatch(reason: str, message: str) -> TopicMismatchError:

@@ -44,6 +44,10 @@ def transactional_producer_config(kafka: KafkaSettings, transactional_id: str) -
         "transactional.id": transactional_id,
         # As Kafka Streams under EOS: a crashed handler's open transaction is aborted within seconds.
         "transaction.timeout.ms": 10_000,
+        # The coordinator answers CONCURRENT_TRANSACTIONS while the previous commit's markers are being
+        # written; the default 100 ms retry backoff then lands on every such batch's latency.
+        "retry.backoff.ms": 5,
+        "retry.backoff.max.ms": 50,
         "linger.ms": 2,
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 500_000,

@@ -115,6 +115,8 @@ class CommandHandler:
         started = time.monotonic()
         count = restore_partition(self.restore_consumer, self.topics.snapshots, task.partition, task.store)
         task.forget_all()
+        if count > 10_000:
+            task.store.release_memory()
         elapsed = time.monotonic() - started
         metrics.RESTORE_SECONDS.labels(self.spec.name).observe(elapsed)
         metrics.RESTORED_RECORDS.labels(self.spec.name).inc(count)

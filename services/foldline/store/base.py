@@ -8,6 +8,10 @@ and restore is always "read from my offset to the end" - no wipe after an unclea
 
 Durability of the last few writes is not needed (restore re-reads them), so implementations may skip
 fsync; atomicity is needed.
+
+RocksDB is the default, chosen by ``bench/handler.py`` on this project's 2-core machine with 1,000,000
+invoices of 540 bytes on one partition: restore 133k snapshots/s (LMDB 114k, SQLite 87k) and a handler
+RSS of 254 MB (SQLite 200 MB; LMDB 896 MB, 714 MB of it clean file pages that page-fault-around maps in).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class StateStore(Protocol):
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key and value, in key order."""
+
+    def release_memory(self) -> None:
+        """Give back memory a bulk write (a restore) left behind; the data stays."""
 
     def close(self) -> None:
         """Release files and handles; the data stays on disk."""

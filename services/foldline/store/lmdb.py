@@ -17,6 +17,10 @@ _MAP_SIZE = 64 << 30
 class LmdbStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._open()
+
+    def _open(self) -> None:
+        path = self.path
         try:
             # sync=False: a crash may lose the last commits but never mixes two of them; restore re-reads.
             self._env = lmdb.open(
@@ -58,6 +62,11 @@ class LmdbStore:
         with self._env.begin(db=self._data) as txn:
             for key, value in txn.cursor():
                 yield bytes(key), bytes(value)
+
+    def release_memory(self) -> None:
+        """Unmap and map again: a restore touches every page, and the mapped pages count as resident."""
+        self._env.close()
+        self._open()
 
     def close(self) -> None:
         self._env.close()

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import cast
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from foldline.errors import StoreUnavailableError
 
@@ -19,6 +19,12 @@ class RocksDbStore:
         self.path = path
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        # One store per partition: keep each one's memtables and block cache small.
+        options.set_write_buffer_size(16 << 20)
+        options.set_max_write_buffer_number(2)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(16 << 20))
+        options.set_block_based_table_factory(table)
         try:
             self._db = Rdict(str(path / "rocksdb"), options=options)
         except Exception as exc:  # rocksdict raises plain Exception subclasses
@@ -52,6 +58,9 @@ class RocksDbStore:
         for key, value in self._db.items():
             if key != _OFFSET:
                 yield cast(bytes, key), cast(bytes, value)
+
+    def release_memory(self) -> None:
+        self._db.flush()  # the memtable goes to disk instead of staying in memory until it fills
 
     def close(self) -> None:
         self._db.flush()

@@ -56,5 +56,8 @@ class SqliteStore:
         for key, value in self._db.execute("SELECT key, value FROM snapshots ORDER BY key"):
             yield bytes(key), bytes(value)
 
+    def release_memory(self) -> None:
+        self._db.execute("PRAGMA shrink_memory")
+
     def close(self) -> None:
         self._db.close()
