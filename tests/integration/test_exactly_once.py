@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from foldline import AggregateSpec, EventRecord, SnapshotRecord
+from foldline.store.base import store_kinds
 from foldline.topics import TopicNames
 from tests.conftest import aggregate_path
 from tests.kafka_support import command, read_topic, results, send, start_handler, wait_for_results
@@ -118,7 +119,9 @@ def test_rebalance_moves_stores_and_state_stays_exact(kafka_bootstrap, invoices_
     assert moved, "no surviving handler restored a store from the changelog"
 
 
-def test_wiped_store_is_rebuilt_and_versions_go_on(kafka_bootstrap, invoices_aggregate, run_handler, tmp_path):
+@pytest.mark.parametrize("store", store_kinds())
+def test_wiped_store_is_rebuilt_and_versions_go_on(kafka_bootstrap, invoices_aggregate, run_handler, tmp_path,
+                                                   store):
     import shutil
 
     cls = invoices_aggregate(partitions=2)
@@ -126,7 +129,7 @@ def test_wiped_store_is_rebuilt_and_versions_go_on(kafka_bootstrap, invoices_agg
     first = workload(aggregates=50, per_aggregate=3, prefix="wipe")
     send(kafka_bootstrap, names.commands, first)
     state = tmp_path / "state"
-    handler = run_handler(cls(), state_dir=state)
+    handler = run_handler(cls(), state_dir=state, store=store)
     wait_for_results(kafka_bootstrap, cls.name, len(first))
     handler.stop()
     time.sleep(1.5)
@@ -135,7 +138,7 @@ def test_wiped_store_is_rebuilt_and_versions_go_on(kafka_bootstrap, invoices_agg
     more = [command(f"wipe-{i}", "AddLineItem", {"line_id": "late", "description": "d", "quantity": 1,
                                                   "unit_price": "2.00"}, expected_version=3) for i in range(50)]
     send(kafka_bootstrap, names.commands, more)
-    run_handler(cls(), state_dir=state)
+    run_handler(cls(), state_dir=state, store=store)
     got = {r.command_id: r for r in wait_for_results(kafka_bootstrap, cls.name, len(first) + len(more))}
     assert all(got[c.command_id].status == "accepted" and got[c.command_id].version == 4 for c in more)
     assert_exactly_once(kafka_bootstrap, cls, first + more)
