@@ -68,16 +68,27 @@ def install_postgres() -> Path:
     return bin_dir
 
 
+def _searchable_by_others(path: Path) -> bool:
+    """Whether every existing directory from / down to ``path`` lets other users pass through."""
+    for part in [*reversed(path.resolve().parents), path.resolve()]:
+        if part.exists() and not part.stat().st_mode & 0o001:
+            return False
+    return True
+
+
 class DevPostgres:
     def __init__(self, cache_dir: Path | None = None, port: int | None = None) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.port = port or int(os.environ.get("FOLDLINE_DEV_POSTGRES_PORT", DEFAULT_PORT))
+        # PostgreSQL refuses to run as root: as root we act as the `postgres` system user.
+        self.run_as = "postgres" if os.geteuid() == 0 else None
         self.root = self.cache_dir / "postgres"
+        if self.run_as is not None and not _searchable_by_others(self.cache_dir):
+            # A checkout under /root (0700) cannot be entered by the postgres user; keep the cluster where it can.
+            self.root = Path("/var/tmp") / f"foldline-postgres-{self.port}"
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "run"
         self.log_file = self.root / "postgres.log"
-        # PostgreSQL refuses to run as root: as root we act as the `postgres` system user.
-        self.run_as = "postgres" if os.geteuid() == 0 else None
 
     @property
     def dsn(self) -> str:
