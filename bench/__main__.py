@@ -1,0 +1,27 @@
+"""``python -m bench [handler|projection|gateway ...]``: run the benchmarks and print their figures.
+
+Each benchmark uses the real broker (and PostgreSQL for projections) through the project's own scripts,
+and prints one figure per line. None of them fails on a time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUITES = ("handler", "projection", "gateway")
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(SUITES)
+    unknown = [name for name in chosen if name not in SUITES]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    for name in chosen:
+        importlib.import_module(f"bench.{name}").main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
