@@ -57,6 +57,7 @@ class CommandHandler:
         self._restoring = 0
         self._started = False
         self._last_loop = time.monotonic()
+        self._lag_updated = 0.0
         self.stop_event = threading.Event()
         agg = spec.name
         self._m_status = {s: metrics.COMMANDS.labels(agg, s) for s in ("accepted", "rejected", "conflict", "failed")}
@@ -120,7 +121,8 @@ class CommandHandler:
         elapsed = time.monotonic() - started
         metrics.RESTORE_SECONDS.labels(self.spec.name).observe(elapsed)
         metrics.RESTORED_RECORDS.labels(self.spec.name).inc(count)
-        metrics.STORE_KEYS.labels(self.spec.name, str(task.partition)).set(task.store.count())
+        if count or not task.needs_catch_up:
+            metrics.STORE_KEYS.labels(self.spec.name, str(task.partition)).set(task.store.estimated_keys())
         if count:
             log.info("store restored", aggregate=self.spec.name, partition=task.partition, snapshots=count,
                      seconds=round(elapsed, 3))
@@ -144,7 +146,13 @@ class CommandHandler:
 
     def poll_once(self) -> int:
         """Take one batch and process it in one transaction; returns the number of commands."""
-        self._last_loop = time.monotonic()
+        now = time.monotonic()
+        self._last_loop = now
+        if now - self._lag_updated > 5.0:
+            self._lag_updated = now
+            group = f"foldline.{self.spec.name}.command-handler"
+            for partition, lag in self.lag().items():
+                metrics.CONSUMER_LAG.labels(self.spec.name, group, str(partition)).set(lag)
         batch = self._next_batch()
         if batch:
             self._process(batch)

@@ -39,6 +39,9 @@ class StateStore(Protocol):
     def count(self) -> int:
         """How many keys the store holds."""
 
+    def estimated_keys(self) -> int:
+        """About how many keys the store holds, cheaply (for metrics)."""
+
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key and value, in key order."""
 

@@ -58,6 +58,9 @@ class LmdbStore:
         with self._env.begin(db=self._data) as txn:
             return int(txn.stat(self._data)["entries"])
 
+    def estimated_keys(self) -> int:
+        return self.count()
+
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         with self._env.begin(db=self._data) as txn:
             for key, value in txn.cursor():

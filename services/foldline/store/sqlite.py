@@ -52,6 +52,9 @@ class SqliteStore:
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM snapshots").fetchone()[0])
 
+    def estimated_keys(self) -> int:
+        return self.count()
+
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.execute("SELECT key, value FROM snapshots ORDER BY key"):
             yield bytes(key), bytes(value)
