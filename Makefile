@@ -49,6 +49,9 @@ envtest-up: ## build (once) and start etcd + kube-apiserver for the e2e tests
 envtest-down: ## stop them
 	scripts/envtest.sh stop
 
+crds: ## regenerate manifests/crds and charts/foldline/crds from operator/foldline_operator/crds.py
+	$(PYTHON) -m foldline_operator.crds --write
+
 kind-up: ## a local kind cluster (needs Docker, which this machine lacks)
 	kind create cluster --name foldline
 deploy: ## helm install the chart into the current cluster

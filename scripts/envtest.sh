@@ -63,6 +63,8 @@ binaries_current() {
 }
 
 cmd_build() {
+  # Go's PATH entry lives in ~/.bashrc, which non-interactive shells skip.
+  command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
   command -v go >/dev/null || die "go is not installed (needed to build the control plane)"
   # Never let go.mod's `go` line trigger a toolchain download: use the local Go.
   export GOTOOLCHAIN=local
@@ -173,7 +175,7 @@ pid_of() {  # prints the pid if the recorded process is still our binary
   pid="$(cat "$f")"
   [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
   # Guard against pid reuse: the process must be running our cached binary.
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "^$BIN_DIR/$1 " || return 1
+  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline")" == "$BIN_DIR/$1 "* ]] || return 1
   echo "$pid"
 }
 
@@ -185,39 +187,43 @@ launch() {  # launch NAME ARGS... : own session/process group, pid file, log fil
   echo $! >"$RUN_DIR/$name.pid"
 }
 
-stop_one() {
-  local name="$1" pid i
-  pid="$(pid_of "$name")" || { rm -f "$RUN_DIR/$name.pid"; return 0; }
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do       # up to 10 s for a clean shutdown
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
+stop_group() {  # SIGTERM the given components together, 10 s grace, then SIGKILL
+  local c pid i names=() pids=()
+  for c in "$@"; do
+    if pid="$(pid_of "$c")"; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      names+=("$c"); pids+=("$pid")
+    fi
+    rm -f "$RUN_DIR/$c.pid"
   done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name (pid $pid) did not exit on SIGTERM; killing"
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$RUN_DIR/$name.pid"
-  log "stopped $name"
+  local deadline=$((SECONDS + 10))
+  for ((i = 0; i < ${#pids[@]}; i++)); do
+    while kill -0 "${pids[$i]}" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]} (pid ${pids[$i]}) did not exit on SIGTERM; killing"
+      kill -KILL -- "-${pids[$i]}" 2>/dev/null || kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+    log "stopped ${names[$i]}"
+  done
 }
 
+# etcd last: kube-apiserver hangs in its shutdown if etcd is already gone.
 cmd_stop() {
-  local i
-  # Reverse order: clients before the servers they talk to.
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_one "${COMPONENTS[$i]}"; done
+  stop_group kube-controller-manager kube-apiserver
+  stop_group etcd
 }
 
 port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 
 fail_start() {
   local c
-  log "ERROR: $*"
   for c in "${COMPONENTS[@]}"; do
     [[ -f "$LOG_DIR/$c.log" ]] || continue
-    printf '\n----- tail of %s -----\n' "$LOG_DIR/$c.log" >&2
+    printf -- '----- tail of %s -----\n' "$LOG_DIR/$c.log" >&2
     tail -n 30 "$LOG_DIR/$c.log" >&2
   done
   cmd_stop
+  log "ERROR: $*"   # last, so it ends up at the bottom of any output tail
   exit 1
 }
 
@@ -237,7 +243,7 @@ api_get() {  # api_get PATH : authenticated GET against the apiserver
     -H "Authorization: Bearer $(admin_token)" "$APISERVER_URL$1"
 }
 
-readyz_ok() { [[ "$(api_get /readyz)" == ok ]]; }
+readyz_ok() { [[ "$(api_get /readyz 2>/dev/null)" == ok ]]; }
 etcd_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
 
 cmd_start() {
@@ -251,6 +257,8 @@ cmd_start() {
     port_in_use "$p" && die "port $p is already in use by another process (not ours)"
   done
   rm -rf "$ETCD_DATA"
+  # Logs of a previous run would only mislead a failure report.
+  for p in "${COMPONENTS[@]}"; do rm -f "$LOG_DIR/$p.log"; done
   local start_s=$SECONDS
 
   # --unsafe-no-fsync: the data is throw-away; fsync only slows tests down.

@@ -73,3 +73,82 @@ def invoices_aggregate(kafka_admin: AdminClient, unique_name: Callable[[str], st
 def aggregate_path(cls: type[Invoices]) -> str:
     """An import path a child process can load: the invoices class with the name taken from env."""
     return f"tests.named_invoices:{cls.name.replace('-', '_')}"
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The real PostgreSQL server of ``foldline.dev.postgres`` (started if needed, never stopped here).
+
+    If it cannot start, the tests that need it fail: there is no fake to fall back to.
+    """
+    from foldline.dev.postgres import DevPostgres
+
+    return DevPostgres().start()
+
+
+@pytest.fixture
+def postgres_url(postgres_dsn: str, unique_name: Callable[[str], str]) -> Iterator[str]:
+    """A projection database URL on the real server with a schema of its own, dropped afterwards."""
+    import psycopg
+
+    schema = unique_name("views").replace("-", "_")
+    yield f"{postgres_dsn}?schema={schema}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def invoice_history(kafka_bootstrap: str) -> Callable[[type[Invoices]], dict[str, tuple[object, int, list[object]]]]:
+    """Read an invoices aggregate's whole events topic and fold it per aggregate:
+    ``{aggregate_id: (state, version, decoded events)}`` - what every view must agree with."""
+    from foldline.records import EventRecord
+    from foldline.topics import TopicNames
+    from tests.kafka_support import read_topic
+
+    def fold(cls: type[Invoices]) -> dict[str, tuple[object, int, list[object]]]:
+        spec = AggregateSpec(cls())
+        records: dict[str, list[EventRecord]] = {}
+        for msg in read_topic(kafka_bootstrap, TopicNames(cls.name).events):
+            record = EventRecord.from_bytes(msg.value())
+            records.setdefault(record.aggregate_id, []).append(record)
+        out: dict[str, tuple[object, int, list[object]]] = {}
+        for aggregate_id, recs in records.items():
+            assert [r.version for r in recs] == list(range(1, len(recs) + 1)), f"{aggregate_id}: gaps in events"
+            events = [spec.decode_event(r.type, r.schema_version, r.payload) for r in recs]
+            out[aggregate_id] = (spec.aggregate.fold(events), len(recs), events)
+        return out
+
+    return fold
+
+
+@pytest.fixture
+def start_projector(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Run ``foldline projector`` as a real child process; every one still alive is stopped afterwards."""
+    import subprocess
+    import sys
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(projection: str, database: str, *, aggregate_name: str, name: str,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "FOLDLINE_HTTP_PORT": "0",
+               "FOLDLINE_LOG_FORMAT": "json", "FOLDLINE_INSTANCE_ID": name,
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(extra_env or {})}
+        log = (tmp_path / f"projector-{name}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "foldline.cli", "projector", "--projection", projection,
+                                 "--database", database, "--aggregate-name", aggregate_name],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in started:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)

@@ -18,6 +18,9 @@ Command = Callable[[argparse.Namespace], int]
 #: Modules that add subcommands through ``register(subparsers)``; one per area of the runtime.
 _REGISTRARS: tuple[str, ...] = (
     "foldline.cli_client",
+    "foldline.gateway.cli",
+    "foldline.demo",
+    "foldline.projection.cli",
 )
 
 

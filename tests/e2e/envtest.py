@@ -10,6 +10,7 @@ this control plane, so a broken one must fail loudly, never be skipped.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -20,6 +21,8 @@ __all__ = ["start_control_plane", "stop_control_plane"]
 START_TIMEOUT_S = 30 * 60
 STOP_TIMEOUT_S = 120
 _LOG_TAIL_LINES = 40
+# The script's own logs, in the order worth reading.
+_LOGS = ("build", "etcd", "kube-apiserver", "kube-controller-manager")
 
 
 def _script(repo_root: Path) -> Path:
@@ -38,12 +41,11 @@ def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
 
 def _log_tails(repo_root: Path) -> str:
     log_dir = _log_dir(repo_root)
-    if not log_dir.is_dir():
-        return f"(no logs in {log_dir})"
     parts = []
-    for log in sorted(log_dir.glob("*.log")):
-        content = log.read_text(errors="replace")
-        parts.append(f"----- tail of {log} -----\n{_tail(content)}")
+    for name in _LOGS:
+        log = log_dir / f"{name}.log"
+        if log.is_file():
+            parts.append(f"----- tail of {log} -----\n{_tail(log.read_text(errors='replace'))}")
     return "\n".join(parts) or f"(no logs in {log_dir})"
 
 
@@ -51,30 +53,40 @@ def _run(repo_root: Path, command: str, timeout: float) -> subprocess.CompletedP
     script = _script(repo_root)
     if not script.is_file():
         raise RuntimeError(f"control-plane script not found: {script}")
+    # Own session, so a timeout can end the script together with a `go build`
+    # it is running (the servers themselves run in sessions of their own).
+    proc = subprocess.Popen(
+        ["bash", str(script), command],
+        cwd=repo_root,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        return subprocess.run(
-            ["bash", str(script), command],
-            cwd=repo_root,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode(errors="replace")
-        raise RuntimeError(
-            f"`envtest.sh {command}` timed out after {timeout:.0f}s\n{_tail(out)}\n{_log_tails(repo_root)}"
-        ) from exc
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        tails = _log_tails(repo_root)
+        if command != "stop":  # don't leave half-started servers behind
+            subprocess.run(
+                ["bash", str(script), "stop"], stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_TIMEOUT_S
+            )
+        raise RuntimeError(f"`envtest.sh {command}` timed out after {timeout:.0f}s\n{_tail(stderr)}\n{tails}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def start_control_plane(repo_root: Path) -> Path:
     """Build if needed, (re)start a fresh, empty control plane; return its kubeconfig path."""
     result = _run(repo_root, "start", START_TIMEOUT_S)
     if result.returncode != 0:
+        # On failure the script itself prints the tails of the relevant logs
+        # (build log or component logs), with its error message last.
         raise RuntimeError(
-            f"starting the control plane failed (exit {result.returncode}):\n"
-            f"{_tail(result.stderr)}\n{_log_tails(repo_root)}"
+            f"starting the control plane failed (exit {result.returncode}; logs in {_log_dir(repo_root)}):\n"
+            + _tail(result.stderr, 150)
         )
     # The script prints the kubeconfig path as its last stdout line.
     lines = result.stdout.strip().splitlines()

@@ -10,12 +10,13 @@ import asyncio
 import json
 import re
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from foldline.aggregate import AggregateSpec
 from foldline.errors import CommandError, UnknownTypeError
 from foldline.gateway.errors import BadRequest, GatewayTimeout, NotFound, PayloadTooLarge
 from foldline.ids import AggregateId, CommandId
@@ -81,7 +82,11 @@ def query_timeout(request: Request, default: float, maximum: float) -> float:
     return value
 
 
-def parse_envelope(gateway: Gateway, aggregate: str, data: Any) -> CommandEnvelope:
+class Aggregates(Protocol):
+    def spec(self, aggregate: str) -> AggregateSpec: ...
+
+
+def parse_envelope(gateway: Aggregates, aggregate: str, data: Any) -> CommandEnvelope:
     """Check the request envelope and the payload (with the aggregate's codec); build the record."""
     if not isinstance(data, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(data).__name__}", code="invalid_envelope")

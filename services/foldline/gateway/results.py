@@ -31,7 +31,7 @@ log = structlog.get_logger("foldline.gateway.results")
 Key = tuple[str, str]  # (aggregate name, command id)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: each stream client is its own
 class Subscriber:
     """One stream client: results of ``aggregate`` (optionally one aggregate id) pushed to ``queue``."""
 
@@ -86,6 +86,11 @@ class ResultHub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 
+    def close_streams(self) -> None:
+        """End every open results stream (the gateway is shutting down)."""
+        for sub in list(self._subscribers):
+            _push_end(sub.queue)
+
     def dispatch(self, batch: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Record results read by the reader thread and wake whoever waits for them."""
         index = self._index
@@ -107,8 +112,14 @@ class ResultHub:
                     sub.queue.put_nowait(result)
                 except asyncio.QueueFull:  # a slow client: end its stream rather than hold memory
                     sub.overflowed = True
-                    sub.queue.get_nowait()
-                    sub.queue.put_nowait(None)
+                    _push_end(sub.queue)
+
+
+def _push_end(queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+    """Queue the end marker, dropping the oldest item if the queue is full."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(None)
 
 
 class ResultsReader:
@@ -215,7 +226,11 @@ class ResultsReader:
 
     def _poll(self, consumer: Consumer, remaining: set[tuple[str, int]]) -> list[tuple[str, dict[str, Any]]]:
         batch: list[tuple[str, dict[str, Any]]] = []
-        for msg in consumer.consume(1000, 0.2):
+        # consume(n, t) waits for all n records or t: wait for one, then take whatever else is there.
+        messages = consumer.consume(1, 0.2)
+        if messages:
+            messages += consumer.consume(1000, 0)
+        for msg in messages:
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:

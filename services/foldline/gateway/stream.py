@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from foldline.gateway.errors import BadRequest
+from foldline.gateway.errors import HttpError
 
 if TYPE_CHECKING:
     from foldline.gateway.app import Gateway
@@ -62,7 +62,8 @@ async def stream_view(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     views = gateway.require_views()
     view = request.path_params["view"]
-    query = await views.parse_query(view, request.query_params, allow_wait=False)
+    query = views.parse_query(view, request.query_params, allow_wait=False)
+    first = await views.rows(view, query)  # an unknown view or column answers 404/400, not a broken stream
     interval = gateway.settings.view_poll_interval_s
     heartbeat = gateway.settings.sse_heartbeat_s
     closing = gateway.closing
@@ -72,8 +73,14 @@ async def stream_view(request: Request) -> Response:
         last: list[dict[str, Any]] | None = None
         quiet = 0.0
         sequence = 0
+        rows: list[dict[str, Any]] | None = first
         while not closing.is_set():
-            rows = await views.rows(view, query)
+            if rows is None:
+                try:
+                    rows = await views.rows(view, query)
+                except HttpError as exc:  # the database went away mid-stream: say so, keep polling
+                    yield sse("error", {"code": exc.code, "message": exc.message})
+                    rows = last
             if rows != last:
                 sequence += 1
                 yield sse("rows", {"view": view, "rows": rows}, str(sequence))
@@ -81,6 +88,7 @@ async def stream_view(request: Request) -> Response:
             elif quiet >= heartbeat:
                 yield ": keep-alive\n\n"
                 quiet = 0.0
+            rows = None
             try:
                 await asyncio.wait_for(closing.wait(), interval)
             except TimeoutError:
@@ -89,8 +97,3 @@ async def stream_view(request: Request) -> Response:
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-
-def require(value: str | None, what: str) -> str:
-    if not value:
-        raise BadRequest(f"{what} is required", code="invalid_query")
-    return value

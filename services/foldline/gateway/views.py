@@ -1,7 +1,9 @@
 """Reads of projection views for the gateway, through the projector's ``ProjectionTarget``.
 
-Database calls are blocking, so they run on one dedicated thread (a SQLite connection belongs to the
-thread that opened it); the event loop never waits on the database. ``min_version`` reads poll
+Database calls are blocking, so they run on a small pool of dedicated threads; the event loop never
+waits on the database. The target checks view and column names (a view's columns change when a new
+revision takes over): ``UnknownViewError`` becomes 404, ``InvalidQueryError`` (an unknown column, a
+value that does not fit it) 400, an unavailable database 503. ``min_version`` reads poll
 ``aggregate_version`` with a short backoff until the projection has caught up, or answer 504.
 """
 
@@ -17,7 +19,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from foldline.errors import FoldlineError, RetryableError
+from foldline.errors import CommandError, FoldlineError, RetryableError
 from foldline.gateway.errors import BadRequest, GatewayTimeout, HttpError, NotFound, Unavailable
 
 log = structlog.get_logger("foldline.gateway.views")
@@ -53,24 +55,25 @@ def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int
 
 
 class ViewService:
-    """The views one projection database serves; ``views`` maps each view name to its aggregate."""
+    """The views of one projection database. ``views`` maps each served view to its aggregate; when it is
+    empty, every view the database holds is served."""
 
     def __init__(self, database_url: str, views: Mapping[str, str], *, opener: Callable[[str], Any],
-                 read_timeout_s: float = 10.0, max_read_timeout_s: float = 60.0) -> None:
+                 read_timeout_s: float = 10.0, max_read_timeout_s: float = 60.0, threads: int = 4) -> None:
         self.database_url = database_url
         self.views = dict(views)
         self._opener = opener
         self.read_timeout_s = read_timeout_s
         self.max_read_timeout_s = max_read_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foldline-gateway-db")
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="foldline-gateway-db")
         self._target: Any = None
-        self._columns: dict[str, frozenset[str]] = {}
+        self._opening = asyncio.Lock()
         self.error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         try:
-            self._target = await self._call(self._opener, self.database_url)
+            await self._ensure_target()
         except HttpError as exc:
             self.error = exc.message  # the database may come later: /readyz says so, reads answer 503
             log.warning("projection database not available", error=exc.message)
@@ -88,17 +91,23 @@ class ViewService:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        except HttpError:
+            raise
+        except CommandError as exc:  # UnknownViewError, InvalidQueryError (UnknownColumnError), ...
+            if exc.code == "unknown_view":
+                raise NotFound(exc.message, code="unknown_view", details=exc.details) from exc
+            raise BadRequest(exc.message, code=exc.code, details=exc.details) from exc
         except RetryableError as exc:
             raise Unavailable(f"the projection database is unavailable: {exc}") from exc
         except FoldlineError as exc:
-            if isinstance(exc, HttpError):
-                raise
             raise Unavailable(f"reading the projection failed: {type(exc).__name__}: {exc}") from exc
 
     async def _ensure_target(self) -> Any:
         if self._target is None:
-            self._target = await self._call(self._opener, self.database_url)
-            self.error = None
+            async with self._opening:
+                if self._target is None:
+                    self._target = await self._call(self._opener, self.database_url)
+                    self.error = None
         return self._target
 
     # -- views -----------------------------------------------------------------------------------------
@@ -106,41 +115,21 @@ class ViewService:
         return self.views.get(view, "")
 
     def check_view(self, view: str) -> None:
-        if view not in self.views:
-            raise NotFound(f"no view named {view!r}; known: {', '.join(sorted(self.views)) or 'none'}",
+        if self.views and view not in self.views:
+            raise NotFound(f"no view named {view!r}; known: {', '.join(sorted(self.views))}",
                            code="unknown_view", details={"view": view, "known": sorted(self.views)})
 
-    async def columns(self, view: str) -> frozenset[str]:
+    def parse_query(self, view: str, params: Mapping[str, str], *, allow_wait: bool = True) -> RowQuery:
+        """The query string of a rows read: column filters, paging, ordering, read-after-write."""
         self.check_view(view)
-        cached = self._columns.get(view)
-        if cached is None:
-            target = await self._ensure_target()
-            cached = frozenset(await self._call(target.columns, view))
-            if not cached:
-                raise Unavailable(f"view {view!r} has no table yet: is its projector running?")
-            self._columns[view] = cached
-        return cached
-
-    async def parse_query(self, view: str, params: Mapping[str, str], *, allow_wait: bool = True) -> RowQuery:
-        """Check the query string of a rows read: filters name real columns, paging is in range."""
-        columns = await self.columns(view)
         filters = {k: v for k, v in params.items() if k not in RESERVED}
-        unknown = sorted(set(filters) - columns)
-        if unknown:
-            raise BadRequest(f"view {view!r} has no column(s) {', '.join(unknown)}; columns: "
-                             f"{', '.join(sorted(columns))}", code="unknown_column",
-                             details={"unknown": unknown, "columns": sorted(columns)})
-        order_by = params.get("order_by") or None
-        if order_by is not None and order_by.lstrip("-") not in columns:
-            raise BadRequest(f"cannot order by {order_by!r}: view {view!r} has no such column",
-                             code="unknown_column", details={"columns": sorted(columns)})
         aggregate_id = params.get("aggregate_id") or None
-        if aggregate_id is not None and "aggregate_id" in columns:
-            filters["aggregate_id"] = aggregate_id
+        if aggregate_id is not None:
+            filters["aggregate_id"] = aggregate_id  # every view has the column
         min_version = None
         if params.get("min_version") not in (None, ""):
             if not allow_wait:
-                raise BadRequest("min_version is not supported on streams", code="invalid_query")
+                raise BadRequest("min_version is for reads, not streams", code="invalid_query")
             min_version = _int(params, "min_version", 0, 0)
             if aggregate_id is None:
                 raise BadRequest("min_version needs aggregate_id: whose version to wait for", code="invalid_query")
@@ -155,8 +144,8 @@ class ViewService:
                 raise BadRequest(f"timeout must be above 0 and at most {self.max_read_timeout_s} seconds",
                                  code="invalid_query")
         return RowQuery(filters=filters, limit=_int(params, "limit", 100, 1, MAX_LIMIT),
-                        offset=_int(params, "offset", 0, 0), order_by=order_by, aggregate_id=aggregate_id,
-                        min_version=min_version, timeout=timeout)
+                        offset=_int(params, "offset", 0, 0), order_by=params.get("order_by") or None,
+                        aggregate_id=aggregate_id, min_version=min_version, timeout=timeout)
 
     async def rows(self, view: str, query: RowQuery) -> list[dict[str, Any]]:
         target = await self._ensure_target()

@@ -69,8 +69,9 @@ class CommandHandler:
 
     # -- health --------------------------------------------------------------------------------------
     def live(self) -> bool:
-        # A loop stuck for longer than a rebalance could take means the process should be restarted.
-        return time.monotonic() - self._last_loop < 300.0
+        # A loop stuck for longer than a rebalance could take means the process should be restarted;
+        # a long restore is progress, not a hang.
+        return self._restoring > 0 or time.monotonic() - self._last_loop < 300.0
 
     def ready(self) -> bool:
         return self._started and self._restoring == 0
