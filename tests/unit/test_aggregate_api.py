@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
@@ -30,7 +31,7 @@ class Person:
 class People(Aggregate[Person]):
     name = "people"
     state_type = Person
-    commands = (Rename,)
+    commands: ClassVar[tuple[type, ...]] = (Rename,)
     events = (Renamed,)
     upcasters = {
         ("Renamed", 1): lambda p: {"who": p["name"]},

@@ -49,7 +49,7 @@ def test_happy_life_with_partial_payments():
     state, decision = run(CREATE, line("a", 3, "100.00"), SendInvoice(), RecordPayment("p1", Decimal("100"), "EUR"),
                           RecordPayment("p2", Decimal("200.00"), "EUR"))
     assert state.status == "paid" and state.balance == 0
-    assert [type(e).__name__ for e in decision] == ["PaymentRecorded", "InvoicePaid"]  # type: ignore[union-attr]
+    assert [type(e).__name__ for e in decision] == ["PaymentRecorded", "InvoicePaid"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("command", [line(), RemoveLineItem("a"), SendInvoice(),
