@@ -28,11 +28,15 @@ def line(line_id: str, quantity: int, price: str) -> dict:
 
 
 @pytest.fixture
-def read_stack(kafka_bootstrap, invoices_aggregate, run_handler, tmp_path):
+def read_stack(request, kafka_bootstrap, invoices_aggregate, run_handler, tmp_path):
+    """Handler, three projectors and a gateway; the database is SQLite unless the test asks for postgres."""
     cls = invoices_aggregate(partitions=3)
     run_handler(cls(), commit_interval_ms=5)
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    database = f"sqlite:///{tmp_path / 'views.db'}"
+    if getattr(request, "param", "sqlite") == "postgres":
+        database = request.getfixturevalue("postgres_url")
+    else:
+        database = f"sqlite:///{tmp_path / 'views.db'}"
     projectors = []
     for name in ("InvoiceList", "InvoiceLineItems", "CustomerTotals"):
         spec = load_projection(f"{VIEWS}:{name}", aggregate_name=cls.name)
@@ -83,6 +87,17 @@ def test_read_after_write_with_min_version(read_stack):
     items = client.get("/views/invoice-line-items/rows",
                        params={"invoice_id": "inv-1", "aggregate_id": "inv-1", "min_version": version}).json()
     assert [i["line_id"] for i in items["rows"]] == ["a"] and items["rows"][0]["amount"] == "300.00"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("read_stack", ["postgres"], indirect=True)
+def test_read_after_write_on_postgres(read_stack):
+    agg, client, _ = read_stack
+    submit(client, agg, "inv-pg", "CreateInvoice", CREATE)
+    version = submit(client, agg, "inv-pg", "AddLineItem", line("a", 2, "12.50"))
+    r = client.get("/views/invoice-list/rows", params={"aggregate_id": "inv-pg", "min_version": version})
+    assert r.status_code == 200 and r.json()["rows"][0]["total"] == "25.00"
+    assert client.get("/views/invoice-list/rows", params={"colour": "red"}).status_code == 400
 
 
 def test_filters_paging_and_order(read_stack):
@@ -150,3 +165,18 @@ def _events(lines):
             kind = text[7:]
         elif text.startswith("data: "):
             yield kind, json.loads(text[6:])
+
+
+def test_without_projections_every_view_of_the_database_is_served(read_stack, kafka_bootstrap, tmp_path):
+    agg, client, server = read_stack
+    version = submit(client, agg, "inv-open", "CreateInvoice", CREATE)
+    database = f"sqlite:///{tmp_path / 'views.db'}"
+    gateway = Gateway([AggregateSpec(type(server.gateway.specs[agg].aggregate)())],
+                      GatewaySettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap), host="127.0.0.1"),
+                      ViewService(database, {}, opener=open_target))
+    with GatewayServer(gateway) as open_server, httpx.Client(base_url=open_server.url, timeout=30) as c:
+        r = c.get("/views/invoice-line-items/rows", params={"aggregate_id": "inv-open", "min_version": version})
+        assert r.status_code == 200 and r.json()["rows"] == []  # no line items yet, but the view is there
+        assert c.get("/views/no-such-view/rows").status_code == 404
+        names = [v["name"] for v in c.get("/views").json()["views"]]
+        assert names == ["customer-totals", "invoice-line-items", "invoice-list"]

@@ -20,10 +20,10 @@ import pytest
 
 from foldline.examples.invoices import InvoiceCreated, InvoiceDeleted, InvoiceSent, PaymentRecorded
 from foldline.projection import open_store
-from foldline.projection.status import kafka_end_offsets, view_status
+from foldline.projection.status import ViewStatus, kafka_end_offsets, view_status
 from foldline.settings import KafkaSettings
 from foldline.topics import TopicNames
-from tests.kafka_support import command, send, wait_for_results
+from tests.kafka_support import command, producer, wait_for_results
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -34,7 +34,7 @@ _CENT = Decimal("0.01")
 def invoice_workload(invoices: int, prefix: str, seed: int = 11) -> list:
     """Each invoice's life in order; the invoices interleaved round-robin, as many clients would send."""
     rng = random.Random(seed)
-    lives = []
+    lives: list[list] = []
     for i in range(invoices):
         aid = f"{prefix}-{i}"
         cmds = [command(aid, "CreateInvoice", {"customer": f"customer-{rng.randrange(15)}", "currency": "EUR",
@@ -65,26 +65,42 @@ def invoice_workload(invoices: int, prefix: str, seed: int = 11) -> list:
                     cmds.append(command(aid, "RecordPayment", {"payment_id": "p2", "amount": str(total - part),
                                                                "currency": "EUR"}))
         lives.append(cmds)
-    out = []
+    out: list = []
     for step in range(max(len(c) for c in lives)):
         out.extend(c[step] for c in lives if step < len(c))
     return out
 
 
-def stream(bootstrap: str, topic: str, cmds: list, seconds: float) -> threading.Thread:
-    chunks = [cmds[i:i + 150] for i in range(0, len(cmds), 150)]
+class Stream(threading.Thread):
+    """Send commands in chunks spread over ``seconds`` from one producer; ``halt`` stops it early."""
 
-    def run() -> None:
-        for chunk in chunks:
-            send(bootstrap, topic, chunk)
-            time.sleep(seconds / len(chunks))
+    def __init__(self, bootstrap: str, topic: str, cmds: list, seconds: float, chunk: int = 150) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.seconds = bootstrap, topic, seconds
+        self.chunks = [cmds[i:i + chunk] for i in range(0, len(cmds), chunk)]
+        self.sent = 0
+        self.halt = threading.Event()
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    def run(self) -> None:
+        p = producer(self.bootstrap)
+        for part in self.chunks:
+            if self.halt.is_set():
+                break
+            for envelope in part:
+                p.produce(self.topic, envelope.to_bytes(), envelope.aggregate_id.encode())
+            p.poll(0)
+            self.sent += len(part)
+            time.sleep(self.seconds / len(self.chunks))
+        assert p.flush(30) == 0
 
 
-def statuses(bootstrap: str, views: dict[str, str]) -> dict[str, object]:
+def stream(bootstrap: str, topic: str, cmds: list, seconds: float, chunk: int = 150) -> Stream:
+    sender = Stream(bootstrap, topic, cmds, seconds, chunk)
+    sender.start()
+    return sender
+
+
+def statuses(bootstrap: str, views: dict[str, str]) -> dict[str, ViewStatus]:
     out = {}
     with kafka_end_offsets(KafkaSettings(bootstrap_servers=bootstrap)) as ends:
         for view, url in views.items():
@@ -128,7 +144,7 @@ def test_projectors_killed_mid_stream_and_restarted_give_exact_views(
         return all(sum(s.revisions[0].positions.values()) >= minimum for s in got.values())
 
     procs = start_both(0)
-    sender = stream(kafka_bootstrap, names.commands, cmds, seconds=12)
+    sender = stream(kafka_bootstrap, names.commands, cmds, seconds=20)
     behind_at_kill = []
     for round_ in (1, 2):
         wait_until(lambda r=round_: progressed(300 * r), 60, f"progress before kill {round_}")
@@ -158,7 +174,7 @@ def test_projectors_killed_mid_stream_and_restarted_give_exact_views(
 
     # InvoiceList: exactly the invoices that exist, each row the fold of its events.
     target = open_store(sqlite_url)
-    rows = []
+    rows: list[dict] = []
     while batch := target.read_rows("invoice-list", filters={}, limit=200, offset=len(rows)):
         rows.extend(batch)
     target.close()

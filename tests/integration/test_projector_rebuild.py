@@ -29,14 +29,15 @@ class InvoiceListV2(InvoiceList):
     columns = (*InvoiceList.columns, Column("lines", "integer", nullable=False))
 
     def project(self, record: Snapshot) -> list[RowChange]:
+        time.sleep(0.002)  # an expensive projection: the rebuild takes a few seconds, commands flowing meanwhile
         return [Upsert({**row.values, "lines": len(record.state.lines)})  # type: ignore[union-attr]
                 for row in super().project(record)]
 
 
 def read_all(target, view="invoice-list"):
-    rows: list[dict] = []
-    while batch := target.read_rows(view, filters={}, limit=500, offset=len(rows)):
-        rows.extend(batch)
+    """Every row in one query (one consistent snapshot, unlike pages read while rows change)."""
+    rows = target.read_rows(view, filters={}, limit=10_000)
+    assert len(rows) < 10_000
     return rows
 
 
@@ -76,7 +77,9 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
     def on_switch(info: SwitchInfo) -> None:  # in v2's thread, before its next batch: the table as switched
         store = open_store(url)
         try:
-            switched["positions"] = store.view_info("invoice-list").revision(2).positions
+            revision = store.view_info("invoice-list").revision(2)
+            assert revision is not None
+            switched["positions"] = revision.positions
             switched["rows"] = read_all(store)
             switched["info"] = info
             switched["at"] = time.monotonic()
@@ -86,8 +89,9 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
     def observe() -> None:
         while not stop_reading.is_set():
             try:
+                state = v2.state  # before the read: "building" here means the read began before the switch
                 rows = read_all(reader)
-                observed.append((time.monotonic(), v2.state, bool(rows) and "lines" in rows[0],
+                observed.append((time.monotonic(), state, bool(rows) and "lines" in rows[0],
                                  sum(r["aggregate_version"] for r in rows)))
             except BaseException as exc:
                 errors.append(exc)
@@ -95,20 +99,23 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
             time.sleep(0.01)
 
     after = invoice_workload(invoices=400, prefix="new", seed=5)
-    sender = stream(kafka_bootstrap, names.commands, after, seconds=8)
+    sender = stream(kafka_bootstrap, names.commands, after, seconds=30, chunk=40)
     time.sleep(1)
     v2 = build_projector(ProjectionSpec(InvoiceListV2(aggregate_name=cls.name)),
-                         settings.with_changes(max_batch=100), on_switch=on_switch)
+                         settings.with_changes(max_batch=50), on_switch=on_switch)
     threads.append(threading.Thread(target=observe, daemon=True))
     threads.append(threading.Thread(target=v2.run, daemon=True))
     for thread in threads[1:]:
         thread.start()
     try:
         wait_until(lambda: "rows" in switched, 90, "revision 2 to switch")
+        assert sender.is_alive(), "the rebuild took longer than the stream of commands"
         threads[0].join(30)
         assert v1.retired and not threads[0].is_alive(), "revision 1 did not stop after the switch"
+        time.sleep(1)  # commands go on through the new revision for a while
+        sender.halt.set()
         sender.join()
-        wait_for_results(kafka_bootstrap, cls.name, len(before) + len(after), timeout=120)
+        wait_for_results(kafka_bootstrap, cls.name, len(before) + sender.sent, timeout=120)
         wait_until(lambda: v2.lag() == 0, 60, "revision 2 to catch up")
         time.sleep(0.5)
     finally:
@@ -120,11 +127,13 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
     assert sender_was_running_at(switched["at"], observed), "no commands flowed during the rebuild"
 
     # The old revision served every read until the switch, and kept being updated meanwhile.
-    building = [o for o in observed if o[1] == "building"]
-    assert len(building) >= 3 and not any(has_lines for _, _, has_lines, _ in building)
-    assert building[-1][3] > building[0][3], "revision 1 stood still during the rebuild"
-    seen_lines = [has_lines for at, _, has_lines, _ in observed if at > switched["at"] + 0.1]
-    assert seen_lines and all(seen_lines)
+    shapes = [has_lines for _, _, has_lines, _ in observed]
+    flipped = shapes.index(True)
+    assert not any(shapes[:flipped]) and all(shapes[flipped:]), "reads went back to the old table"
+    building = [o for o in observed[:flipped] if o[1] == "building"]
+    assert len(building) >= 3, "too few reads while revision 2 was building"
+    assert building[-1][3] > building[0][3], f"revision 1 stood still during the rebuild: {observed}"
+    assert all(has_lines for at, _, has_lines, _ in observed if at > switched["at"])
     assert "lines" in reader.columns("invoice-list")
     info = switched["info"]
     assert all(switched["positions"][p] >= end for p, end in info.targets.items())

@@ -73,8 +73,25 @@ class CommandProducer:
             raise Unavailable(f"cannot produce to {topic}: {exc}") from exc
         await future
 
+    def send_nowait(self, topic: str, key: str, value: bytes, waiter: asyncio.Future[Any]) -> None:
+        """Produce one record without waiting for the broker: only a failed delivery touches ``waiter``
+        (it fails with 503). Used when the caller awaits the command's result anyway, which saves one
+        hop from the delivery thread to the loop per command."""
+        loop = self._loop or asyncio.get_running_loop()
 
-def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
+        def delivered(error: KafkaError | None, msg: Message) -> None:
+            if error is not None:
+                loop.call_soon_threadsafe(_settle, waiter, error)
+
+        try:
+            self._producer.produce(topic, value, key.encode(), on_delivery=delivered)
+        except BufferError as exc:
+            raise Unavailable("the gateway's producer queue is full; retry shortly") from exc
+        except KafkaException as exc:
+            raise Unavailable(f"cannot produce to {topic}: {exc}") from exc
+
+
+def _settle(future: asyncio.Future[Any], error: KafkaError | None) -> None:
     if future.done():
         return
     if error is None:

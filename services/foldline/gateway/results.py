@@ -191,11 +191,12 @@ class ResultsReader:
     def _assign(self, consumer: Consumer) -> set[tuple[str, int]]:
         """Assign every partition of every results topic from ``now - lookback``; waits for the topics."""
         while not self._stop.is_set():
+            self.last_poll = time.monotonic()  # waiting for topics is alive, not stuck
             try:
                 partitions = self._partitions(consumer)
             except BrokerUnavailableError as exc:
                 log.warning("waiting for the results topics", error=str(exc))
-                self._stop.wait(1.0)
+                self._stop.wait(0.5)
                 continue
             since = int((time.time() - self.lookback_s) * 1000)
             wanted = [TopicPartition(t, p, since) for t, ps in partitions.items() for p in ps]
@@ -203,7 +204,7 @@ class ResultsReader:
                 found = consumer.offsets_for_times(wanted, timeout=15.0)
             except KafkaException as exc:
                 log.warning("cannot look up start offsets; retrying", error=str(exc))
-                self._stop.wait(1.0)
+                self._stop.wait(0.5)
                 continue
             start = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
                      for tp in found]

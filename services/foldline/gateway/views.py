@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from foldline.errors import CommandError, FoldlineError, RetryableError
+from foldline.errors import CommandError, FoldlineError, PermanentError, RetryableError
 from foldline.gateway.errors import BadRequest, GatewayTimeout, HttpError, NotFound, Unavailable
 
 log = structlog.get_logger("foldline.gateway.views")
@@ -75,6 +75,8 @@ class ViewService:
         try:
             await self._ensure_target()
         except HttpError as exc:
+            if isinstance(exc.__cause__, PermanentError):  # a bad URL or driver: fail at start, loudly
+                raise exc.__cause__ from None
             self.error = exc.message  # the database may come later: /readyz says so, reads answer 503
             log.warning("projection database not available", error=exc.message)
 
@@ -113,6 +115,15 @@ class ViewService:
     # -- views -----------------------------------------------------------------------------------------
     def aggregate_of(self, view: str) -> str:
         return self.views.get(view, "")
+
+    async def served(self) -> dict[str, str]:
+        """The views served: the declared ones, or (none declared) those the database lists."""
+        if self.views:
+            return dict(self.views)
+        target = await self._ensure_target()
+        lister = getattr(target, "views", None)  # not part of ProjectionTarget: SqlStore has it
+        names: list[str] = await self._call(lister) if callable(lister) else []
+        return {name: "" for name in names}
 
     def check_view(self, view: str) -> None:
         if self.views and view not in self.views:

@@ -1,0 +1,233 @@
+"""Reconciling one EventSourcedAggregate: topics, then workloads, then status. Level-triggered.
+
+Every pass recomputes everything from the spec and what it finds (Kafka, the API server), so running it
+twice, or after a crash half-way, or from a second operator, ends in the same state. Workloads change
+only after the topics were verified: a refused partition change leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from foldline.errors import BrokerUnavailableError, TopicMismatchError
+from foldline.topics import TopicNames, TopicReport, aggregate_topics
+from foldline.wiring import handler_group
+from foldline_operator import autoscale, builders
+from foldline_operator.builders import KafkaAuth, Owner
+from foldline_operator.conditions import Condition, deployment_condition, from_status, ready
+from foldline_operator.kafka import KafkaPort, client_config
+from foldline_operator.kube import Kube
+from foldline_operator.spec import AggregateSpec, ProjectionSpec
+
+KIND = "EventSourcedAggregate"
+PAUSED = "foldline.io/paused"
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    """What one pass found: the status to write and the Events to post (type, reason, message)."""
+
+    status: Obj
+    conditions: list[Condition]
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def is_paused(meta: Mapping[str, Any]) -> bool:
+    return str((meta.get("annotations") or {}).get(PAUSED, "")).lower() == "true"
+
+
+def parse_time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def applied(kube: Kube, obj: Obj) -> tuple[str, str, str] | None:
+    """Server-side apply; a Normal Event when the object was created or changed."""
+    change = kube.apply_reporting(obj)
+    if change is None:
+        return None
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    return ("Normal", f"{kind}{change.capitalize()}", f"{change} {kind} {name}")
+
+
+def paused_outcome(status: Mapping[str, Any]) -> Outcome:
+    """Paused: touch nothing, keep the last conditions, say so in Ready (observedGeneration stays)."""
+    kept = [c for c in from_status(status.get("conditions")) if c.type != "Ready"]
+    return Outcome({"paused": True}, [*kept, ready(kept, paused=True)])
+
+
+@dataclass(frozen=True)
+class Connection:
+    config: dict[str, str]
+    auth: KafkaAuth
+
+
+def connect(kube: Kube, namespace: str, spec: AggregateSpec) -> Connection | Condition:
+    """The Kafka client config and Secret keys, or a failed TopicsReady when the Secret is missing."""
+    if spec.kafka_secret is None:
+        return Connection(client_config(spec.kafka_bootstrap, None), KafkaAuth())
+    data = kube.secret(namespace, spec.kafka_secret.name)
+    if data is None:
+        return Condition("TopicsReady", False, "KafkaSecretMissing",
+                         f"Secret {spec.kafka_secret.name} (spec.kafka.secretRef) does not exist")
+    return Connection(client_config(spec.kafka_bootstrap, data), KafkaAuth(spec.kafka_secret.name,
+                                                                             frozenset(data)))
+
+
+def topics_condition(report: TopicReport) -> tuple[Condition, list[tuple[str, str, str]]]:
+    events = [("Normal", reason, f"{verb} topic {name}") for reason, verb, names in (
+        ("TopicCreated", "created", report.created), ("TopicGrown", "grew the partitions of", report.grown),
+        ("TopicReconfigured", "reconfigured", report.reconfigured)) for name in names]
+    total = len(report.created) + len(report.grown) + len(report.reconfigured) + len(report.unchanged)
+    return Condition("TopicsReady", True, "Verified", f"{total} topics match the spec"), events
+
+
+class AggregateReconciler:
+    def __init__(self, kube: Kube, kafka: KafkaPort) -> None:
+        self.kube = kube
+        self.kafka = kafka
+
+    def reconcile(self, body: Mapping[str, Any], now: datetime | None = None) -> Outcome:
+        now = now or datetime.now(UTC)
+        meta, status = body["metadata"], dict(body.get("status") or {})
+        owner = Owner(KIND, meta["name"], meta["uid"], meta["namespace"])
+        generation = int(meta.get("generation", 0))
+        if is_paused(meta):
+            return paused_outcome(status)
+        try:
+            spec = AggregateSpec.parse(owner.name, body["spec"])
+        except (KeyError, ValueError) as exc:
+            bad = Condition("TopicsReady", False, "InvalidSpec", str(exc))
+            return Outcome({"observedGeneration": generation, "paused": False}, [bad, ready([bad])])
+        names = TopicNames(spec.name)
+        out: Obj = {"observedGeneration": generation, "paused": False, "aggregateName": spec.name,
+                    "topics": list(names.all()), "selector": builders.selector_string(
+                        builders.selector(owner.name, "command-handler"))}
+        events: list[tuple[str, str, str]] = []
+
+        connection = connect(self.kube, owner.namespace, spec)
+        topics_ok = False
+        if isinstance(connection, Condition):
+            topics = connection
+        else:
+            topics, events, topics_ok = self._topics(connection, spec, out)
+            if topics.reason != "KafkaUnavailable":  # each call would wait for the same timeout again
+                out["lag"] = self._lag(connection, spec)
+
+        if topics_ok and isinstance(connection, Connection):
+            desired = self._desired_replicas(spec, status, out.get("lag"), now, out)
+            events += self._apply_workloads(owner, spec, connection.auth, desired)
+        else:  # nothing changes while the topics are refused or unreachable
+            desired = int(status.get("desiredReplicas", spec.replicas))
+        out["desiredReplicas"] = desired
+
+        deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.handler_name(owner.name))
+        dstatus = (deployment or {}).get("status") or {}
+        out["replicas"] = int(dstatus.get("replicas") or 0)
+        out["readyReplicas"] = int(dstatus.get("readyReplicas") or 0)
+        wanted = int(((deployment or {}).get("spec") or {}).get("replicas", desired))
+        parts = [topics, deployment_condition("HandlersReady", "command-handler", deployment, wanted)]
+        if spec.gateway_enabled:
+            gateway = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.gateway_name(owner.name))
+            parts.append(deployment_condition("GatewayReady", "gateway", gateway, spec.gateway_replicas))
+        return Outcome(out, [*parts, ready(parts)], events)
+
+    def _topics(self, connection: Connection, spec: AggregateSpec,
+                out: Obj) -> tuple[Condition, list[tuple[str, str, str]], bool]:
+        specs = aggregate_topics(spec.name, spec.partitions, spec.replication_factor, spec.retention)
+        try:
+            report = self.kafka.ensure_topics(connection.config, specs, allow_growth=spec.allow_partition_growth)
+        except TopicMismatchError as exc:
+            reason = str(getattr(exc, "reason", "TopicMismatch"))
+            out["partitions"] = self._present_partitions(connection, spec)
+            return Condition("TopicsReady", False, reason, str(exc)), [], False
+        except BrokerUnavailableError as exc:
+            return Condition("TopicsReady", False, "KafkaUnavailable", str(exc)), [], False
+        out["partitions"] = spec.partitions
+        condition, events = topics_condition(report)
+        return condition, events, True
+
+    def _present_partitions(self, connection: Connection, spec: AggregateSpec) -> int | None:
+        try:
+            found = self.kafka.partitions(connection.config, [TopicNames(spec.name).commands])
+        except BrokerUnavailableError:
+            return None
+        return found.get(TopicNames(spec.name).commands)
+
+    def _lag(self, connection: Connection, spec: AggregateSpec) -> int | None:
+        try:
+            return self.kafka.group_lag(connection.config, handler_group(spec.name), TopicNames(spec.name).commands)
+        except BrokerUnavailableError:
+            return None
+
+    def _desired_replicas(self, spec: AggregateSpec, status: Mapping[str, Any], lag: int | None, now: datetime,
+                          out: Obj) -> int:
+        if spec.autoscaling is None:
+            return spec.replicas
+        current = status.get("desiredReplicas")
+        last = parse_time(status.get("lastScaleTime"))
+        decision = autoscale.decide(None if current is None else int(current), lag, spec.autoscaling,
+                                    spec.partitions, now, last)
+        if decision.changed and decision.replicas != current:
+            out["lastScaleTime"] = rfc3339(now)
+        return decision.replicas
+
+    def _apply_workloads(self, owner: Owner, spec: AggregateSpec, auth: KafkaAuth,
+                         replicas: int) -> list[tuple[str, str, str]]:
+        handler = builders.handler_deployment(owner, spec, auth, replicas)
+        wanted: list[Obj] = [handler, builders.pdb(owner, handler)]
+        gone: list[tuple[str, str, str]] = []
+        gateway_name = builders.gateway_name(owner.name)
+        if spec.gateway_enabled:
+            gateway = builders.gateway_deployment(owner, spec, auth, self._views(owner, spec))
+            wanted += [gateway, builders.gateway_service(owner, spec), builders.pdb(owner, gateway)]
+        else:
+            gone = [("apps/v1", "Deployment", gateway_name), ("v1", "Service", gateway_name),
+                    ("policy/v1", "PodDisruptionBudget", gateway_name)]
+        events = [event for obj in wanted if (event := applied(self.kube, obj))]
+        for api_version, kind, name in gone:
+            if self.kube.delete(api_version, kind, owner.namespace, name):
+                events.append(("Normal", f"{kind}Deleted", f"deleted {kind} {name}"))
+        return events
+
+    def _views(self, owner: Owner, spec: AggregateSpec) -> builders.GatewayViews:
+        """The Projections of this aggregate that share the first one's database, for the gateway."""
+        paths: list[str] = []
+        database: tuple[str, str] | None = None
+        for item in self.kube.list("foldline.io/v1alpha1", "Projection", owner.namespace):
+            try:
+                projection = ProjectionSpec.parse(item["metadata"]["name"], item.get("spec") or {})
+            except (KeyError, ValueError):
+                continue
+            if projection.aggregate_ref != owner.name:
+                continue
+            here = (projection.database.name, projection.database.key)
+            database = database or here
+            if here == database:
+                paths.append(projection.projector_path)
+        return builders.GatewayViews(tuple(sorted(set(paths))), database)
+
+    def finalize(self, body: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """On deletion: with ``Delete``, stop the workloads, then delete the topics; ``Retain`` keeps them."""
+        meta = body["metadata"]
+        spec = AggregateSpec.parse(meta["name"], body["spec"])
+        if spec.deletion_policy != "Delete":
+            return [("Normal", "TopicsRetained", f"deletionPolicy Retain: kept the topics of {spec.name}")]
+        for name in (builders.handler_name(meta["name"]), builders.gateway_name(meta["name"])):
+            self.kube.delete("apps/v1", "Deployment", meta["namespace"], name, propagation="Foreground")
+        connection = connect(self.kube, meta["namespace"], spec)
+        if isinstance(connection, Condition):
+            raise BrokerUnavailableError(connection.message)
+        deleted = self.kafka.delete_topics(connection.config, TopicNames(spec.name).all())
+        return [("Normal", "TopicsDeleted", f"deletionPolicy Delete: deleted {', '.join(deleted) or 'no topics'}")]

@@ -1,0 +1,173 @@
+"""The custom resources' specs as frozen dataclasses, with the CRD's defaults applied again.
+
+The API server already defaults and validates; parsing here keeps the rest of the operator free of
+``dict.get`` chains and lets unit tests build a spec by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from foldline.topics import DAY_MS, Retention
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}
+
+
+def duration_ms(text: str) -> int:
+    """``90m`` → 5400000; the CRD's pattern only lets these through."""
+    match = re.fullmatch(r"([0-9]+)(ms|s|m|h|d)", text.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 30s, 90m, 12h, 7d)")
+    return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str = ""
+
+    @classmethod
+    def parse(cls, raw: Any, default_key: str = "") -> SecretRef | None:
+        raw = _dict(raw)
+        if not raw.get("name"):
+            return None
+        return cls(str(raw["name"]), str(raw.get("key") or default_key))
+
+
+@dataclass(frozen=True)
+class PodOptions:
+    """What every foldline pod of one resource shares."""
+
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any], image: str) -> PodOptions:
+        return cls(
+            image=image,
+            image_pull_policy=str(spec.get("imagePullPolicy") or "IfNotPresent"),
+            image_pull_secrets=tuple(str(s["name"]) for s in spec.get("imagePullSecrets") or () if s.get("name")),
+            service_account=str(spec.get("serviceAccountName") or ""),
+            env=tuple((str(e["name"]), str(e.get("value", ""))) for e in spec.get("env") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    max_replicas: int
+    min_replicas: int = 1
+    lag_per_replica: int = 1000
+    cooldown_seconds: int = 300
+
+    @classmethod
+    def parse(cls, raw: Any) -> Autoscaling | None:
+        raw = _dict(raw)
+        if "maxReplicas" not in raw:
+            return None
+        return cls(max_replicas=int(raw["maxReplicas"]), min_replicas=int(raw.get("minReplicas", 1)),
+                   lag_per_replica=int(raw.get("lagPerReplica", 1000)),
+                   cooldown_seconds=int(raw.get("cooldownSeconds", 300)))
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """An EventSourcedAggregate's spec; ``name`` is the aggregate's name, the prefix of its topics."""
+
+    name: str
+    aggregate_path: str
+    pod: PodOptions
+    partitions: int
+    kafka_bootstrap: str
+    replication_factor: int = 3
+    allow_partition_growth: bool = False
+    retention: Retention = field(default_factory=Retention)
+    kafka_secret: SecretRef | None = None
+    replicas: int = 1
+    autoscaling: Autoscaling | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    storage_size: str = "1Gi"
+    store_kind: str = "lmdb"
+    gateway_enabled: bool = False
+    gateway_replicas: int = 1
+    gateway_token: SecretRef | None = None
+    gateway_resources: Mapping[str, Any] = field(default_factory=dict)
+    deletion_policy: str = "Retain"
+
+    @classmethod
+    def parse(cls, resource_name: str, spec: Mapping[str, Any]) -> AggregateSpec:
+        retention = _dict(spec.get("retention"))
+        handlers = _dict(spec.get("handlers"))
+        storage = _dict(handlers.get("storage"))
+        gateway = _dict(spec.get("gateway"))
+        kafka = _dict(spec.get("kafka"))
+        return cls(
+            name=str(spec.get("aggregateName") or resource_name),
+            aggregate_path=str(spec["aggregate"]),
+            pod=PodOptions.parse(spec, str(spec["image"])),
+            partitions=int(spec["partitions"]),
+            kafka_bootstrap=str(kafka["bootstrapServers"]),
+            replication_factor=int(spec.get("replicationFactor", 3)),
+            allow_partition_growth=bool(spec.get("allowPartitionGrowth", False)),
+            retention=Retention(commands_ms=duration_ms(retention.get("commands", "7d")),
+                                results_ms=duration_ms(retention.get("results", "1h")),
+                                dead_letters_ms=duration_ms(retention.get("deadLetters", "30d"))),
+            kafka_secret=SecretRef.parse(kafka.get("secretRef")),
+            replicas=int(handlers.get("replicas", 1)),
+            autoscaling=Autoscaling.parse(handlers.get("autoscaling")),
+            resources=dict(_dict(handlers.get("resources"))),
+            storage_size=str(storage.get("size", "1Gi")),
+            store_kind=str(storage.get("storeKind", "lmdb")),
+            gateway_enabled=bool(gateway.get("enabled", False)),
+            gateway_replicas=int(gateway.get("replicas", 1)),
+            gateway_token=SecretRef.parse(gateway.get("tokenSecretRef"), "token"),
+            gateway_resources=dict(_dict(gateway.get("resources"))),
+            deletion_policy=str(spec.get("deletionPolicy", "Retain")),
+        )
+
+
+@dataclass(frozen=True)
+class ProjectionSpec:
+    view: str
+    aggregate_ref: str
+    projector_path: str
+    database: SecretRef
+    source: str = "snapshots"
+    image: str = ""
+    pod_spec: Mapping[str, Any] = field(default_factory=dict)
+    replicas: int = 1
+    revision: int = 1
+    resources: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, resource_name: str, spec: Mapping[str, Any]) -> ProjectionSpec:
+        database = SecretRef.parse(_dict(spec.get("database")).get("secretRef"), "url")
+        if database is None:
+            raise ValueError("spec.database.secretRef.name is required")
+        return cls(
+            view=str(spec.get("view") or resource_name),
+            aggregate_ref=str(_dict(spec.get("aggregateRef"))["name"]),
+            projector_path=str(spec["projector"]),
+            database=database,
+            source=str(spec.get("source", "snapshots")),
+            image=str(spec.get("image") or ""),
+            pod_spec=dict(spec),
+            replicas=int(spec.get("replicas", 1)),
+            revision=int(spec.get("revision", 1)),
+            resources=dict(_dict(spec.get("resources"))),
+        )
+
+    def pod(self, aggregate: AggregateSpec) -> PodOptions:
+        """The projector's pod options: its own where given, else the aggregate's (env is its own)."""
+        own = PodOptions.parse(self.pod_spec, self.image or aggregate.pod.image)
+        return replace(own, image_pull_secrets=own.image_pull_secrets or aggregate.pod.image_pull_secrets,
+                       service_account=own.service_account or aggregate.pod.service_account)

@@ -1,0 +1,279 @@
+"""The gateway as an ASGI application (starlette), served by uvicorn.
+
+    POST /aggregates/{aggregate}/commands              a command envelope; waits for its result
+    GET  /aggregates/{aggregate}/commands/{command_id} a result by command id (any replica)
+    GET  /aggregates/{aggregate}/stream                SSE: results as they arrive
+    GET  /views/{view}/rows                            rows of a projection (read-after-write: min_version)
+    GET  /views/{view}/stream                          SSE: rows whenever they change (poll-based)
+    GET  /aggregates, /views, /openapi.json, /healthz, /readyz, /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import decimal
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from foldline.aggregate import AggregateSpec
+from foldline.gateway import commands, stream
+from foldline.gateway.errors import HttpError, NotFound, Unauthorized
+from foldline.gateway.openapi import openapi_document
+from foldline.gateway.producer import CommandProducer
+from foldline.gateway.results import ResultHub, ResultsReader
+from foldline.gateway.views import ViewService
+from foldline.observability import metrics
+from foldline.settings import GatewaySettings
+from foldline.topics import TopicNames
+
+log = structlog.get_logger("foldline.gateway")
+
+#: Served without a token, so probes and Prometheus need no secret.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.date | datetime.datetime | datetime.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class JSON(JSONResponse):
+    """JSON with the types a projection row may hold (Decimal, dates) written as strings."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode()
+
+
+class Gateway:
+    """Everything one gateway replica holds: aggregates, the producer, the results reader, the views."""
+
+    def __init__(self, specs: Iterable[AggregateSpec], settings: GatewaySettings,
+                 views: ViewService | None = None) -> None:
+        self.settings = settings
+        self.specs = {spec.name: spec for spec in specs}
+        self.topics = {name: TopicNames(name) for name in self.specs}
+        self.hub = ResultHub(settings.result_index_size)
+        self.reader = ResultsReader(settings.kafka, self.specs, self.hub, lookback_s=settings.results_lookback_s)
+        self.producer = CommandProducer(settings.kafka, linger_ms=settings.producer_linger_ms)
+        self.views = views
+        self.closing = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def spec(self, aggregate: str) -> AggregateSpec:
+        spec = self.specs.get(aggregate)
+        if spec is None:
+            raise NotFound(f"no aggregate named {aggregate!r}; known: {', '.join(sorted(self.specs)) or 'none'}",
+                           code="unknown_aggregate", details={"aggregate": aggregate, "known": sorted(self.specs)})
+        return spec
+
+    def require_views(self) -> ViewService:
+        if self.views is None:
+            raise NotFound("this gateway serves no views (start it with --database and --projection)",
+                           code="unknown_view")
+        return self.views
+
+    async def start(self) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        self.closing = asyncio.Event()
+        self.producer.start(loop)
+        self.reader.start(loop)
+        if self.views is not None:
+            await self.views.start()
+        log.info("gateway started", aggregates=sorted(self.specs),
+                 views=sorted(self.views.views) if self.views else [], settings=repr(self.settings))
+
+    def begin_shutdown(self) -> None:
+        """End every open stream so the server can drain; runs on the loop."""
+        self.closing.set()
+        self.hub.close_streams()
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        await asyncio.to_thread(self.reader.stop)
+        await asyncio.to_thread(self.producer.stop)
+        if self.views is not None:
+            await self.views.close()
+        log.info("gateway stopped")
+
+    def live(self) -> bool:
+        return self.reader.error is None and self.reader.alive()
+
+    def ready(self) -> bool:
+        return self.live() and self.reader.caught_up and (self.views is None or self.views.ready())
+
+
+# -- endpoints ---------------------------------------------------------------------------------------------
+async def healthz(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    ok = gateway.live()
+    return PlainTextResponse("ok\n" if ok else f"unhealthy: {gateway.reader.error}\n", status_code=200 if ok else 503)
+
+
+async def readyz(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if gateway.views is not None and not gateway.views.ready():
+        await gateway.views.start()  # the database was away at start: the probe retries opening it
+    if gateway.ready():
+        return PlainTextResponse("ok\n")
+    why = []
+    if not gateway.reader.caught_up:
+        why.append("the results reader has not reached the end of its topics yet")
+    if gateway.views is not None and not gateway.views.ready():
+        why.append(f"the projection database is not open: {gateway.views.error}")
+    if gateway.reader.error:
+        why.append(f"the results reader failed: {gateway.reader.error}")
+    return PlainTextResponse("not ready: " + "; ".join(why) + "\n", status_code=503)
+
+
+async def prometheus(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    views = sorted(gateway.views.views) if gateway.views else []
+    return JSON(openapi_document(gateway.specs, views, auth=bool(gateway.settings.token)))
+
+
+async def list_aggregates(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    return JSON({"aggregates": [{"name": name, "commands": sorted(spec.commands),
+                                 "topics": {"commands": gateway.topics[name].commands,
+                                            "results": gateway.topics[name].results}}
+                                for name, spec in sorted(gateway.specs.items())]})
+
+
+async def list_views(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if gateway.views is None:
+        return JSON({"views": []})
+    served = await gateway.views.served()
+    return JSON({"views": [{"name": v, "aggregate": a} for v, a in sorted(served.items())]})
+
+
+async def view_rows(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    views = gateway.require_views()
+    view = request.path_params["view"]
+    query = views.parse_query(view, request.query_params)
+    body: dict[str, Any] = {"view": view}
+    if query.min_version is not None and query.aggregate_id is not None:
+        body["version"] = await views.wait_for_version(view, query.aggregate_id, query.min_version, query.timeout)
+    rows = await views.rows(view, query)
+    body.update(rows=rows, limit=query.limit, offset=query.offset)
+    return JSON(body)
+
+
+# -- middleware --------------------------------------------------------------------------------------------
+class Instrumented:
+    """Counts every request by route and status, and times it (``foldline_gateway_*``)."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = scope.get("endpoint")
+            if endpoint is not None:
+                route = getattr(endpoint, "__name__", "unmatched")
+            else:  # refused before routing (no token), or no route matched
+                route = "unauthorized" if status == 401 else "unmatched"
+            params = scope.get("path_params") or {}
+            aggregate = params.get("aggregate", "")
+            if aggregate not in self.gateway.specs:
+                view = params.get("view", "")
+                aggregate = self.gateway.views.aggregate_of(view) if self.gateway.views and view else ""
+            metrics.GATEWAY_REQUESTS.labels(aggregate, route, str(status)).inc()
+            metrics.GATEWAY_LATENCY.labels(aggregate, route).observe(time.perf_counter() - started)
+
+
+class BearerAuth:
+    """``Authorization: Bearer <token>`` on every path but the probes and ``/metrics``, when a token is set."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.token and scope["path"] not in OPEN_PATHS:
+            scheme, _, credentials = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                await Unauthorized("send Authorization: Bearer <token>").response()(scope, receive, send)
+                return
+            if not hmac.compare_digest(credentials.strip().encode(), self.token):
+                await Unauthorized("the bearer token is not valid").response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return exc.response()
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+def create_app(gateway: Gateway) -> ASGIApp:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    routes = [
+        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", prometheus),
+        Route("/openapi.json", openapi),
+        Route("/aggregates", list_aggregates),
+        Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
+        Route("/aggregates/{aggregate}/commands/{command_id}", commands.get_command),
+        Route("/aggregates/{aggregate}/stream", stream.stream_results),
+        Route("/views", list_views),
+        Route("/views/{view}/rows", view_rows),
+        Route("/views/{view}/stream", stream.stream_view),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HttpError: _http_error, HTTPException: _starlette_error})
+    app.state.gateway = gateway
+    return Instrumented(BearerAuth(app, gateway.settings.token), gateway)

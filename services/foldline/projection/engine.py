@@ -1,0 +1,338 @@
+"""The projector: one view revision fed from its source topic, exactly once into the database.
+
+It joins a consumer group (``foldline.<agg>.projection.<view>.r<rev>``) only to share partitions
+among replicas; it never commits offsets to Kafka. On assignment it seeks to the positions stored in
+the database, and every batch stores the new positions in the same transaction as its rows.
+
+A revision is *active* (serving reads) or *building*. The first revision of a view is active at once.
+A new revision builds its own table from the start of the topic while the old one keeps serving; once
+the positions stored for every partition reach the end offsets (read_committed, i.e. last stable
+offsets) measured at most ``catchup_window`` earlier, ``switch`` makes it active in one transaction
+and drops the old tables. A projector whose revision was superseded stops by itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from foldline.errors import BrokerUnavailableError, KafkaFatalError, RetryableError
+from foldline.observability import metrics
+from foldline.projection.api import ProjectionSpec
+from foldline.projection.apply import Applier, BatchResult, SourceMessage
+from foldline.projection.base import Registration, SqlStore
+from foldline.projection.errors import RevisionRetiredError
+from foldline.settings import ProjectorSettings
+
+log = structlog.get_logger("foldline.projection")
+
+ConsumerFactory = Callable[[str], Consumer]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SwitchInfo:
+    """Handed to ``on_switch`` right after the switch committed, before the next batch."""
+
+    view: str
+    revision: int
+    targets: dict[int, int]
+    measured_at: float
+
+
+def progress(positions: dict[int, int], ends: dict[int, tuple[int, int]]) -> tuple[int, float]:
+    """Records behind and the share read (0..1) of a revision, from its positions and (low, end) offsets."""
+    behind, total, done = 0, 0, 0
+    for p, (low, end) in ends.items():
+        pos = min(max(positions.get(p, low), low), end)
+        behind += end - pos
+        total += end - low
+        done += pos - low
+    return behind, (done / total if total else 1.0)
+
+
+class Projector:
+    def __init__(self, spec: ProjectionSpec, settings: ProjectorSettings, *, store: SqlStore,
+                 consumer_factory: ConsumerFactory, on_switch: Callable[[SwitchInfo], None] | None = None,
+                 owns_store: bool = False) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.store = store
+        self.table = spec.table
+        self.topic = spec.topic
+        self.applier = Applier(spec)
+        self.on_switch = on_switch
+        self._owns_store = owns_store
+        self._consumer_factory = consumer_factory
+        self._protocol = settings.kafka.group_protocol
+        self.consumer = consumer_factory("consumer" if self._protocol == "auto" else self._protocol)
+        self.stop_event = threading.Event()
+        self.state = "starting"  # then active | building | retired
+        self.retired = False
+        self.assigned: set[int] = set()
+        self.positions: dict[int, int] = {}
+        self._started = False
+        self._last_loop = time.monotonic()
+        self._target: dict[int, tuple[int, int]] = {}
+        self._target_at = 0.0
+        self._next_check = 0.0
+        self._next_state_check = time.monotonic() + 2.0
+        self._next_lag = 0.0
+        self._lag: int | None = None
+        labels = (spec.aggregate, spec.view)
+        self._m_rows = metrics.PROJECTION_ROWS.labels(*labels)
+        self._m_records = metrics.PROJECTION_RECORDS.labels(*labels)
+        self._m_lag = metrics.PROJECTION_LAG.labels(*labels)
+        self._m_batch = metrics.PROJECTION_BATCH_SECONDS.labels(*labels)
+        self._log = log.bind(view=spec.view, revision=spec.revision, aggregate=spec.aggregate)
+
+    # -- health --------------------------------------------------------------------------------------
+    def live(self) -> bool:
+        return time.monotonic() - self._last_loop < 300.0
+
+    def ready(self) -> bool:
+        """Ready once this revision serves the view: a rebuilding pod is not ready until it switched."""
+        return self._started and self.state == "active"
+
+    # -- rebalance -----------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = self._retrying(lambda: self.store.positions(self.table.view, self.table.revision, self.topic))
+        for tp in partitions:
+            tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
+            if tp.partition in stored:
+                self.positions[tp.partition] = stored[tp.partition]
+        consumer.incremental_assign(partitions)
+        self.assigned.update(tp.partition for tp in partitions)
+        self._log.info("partitions assigned", partitions={tp.partition: tp.offset for tp in partitions})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.assigned.discard(tp.partition)
+            self.positions.pop(tp.partition, None)
+        self._log.info("partitions revoked", partitions=[tp.partition for tp in partitions])
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """Call until the database answers (or the projector is stopped)."""
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except RetryableError as exc:
+                if self.stop_event.is_set():
+                    raise
+                self._log.warning("projection database unavailable; retrying", error=str(exc))
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Register the revision (creating its tables) and join the group."""
+        registration: Registration = self._retrying(lambda: self.store.register(self.table))
+        self.state = registration.state
+        self._log.info("projector started", state=self.state, active_revision=registration.active_revision,
+                       topic=self.topic, database=repr(self.store))
+        self._subscribe()
+        self._started = True
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+
+    def run(self) -> None:
+        """Project until ``stop()`` or until a newer revision took over."""
+        try:
+            if not self._started:
+                self.start()
+            while not self.stop_event.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def poll_once(self) -> int:
+        self._last_loop = time.monotonic()
+        batch = self._next_batch()
+        try:
+            if batch or self._markers_passed():
+                self._write(batch)
+            if self.state == "building":
+                self._check_switch(after_batch=bool(batch))
+            elif time.monotonic() >= self._next_state_check:  # an idle projector learns of a switch too
+                self._next_state_check = time.monotonic() + 2.0
+                self.state = self.store.revision_state(self.table)
+        except RetryableError as exc:
+            self._log.warning("projection database unavailable", error=str(exc))
+        except RevisionRetiredError as exc:
+            self._retire(str(exc))
+        self._update_lag()
+        return len(batch)
+
+    def _next_batch(self) -> list[Message]:
+        first = self.consumer.consume(1, self.settings.batch_wait_ms / 1000.0)
+        if not first:
+            return []
+        batch = first + self.consumer.consume(self.settings.max_batch - 1, 0)
+        records = []
+        for msg in batch:
+            error = msg.error()
+            if error is None:
+                records.append(msg)
+            elif self._protocol == "auto" and error.code() in (KafkaError.UNSUPPORTED_VERSION,
+                                                                   KafkaError._UNSUPPORTED_FEATURE):
+                self._fall_back_to_classic()
+                return []
+            elif error.fatal():
+                raise KafkaFatalError(f"consumer failed: {error.str()}")
+            else:
+                self._log.warning("consumer error", error=error.str())
+        return records
+
+    def _fall_back_to_classic(self) -> None:
+        self._log.info("the broker does not offer KIP-848; using the classic protocol with cooperative-sticky")
+        self.consumer.close()
+        self._protocol = "classic"
+        self.assigned.clear()
+        self.consumer = self._consumer_factory("classic")
+        self._subscribe()
+
+    def _consumer_positions(self, partitions: set[int]) -> dict[int, int]:
+        """The consumer's positions: past the last record returned and any transaction markers after it."""
+        if not partitions:
+            return {}
+        try:
+            tps = self.consumer.position([TopicPartition(self.topic, p) for p in sorted(partitions)])
+        except KafkaException:
+            return {}
+        return {tp.partition: tp.offset for tp in tps if tp.error is None and tp.offset >= 0}
+
+    def _markers_passed(self) -> bool:
+        """An idle partition whose position moved (over commit markers) is worth storing once."""
+        moved = self._consumer_positions(self.assigned)
+        return any(o > self.positions.get(p, -1) for p, o in moved.items())
+
+    def _write(self, batch: list[Message]) -> None:
+        started = time.monotonic()
+        nexts: dict[int, int] = {}
+        for msg in batch:
+            p, o = cast(int, msg.partition()), cast(int, msg.offset())
+            nexts[p] = max(nexts.get(p, 0), o + 1)
+        for p, o in self._consumer_positions(set(nexts) | self.assigned).items():
+            if p in nexts or (p in self.assigned and o > self.positions.get(p, -1)):
+                nexts[p] = max(nexts.get(p, 0), o)
+        try:
+            result: BatchResult = self.applier.apply(self.store, cast(list[SourceMessage], batch), nexts)
+        except RetryableError as exc:
+            self._rewind(batch, exc)
+            return
+        self.state = result.state
+        for p, o in result.positions.items():
+            if p in self.assigned:
+                self.positions[p] = o
+        self._m_records.inc(result.applied)
+        self._m_rows.inc(result.rows)
+        if batch:
+            self._m_batch.observe(time.monotonic() - started)
+
+    def _rewind(self, batch: list[Message], exc: BaseException) -> None:
+        """The transaction failed and rolled back: read the same records again after a pause."""
+        self._log.warning("batch failed; it will be read again", error=str(exc), records=len(batch))
+        firsts: dict[int, int] = {}
+        for msg in batch:
+            firsts.setdefault(cast(int, msg.partition()), cast(int, msg.offset()))
+        for p, offset in firsts.items():
+            if p in self.assigned:
+                try:
+                    self.consumer.seek(TopicPartition(self.topic, p, offset))
+                except KafkaException as error:
+                    raise BrokerUnavailableError(f"cannot rewind partition {p}: {error}") from error
+        self.stop_event.wait(1.0)
+
+    # -- rebuild ---------------------------------------------------------------------------------------
+    def end_offsets(self) -> dict[int, tuple[int, int]]:
+        """(low, end) of every partition of the source; end is the last stable offset (read_committed)."""
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=10)
+            partitions = sorted(meta.topics[self.topic].partitions)
+            return {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
+                    for p in partitions}
+        except (KafkaException, KeyError, TypeError) as exc:
+            raise BrokerUnavailableError(f"cannot read the end offsets of {self.topic}: {exc}") from exc
+
+    def _check_switch(self, after_batch: bool) -> None:
+        """After every batch (and four times a second when idle): progress, and the switch once caught up."""
+        now = time.monotonic()
+        if now < self._next_check and not after_batch:
+            return
+        self._next_check = now + 0.25
+        window = self.settings.catchup_window_ms / 1000.0
+        try:
+            if not self._target or now - self._target_at > window:
+                self._target, self._target_at = self.end_offsets(), time.monotonic()
+            stored = self.store.positions(self.table.view, self.table.revision, self.topic)
+            behind, share = progress(stored, self._target)
+            self._progress().set(share)
+            if behind > 0:
+                return
+            targets = {p: end for p, (_, end) in self._target.items()}
+            if not self.store.switch(self.table, targets):
+                return
+        except RetryableError as exc:
+            self._log.warning("cannot check the rebuild's progress", error=str(exc))
+            return
+        self.state = "active"
+        self._progress().set(1.0)
+        self._log.info("switched: this revision now serves the view", targets=targets)
+        if self.on_switch is not None:
+            self.on_switch(SwitchInfo(self.table.view, self.table.revision, targets, self._target_at))
+
+    def _progress(self) -> Any:
+        """The rebuild-progress gauge, created only for a revision that rebuilds (not one active from the start)."""
+        return metrics.PROJECTION_REBUILD_PROGRESS.labels(self.spec.aggregate, self.spec.view, str(self.spec.revision))
+
+    def _retire(self, reason: str) -> None:
+        self.state = "retired"
+        self.retired = True
+        self._log.info("revision superseded; stopping", reason=reason)
+        self.stop_event.set()
+
+    # -- lag and shutdown ------------------------------------------------------------------------------
+    def lag(self) -> int | None:
+        """Records behind the end of the assigned partitions, as measured by the loop (None before that).
+
+        Safe from any thread: it never touches the consumer (confluent-kafka can deadlock when one thread
+        calls into a consumer while another sits in ``consume``).
+        """
+        return self._lag
+
+    def _measure_lag(self) -> int:
+        behind = 0
+        for p in self.assigned:
+            low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            position = self.positions.get(p, low)
+            if high >= 0 and position >= 0:
+                behind += max(0, high - position)
+        return behind
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_lag and self.assigned:
+            self._next_lag = now + 0.5
+            self._lag = self._measure_lag()
+            self._m_lag.set(self._lag)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.assigned.clear()
+            if self._owns_store:
+                self.store.close()
+            self._log.info("projector stopped", state=self.state)
