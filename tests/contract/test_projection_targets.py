@@ -38,7 +38,7 @@ def table(revision=1, columns=COLUMNS, view="things", key=("id",)):
                           columns=columns, key=key, indexes=(("customer",),))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'views.db'}"

@@ -43,6 +43,9 @@ PROJECTION_ROWS = Counter("foldline_projection_rows_written_total", "Row changes
                           ["aggregate", "projection"])
 PROJECTION_RECORDS = Counter("foldline_projection_records_total", "Records applied by a projector",
                              ["aggregate", "projection"])
+PROJECTION_RECORDS_SKIPPED = Counter("foldline_projection_records_skipped_total",
+                                     "Records a projector could not decode or project (logged, then passed over)",
+                                     ["aggregate", "projection", "reason"])
 PROJECTION_LAG = Gauge("foldline_projection_lag", "Records the projection is behind its source",
                        ["aggregate", "projection"])
 PROJECTION_REBUILD_PROGRESS = Gauge("foldline_projection_rebuild_progress_ratio",

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import Counter
 
 from foldline.errors import DecodeError
+from foldline.observability import metrics
 from foldline.projection.api import Event, ProjectionSpec, Remember, RowChange, Snapshot
 from foldline.projection.base import MissingTableError, SqlStore
 from foldline.projection.batch import WriteTx
@@ -37,12 +37,6 @@ log = structlog.get_logger("foldline.projection")
 
 Memo = dict[str, Any] | None
 Versions = Callable[[Sequence[str]], dict[str, tuple[int, Memo]]]
-
-# Not in foldline.observability.metrics (another area's file); named and labelled the same way.
-SKIPPED = Counter("foldline_projection_records_skipped_total",
-                  "Records a projector could not decode or project (logged, then passed over)",
-                  ["aggregate", "projection", "reason"])
-
 
 class SourceMessage(Protocol):
     """What a batch needs of a Kafka message (``confluent_kafka.Message`` fits)."""
@@ -104,7 +98,7 @@ class Applier:
             moved = {p: o for p, o in positions.items() if o > locked.get(p, -1)}
             tx.save_positions(moved)
         for reason, exc, where in plan.skips:
-            SKIPPED.labels(self.spec.aggregate, self.spec.view, reason).inc()
+            metrics.PROJECTION_RECORDS_SKIPPED.labels(self.spec.aggregate, self.spec.view, reason).inc()
             self._log.warning("record skipped", reason=reason, error=f"{type(exc).__name__}: {exc}", **where)
         return BatchResult(state, len(messages), plan.applied, len(plan.changes), plan.duplicates,
                            len(plan.skips), {**locked, **moved})

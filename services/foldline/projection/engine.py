@@ -326,7 +326,8 @@ class Projector:
         if now >= self._next_lag and self.assigned:
             self._next_lag = now + 0.5
             self._lag = self._measure_lag()
-            self._m_lag.set(self._lag)
+            if self.state == "active":  # a rebuilding revision reports its progress instead
+                self._m_lag.set(self._lag)
 
     def close(self) -> None:
         try:
