@@ -23,83 +23,97 @@ from foldline.errors import AggregateDefinitionError, ValidationError
 T = TypeVar("T")
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any, str], Any]
+_Raw = Callable[[Any], Any]  # a compiled decoder: no path argument, so success costs no string building
 
 _encoders: dict[Any, Encoder] = {}
+_raw_decoders: dict[Any, _Raw] = {}
 _decoders: dict[Any, Decoder] = {}
 
 
-def _fail(path: str, message: str) -> ValidationError:
-    where = path or "payload"
-    return ValidationError(f"{where}: {message}", details={"field": where})
+class _Invalid(Exception):
+    """A decoding failure on its way up; each level adds where it was (only ever built on failure)."""
+
+    def __init__(self, message: str, segment: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.segments = [segment] if segment else []
+
+    def at(self, segment: str) -> _Invalid:
+        self.segments.append(segment)
+        return self
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
 
 
 def _identity(value: Any) -> Any:
     return value
 
 
-def _decode_str(value: Any, path: str) -> str:
+def _decode_str(value: Any) -> str:
     if not isinstance(value, str):
-        raise _fail(path, f"expected a string, got {type(value).__name__}")
+        raise _Invalid(f"expected a string, got {_type_name(value)}")
     return value
 
 
-def _decode_int(value: Any, path: str) -> int:
+def _decode_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, f"expected an integer, got {type(value).__name__}")
+        raise _Invalid(f"expected an integer, got {_type_name(value)}")
     return value
 
 
-def _decode_float(value: Any, path: str) -> float:
+def _decode_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(path, f"expected a number, got {type(value).__name__}")
+        raise _Invalid(f"expected a number, got {_type_name(value)}")
     return float(value)
 
 
-def _decode_bool(value: Any, path: str) -> bool:
+def _decode_bool(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail(path, f"expected true or false, got {type(value).__name__}")
+        raise _Invalid(f"expected true or false, got {_type_name(value)}")
     return value
 
 
-def _decode_decimal(value: Any, path: str) -> Decimal:
+def _decode_decimal(value: Any) -> Decimal:
     if isinstance(value, (bool, float)):
-        raise _fail(path, "expected a decimal as a string such as \"12.50\" (floats lose cents)")
+        raise _Invalid("expected a decimal as a string such as \"12.50\" (floats lose cents)")
     if isinstance(value, int):
         return Decimal(value)
     if not isinstance(value, str):
-        raise _fail(path, f"expected a decimal string, got {type(value).__name__}")
+        raise _Invalid(f"expected a decimal string, got {_type_name(value)}")
     try:
         result = Decimal(value)
     except InvalidOperation:
-        raise _fail(path, f"{value!r} is not a decimal number") from None
+        raise _Invalid(f"{value!r} is not a decimal number") from None
     if not result.is_finite():
-        raise _fail(path, f"{value!r} is not a finite number")
+        raise _Invalid(f"{value!r} is not a finite number")
     return result
 
 
-def _decode_date(value: Any, path: str) -> date:
+def _decode_date(value: Any) -> date:
     if not isinstance(value, str):
-        raise _fail(path, "expected a date as YYYY-MM-DD")
+        raise _Invalid("expected a date as YYYY-MM-DD")
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise _fail(path, f"{value!r} is not a date in the form YYYY-MM-DD") from None
+        raise _Invalid(f"{value!r} is not a date in the form YYYY-MM-DD") from None
 
 
-def _decode_datetime(value: Any, path: str) -> datetime:
+def _decode_datetime(value: Any) -> datetime:
     if not isinstance(value, str):
-        raise _fail(path, "expected an ISO 8601 timestamp")
+        raise _Invalid("expected an ISO 8601 timestamp")
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise _fail(path, f"{value!r} is not an ISO 8601 timestamp") from None
+        raise _Invalid(f"{value!r} is not an ISO 8601 timestamp") from None
 
 
 def _isoformat(value: Any) -> Any:
     return value.isoformat()
 
 
-_SCALARS: dict[Any, tuple[Encoder, Decoder]] = {
+_SCALARS: dict[Any, tuple[Encoder, _Raw]] = {
     str: (_identity, _decode_str),
     int: (_identity, _decode_int),
     float: (_identity, _decode_float),
@@ -110,19 +124,19 @@ _SCALARS: dict[Any, tuple[Encoder, Decoder]] = {
 }
 
 
-def _compile(tp: Any) -> tuple[Encoder, Decoder]:
+def _compile(tp: Any) -> tuple[Encoder, _Raw]:
     if tp in _SCALARS:
         return _SCALARS[tp]
     if tp is Any:
-        return _identity, lambda value, path: value
+        return _identity, _identity
     origin = get_origin(tp)
     args = get_args(tp)
     if origin is Literal:
         allowed = args
 
-        def decode_literal(value: Any, path: str) -> Any:
+        def decode_literal(value: Any) -> Any:
             if value not in allowed:
-                raise _fail(path, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+                raise _Invalid(f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
             return value
 
         return _identity, decode_literal
@@ -130,43 +144,57 @@ def _compile(tp: Any) -> tuple[Encoder, Decoder]:
         members = [a for a in args if a is not type(None)]
         if len(members) != 1 or len(args) != 2:
             raise AggregateDefinitionError(f"only Optional[X] unions are supported, not {tp!r}")
-        inner_encode, inner_decode = _compile(members[0])
+        inner_encode, inner_decode = _raw(members[0])
         return (
             lambda value: None if value is None else inner_encode(value),
-            lambda value, path: None if value is None else inner_decode(value, path),
+            lambda value: None if value is None else inner_decode(value),
         )
     if origin in (tuple, list, frozenset):
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             raise AggregateDefinitionError(f"use tuple[X, ...] for sequences, not {tp!r}")
-        item_encode, item_decode = _compile(args[0])
+        item_encode, item_decode = _raw(args[0])
         build: Callable[[Any], Any] = origin
 
-        def decode_seq(value: Any, path: str) -> Any:
+        def decode_seq(value: Any) -> Any:
             if not isinstance(value, list):
-                raise _fail(path, f"expected a list, got {type(value).__name__}")
-            return build(item_decode(item, f"{path}[{i}]") for i, item in enumerate(value))
+                raise _Invalid(f"expected a list, got {_type_name(value)}")
+            try:
+                return build([item_decode(item) for item in value])
+            except _Invalid as exc:  # find which item, only now that one failed
+                for i, item in enumerate(value):
+                    try:
+                        item_decode(item)
+                    except _Invalid:
+                        raise exc.at(f"[{i}]") from None
+                raise
 
         return (lambda value: [item_encode(item) for item in value]), decode_seq
     if origin is dict:
         if args[0] is not str:
             raise AggregateDefinitionError(f"mapping keys must be str, not {args[0]!r}")
-        value_encode, value_decode = _compile(args[1])
+        value_encode, value_decode = _raw(args[1])
 
-        def decode_map(value: Any, path: str) -> Any:
+        def decode_map(value: Any) -> Any:
             if not isinstance(value, dict):
-                raise _fail(path, f"expected an object, got {type(value).__name__}")
-            return {_decode_str(k, path): value_decode(v, f"{path}.{k}") for k, v in value.items()}
+                raise _Invalid(f"expected an object, got {_type_name(value)}")
+            out = {}
+            for key, item in value.items():
+                try:
+                    out[_decode_str(key)] = value_decode(item)
+                except _Invalid as exc:
+                    raise exc.at(f".{key}") from None
+            return out
 
         return (lambda value: {k: value_encode(v) for k, v in value.items()}), decode_map
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         enum_type = tp
 
-        def decode_enum(value: Any, path: str) -> Any:
+        def decode_enum(value: Any) -> Any:
             try:
                 return enum_type(value)
             except ValueError:
                 allowed = ", ".join(repr(m.value) for m in enum_type)
-                raise _fail(path, f"must be one of {allowed}, got {value!r}") from None
+                raise _Invalid(f"must be one of {allowed}, got {value!r}") from None
 
         return (lambda value: value.value), decode_enum
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
@@ -185,7 +213,7 @@ def _referenced(tp: Any) -> set[Any]:
     return found
 
 
-def _compile_dataclass(cls: type[Any]) -> tuple[Encoder, Decoder]:
+def _compile_dataclass(cls: type[Any]) -> tuple[Encoder, _Raw]:
     _in_progress.add(cls)
     try:
         return _compile_fields(cls)
@@ -193,21 +221,23 @@ def _compile_dataclass(cls: type[Any]) -> tuple[Encoder, Decoder]:
         _in_progress.discard(cls)
 
 
-def _compile_fields(cls: type[Any]) -> tuple[Encoder, Decoder]:
+def _compile_fields(cls: type[Any]) -> tuple[Encoder, _Raw]:
     try:
         hints = typing.get_type_hints(cls)
     except NameError as exc:
         raise AggregateDefinitionError(f"cannot resolve the annotations of {cls.__qualname__}: {exc}") from exc
-    specs: list[tuple[str, Encoder, Decoder, bool]] = []
+    specs: list[tuple[str, Encoder, _Raw, bool]] = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         hint = hints[f.name]
         # Compile eagerly (no per-value indirection) unless the type refers back to one being compiled.
-        pair = _lazy(hint) if _in_progress & _referenced(hint) else converters(hint)
+        pair = _lazy(hint) if _in_progress & _referenced(hint) else _raw(hint)
         specs.append((f.name, *pair, not has_default))
     names = frozenset(name for name, *_ in specs)
+    required = frozenset(name for name, _, _, needed in specs if needed)
+    field_decoders = tuple((name, dec) for name, _, dec, _ in specs)
 
     # Fields whose values are already JSON (str, int, bool, ...) are copied without a call per field.
     plain = tuple(name for name, enc, _, _ in specs if enc is _identity)
@@ -219,52 +249,71 @@ def _compile_fields(cls: type[Any]) -> tuple[Encoder, Decoder]:
             out[name] = enc(getattr(value, name))
         return out
 
-    def decode(value: Any, path: str) -> Any:
+    def decode(value: Any) -> Any:
         if not isinstance(value, dict):
-            raise _fail(path, f"expected an object, got {type(value).__name__}")
-        unknown = value.keys() - names
-        if unknown:
-            raise _fail(path, f"unknown field(s) {', '.join(sorted(unknown))}")
+            raise _Invalid(f"expected an object, got {_type_name(value)}")
+        if not names.issuperset(value):
+            raise _Invalid(f"unknown field(s) {', '.join(sorted(value.keys() - names))}")
         kwargs: dict[str, Any] = {}
-        for name, _, dec, required in specs:
-            sub = f"{path}.{name}" if path else name
+        for name, dec in field_decoders:
             if name in value:
-                kwargs[name] = dec(value[name], sub)
-            elif required:
-                raise _fail(sub, "is required")
+                try:
+                    kwargs[name] = dec(value[name])
+                except _Invalid as exc:
+                    raise exc.at(f".{name}") from None
+        if not value.keys() >= required:
+            missing = min(required - value.keys())
+            raise _Invalid("is required", f".{missing}")
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as exc:
             # __post_init__ checks (positive quantities, ...) speak through ValueError.
-            raise _fail(path, str(exc)) from exc
+            raise _Invalid(str(exc)) from exc
 
     return encode, decode
 
 
-def _lazy(tp: Any) -> tuple[Encoder, Decoder]:
+def _lazy(tp: Any) -> tuple[Encoder, _Raw]:
     """Resolve nested converters on first use, so self-referencing types compile."""
-    cell: list[tuple[Encoder, Decoder]] = []
+    cell: list[tuple[Encoder, _Raw]] = []
 
-    def get() -> tuple[Encoder, Decoder]:
+    def get() -> tuple[Encoder, _Raw]:
         if not cell:
-            cell.append(converters(tp))
+            cell.append(_raw(tp))
         return cell[0]
 
-    return (lambda value: get()[0](value)), (lambda value, path: get()[1](value, path))
+    return (lambda value: get()[0](value)), (lambda value: get()[1](value))
 
 
-def converters(tp: Any) -> tuple[Encoder, Decoder]:
-    """The compiled (encode, decode) pair for a type; cached."""
+def _raw(tp: Any) -> tuple[Encoder, _Raw]:
+    """The compiled (encode, raw decode) pair for a type; cached."""
     enc = _encoders.get(tp)
     if enc is None:
         enc, dec = _compile(tp)
-        _encoders[tp], _decoders[tp] = enc, dec
-    return enc, _decoders[tp]
+        _encoders[tp], _raw_decoders[tp] = enc, dec
+    return enc, _raw_decoders[tp]
+
+
+def converters(tp: Any) -> tuple[Encoder, Decoder]:
+    """The (encode, decode) pair for a type; decode raises ValidationError naming the field at fault."""
+    decode = _decoders.get(tp)
+    if decode is None:
+        raw = _raw(tp)[1]
+
+        def decode(value: Any, path: str) -> Any:
+            try:
+                return raw(value)
+            except _Invalid as exc:
+                where = (path + "".join(reversed(exc.segments))).lstrip(".") or "payload"
+                raise ValidationError(f"{where}: {exc.message}", details={"field": where}) from None
+
+        _decoders[tp] = decode
+    return _encoders[tp], decode
 
 
 def to_json(value: Any) -> Any:
     """A dataclass instance as JSON-ready data."""
-    return converters(type(value))[0](value)
+    return _raw(type(value))[0](value)
 
 
 def from_json(tp: type[T], data: Any, path: str = "") -> T:

@@ -78,3 +78,16 @@ def test_unsupported_field_type_is_a_definition_error():
 
     with pytest.raises(AggregateDefinitionError):
         to_json(Bad({1}))
+
+
+def test_required_field_missing_while_an_optional_one_is_given():
+    with pytest.raises(ValidationError, match="price: is required"):
+        from_json(Order, {"items": [], "day": "2026-01-01", "color": "red", "note": "n", "kind": "a"})
+
+
+def test_nested_paths_name_map_entries_and_list_items():
+    with pytest.raises(ValidationError, match=r"tags\.k: expected an integer"):
+        from_json(Order, {"items": [], "price": "1", "day": "2026-01-01", "color": "red", "tags": {"k": "x"}})
+    with pytest.raises(ValidationError, match=r"^x\.items\[1\]\.qty: expected an integer"):
+        from_json(Order, {"items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": "2"}], "price": "1",
+                          "day": "2026-01-01", "color": "red"}, path="x")
