@@ -269,7 +269,7 @@ cmd_start() {
     --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster="envtest=http://127.0.0.1:$ETCD_PEER_PORT" \
-    --unsafe-no-fsync --log-level=warn
+    --unsafe-no-fsync --log-level=info
   wait_for "etcd /health" etcd etcd_ok
 
   # --disable-admission-plugins=ServiceAccount: like controller-runtime's

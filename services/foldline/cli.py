@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Callable, Sequence
-from types import FrameType
 
 import structlog
 
@@ -24,18 +22,9 @@ _REGISTRARS: tuple[str, ...] = (
 )
 
 
-def _on_signals(stop: Callable[[], None]) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def cmd_command_handler(args: argparse.Namespace) -> int:
     from foldline.aggregate import load_aggregate
-    from foldline.observability.http import HealthServer
+    from foldline.service import serve
     from foldline.settings import HandlerSettings
     from foldline.topics import aggregate_topics, ensure_topics
     from foldline.wiring import build_command_handler
@@ -45,14 +34,7 @@ def cmd_command_handler(args: argparse.Namespace) -> int:
     log.info("settings", aggregate=spec.name, settings=repr(settings))
     if args.create_topics:
         ensure_topics(settings.kafka.client_config(), aggregate_topics(spec.name, args.partitions))
-    handler = build_command_handler(spec, settings)
-    health = HealthServer(settings.http_port, live=handler.live, ready=handler.ready).start()
-    _on_signals(handler.stop)
-    try:
-        handler.run()
-    finally:
-        health.stop()
-    return 0
+    return serve(build_command_handler(spec, settings), settings.http_port)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from foldline.aggregate import AggregateSpec
+from foldline.consumer import ProtocolUnsupported, initial_protocol, take_batch
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
 from foldline.handler.restore import restore_partition
 from foldline.handler.task import PartitionTask
@@ -47,7 +48,7 @@ class CommandHandler:
         self.topics = TopicNames(spec.name)
         self._consumer_factory = consumer_factory
         self._protocol = settings.kafka.group_protocol
-        self.consumer = consumer_factory("consumer" if self._protocol == "auto" else self._protocol)
+        self.consumer = consumer_factory(initial_protocol(self._protocol))
         self.producer = producer
         self.restore_consumer = restore_consumer
         self._open_store = open_store
@@ -160,25 +161,12 @@ class CommandHandler:
         return len(batch)
 
     def _next_batch(self) -> list[Message]:
-        wait = self.settings.commit_interval_ms / 1000.0
-        first = self.consumer.consume(1, wait)
-        if not first:
+        try:
+            return take_batch(self.consumer, self.settings.max_batch, self.settings.commit_interval_ms / 1000.0,
+                              may_fall_back=self._protocol == "auto")
+        except ProtocolUnsupported:
+            self._fall_back_to_classic()
             return []
-        batch = first + self.consumer.consume(self.settings.max_batch - 1, 0)
-        records = []
-        for msg in batch:
-            error = msg.error()
-            if error is None:
-                records.append(msg)
-            elif self._protocol == "auto" and error.code() in (KafkaError.UNSUPPORTED_VERSION,
-                                                                   KafkaError._UNSUPPORTED_FEATURE):
-                self._fall_back_to_classic()
-                return []
-            elif error.fatal():
-                raise KafkaFatalError(f"consumer failed: {error.str()}")
-            else:
-                log.warning("consumer error", aggregate=self.spec.name, error=error.str())
-        return records
 
     def _fall_back_to_classic(self) -> None:
         log.info("the broker does not offer KIP-848; using the classic protocol with cooperative-sticky")

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import structlog
@@ -19,20 +16,11 @@ import structlog
 log = structlog.get_logger("foldline.cli")
 
 
-def _on_signals(stop: Callable[[], None]) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def cmd_projector(args: argparse.Namespace) -> int:
-    from foldline.observability.http import HealthServer
     from foldline.projection.api import load_projection
     from foldline.projection.target import redact
     from foldline.projection.wiring import build_projector
+    from foldline.service import serve
     from foldline.settings import ProjectorSettings
 
     spec = load_projection(args.projection, aggregate_name=args.aggregate_name, view_name=args.view_name)
@@ -43,14 +31,7 @@ def cmd_projector(args: argparse.Namespace) -> int:
         settings = settings.with_changes(http_port=args.http_port)
     log.info("settings", view=spec.view, revision=spec.revision, aggregate=spec.aggregate,
              database=redact(settings.database), kafka=settings.kafka.bootstrap_servers)
-    projector = build_projector(spec, settings)
-    health = HealthServer(settings.http_port, live=projector.live, ready=projector.ready).start()
-    _on_signals(projector.stop)
-    try:
-        projector.run()
-    finally:
-        health.stop()
-    return 0
+    return serve(build_projector(spec, settings), settings.http_port)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

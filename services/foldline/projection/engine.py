@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from foldline.errors import BrokerUnavailableError, KafkaFatalError, RetryableError
+from foldline.consumer import ProtocolUnsupported, initial_protocol, take_batch
+from foldline.errors import BrokerUnavailableError, RetryableError
 from foldline.observability import metrics
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.apply import Applier, BatchResult, SourceMessage
@@ -71,7 +72,7 @@ class Projector:
         self._owns_store = owns_store
         self._consumer_factory = consumer_factory
         self._protocol = settings.kafka.group_protocol
-        self.consumer = consumer_factory("consumer" if self._protocol == "auto" else self._protocol)
+        self.consumer = consumer_factory(initial_protocol(self._protocol))
         self.stop_event = threading.Event()
         self.state = "starting"  # then active | building | retired
         self.retired = False
@@ -176,24 +177,12 @@ class Projector:
         return len(batch)
 
     def _next_batch(self) -> list[Message]:
-        first = self.consumer.consume(1, self.settings.batch_wait_ms / 1000.0)
-        if not first:
+        try:
+            return take_batch(self.consumer, self.settings.max_batch, self.settings.batch_wait_ms / 1000.0,
+                              may_fall_back=self._protocol == "auto")
+        except ProtocolUnsupported:
+            self._fall_back_to_classic()
             return []
-        batch = first + self.consumer.consume(self.settings.max_batch - 1, 0)
-        records = []
-        for msg in batch:
-            error = msg.error()
-            if error is None:
-                records.append(msg)
-            elif self._protocol == "auto" and error.code() in (KafkaError.UNSUPPORTED_VERSION,
-                                                                   KafkaError._UNSUPPORTED_FEATURE):
-                self._fall_back_to_classic()
-                return []
-            elif error.fatal():
-                raise KafkaFatalError(f"consumer failed: {error.str()}")
-            else:
-                self._log.warning("consumer error", error=error.str())
-        return records
 
     def _fall_back_to_classic(self) -> None:
         self._log.info("the broker does not offer KIP-848; using the classic protocol with cooperative-sticky")
