@@ -97,7 +97,10 @@ def test_revision_bump_rebuilds_beside_the_serving_revision(
         switched = wait_for("revision 2 active", lambda: (p := projection(kube, namespace, "invoice-list"))
                             ["status"].get("activeRevision") == 2 and p, 90)
         wait_for("r1 retired", lambda: projectors(kube, namespace, "invoice-list") == {"invoice-list-projector-r2"})
-        done = wait_for("revision 2 ready", ready, 60)
+        try:
+            done = wait_for("revision 2 ready", ready, 120)
+        except AssertionError as exc:  # say which condition held it back
+            raise AssertionError(f"{exc}; status: {projection(kube, namespace, 'invoice-list').get('status')}") from None
         assert done["status"].get("rebuild") is None and done["status"]["progress"] == 1.0
         assert switched["status"]["activeRevision"] == 2
         assert kube.get("policy/v1", "PodDisruptionBudget", namespace, "invoice-list-projector-r1") is None
