@@ -100,7 +100,8 @@ def test_revision_bump_rebuilds_beside_the_serving_revision(
         try:
             done = wait_for("revision 2 ready", ready, 120)
         except AssertionError as exc:  # say which condition held it back
-            raise AssertionError(f"{exc}; status: {projection(kube, namespace, 'invoice-list').get('status')}") from None
+            status = projection(kube, namespace, "invoice-list").get("status")
+            raise AssertionError(f"{exc}; status: {status}") from None
         assert done["status"].get("rebuild") is None and done["status"]["progress"] == 1.0
         assert switched["status"]["activeRevision"] == 2
         assert kube.get("policy/v1", "PodDisruptionBudget", namespace, "invoice-list-projector-r1") is None
