@@ -211,6 +211,12 @@ stop_group() {  # SIGTERM the given components together, 10 s grace, then SIGKIL
 cmd_stop() {
   stop_group kube-controller-manager kube-apiserver
   stop_group etcd
+  # Strays of this checkout's binaries whose pid file was lost (a second controller manager with
+  # --leader-elect=false would fight the new one over every Deployment).
+  local c
+  for c in "${COMPONENTS[@]}"; do
+    pkill -KILL -f "^$BIN_DIR/$c( |$)" 2>/dev/null && log "killed a stray $c" || true
+  done
 }
 
 port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
