@@ -94,8 +94,19 @@ class KafkaSettings:
         return config
 
 
+class _Changeable:
+    """``with_changes``: a copy with some fields replaced, refusing names the settings do not have."""
+
+    def with_changes(self, **changes: Any) -> Self:
+        known = {f.name for f in fields(self)}  # type: ignore[arg-type]
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigurationError(f"unknown {type(self).__name__} fields: {', '.join(sorted(unknown))}")
+        return replace(self, **changes)  # type: ignore[type-var]
+
+
 @dataclass(frozen=True)
-class HandlerSettings:
+class HandlerSettings(_Changeable):
     """The command handler's knobs; the defaults follow Kafka Streams under exactly-once."""
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -123,16 +134,10 @@ class HandlerSettings:
             instance_id=_get(env, "INSTANCE_ID", socket.gethostname()),
         )
 
-    def with_changes(self, **changes: Any) -> Self:
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ConfigurationError(f"unknown handler settings: {', '.join(sorted(unknown))}")
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
-class ProjectorSettings:
+class ProjectorSettings(_Changeable):
     """The projector's knobs. ``database`` is ``sqlite:///path.db`` or ``postgresql://...``."""
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -159,12 +164,6 @@ class ProjectorSettings:
             instance_id=_get(env, "INSTANCE_ID", socket.gethostname()),
         )
 
-    def with_changes(self, **changes: Any) -> Self:
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ConfigurationError(f"unknown projector settings: {', '.join(sorted(unknown))}")
-        return replace(self, **changes)
 
 
 def wait_seconds(env: Mapping[str, str] | None, name: str, default: float) -> float:
@@ -173,7 +172,7 @@ def wait_seconds(env: Mapping[str, str] | None, name: str, default: float) -> fl
 
 
 @dataclass(frozen=True)
-class GatewaySettings:
+class GatewaySettings(_Changeable):
     """The gateway's knobs. ``token`` (``FOLDLINE_GATEWAY_TOKEN``) never appears in ``repr``.
 
     An empty token turns authentication off; any other value makes every route except ``/healthz``,
@@ -232,10 +231,6 @@ class GatewaySettings:
             raise ConfigurationError(f"{_PREFIX}GATEWAY_PORT must be a TCP port, got {self.port}")
 
     def with_changes(self, **changes: Any) -> Self:
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ConfigurationError(f"unknown gateway settings: {', '.join(sorted(unknown))}")
-        changed = replace(self, **changes)
+        changed = super().with_changes(**changes)
         changed.check()
         return changed

@@ -9,13 +9,9 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from foldline.aggregate import AggregateSpec
 from foldline.errors import ConfigurationError
-from foldline.handler.engine import CommandHandler
+from foldline.handler.engine import CommandHandler, handler_group
 from foldline.settings import HandlerSettings, KafkaSettings
 from foldline.store.base import StateStore, open_store
-
-
-def handler_group(aggregate: str) -> str:
-    return f"foldline.{aggregate}.command-handler"
 
 
 def consumer_config(kafka: KafkaSettings, group: str, protocol: str, **extra: Any) -> dict[str, Any]:

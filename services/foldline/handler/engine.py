@@ -32,6 +32,11 @@ log = structlog.get_logger("foldline.handler")
 ConsumerFactory = Callable[[str], Consumer]
 
 
+def handler_group(aggregate: str) -> str:
+    """The consumer group of an aggregate's command handlers (offsets commit inside its transactions)."""
+    return f"foldline.{aggregate}.command-handler"
+
+
 class CommandHandler:
     def __init__(
         self,
@@ -152,7 +157,7 @@ class CommandHandler:
         self._last_loop = now
         if now - self._lag_updated > 5.0:
             self._lag_updated = now
-            group = f"foldline.{self.spec.name}.command-handler"
+            group = handler_group(self.spec.name)
             for partition, lag in self.lag().items():
                 metrics.CONSUMER_LAG.labels(self.spec.name, group, str(partition)).set(lag)
         batch = self._next_batch()
