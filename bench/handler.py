@@ -21,7 +21,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.support import REPO, broker, figure, free_port, load, new_aggregate, rss_mb, wait_until
+from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, rss_mb, wait_until
 from foldline.handler.restore import restore_partition
 from foldline.records import CommandEnvelope, CommandResult, SnapshotRecord
 from foldline.store.base import open_store, store_kinds
@@ -40,21 +40,6 @@ def commands(aggregates: int, per_aggregate: int) -> list[bytes]:
     for n in range(per_aggregate - 1):
         out += [CommandEnvelope(uuid.uuid4().hex, a, "AddLineItem", line(n)).to_bytes() for a in ids]  # type: ignore[arg-type]
     return out
-
-
-def produce_all(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> float:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random",
-                  "queue.buffering.max.messages": 1_000_000, "batch.num.messages": 10_000})
-    started = time.perf_counter()
-    for key, value in zip(keys, values, strict=True):
-        while True:
-            try:
-                p.produce(topic, value, key)
-                break
-            except BufferError:
-                p.poll(0.01)
-    p.flush(120)
-    return time.perf_counter() - started
 
 
 def consume_all(bootstrap: str, topic: str, partitions: int, count: int) -> float:
@@ -124,12 +109,12 @@ def bench_throughput(bootstrap: str, tmp: Path) -> float:
 
     # The broker's own figures first, with the same record sizes.
     raw_topic = names.dead_letters
-    produce_s = produce_all(bootstrap, raw_topic, values, keys)
+    produce_s = produce_all(bootstrap, raw_topic, zip(keys, values, strict=True))
     consume_s = consume_all(bootstrap, raw_topic, partitions, len(values))
     figure("raw produce (idempotent, linger 5 ms)", len(values) / produce_s, "records/s")
     figure("raw consume (read_committed)", len(values) / consume_s, "records/s")
 
-    produce_all(bootstrap, names.commands, values, keys)
+    produce_all(bootstrap, names.commands, zip(keys, values, strict=True))
     port = free_port()
     proc = handler_process(bootstrap, aggregate, tmp / "throughput", port)
     try:
@@ -230,7 +215,7 @@ def bench_restore_and_memory(bootstrap: str, tmp: Path, aggregates: int = 1_000_
     names = TopicNames(aggregate)
     values = [snapshot_bytes(i) for i in range(aggregates)]
     keys = [f"inv-{i}".encode() for i in range(aggregates)]
-    produce_all(bootstrap, names.snapshots, values, keys)
+    produce_all(bootstrap, names.snapshots, zip(keys, values, strict=True))
     size = sum(map(len, values)) / aggregates
     del values, keys
     figure("snapshots on the changelog", aggregates, "records", f"{size:.0f} bytes each")

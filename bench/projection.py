@@ -17,10 +17,10 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from bench.support import broker, figure, load, new_aggregate
+from bench.support import broker, figure, load, new_aggregate, produce_all
 from foldline.aggregate import AggregateSpec
 from foldline.examples.invoices import Invoice, Invoices, LineItem
 from foldline.examples.invoices.domain import Status
@@ -47,27 +47,11 @@ def snapshots(invoices: int) -> list[tuple[bytes, bytes]]:
             aid = f"inv-{i}"
             state = Invoice(status, f"customer-{i % 500}", "EUR", date(2026, 11, 1), date(2026, 12, 1),
                             tuple(lines[:version]))
-            recent = tuple({"command_id": uuid.uuid4().hex, "result": {"status": "accepted", "version": v}}
+            recent = tuple({"command_id": uuid.uuid4().hex, "status": "accepted", "version": v}
                            for v in range(1, version + 1))
             record = SnapshotRecord(aid, version, spec.encode_state(state), 1, recent)  # type: ignore[arg-type]
             out.append((aid.encode(), record.to_bytes()))
     return out
-
-
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "partitioner": "murmur2_random",
-                  "queue.buffering.max.messages": 1_000_000, "batch.num.messages": 10_000,
-                  "compression.type": "lz4"})
-    started = time.perf_counter()
-    for key, value in records:
-        while True:
-            try:
-                p.produce(topic, value, key)
-                break
-            except BufferError:
-                p.poll(0.01)
-    p.flush(300)
-    return time.perf_counter() - started
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -120,7 +104,7 @@ def main() -> None:
     aggregate = new_aggregate(bootstrap, PARTITIONS, prefix="bench-proj")
     topic = TopicNames(aggregate).snapshots
     records = snapshots(INVOICES)
-    seconds = produce(bootstrap, topic, records)
+    seconds = produce_all(bootstrap, topic, records, **{"linger.ms": 10, "compression.type": "lz4"})
     ends = end_offsets(bootstrap, topic)
     total = sum(ends.values())
     size = sum(len(v) for _, v in records) / len(records)

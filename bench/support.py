@@ -6,8 +6,11 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from foldline.topics import aggregate_topics, ensure_topics
@@ -62,3 +65,19 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], **config: Any) -> float:
+    """Produce (key, value) records as fast as the client goes; returns the seconds until all are acked."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random",
+                  "queue.buffering.max.messages": 1_000_000, "batch.num.messages": 10_000, **config})
+    started = time.perf_counter()
+    for key, value in records:
+        while True:
+            try:
+                p.produce(topic, value, key)
+                break
+            except BufferError:  # the local queue is full: let librdkafka send, then go on
+                p.poll(0.01)
+    p.flush(300)
+    return time.perf_counter() - started

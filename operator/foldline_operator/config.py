@@ -8,6 +8,8 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from foldline.settings import env_float, env_int, env_str
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -30,23 +32,18 @@ class OperatorConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
-
-        def get(name: str, default: str) -> str:
-            return env.get(f"FOLDLINE_OPERATOR_{name}", "").strip() or default
-
-        priority = get("PRIORITY", "")
         return cls(
-            resync_seconds=float(get("RESYNC_SECONDS", str(cls.resync_seconds))),
-            namespaces=tuple(n.strip() for n in get("NAMESPACES", "").split(",") if n.strip()),
-            peering=get("PEERING", cls.peering),
+            resync_seconds=env_float(env, "OPERATOR_RESYNC_SECONDS", cls.resync_seconds),
+            namespaces=tuple(n.strip() for n in env_str(env, "OPERATOR_NAMESPACES", "").split(",") if n.strip()),
+            peering=env_str(env, "OPERATOR_PEERING", cls.peering),
             # Distinct priorities let exactly one replica act; kopf pauses every peer on a tie.
-            priority=int(priority) if priority else random.randint(1, 1_000_000),
-            peering_lifetime=int(get("PEERING_LIFETIME", str(cls.peering_lifetime))),
-            standalone=get("STANDALONE", "false").lower() in ("1", "true", "yes"),
-            http_port=int(env.get("FOLDLINE_HTTP_PORT", "").strip() or cls.http_port),
-            kafka_timeout=float(get("KAFKA_TIMEOUT", str(cls.kafka_timeout))),
-            watch_server_timeout=int(get("WATCH_SERVER_TIMEOUT", str(cls.watch_server_timeout))),
-            watch_client_timeout=int(get("WATCH_CLIENT_TIMEOUT", str(cls.watch_client_timeout))),
+            priority=env_int(env, "OPERATOR_PRIORITY", random.randint(1, 1_000_000)),
+            peering_lifetime=env_int(env, "OPERATOR_PEERING_LIFETIME", cls.peering_lifetime, minimum=1),
+            standalone=env_str(env, "OPERATOR_STANDALONE", "false").lower() in ("1", "true", "yes"),
+            http_port=env_int(env, "HTTP_PORT", cls.http_port),
+            kafka_timeout=env_float(env, "OPERATOR_KAFKA_TIMEOUT", cls.kafka_timeout),
+            watch_server_timeout=env_int(env, "OPERATOR_WATCH_SERVER_TIMEOUT", cls.watch_server_timeout, minimum=1),
+            watch_client_timeout=env_int(env, "OPERATOR_WATCH_CLIENT_TIMEOUT", cls.watch_client_timeout, minimum=1),
         )
 
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, KafkaError, Message
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from foldline.errors import KafkaFatalError
+
+log = structlog.get_logger("foldline.consumer")
+
+ConsumerFactory = Callable[[str], Consumer]
+Rebalance = Callable[[Consumer, list[TopicPartition]], None]
 
 # What a broker without KIP-848's consumer protocol answers when asked for it.
 _NO_CONSUMER_PROTOCOL = (KafkaError.UNSUPPORTED_VERSION, KafkaError._UNSUPPORTED_FEATURE)
@@ -40,3 +49,39 @@ def take_batch(consumer: Consumer, max_batch: int, wait: float, *, may_fall_back
         elif error.fatal():
             raise KafkaFatalError(f"consumer failed: {error.str()}")
     return records
+
+
+class GroupMember:
+    """A consumer-group member subscribed to ``topics``, handing out batches.
+
+    With the ``auto`` protocol setting it starts with KIP-848's consumer protocol and, when the broker
+    does not offer it, closes that consumer and subscribes again with the classic protocol
+    (cooperative-sticky) - the same for every engine, so none of them special-cases it.
+    """
+
+    def __init__(self, factory: ConsumerFactory, protocol: str, topics: list[str], *, on_assign: Rebalance,
+                 on_revoke: Rebalance, on_lost: Rebalance, on_fallback: Callable[[], Any] | None = None) -> None:
+        self._factory = factory
+        self._may_fall_back = protocol == "auto"
+        self.protocol = initial_protocol(protocol)
+        self._topics = topics
+        self._callbacks = {"on_assign": on_assign, "on_revoke": on_revoke, "on_lost": on_lost}
+        self._on_fallback = on_fallback
+        self.consumer = factory(self.protocol)
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(self._topics, **self._callbacks)
+
+    def next_batch(self, max_batch: int, wait: float) -> list[Message]:
+        try:
+            return take_batch(self.consumer, max_batch, wait, may_fall_back=self._may_fall_back)
+        except ProtocolUnsupported:
+            log.info("the broker does not offer KIP-848; using the classic protocol with cooperative-sticky")
+            self.consumer.close()
+            self._may_fall_back = False
+            self.protocol = "classic"
+            if self._on_fallback is not None:
+                self._on_fallback()
+            self.consumer = self._factory("classic")
+            self.subscribe()
+            return []

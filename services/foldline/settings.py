@@ -17,12 +17,13 @@ from foldline.errors import ConfigurationError
 _PREFIX = "FOLDLINE_"
 
 
-def _get(env: Mapping[str, str], name: str, default: str) -> str:
+def env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    """``FOLDLINE_<name>``, stripped, or ``default`` when unset or blank."""
     return env.get(_PREFIX + name, default).strip() or default
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = _get(env, name, str(default))
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env_str(env, name, str(default))
     try:
         value = int(raw)
     except ValueError:
@@ -32,8 +33,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _get(env, name, str(default))
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env_str(env, name, str(default))
     try:
         value = float(raw)
     except ValueError:
@@ -43,8 +44,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _get(env, name, default).lower()
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(env, name, default).lower()
     if value not in choices:
         raise ConfigurationError(f"{_PREFIX}{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
@@ -67,15 +68,15 @@ class KafkaSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
         return cls(
-            bootstrap_servers=_get(env, "KAFKA_BOOTSTRAP", cls.bootstrap_servers),
-            security_protocol=_choice(
+            bootstrap_servers=env_str(env, "KAFKA_BOOTSTRAP", cls.bootstrap_servers),
+            security_protocol=env_choice(
                 env, "KAFKA_SECURITY_PROTOCOL", "plaintext", ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
             ),
-            sasl_mechanism=_get(env, "KAFKA_SASL_MECHANISM", ""),
-            sasl_username=_get(env, "KAFKA_SASL_USERNAME", ""),
-            sasl_password=_get(env, "KAFKA_SASL_PASSWORD", ""),
-            ssl_ca_location=_get(env, "KAFKA_SSL_CA_LOCATION", ""),
-            group_protocol=_choice(env, "KAFKA_GROUP_PROTOCOL", "auto", ("auto", "classic", "consumer")),
+            sasl_mechanism=env_str(env, "KAFKA_SASL_MECHANISM", ""),
+            sasl_username=env_str(env, "KAFKA_SASL_USERNAME", ""),
+            sasl_password=env_str(env, "KAFKA_SASL_PASSWORD", ""),
+            ssl_ca_location=env_str(env, "KAFKA_SSL_CA_LOCATION", ""),
+            group_protocol=env_choice(env, "KAFKA_GROUP_PROTOCOL", "auto", ("auto", "classic", "consumer")),
         )
 
     def client_config(self) -> dict[str, Any]:
@@ -124,14 +125,14 @@ class HandlerSettings(_Changeable):
         env = os.environ if env is None else env
         return cls(
             kafka=KafkaSettings.from_env(env),
-            state_dir=Path(_get(env, "STATE_DIR", str(cls.state_dir))),
-            store=_choice(env, "STORE", "rocksdb", ("rocksdb", "lmdb", "sqlite")),
-            commit_interval_ms=_int(env, "COMMIT_INTERVAL_MS", cls.commit_interval_ms, minimum=1),
-            max_batch=_int(env, "MAX_BATCH", cls.max_batch, minimum=1),
-            cache_size=_int(env, "CACHE_SIZE", cls.cache_size, minimum=0),
-            dedup_window=_int(env, "DEDUP_WINDOW", cls.dedup_window, minimum=1),
-            http_port=_int(env, "HTTP_PORT", cls.http_port),
-            instance_id=_get(env, "INSTANCE_ID", socket.gethostname()),
+            state_dir=Path(env_str(env, "STATE_DIR", str(cls.state_dir))),
+            store=env_choice(env, "STORE", "rocksdb", ("rocksdb", "lmdb", "sqlite")),
+            commit_interval_ms=env_int(env, "COMMIT_INTERVAL_MS", cls.commit_interval_ms, minimum=1),
+            max_batch=env_int(env, "MAX_BATCH", cls.max_batch, minimum=1),
+            cache_size=env_int(env, "CACHE_SIZE", cls.cache_size, minimum=0),
+            dedup_window=env_int(env, "DEDUP_WINDOW", cls.dedup_window, minimum=1),
+            http_port=env_int(env, "HTTP_PORT", cls.http_port),
+            instance_id=env_str(env, "INSTANCE_ID", socket.gethostname()),
         )
 
 
@@ -155,20 +156,20 @@ class ProjectorSettings(_Changeable):
         env = os.environ if env is None else env
         return cls(
             kafka=KafkaSettings.from_env(env),
-            database=_get(env, "PROJECTION_DATABASE", cls.database),
-            max_batch=_int(env, "PROJECTION_MAX_BATCH", cls.max_batch, minimum=1),
-            batch_wait_ms=_int(env, "PROJECTION_BATCH_WAIT_MS", cls.batch_wait_ms, minimum=1),
-            catchup_window_ms=_int(env, "PROJECTION_CATCHUP_WINDOW_MS", cls.catchup_window_ms, minimum=1),
-            pool_size=_int(env, "PROJECTION_POOL_SIZE", cls.pool_size, minimum=1),
-            http_port=_int(env, "HTTP_PORT", cls.http_port),
-            instance_id=_get(env, "INSTANCE_ID", socket.gethostname()),
+            database=env_str(env, "PROJECTION_DATABASE", cls.database),
+            max_batch=env_int(env, "PROJECTION_MAX_BATCH", cls.max_batch, minimum=1),
+            batch_wait_ms=env_int(env, "PROJECTION_BATCH_WAIT_MS", cls.batch_wait_ms, minimum=1),
+            catchup_window_ms=env_int(env, "PROJECTION_CATCHUP_WINDOW_MS", cls.catchup_window_ms, minimum=1),
+            pool_size=env_int(env, "PROJECTION_POOL_SIZE", cls.pool_size, minimum=1),
+            http_port=env_int(env, "HTTP_PORT", cls.http_port),
+            instance_id=env_str(env, "INSTANCE_ID", socket.gethostname()),
         )
 
 
 
 def wait_seconds(env: Mapping[str, str] | None, name: str, default: float) -> float:
     """A positive duration in seconds from ``FOLDLINE_<name>``."""
-    return _float(os.environ if env is None else env, name, default)
+    return env_float(os.environ if env is None else env, name, default)
 
 
 @dataclass(frozen=True)
@@ -203,19 +204,19 @@ class GatewaySettings(_Changeable):
         env = os.environ if env is None else env
         settings = cls(
             kafka=KafkaSettings.from_env(env),
-            host=_get(env, "GATEWAY_HOST", cls.host),
-            port=_int(env, "GATEWAY_PORT", cls.port),
+            host=env_str(env, "GATEWAY_HOST", cls.host),
+            port=env_int(env, "GATEWAY_PORT", cls.port),
             token=env.get(_PREFIX + "GATEWAY_TOKEN", "").strip(),
-            command_timeout_s=_float(env, "GATEWAY_COMMAND_TIMEOUT_S", cls.command_timeout_s),
-            max_command_timeout_s=_float(env, "GATEWAY_MAX_COMMAND_TIMEOUT_S", cls.max_command_timeout_s),
-            read_timeout_s=_float(env, "GATEWAY_READ_TIMEOUT_S", cls.read_timeout_s),
-            max_read_timeout_s=_float(env, "GATEWAY_MAX_READ_TIMEOUT_S", cls.max_read_timeout_s),
-            max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes, minimum=64),
-            results_lookback_s=_float(env, "GATEWAY_RESULTS_LOOKBACK_S", cls.results_lookback_s),
-            result_index_size=_int(env, "GATEWAY_RESULT_INDEX_SIZE", cls.result_index_size, minimum=1),
-            producer_linger_ms=_int(env, "GATEWAY_LINGER_MS", cls.producer_linger_ms),
-            view_poll_interval_s=_float(env, "GATEWAY_VIEW_POLL_S", cls.view_poll_interval_s),
-            sse_heartbeat_s=_float(env, "GATEWAY_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
+            command_timeout_s=env_float(env, "GATEWAY_COMMAND_TIMEOUT_S", cls.command_timeout_s),
+            max_command_timeout_s=env_float(env, "GATEWAY_MAX_COMMAND_TIMEOUT_S", cls.max_command_timeout_s),
+            read_timeout_s=env_float(env, "GATEWAY_READ_TIMEOUT_S", cls.read_timeout_s),
+            max_read_timeout_s=env_float(env, "GATEWAY_MAX_READ_TIMEOUT_S", cls.max_read_timeout_s),
+            max_body_bytes=env_int(env, "GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes, minimum=64),
+            results_lookback_s=env_float(env, "GATEWAY_RESULTS_LOOKBACK_S", cls.results_lookback_s),
+            result_index_size=env_int(env, "GATEWAY_RESULT_INDEX_SIZE", cls.result_index_size, minimum=1),
+            producer_linger_ms=env_int(env, "GATEWAY_LINGER_MS", cls.producer_linger_ms),
+            view_poll_interval_s=env_float(env, "GATEWAY_VIEW_POLL_S", cls.view_poll_interval_s),
+            sse_heartbeat_s=env_float(env, "GATEWAY_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
         )
         settings.check()
         return settings

@@ -18,7 +18,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from foldline.aggregate import AggregateSpec
-from foldline.consumer import ProtocolUnsupported, initial_protocol, take_batch
+from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
 from foldline.handler.restore import restore_partition
 from foldline.handler.task import PartitionTask
@@ -28,9 +28,6 @@ from foldline.store.base import StateStore
 from foldline.topics import TopicNames
 
 log = structlog.get_logger("foldline.handler")
-
-ConsumerFactory = Callable[[str], Consumer]
-
 
 def handler_group(aggregate: str) -> str:
     """The consumer group of an aggregate's command handlers (offsets commit inside its transactions)."""
@@ -51,9 +48,8 @@ class CommandHandler:
         self.spec = spec
         self.settings = settings
         self.topics = TopicNames(spec.name)
-        self._consumer_factory = consumer_factory
-        self._protocol = settings.kafka.group_protocol
-        self.consumer = consumer_factory(initial_protocol(self._protocol))
+        self.group = GroupMember(consumer_factory, settings.kafka.group_protocol, [self.topics.commands],
+                                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.producer = producer
         self.restore_consumer = restore_consumer
         self._open_store = open_store
@@ -72,6 +68,11 @@ class CommandHandler:
         self._m_batch = metrics.BATCH_SIZE.labels(agg)
         self._m_events = metrics.EVENTS_WRITTEN.labels(agg)
         self._m_assigned = metrics.ASSIGNED_PARTITIONS.labels(agg)
+
+    @property
+    def consumer(self) -> Consumer:
+        """The group member's current consumer (a new one after a protocol fallback)."""
+        return self.group.consumer
 
     # -- health --------------------------------------------------------------------------------------
     def live(self) -> bool:
@@ -138,10 +139,9 @@ class CommandHandler:
     def run(self) -> None:
         """Process commands until ``stop()``; leaves no transaction open."""
         self._call(self.producer.init_transactions, 60.0)
-        self.consumer.subscribe([self.topics.commands], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        self.group.subscribe()
         self._started = True
-        log.info("command handler started", aggregate=self.spec.name, group_protocol=self._protocol)
+        log.info("command handler started", aggregate=self.spec.name, group_protocol=self.group.protocol)
         try:
             while not self.stop_event.is_set():
                 self.poll_once()
@@ -166,20 +166,7 @@ class CommandHandler:
         return len(batch)
 
     def _next_batch(self) -> list[Message]:
-        try:
-            return take_batch(self.consumer, self.settings.max_batch, self.settings.commit_interval_ms / 1000.0,
-                              may_fall_back=self._protocol == "auto")
-        except ProtocolUnsupported:
-            self._fall_back_to_classic()
-            return []
-
-    def _fall_back_to_classic(self) -> None:
-        log.info("the broker does not offer KIP-848; using the classic protocol with cooperative-sticky")
-        self.consumer.close()
-        self._protocol = "classic"
-        self.consumer = self._consumer_factory("classic")
-        self.consumer.subscribe([self.topics.commands], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        return self.group.next_batch(self.settings.max_batch, self.settings.commit_interval_ms / 1000.0)
 
     def _process(self, batch: list[Message]) -> None:
         started = time.monotonic()

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from foldline.consumer import ProtocolUnsupported, initial_protocol, take_batch
+from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, RetryableError
 from foldline.observability import metrics
 from foldline.projection.api import ProjectionSpec
@@ -33,7 +33,7 @@ from foldline.settings import ProjectorSettings
 
 log = structlog.get_logger("foldline.projection")
 
-ConsumerFactory = Callable[[str], Consumer]
+
 T = TypeVar("T")
 
 
@@ -70,13 +70,13 @@ class Projector:
         self.applier = Applier(spec)
         self.on_switch = on_switch
         self._owns_store = owns_store
-        self._consumer_factory = consumer_factory
-        self._protocol = settings.kafka.group_protocol
-        self.consumer = consumer_factory(initial_protocol(self._protocol))
+        self.assigned: set[int] = set()
+        self.group = GroupMember(consumer_factory, settings.kafka.group_protocol, [self.topic],
+                                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke,
+                                 on_fallback=self.assigned.clear)
         self.stop_event = threading.Event()
         self.state = "starting"  # then active | building | retired
         self.retired = False
-        self.assigned: set[int] = set()
         self.positions: dict[int, int] = {}
         self._started = False
         self._last_loop = time.monotonic()
@@ -138,12 +138,13 @@ class Projector:
         self.state = registration.state
         self._log.info("projector started", state=self.state, active_revision=registration.active_revision,
                        topic=self.topic, database=repr(self.store))
-        self._subscribe()
+        self.group.subscribe()
         self._started = True
 
-    def _subscribe(self) -> None:
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+    @property
+    def consumer(self) -> Consumer:
+        """The group member's current consumer (a new one after a protocol fallback)."""
+        return self.group.consumer
 
     def run(self) -> None:
         """Project until ``stop()`` or until a newer revision took over."""
@@ -177,20 +178,7 @@ class Projector:
         return len(batch)
 
     def _next_batch(self) -> list[Message]:
-        try:
-            return take_batch(self.consumer, self.settings.max_batch, self.settings.batch_wait_ms / 1000.0,
-                              may_fall_back=self._protocol == "auto")
-        except ProtocolUnsupported:
-            self._fall_back_to_classic()
-            return []
-
-    def _fall_back_to_classic(self) -> None:
-        self._log.info("the broker does not offer KIP-848; using the classic protocol with cooperative-sticky")
-        self.consumer.close()
-        self._protocol = "classic"
-        self.assigned.clear()
-        self.consumer = self._consumer_factory("classic")
-        self._subscribe()
+        return self.group.next_batch(self.settings.max_batch, self.settings.batch_wait_ms / 1000.0)
 
     def _consumer_positions(self, partitions: set[int]) -> dict[int, int]:
         """The consumer's positions: past the last record returned and any transaction markers after it."""
