@@ -1,7 +1,11 @@
 # foldline: the commands a person types. `make help` lists them.
 SHELL := /bin/bash
-PYTHON ?= python3
+# Everything runs in this checkout's own virtual environment, never the machine's Python.
+VENV ?= .venv
+PYTHON := $(CURDIR)/$(VENV)/bin/python
 PYTEST ?= $(PYTHON) -m pytest
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHON
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lint test unit integration e2e bench demo kafka-up kafka-down postgres-up postgres-down \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start or stop the real services that development and the tests use (cached under .cache/).
 #   scripts/services.sh {start|stop|status} {kafka|postgres|all}
-# Uses $PYTHON (default: python3) with foldline importable (pip install -e .).
+# Uses $PYTHON (default: the checkout's .venv/bin/python, made by `make install`).
 set -euo pipefail
 
 usage() { echo "usage: $0 {start|stop|status} {kafka|postgres|all}" >&2; exit 2; }
@@ -15,7 +15,7 @@ case $target in
 esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-python=${PYTHON:-python3}
+python=${PYTHON:-.venv/bin/python}
 rc=0
 for service in "${services[@]}"; do
   "$python" -m "foldline.dev.$service" "$action" || rc=$?
