@@ -93,9 +93,11 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 class DevKafka:
-    def __init__(self, cache_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, cache_dir: Path | None = None, port: int | None = None, host: str | None = None) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.port = port or int(os.environ.get("FOLDLINE_DEV_KAFKA_PORT", DEFAULT_PORT))
+        # Loopback by default; the cluster tests bind a broker to the node's own address so pods reach it.
+        self.host = host or os.environ.get("FOLDLINE_DEV_KAFKA_HOST", "127.0.0.1")
         self.controller_port = self.port + 1
         self.dist_dir = self.cache_dir / f"kafka-{KAFKA_VERSION}"
         self.libs_dir = self.dist_dir / "libs"
@@ -108,7 +110,7 @@ class DevKafka:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     # -- jars --------------------------------------------------------------------------------------------
     def ensure_jars(self) -> Path:
@@ -159,7 +161,7 @@ class DevKafka:
                 self._wait_ready(deadline)
                 return self.bootstrap
             for port in (self.port, self.controller_port):
-                if port_open(port):
+                if port_open(port, self.host):
                     raise ConfigurationError(
                         f"port {port} is taken by a process foldline did not start; "
                         "set FOLDLINE_DEV_KAFKA_PORT to use another pair of ports"
@@ -206,7 +208,7 @@ class DevKafka:
         self.pid_file.unlink(missing_ok=True)
 
     def is_running(self) -> bool:
-        return self._pid() is not None and port_open(self.port) and self._metadata_ok(5.0)
+        return self._pid() is not None and port_open(self.port, self.host) and self._metadata_ok(5.0)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _pid(self) -> int | None:
@@ -231,7 +233,7 @@ class DevKafka:
             if self._pid() is None:
                 raise BrokerUnavailableError(f"the Kafka broker exited during start-up:\n{self._log_tail()}")
             # Probe the socket first so librdkafka does not log "connection refused" while the JVM boots.
-            if port_open(self.port) and self._metadata_ok(min(5.0, max(deadline - time.monotonic(), 0.5))):
+            if port_open(self.port, self.host) and self._metadata_ok(min(5.0, max(deadline - time.monotonic(), 0.5))):
                 return
             time.sleep(0.3)
         raise BrokerUnavailableError(
@@ -269,9 +271,9 @@ class DevKafka:
             "process.roles": "broker,controller",
             "node.id": "1",
             # A static single-voter quorum: simpler than a dynamic quorum and needs no --standalone format.
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",

@@ -1,7 +1,7 @@
-"""A real PostgreSQL server for development and tests, kept in ``<cache>/postgres/``.
+"""A real PostgreSQL server for development and tests, kept in ``<cache>/postgres-<port>/``.
 
-The cluster (``data/``) survives restarts; the server listens on 127.0.0.1 only, trusts every loopback
-connection and runs with fsync off. Debian's server binaries are used (installed with apt if missing).
+The cluster (``data/``) survives restarts; the server listens on 127.0.0.1 (and on one more address of this
+machine when asked, for pods), trusts loopback connections and the networks it is given, and runs with fsync off. Debian's server binaries are used (installed with apt if missing).
 
     python -m foldline.dev.postgres start|stop|status
 """
@@ -26,15 +26,15 @@ from foldline.errors import ConfigurationError, StoreUnavailableError
 DEFAULT_PORT = 15432
 INSTALL_HINT = "PostgreSQL's server binaries are needed: apt-get update && apt-get install -y postgresql"
 POSTGRESQL_CONF = """
-# --- foldline dev/test server ---
-listen_addresses = '127.0.0.1'
+# --- foldline dev/test server (listen_addresses is given at start) ---
 max_connections = 200
 # Tests only: durability is traded for speed. A crash may corrupt this throwaway cluster; delete data/.
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 """
-# Trust, but only over the unix socket (in the cache dir) and loopback TCP.
+# Trust, but only over the unix socket (in the cache dir), loopback TCP and the networks a caller names
+# (the cluster tests' pod network): a throwaway server for development and tests.
 PG_HBA_CONF = """local all all trust
 host all all 127.0.0.1/32 trust
 host all all ::1/128 trust
@@ -77,12 +77,15 @@ def _searchable_by_others(path: Path) -> bool:
 
 
 class DevPostgres:
-    def __init__(self, cache_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, cache_dir: Path | None = None, port: int | None = None, host: str = "127.0.0.1",
+                 clients: tuple[str, ...] = ()) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.port = port or int(os.environ.get("FOLDLINE_DEV_POSTGRES_PORT", DEFAULT_PORT))
+        self.host = host  # an address besides loopback to listen on (the cluster's node address)
+        self.clients = clients  # CIDRs trusted besides loopback (the cluster's pod network)
         # PostgreSQL refuses to run as root: as root we act as the `postgres` system user.
         self.run_as = "postgres" if os.geteuid() == 0 else None
-        self.root = self.cache_dir / "postgres"
+        self.root = self.cache_dir / f"postgres-{self.port}"  # one server per port: the cluster tests run their own
         if self.run_as is not None and not _searchable_by_others(self.cache_dir):
             # A checkout under /root (0700) cannot be entered by the postgres user; keep the cluster where it can.
             self.root = Path("/var/tmp") / f"foldline-postgres-{self.port}"
@@ -92,7 +95,7 @@ class DevPostgres:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://foldline@127.0.0.1:{self.port}/foldline"
+        return f"postgresql://foldline@{self.host}:{self.port}/foldline"
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> str:
@@ -112,8 +115,10 @@ class DevPostgres:
                 self._prepare_dirs()
                 if not self._initialised(bin_dir):
                     self._initdb(bin_dir)
+                self._write_hba()
                 # -k: the unix socket lives in the cache dir, not /var/run/postgresql (which may not exist).
-                options = f"-p {self.port} -k {shlex.quote(str(self.socket_dir))}"
+                listen = ",".join(dict.fromkeys(("127.0.0.1", self.host)))
+                options = f"-p {self.port} -k {shlex.quote(str(self.socket_dir))} -c listen_addresses={listen}"
                 args = ["start", "-w", "-t", str(int(timeout)), "-l", str(self.log_file), "-o", options]
                 done = self._pg_ctl(bin_dir, *args)
                 if done.returncode != 0:
@@ -224,7 +229,14 @@ class DevPostgres:
             raise ConfigurationError(f"initdb failed:\n{done.stdout}{done.stderr}")
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(POSTGRESQL_CONF)
-        (self.data_dir / "pg_hba.conf").write_text(PG_HBA_CONF)
+
+    def _write_hba(self) -> None:
+        extra = "".join(f"host all all {cidr} trust\n" for cidr in self.clients)
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(PG_HBA_CONF + extra)
+        if self.run_as is not None:
+            user = pwd.getpwnam(self.run_as)
+            os.chown(hba, user.pw_uid, user.pw_gid)
 
     def _wait_and_create_database(self, deadline: float) -> None:
         maintenance = f"postgresql://foldline@127.0.0.1:{self.port}/postgres"
