@@ -1,7 +1,8 @@
 """A real PostgreSQL server for development and tests, kept in ``<cache>/postgres-<port>/``.
 
 The cluster (``data/``) survives restarts; the server listens on 127.0.0.1 (and on one more address of this
-machine when asked, for pods), trusts loopback connections and the networks it is given, and runs with fsync off. Debian's server binaries are used (installed with apt if missing).
+machine when asked, for pods), trusts loopback connections and the networks it is given, and runs with
+fsync off. Debian's server binaries are used (installed with apt if missing).
 
     python -m foldline.dev.postgres start|stop|status
 """
