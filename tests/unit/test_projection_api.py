@@ -17,7 +17,7 @@ from foldline.examples.invoices import (
     LineItem,
     PaymentRecorded,
 )
-from foldline.examples.invoices.views import CustomerTotals, InvoiceLineItems, InvoiceList
+from foldline.examples.invoices.views import CustomerTotals, InvoiceLineItems, InvoiceList, InvoiceListV2
 from foldline.projection import (
     Column,
     Delete,
@@ -151,6 +151,15 @@ def test_invoice_list_row_and_deleted_invoices_leave_the_list():
     assert row.values == {"id": "inv-1", "customer": "ACME", "status": "sent", "currency": "EUR",
                           "total": Decimal("25.50"), "balance": Decimal("15.50"), "issue_date": date(2026, 11, 1),
                           "due_date": date(2026, 12, 1)}
+    s.check(row)
+    assert s.projection.project(Snapshot("inv-1", 6, invoice("deleted"))) == []
+
+
+def test_invoice_list_revision_two_counts_line_items_in_the_same_view():
+    s = spec(InvoiceListV2)
+    assert (s.projection.name, s.projection.revision) == ("invoice-list", 2)
+    [row] = s.projection.project(Snapshot("inv-1", 5, invoice("sent")))
+    assert row.values["line_count"] == 2 and row.values["total"] == Decimal("25.50")
     s.check(row)
     assert s.projection.project(Snapshot("inv-1", 6, invoice("deleted"))) == []
 

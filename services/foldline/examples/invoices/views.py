@@ -56,6 +56,23 @@ class InvoiceList(Projection):
         })]
 
 
+class InvoiceListV2(InvoiceList):
+    """Revision 2 of the invoice list: each row also counts its line items.
+
+    Shipping a new revision is how a view changes: a Projection with ``projector: ...:InvoiceListV2`` and
+    ``revision: 2`` rebuilds ``invoice-list`` from the log beside revision 1, which serves until the switch.
+    """
+
+    revision = 2
+    columns: ClassVar[tuple[Column, ...]] = (*InvoiceList.columns, Column("line_count", "integer"))
+
+    def project(self, record: Snapshot) -> list[RowChange]:
+        rows = super().project(record)
+        invoice: Invoice = record.state
+        return [Upsert({**change.values, "line_count": len(invoice.lines)}) for change in rows
+                if isinstance(change, Upsert)]
+
+
 class InvoiceLineItems(Projection):
     """One row per line item of each existing invoice; items removed since the last snapshot disappear."""
 
