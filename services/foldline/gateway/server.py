@@ -19,7 +19,8 @@ import uvicorn
 
 from foldline.aggregate import AggregateSpec, load_aggregate
 from foldline.errors import ConfigurationError
-from foldline.gateway.app import Gateway, create_app
+from foldline.gateway.app import create_app
+from foldline.gateway.core import Gateway
 from foldline.gateway.views import ViewService
 from foldline.settings import GatewaySettings
 

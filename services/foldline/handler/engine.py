@@ -23,6 +23,7 @@ from foldline.errors import BrokerUnavailableError, KafkaFatalError
 from foldline.handler.restore import restore_partition
 from foldline.handler.task import PartitionTask
 from foldline.observability import metrics
+from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
 from foldline.topics import TopicNames
@@ -62,7 +63,7 @@ class CommandHandler:
         self._lag_updated = 0.0
         self.stop_event = threading.Event()
         agg = spec.name
-        self._m_status = {s: metrics.COMMANDS.labels(agg, s) for s in ("accepted", "rejected", "conflict", "failed")}
+        self._m_status = {s: metrics.COMMANDS.labels(agg, s.value) for s in Status}
         self._m_latency = metrics.COMMAND_LATENCY.labels(agg)
         self._m_txn = metrics.TRANSACTION_DURATION.labels(agg)
         self._m_batch = metrics.BATCH_SIZE.labels(agg)
@@ -174,7 +175,7 @@ class CommandHandler:
         topics = self.topics
         first_offsets: dict[int, int] = {}
         next_offsets: dict[int, int] = {}
-        counts = {"accepted": 0, "rejected": 0, "conflict": 0, "failed": 0}
+        counts = dict.fromkeys(Status, 0)
         events = 0
         for owned in self.tasks.values():
             owned.begin_batch()
