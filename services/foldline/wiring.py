@@ -11,7 +11,7 @@ from foldline.aggregate import AggregateSpec
 from foldline.errors import ConfigurationError
 from foldline.handler.engine import CommandHandler, handler_group
 from foldline.settings import HandlerSettings, KafkaSettings
-from foldline.store.base import StateStore, open_store
+from foldline.store.base import StateStore, open_state_store
 
 
 def consumer_config(kafka: KafkaSettings, group: str, protocol: str, **extra: Any) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
         return Consumer(consumer_config(settings.kafka, group, protocol))
 
     def new_store(partition: int) -> StateStore:
-        return open_store(settings.store, state_root / f"partition-{partition}")
+        return open_state_store(settings.store, state_root / f"partition-{partition}")
 
     try:
         producer = Producer(transactional_producer_config(
@@ -80,4 +80,4 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
     except KafkaException as exc:
         raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
     return CommandHandler(spec, settings, consumer_factory=new_consumer, producer=producer,
-                          restore_consumer=restore, open_store=new_store)
+                          restore_consumer=restore, open_partition_store=new_store)

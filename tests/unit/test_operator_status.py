@@ -13,7 +13,7 @@ from foldline_operator.config import OperatorConfig, parse_args
 from foldline_operator.handlers import status_patch, transition_events
 from foldline_operator.kafka import client_config
 from foldline_operator.projections import rebuild_status
-from foldline_operator.spec import AggregateSpec, duration_ms
+from foldline_operator.spec import AggregateResource, duration_ms
 
 NOW = "2026-11-27T12:00:00Z"
 
@@ -87,7 +87,7 @@ def test_spec_parsing_and_durations() -> None:
         500, 30_000, 5_400_000, 43_200_000, 7 * DAY_MS]
     with pytest.raises(ValueError):
         duration_ms("7 days")
-    spec = AggregateSpec.parse("res", {"aggregate": "m:A", "image": "i", "partitions": 2,
+    spec = AggregateResource.parse("res", {"aggregate": "m:A", "image": "i", "partitions": 2,
                                        "kafka": {"bootstrapServers": "k:1"}, "aggregateName": "orders",
                                        "handlers": {"autoscaling": {"maxReplicas": 2}}})
     assert spec.name == "orders" and spec.replication_factor == 3 and spec.deletion_policy == "Retain"
@@ -122,9 +122,9 @@ def _view(active: int | None, revisions: list[tuple[int, str, float]], source: s
 
 
 def _projection(revision: int, source: str = "snapshots") -> Any:
-    from foldline_operator.spec import ProjectionSpec
+    from foldline_operator.spec import ProjectionResource
 
-    return ProjectionSpec.parse("list", {"aggregateRef": {"name": "agg"}, "projector": "m:P", "revision": revision,
+    return ProjectionResource.parse("list", {"aggregateRef": {"name": "agg"}, "projector": "m:P", "revision": revision,
                                          "source": source, "database": {"secretRef": {"name": "db"}}})
 
 

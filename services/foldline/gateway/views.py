@@ -26,7 +26,8 @@ log = structlog.get_logger("foldline.gateway.views")
 
 T = TypeVar("T")
 RESERVED = frozenset({"limit", "offset", "order_by", "aggregate_id", "min_version", "timeout"})
-MAX_LIMIT = 1000
+#: The most rows one HTTP page may ask for; the projection target bounds any one read further (its MAX_LIMIT).
+MAX_PAGE_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class ViewService:
             if not 0 < timeout <= self.max_read_timeout_s:
                 raise BadRequest(f"timeout must be above 0 and at most {self.max_read_timeout_s} seconds",
                                  code="invalid_query")
-        return RowQuery(filters=filters, limit=_int(params, "limit", 100, 1, MAX_LIMIT),
+        return RowQuery(filters=filters, limit=_int(params, "limit", 100, 1, MAX_PAGE_ROWS),
                         offset=_int(params, "offset", 0, 0), order_by=params.get("order_by") or None,
                         aggregate_id=aggregate_id, min_version=min_version, timeout=timeout)
 

@@ -44,7 +44,7 @@ class CommandHandler:
         consumer_factory: ConsumerFactory,
         producer: Producer,
         restore_consumer: Consumer,
-        open_store: Callable[[int], StateStore],
+        open_partition_store: Callable[[int], StateStore],
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -53,7 +53,7 @@ class CommandHandler:
                                  on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.producer = producer
         self.restore_consumer = restore_consumer
-        self._open_store = open_store
+        self._open_store = open_partition_store
         self.tasks: dict[int, PartitionTask] = {}
         self._snapshot_offsets: dict[int, int] = {}
         self._positions: dict[int, int] = {}

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from foldline.errors import ConfigurationError
 from foldline.projection.base import SqlStore
+from foldline.projection.sql import redact
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -54,13 +55,3 @@ def open_store(url: str, *, pool_size: int = 4, connect_timeout: float = 30.0) -
 def open_target(url: str) -> ProjectionTarget:
     """A reader of the projection database at ``url`` (see ``open_store`` for the URL forms)."""
     return open_store(url)
-
-
-def redact(url: str) -> str:
-    """The URL without a password, for logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url
