@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foldline.errors import BrokerUnavailableError, TopicMismatchError
-from foldline.handler.engine import handler_group
-from foldline.topics import TopicNames, TopicReport, aggregate_topics
+from foldline.topics import TopicNames, TopicReport, aggregate_topics, handler_group
 from foldline_operator import autoscale, builders
 from foldline_operator.builders import KafkaAuth, Owner
 from foldline_operator.conditions import Condition, deployment_condition, from_status, ready

@@ -194,7 +194,9 @@ def describe_record(topic: str, value: bytes | None) -> str:
 def cmd_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
+    from foldline.clients import reader_config
     from foldline.settings import KafkaSettings
+    from foldline.topics import private_group
 
     kafka = KafkaSettings.from_env()
     stop = False
@@ -204,8 +206,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    consumer = Consumer({**kafka.client_config(), "group.id": f"foldline.tail.{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(reader_config(kafka, private_group("tail")))
     shown = 0
     try:
         meta = consumer.list_topics(args.topic, timeout=10.0).topics.get(args.topic)

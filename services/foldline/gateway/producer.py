@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from foldline.clients import command_producer_config
 from foldline.errors import BrokerUnavailableError, ConfigurationError
 from foldline.gateway.errors import Unavailable
 from foldline.settings import KafkaSettings
@@ -20,21 +21,10 @@ from foldline.settings import KafkaSettings
 log = structlog.get_logger("foldline.gateway.producer")
 
 
-def producer_config(kafka: KafkaSettings, linger_ms: int) -> dict[str, Any]:
-    return {
-        **kafka.client_config(),
-        "enable.idempotence": True,  # acks=all, no duplicates or reordering on retries
-        "partitioner": "murmur2_random",
-        "linger.ms": linger_ms,
-        "message.timeout.ms": 60_000,
-        "queue.buffering.max.messages": 200_000,
-    }
-
-
 class CommandProducer:
     def __init__(self, kafka: KafkaSettings, *, linger_ms: int = 1) -> None:
         try:
-            self._producer = Producer(producer_config(kafka, linger_ms))
+            self._producer = Producer(command_producer_config(kafka, linger_ms))
         except KafkaException as exc:
             raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
         self._stop = threading.Event()

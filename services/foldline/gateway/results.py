@@ -12,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from foldline.clients import results_reader_config
 from foldline.errors import BrokerUnavailableError, DecodeError
 from foldline.records import CommandResult
 from foldline.settings import KafkaSettings
-from foldline.topics import TopicNames
+from foldline.topics import TopicNames, private_group
 
 log = structlog.get_logger("foldline.gateway.results")
 
@@ -154,7 +153,7 @@ class ResultsReader:
     # -- the thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            consumer = Consumer(self._config())
+            consumer = Consumer(results_reader_config(self.kafka, private_group("gateway")))
         except KafkaException as exc:
             self.error = f"invalid Kafka client settings: {exc}"
             log.error("results reader cannot start", error=self.error)
@@ -174,19 +173,6 @@ class ResultsReader:
             log.exception("results reader failed")
         finally:
             consumer.close()
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            **self.kafka.client_config(),
-            # Never joins or commits: partitions are assigned by hand. librdkafka wants an id anyway.
-            "group.id": f"foldline.gateway.{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-            "fetch.min.bytes": 1,
-        }
 
     def _assign(self, consumer: Consumer) -> set[tuple[str, int]]:
         """Assign every partition of every results topic from ``now - lookback``; waits for the topics."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -28,6 +28,19 @@ T = TypeVar("T")
 RESERVED = frozenset({"limit", "offset", "order_by", "aggregate_id", "min_version", "timeout"})
 #: The most rows one HTTP page may ask for; the projection target bounds any one read further (its MAX_LIMIT).
 MAX_PAGE_ROWS = 1000
+
+
+class ViewCatalog(Protocol):
+    """Where views come from: the projections' side, handed to the gateway by the composition root
+    (``foldline.cli``), so the gateway and the projector stay independent of each other."""
+
+    def view_of(self, projection: str) -> tuple[str, str]:
+        """``(view, aggregate)`` of the projection at an import path."""
+        ...
+
+    def open(self, database_url: str) -> Any:
+        """A reader of the projection database (``ProjectionTarget``: ``read_rows``, ``aggregate_version``)."""
+        ...
 
 
 @dataclass(frozen=True)

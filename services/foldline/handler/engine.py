@@ -26,14 +26,9 @@ from foldline.observability import metrics
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
-from foldline.topics import TopicNames
+from foldline.topics import TopicNames, handler_group
 
 log = structlog.get_logger("foldline.handler")
-
-def handler_group(aggregate: str) -> str:
-    """The consumer group of an aggregate's command handlers (offsets commit inside its transactions)."""
-    return f"foldline.{aggregate}.command-handler"
-
 
 class CommandHandler:
     def __init__(

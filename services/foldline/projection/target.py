@@ -55,3 +55,16 @@ def open_store(url: str, *, pool_size: int = 4, connect_timeout: float = 30.0) -
 def open_target(url: str) -> ProjectionTarget:
     """A reader of the projection database at ``url`` (see ``open_store`` for the URL forms)."""
     return open_store(url)
+
+
+class ProjectionViews:
+    """The projections' side of the gateway's views (``foldline.gateway.views.ViewCatalog``)."""
+
+    def view_of(self, projection: str) -> tuple[str, str]:
+        from foldline.projection.api import load_projection
+
+        spec = load_projection(projection)
+        return spec.view, spec.aggregate
+
+    def open(self, database_url: str) -> ProjectionTarget:
+        return open_target(database_url)
