@@ -148,9 +148,8 @@ class AggregateReconciler:
         try:
             report = self.kafka.ensure_topics(connection.config, specs, allow_growth=spec.allow_partition_growth)
         except TopicMismatchError as exc:
-            reason = str(getattr(exc, "reason", "TopicMismatch"))
             out["partitions"] = self._present_partitions(connection, spec)
-            return Condition("TopicsReady", False, reason, str(exc)), [], False
+            return Condition("TopicsReady", False, exc.reason, str(exc)), [], False
         except BrokerUnavailableError as exc:
             return Condition("TopicsReady", False, "KafkaUnavailable", str(exc)), [], False
         out["partitions"] = spec.partitions

@@ -157,7 +157,7 @@ def table(rows: list[dict[str, Any]], max_width: int = 40) -> str:
 def describe_record(topic: str, value: bytes | None) -> str:
     """One readable line for a record of a foldline topic (or its raw text for any other topic)."""
     from foldline.errors import DecodeError
-    from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord, loads
+    from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord, Status, loads
 
     def compact(data: Any, limit: int = 240) -> str:
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -170,7 +170,7 @@ def describe_record(topic: str, value: bytes | None) -> str:
             return f"command  {c.type}{expected} {compact(c.payload)}  id={c.command_id}"
         if topic.endswith(".command-results"):
             r = CommandResult.from_bytes(value)
-            detail = ", ".join(r.events) if r.status == "accepted" else f"{r.code}: {r.reason}"
+            detail = ", ".join(r.events) if r.status == Status.ACCEPTED else f"{r.code}: {r.reason}"
             dup = " (duplicate)" if r.duplicate else ""
             return f"result   {r.status} v{r.version} {detail}{dup}  id={r.command_id}"
         if topic.endswith(".events"):

@@ -254,9 +254,7 @@ def _await_metadata(admin: AdminClient, names: list[str], timeout: float) -> Non
 
 
 def _mismatch(reason: str, message: str) -> TopicMismatchError:
-    error = TopicMismatchError(message)
-    error.reason = reason  # type: ignore[attr-defined]
-    return error
+    return TopicMismatchError(message, reason=reason)
 
 
 def _describe_configs(admin: AdminClient, names: list[str], timeout: float) -> dict[str, dict[str, str]]:
