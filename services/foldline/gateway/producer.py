@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -55,12 +56,7 @@ class CommandProducer:
         def delivered(error: KafkaError | None, msg: Message) -> None:
             loop.call_soon_threadsafe(_settle, future, error)
 
-        try:
-            self._producer.produce(topic, value, key.encode(), on_delivery=delivered)
-        except BufferError as exc:
-            raise Unavailable("the gateway's producer queue is full; retry shortly") from exc
-        except KafkaException as exc:
-            raise Unavailable(f"cannot produce to {topic}: {exc}") from exc
+        self._produce(topic, key, value, delivered)
         await future
 
     def send_nowait(self, topic: str, key: str, value: bytes, waiter: asyncio.Future[Any]) -> None:
@@ -73,6 +69,10 @@ class CommandProducer:
             if error is not None:
                 loop.call_soon_threadsafe(_settle, waiter, error)
 
+        self._produce(topic, key, value, delivered)
+
+    def _produce(self, topic: str, key: str, value: bytes, delivered: Callable[[KafkaError | None, Message], None],
+                 ) -> None:
         try:
             self._producer.produce(topic, value, key.encode(), on_delivery=delivered)
         except BufferError as exc:
