@@ -171,15 +171,13 @@ class PartitionTask:
     def _failed(self, env: CommandEnvelope, entry: Entry, key: bytes | None, value: bytes | None, offset: int,
                 code: str, message: str) -> Outcome:
         outcome = self._record(env, entry, self._result(env, Status.FAILED, entry.version, message, code))
-        outcome.dead_letter = dead_letter(topic=self.topic, partition=self.partition, offset=offset, key=key,
-                                          value=value, code=code, message=message)
+        outcome.dead_letter = self._letter(key, value, offset, code, message)
         return outcome
 
     def _fail_unrecorded(self, key: bytes | None, value: bytes | None, offset: int, env: CommandEnvelope,
                          exc: CommandError) -> Outcome:
         result = self._result(env, Status.FAILED, 0, exc.message, exc.code)
-        return Outcome(result, dead_letter=dead_letter(topic=self.topic, partition=self.partition, offset=offset,
-                                                       key=key, value=value, code=exc.code, message=exc.message))
+        return Outcome(result, dead_letter=self._letter(key, value, offset, exc.code, exc.message))
 
     def _bad_record(self, key: bytes | None, value: bytes | None, offset: int, aggregate_id: str,
                     exc: CommandError) -> Outcome:
@@ -189,9 +187,12 @@ class PartitionTask:
         if command_id:
             result = CommandResult(CommandId(command_id), AggregateId(aggregate_id), Status.FAILED, 0, (), exc.message,
                                    exc.code, False, self._now)
-        letter = dead_letter(topic=self.topic, partition=self.partition, offset=offset, key=key, value=value,
-                             code=exc.code, message=exc.message)
-        return Outcome(result, dead_letter=letter)
+        return Outcome(result, dead_letter=self._letter(key, value, offset, exc.code, exc.message))
+
+    def _letter(self, key: bytes | None, value: bytes | None, offset: int, code: str, message: str) -> bytes:
+        """The dead letter of a record of this partition."""
+        return dead_letter(topic=self.topic, partition=self.partition, offset=offset, key=key, value=value,
+                           code=code, message=message)
 
     # -- batch boundaries ----------------------------------------------------------------------------
     def snapshots(self) -> list[tuple[bytes, bytes]]:
