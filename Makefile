@@ -17,7 +17,8 @@ help: ## list the targets
 install: ## install foldline and its development tools (idempotent)
 	@scripts/bootstrap.sh
 
-lint: install ## ruff, mypy --strict on the package, import-linter's layer contracts (pyproject.toml)
+lint: install ## ruff format --check, ruff, mypy --strict on the package, import-linter's layer contracts
+	$(PYTHON) -m ruff format --check services operator tests bench
 	$(PYTHON) -m ruff check services operator tests bench
 	$(PYTHON) -m mypy services/foldline operator/foldline_operator
 	$(PYTHON) -m mypy tests bench
