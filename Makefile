@@ -17,10 +17,12 @@ help: ## list the targets
 install: ## install foldline and its development tools (idempotent)
 	@scripts/bootstrap.sh
 
-lint: install ## ruff and mypy --strict on the package
+lint: install ## ruff format --check, ruff, mypy --strict on the package, import-linter's layer contracts
+	$(PYTHON) -m ruff format --check services operator tests bench
 	$(PYTHON) -m ruff check services operator tests bench
 	$(PYTHON) -m mypy services/foldline operator/foldline_operator
 	$(PYTHON) -m mypy tests bench
+	$(CURDIR)/$(VENV)/bin/lint-imports --no-cache
 
 test: lint ## lint, then every test: unit, integration (real Kafka, PostgreSQL), e2e (real API server)
 	$(PYTEST) tests

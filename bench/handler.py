@@ -23,8 +23,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, rss_mb, wait_until
 from foldline.handler.restore import restore_partition
+from foldline.ids import AggregateId, CommandId
 from foldline.records import CommandEnvelope, CommandResult, SnapshotRecord
-from foldline.store.base import open_store, store_kinds
+from foldline.store.base import open_state_store, store_kinds
 from foldline.topics import TopicNames
 
 CREATE = {"customer": "ACME Corporation", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
@@ -164,8 +165,8 @@ def bench_latency(bootstrap: str, tmp: Path, offered: int, seconds: float = 8.0)
         p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "partitioner": "murmur2_random"})
         # Warm up: create the aggregates.
         for i in range(500):
-            p.produce(names.commands, CommandEnvelope(uuid.uuid4().hex, f"inv-{i}", "CreateInvoice",  # type: ignore[arg-type]
-                                                      CREATE).to_bytes(), f"inv-{i}".encode())
+            created = CommandEnvelope(CommandId(uuid.uuid4().hex), AggregateId(f"inv-{i}"), "CreateInvoice", CREATE)
+            p.produce(names.commands, created.to_bytes(), f"inv-{i}".encode())
         p.flush(30)
         wait_until(lambda: commands_done(port, proc) >= 500, 60)
         total = int(offered * seconds)
@@ -223,7 +224,7 @@ def bench_restore_and_memory(bootstrap: str, tmp: Path, aggregates: int = 1_000_
                   "enable.auto.commit": False, "enable.partition.eof": True, "fetch.max.bytes": 64 << 20,
                   "max.partition.fetch.bytes": 16 << 20})
     for kind in store_kinds():
-        store = open_store(kind, tmp / f"restore-{kind}")
+        store = open_state_store(kind, tmp / f"restore-{kind}")
         started = time.perf_counter()
         n = restore_partition(c, names.snapshots, 0, store)
         elapsed = time.perf_counter() - started

@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from foldline.ids import AggregateId, CommandId
 from foldline.records import CommandEnvelope, CommandResult
 from foldline.topics import TopicNames
 
@@ -28,7 +29,7 @@ def producer(bootstrap: str) -> Producer:
 
 def command(aggregate_id: str, type_: str, payload: dict[str, Any] | None = None, *,
             expected_version: int | None = None, command_id: str | None = None) -> CommandEnvelope:
-    return CommandEnvelope(command_id or uuid.uuid4().hex, aggregate_id, type_, payload or {},  # type: ignore[arg-type]
+    return CommandEnvelope(CommandId(command_id or uuid.uuid4().hex), AggregateId(aggregate_id), type_, payload or {},
                            expected_version)
 
 

@@ -13,14 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foldline.errors import BrokerUnavailableError, TopicMismatchError
-from foldline.handler.engine import handler_group
-from foldline.topics import TopicNames, TopicReport, aggregate_topics
+from foldline.topics import TopicNames, TopicReport, aggregate_topics, handler_group
 from foldline_operator import autoscale, builders
 from foldline_operator.builders import KafkaAuth, Owner
 from foldline_operator.conditions import Condition, deployment_condition, from_status, ready
 from foldline_operator.kafka import KafkaPort, client_config
 from foldline_operator.kube import Kube
-from foldline_operator.spec import AggregateSpec, ProjectionSpec
+from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "EventSourcedAggregate"
 PAUSED = "foldline.io/paused"
@@ -73,7 +72,7 @@ class Connection:
     auth: KafkaAuth
 
 
-def connect(kube: Kube, namespace: str, spec: AggregateSpec) -> Connection | Condition:
+def connect(kube: Kube, namespace: str, spec: AggregateResource) -> Connection | Condition:
     """The Kafka client config and Secret keys, or a failed TopicsReady when the Secret is missing."""
     if spec.kafka_secret is None:
         return Connection(client_config(spec.kafka_bootstrap, None), KafkaAuth())
@@ -106,7 +105,7 @@ class AggregateReconciler:
         if is_paused(meta):
             return paused_outcome(status)
         try:
-            spec = AggregateSpec.parse(owner.name, body["spec"])
+            spec = AggregateResource.parse(owner.name, body["spec"])
         except (KeyError, ValueError) as exc:
             bad = Condition("TopicsReady", False, "InvalidSpec", str(exc))
             return Outcome({"observedGeneration": generation, "paused": False}, [bad, ready([bad])])
@@ -143,35 +142,34 @@ class AggregateReconciler:
             parts.append(deployment_condition("GatewayReady", "gateway", gateway, spec.gateway_replicas))
         return Outcome(out, [*parts, ready(parts)], events)
 
-    def _topics(self, connection: Connection, spec: AggregateSpec,
+    def _topics(self, connection: Connection, spec: AggregateResource,
                 out: Obj) -> tuple[Condition, list[tuple[str, str, str]], bool]:
         specs = aggregate_topics(spec.name, spec.partitions, spec.replication_factor, spec.retention)
         try:
             report = self.kafka.ensure_topics(connection.config, specs, allow_growth=spec.allow_partition_growth)
         except TopicMismatchError as exc:
-            reason = str(getattr(exc, "reason", "TopicMismatch"))
             out["partitions"] = self._present_partitions(connection, spec)
-            return Condition("TopicsReady", False, reason, str(exc)), [], False
+            return Condition("TopicsReady", False, exc.reason, str(exc)), [], False
         except BrokerUnavailableError as exc:
             return Condition("TopicsReady", False, "KafkaUnavailable", str(exc)), [], False
         out["partitions"] = spec.partitions
         condition, events = topics_condition(report)
         return condition, events, True
 
-    def _present_partitions(self, connection: Connection, spec: AggregateSpec) -> int | None:
+    def _present_partitions(self, connection: Connection, spec: AggregateResource) -> int | None:
         try:
             found = self.kafka.partitions(connection.config, [TopicNames(spec.name).commands])
         except BrokerUnavailableError:
             return None
         return found.get(TopicNames(spec.name).commands)
 
-    def _lag(self, connection: Connection, spec: AggregateSpec) -> int | None:
+    def _lag(self, connection: Connection, spec: AggregateResource) -> int | None:
         try:
             return self.kafka.group_lag(connection.config, handler_group(spec.name), TopicNames(spec.name).commands)
         except BrokerUnavailableError:
             return None
 
-    def _desired_replicas(self, spec: AggregateSpec, status: Mapping[str, Any], lag: int | None, now: datetime,
+    def _desired_replicas(self, spec: AggregateResource, status: Mapping[str, Any], lag: int | None, now: datetime,
                           out: Obj) -> int:
         if spec.autoscaling is None:
             return spec.replicas
@@ -183,7 +181,7 @@ class AggregateReconciler:
             out["lastScaleTime"] = rfc3339(now)
         return decision.replicas
 
-    def _apply_workloads(self, owner: Owner, spec: AggregateSpec, auth: KafkaAuth,
+    def _apply_workloads(self, owner: Owner, spec: AggregateResource, auth: KafkaAuth,
                          replicas: int) -> list[tuple[str, str, str]]:
         handler = builders.handler_deployment(owner, spec, auth, replicas)
         wanted: list[Obj] = [handler, builders.pdb(owner, handler)]
@@ -201,13 +199,13 @@ class AggregateReconciler:
                 events.append(("Normal", f"{kind}Deleted", f"deleted {kind} {name}"))
         return events
 
-    def _views(self, owner: Owner, spec: AggregateSpec) -> builders.GatewayViews:
+    def _views(self, owner: Owner, spec: AggregateResource) -> builders.GatewayViews:
         """The Projections of this aggregate that share the first one's database, for the gateway."""
         paths: list[str] = []
         database: tuple[str, str] | None = None
         for item in self.kube.list("foldline.io/v1alpha1", "Projection", owner.namespace):
             try:
-                projection = ProjectionSpec.parse(item["metadata"]["name"], item.get("spec") or {})
+                projection = ProjectionResource.parse(item["metadata"]["name"], item.get("spec") or {})
             except (KeyError, ValueError):
                 continue
             if projection.aggregate_ref != owner.name:
@@ -221,7 +219,7 @@ class AggregateReconciler:
     def finalize(self, body: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         """On deletion: with ``Delete``, stop the workloads, then delete the topics; ``Retain`` keeps them."""
         meta = body["metadata"]
-        spec = AggregateSpec.parse(meta["name"], body["spec"])
+        spec = AggregateResource.parse(meta["name"], body["spec"])
         if spec.deletion_policy != "Delete":
             return [("Normal", "TopicsRetained", f"deletionPolicy Retain: kept the topics of {spec.name}")]
         for name in (builders.handler_name(meta["name"]), builders.gateway_name(meta["name"])):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foldline_operator.crds import API_VERSION
-from foldline_operator.spec import AggregateSpec, PodOptions, ProjectionSpec
+from foldline_operator.spec import AggregateResource, PodOptions, ProjectionResource
 
 Obj = dict[str, Any]
 
@@ -87,7 +87,7 @@ def _meta(name: str, owner: Owner, object_labels: Mapping[str, str]) -> Obj:
             "ownerReferences": [owner.reference()]}
 
 
-def kafka_env(spec: AggregateSpec, auth: KafkaAuth) -> list[Obj]:
+def kafka_env(spec: AggregateResource, auth: KafkaAuth) -> list[Obj]:
     env: list[Obj] = [{"name": "FOLDLINE_KAFKA_BOOTSTRAP", "value": spec.kafka_bootstrap}]
     for key, var in KAFKA_SECRET_ENV.items():
         if key in auth.keys:
@@ -163,7 +163,7 @@ def _deployment(name: str, owner: Owner, object_labels: Mapping[str, str], match
     }
 
 
-def handler_deployment(owner: Owner, spec: AggregateSpec, auth: KafkaAuth, replicas: int) -> Obj:
+def handler_deployment(owner: Owner, spec: AggregateResource, auth: KafkaAuth, replicas: int) -> Obj:
     """``foldline command-handler``: one pod per share of the partitions, its store on an emptyDir."""
     name = handler_name(owner.name)
     env = [
@@ -192,7 +192,7 @@ class GatewayViews:
     database: tuple[str, str] | None = None  # (secret, key)
 
 
-def gateway_deployment(owner: Owner, spec: AggregateSpec, auth: KafkaAuth, views: GatewayViews) -> Obj:
+def gateway_deployment(owner: Owner, spec: AggregateResource, auth: KafkaAuth, views: GatewayViews) -> Obj:
     command = ["foldline", "gateway", "--aggregate", spec.aggregate_path]
     env = [*kafka_env(spec, auth), {"name": "FOLDLINE_GATEWAY_PORT", "value": str(GATEWAY_PORT)},
            {"name": "FOLDLINE_LOG_FORMAT", "value": "json"}]
@@ -211,7 +211,7 @@ def gateway_deployment(owner: Owner, spec: AggregateSpec, auth: KafkaAuth, views
                        spec.gateway_replicas, _pod_spec(spec.pod, container, ca_volumes, grace=30), GATEWAY_PORT)
 
 
-def gateway_service(owner: Owner, spec: AggregateSpec) -> Obj:
+def gateway_service(owner: Owner, spec: AggregateResource) -> Obj:
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": _meta(gateway_name(owner.name), owner, labels(owner.name, "gateway", spec.name)),
@@ -224,7 +224,7 @@ def _database_env(secret: str, key: str) -> Obj:
     return {"name": DATABASE_ENV, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def projector_deployment(owner: Owner, spec: ProjectionSpec, aggregate: AggregateSpec, auth: KafkaAuth) -> Obj:
+def projector_deployment(owner: Owner, spec: ProjectionResource, aggregate: AggregateResource, auth: KafkaAuth) -> Obj:
     """One Deployment per revision: a bump starts a new one beside the old, which keeps serving.
 
     The projector registers the revision its Projection class declares; ``spec.revision`` must match it.

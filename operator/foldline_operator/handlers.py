@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 import structlog
 
-from foldline.errors import RetryableError
+from foldline.errors import PermanentError, RetryableError
 from foldline.observability import metrics
 from foldline_operator.aggregates import AggregateReconciler, Outcome, rfc3339
 from foldline_operator.conditions import Condition, find, merge
@@ -83,6 +83,18 @@ def transition_events(current: Mapping[str, Any], conditions: list[Condition]) -
     return out
 
 
+def kopf_error(exc: Exception) -> kopf.TemporaryError | kopf.PermanentError:
+    """What kopf should do about a failed reconciliation: retry soon, or wait for the object to change.
+
+    A foldline ``PermanentError`` (bad configuration, topics that must not be changed, a broken
+    declaration) cannot heal by retrying; the periodic resync still looks again.
+    """
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, PermanentError):
+        return kopf.PermanentError(message)
+    return kopf.TemporaryError(message, delay=10)
+
+
 class Runner:
     """Runs one reconciler for one object at a time, on a fresh read, and writes its status itself.
 
@@ -114,7 +126,7 @@ class Runner:
                 metrics.OPERATOR_RECONCILES.labels(self.kind, "error").inc()
                 metrics.OPERATOR_ERRORS.labels(self.kind, type(exc).__name__).inc()
                 bound.warning("reconcile failed", error=str(exc), error_type=type(exc).__name__)
-                raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}", delay=10) from exc
+                raise kopf_error(exc) from exc
             finally:
                 metrics.OPERATOR_RECONCILE_SECONDS.labels(self.kind).observe(time.perf_counter() - started)
         ready = next((c for c in outcome.conditions if c.type == "Ready"), None)

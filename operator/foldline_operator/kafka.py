@@ -13,8 +13,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaE
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from foldline.errors import BrokerUnavailableError
-from foldline.projection.engine import progress
-from foldline.topics import TopicReport, TopicSpec, delete_topics, describe_partitions, ensure_topics
+from foldline.topics import TopicReport, TopicSpec, delete_topics, describe_partitions, ensure_topics, progress
 from foldline_operator.builders import KAFKA_CA_KEY, KAFKA_SECRET_ENV
 
 

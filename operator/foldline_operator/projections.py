@@ -37,7 +37,7 @@ from foldline_operator.conditions import Condition, deployment_condition, find, 
 from foldline_operator.crds import API_VERSION
 from foldline_operator.kafka import KafkaPort
 from foldline_operator.kube import Kube
-from foldline_operator.spec import AggregateSpec, ProjectionSpec
+from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "Projection"
 Obj = dict[str, Any]
@@ -84,7 +84,7 @@ class ProjectionReconciler:
         owner = Owner(KIND, meta["name"], meta["uid"], meta["namespace"])
         out: Obj = {"observedGeneration": int(meta.get("generation", 0)), "paused": False}
         try:
-            spec = ProjectionSpec.parse(owner.name, body["spec"])
+            spec = ProjectionResource.parse(owner.name, body["spec"])
         except (KeyError, ValueError) as exc:
             return _failed(out, Condition("AggregateReady", False, "InvalidSpec", str(exc)))
 
@@ -115,7 +115,7 @@ class ProjectionReconciler:
             events += self._retire(owner, keep=spec.revision)
         return Outcome(out, [projector, active, ready([projector, active])], events)
 
-    def _aggregate(self, owner: Owner, spec: ProjectionSpec) -> tuple[AggregateSpec, Connection] | Condition:
+    def _aggregate(self, owner: Owner, spec: ProjectionResource) -> tuple[AggregateResource, Connection] | Condition:
         esa = self.kube.get(API_VERSION, "EventSourcedAggregate", owner.namespace, spec.aggregate_ref)
         if esa is None:
             return Condition("AggregateReady", False, "AggregateNotFound",
@@ -124,7 +124,7 @@ class ProjectionReconciler:
         if topics is None or topics.get("status") != "True":
             return Condition("AggregateReady", False, "TopicsNotReady",
                              f"the topics of {spec.aggregate_ref} are not ready yet")
-        aggregate = AggregateSpec.parse(esa["metadata"]["name"], esa["spec"])
+        aggregate = AggregateResource.parse(esa["metadata"]["name"], esa["spec"])
         connection = connect(self.kube, owner.namespace, aggregate)
         if isinstance(connection, Condition):
             return Condition("AggregateReady", False, connection.reason, connection.message)
@@ -146,7 +146,7 @@ class ProjectionReconciler:
         return events
 
 
-def revision_state(spec: ProjectionSpec, view: ViewStatus | None, status: Mapping[str, Any], now: datetime,
+def revision_state(spec: ProjectionResource, view: ViewStatus | None, status: Mapping[str, Any], now: datetime,
                    out: Obj) -> tuple[Condition, bool]:
     """RevisionActive (and status fields into ``out``), and whether older projectors may go: only once the
     catalog names the spec's revision (or a newer one) active."""

@@ -80,7 +80,7 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
-class AggregateSpec:
+class AggregateResource:
     """An EventSourcedAggregate's spec; ``name`` is the aggregate's name, the prefix of its topics."""
 
     name: str
@@ -104,7 +104,7 @@ class AggregateSpec:
     deletion_policy: str = "Retain"
 
     @classmethod
-    def parse(cls, resource_name: str, spec: Mapping[str, Any]) -> AggregateSpec:
+    def parse(cls, resource_name: str, spec: Mapping[str, Any]) -> AggregateResource:
         retention = _dict(spec.get("retention"))
         handlers = _dict(spec.get("handlers"))
         storage = _dict(handlers.get("storage"))
@@ -136,7 +136,7 @@ class AggregateSpec:
 
 
 @dataclass(frozen=True)
-class ProjectionSpec:
+class ProjectionResource:
     view: str
     aggregate_ref: str
     projector_path: str
@@ -149,7 +149,7 @@ class ProjectionSpec:
     resources: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, resource_name: str, spec: Mapping[str, Any]) -> ProjectionSpec:
+    def parse(cls, resource_name: str, spec: Mapping[str, Any]) -> ProjectionResource:
         database = SecretRef.parse(_dict(spec.get("database")).get("secretRef"), "url")
         if database is None:
             raise ValueError("spec.database.secretRef.name is required")
@@ -166,7 +166,7 @@ class ProjectionSpec:
             resources=dict(_dict(spec.get("resources"))),
         )
 
-    def pod(self, aggregate: AggregateSpec) -> PodOptions:
+    def pod(self, aggregate: AggregateResource) -> PodOptions:
         """The projector's pod options: its own where given, else the aggregate's (env is its own)."""
         own = PodOptions.parse(self.pod_spec, self.image or aggregate.pod.image)
         return replace(own, image_pull_secrets=own.image_pull_secrets or aggregate.pod.image_pull_secrets,

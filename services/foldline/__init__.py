@@ -27,7 +27,7 @@ from foldline.errors import (
 )
 from foldline.ids import AggregateId, CommandId, Version
 from foldline.partitioner import murmur2, partition_for
-from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord
+from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord, Status
 from foldline.settings import HandlerSettings, KafkaSettings
 from foldline.topics import Retention, TopicNames, aggregate_topics, delete_topics, ensure_topics
 
@@ -58,6 +58,7 @@ __all__ = [
     "Retention",
     "RetryableError",
     "SnapshotRecord",
+    "Status",
     "StoreCorruptedError",
     "StoreUnavailableError",
     "TopicMismatchError",

@@ -5,36 +5,33 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from foldline.errors import FoldlineError
+
+if TYPE_CHECKING:
+    from foldline.gateway.views import ViewCatalog
 
 log = structlog.get_logger("foldline.cli")
 Command = Callable[[argparse.Namespace], int]
 
 #: Modules that add subcommands through ``register(subparsers)``; one per area of the runtime.
 _REGISTRARS: tuple[str, ...] = (
+    "foldline.handler.cli",
     "foldline.cli_client",
-    "foldline.gateway.cli",
     "foldline.demo",
     "foldline.projection.cli",
 )
 
 
-def cmd_command_handler(args: argparse.Namespace) -> int:
-    from foldline.aggregate import load_aggregate
-    from foldline.service import serve
-    from foldline.settings import HandlerSettings
-    from foldline.topics import aggregate_topics, ensure_topics
-    from foldline.wiring import build_command_handler
+def projection_views() -> ViewCatalog:
+    """The gateway serves the projector's views; neither package imports the other, so this composition
+    root hands the gateway the projections' catalog."""
+    from foldline.projection.target import ProjectionViews
 
-    spec = load_aggregate(args.aggregate)
-    settings = HandlerSettings.from_env()
-    log.info("settings", aggregate=spec.name, settings=repr(settings))
-    if args.create_topics:
-        ensure_topics(settings.kafka.client_config(), aggregate_topics(spec.name, args.partitions))
-    return serve(build_command_handler(spec, settings), settings.http_port)
+    return ProjectionViews()
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -67,12 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("json", "console"), help="default: console on a terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("command-handler", help="run the exactly-once command handler of an aggregate")
-    p.add_argument("--aggregate", required=True, help="import path, e.g. foldline.examples.invoices:Invoices")
-    p.add_argument("--create-topics", action="store_true", help="create the aggregate's topics if missing")
-    p.add_argument("--partitions", type=int, default=3)
-    p.set_defaults(func=cmd_command_handler)
-
     p = sub.add_parser("topics", help="create or check an aggregate's topics")
     p.add_argument("--aggregate", required=True)
     p.add_argument("--partitions", type=int, required=True)
@@ -89,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in _REGISTRARS:
         importlib.import_module(module).register(sub)
+    from foldline.gateway import cli as gateway_cli
+
+    gateway_cli.register(sub, catalog=projection_views)
     return parser
 
 

@@ -157,7 +157,7 @@ def table(rows: list[dict[str, Any]], max_width: int = 40) -> str:
 def describe_record(topic: str, value: bytes | None) -> str:
     """One readable line for a record of a foldline topic (or its raw text for any other topic)."""
     from foldline.errors import DecodeError
-    from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord, loads
+    from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord, Status, loads
 
     def compact(data: Any, limit: int = 240) -> str:
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -170,7 +170,7 @@ def describe_record(topic: str, value: bytes | None) -> str:
             return f"command  {c.type}{expected} {compact(c.payload)}  id={c.command_id}"
         if topic.endswith(".command-results"):
             r = CommandResult.from_bytes(value)
-            detail = ", ".join(r.events) if r.status == "accepted" else f"{r.code}: {r.reason}"
+            detail = ", ".join(r.events) if r.status == Status.ACCEPTED else f"{r.code}: {r.reason}"
             dup = " (duplicate)" if r.duplicate else ""
             return f"result   {r.status} v{r.version} {detail}{dup}  id={r.command_id}"
         if topic.endswith(".events"):
@@ -194,7 +194,9 @@ def describe_record(topic: str, value: bytes | None) -> str:
 def cmd_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
+    from foldline.clients import reader_config
     from foldline.settings import KafkaSettings
+    from foldline.topics import private_group
 
     kafka = KafkaSettings.from_env()
     stop = False
@@ -204,8 +206,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    consumer = Consumer({**kafka.client_config(), "group.id": f"foldline.tail.{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(reader_config(kafka, private_group("tail")))
     shown = 0
     try:
         meta = consumer.list_topics(args.topic, timeout=10.0).topics.get(args.topic)

@@ -95,7 +95,15 @@ class ConfigurationError(PermanentError):
 
 
 class TopicMismatchError(PermanentError):
-    """Existing topics disagree with what was declared (partitions, cleanup policy, ...)."""
+    """Existing topics disagree with what was declared (partitions, cleanup policy, ...).
+
+    ``reason`` is a stable CamelCase word for the operator's conditions: ``PartitionShrinkRefused``,
+    ``PartitionGrowthRefused``, ``ConfigMismatch``, or ``TopicMismatch`` for a declaration that cannot be.
+    """
+
+    def __init__(self, message: str, *, reason: str = "TopicMismatch") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AggregateDefinitionError(PermanentError):

@@ -6,6 +6,4 @@ from typing import NewType
 
 AggregateId = NewType("AggregateId", str)
 CommandId = NewType("CommandId", str)
-AggregateName = NewType("AggregateName", str)
-PartitionId = NewType("PartitionId", int)
 Version = NewType("Version", int)

@@ -7,9 +7,12 @@ Every value carries a ``schema_version`` so an upcaster can read old records.
 from __future__ import annotations
 
 import base64
+import random
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import orjson
 
@@ -17,8 +20,24 @@ from foldline.errors import DecodeError
 from foldline.ids import AggregateId, CommandId
 
 FORMAT_VERSION = 1
-Status = Literal["accepted", "rejected", "conflict", "failed"]
-STATUSES: tuple[Status, ...] = ("accepted", "rejected", "conflict", "failed")
+
+
+class Status(StrEnum):
+    """What became of a command: the only place these words are spelled."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+
+
+STATUSES: tuple[Status, ...] = tuple(Status)
+
+#: The fields a sender may set in a command envelope; the rest (schema_version, issued_at) are foldline's.
+ENVELOPE_FIELDS = frozenset({"aggregate_id", "type", "payload", "expected_version", "command_id"})
+#: What a submitted command id may look like (ids read back from Kafka are only required to be non-empty).
+COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MAX_AGGREGATE_ID = 256
 
 # orjson: several times faster than the stdlib on the per-command path, and byte-for-byte compact JSON.
 _dumps = orjson.dumps
@@ -80,27 +99,56 @@ class CommandEnvelope:
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> CommandEnvelope:
+        """A command record read from ``<agg>.commands`` (any producer's: only the shape is checked)."""
+        return cls.from_json(loads(raw, "command envelope"))
+
+    @classmethod
+    def from_json(cls, data: Any, *, submitted: bool = False) -> CommandEnvelope:
+        """The one parse of a command envelope; raises ``DecodeError`` saying what is wrong.
+
+        ``submitted=True`` is for a command entering the system (the gateway): only the fields a sender
+        may set, an id of the ``COMMAND_ID`` form (a new one when absent), a bounded aggregate id.
+        """
         what = "command envelope"
-        data = loads(raw, what)
+        if not isinstance(data, dict):
+            raise DecodeError(f"the {what} must be a JSON object, got {type(data).__name__}")
+        if submitted:
+            unknown = data.keys() - ENVELOPE_FIELDS
+            if unknown:
+                raise DecodeError(f"unknown field(s) {', '.join(sorted(unknown))}; expected some of "
+                                  f"{', '.join(sorted(ENVELOPE_FIELDS))}")
         expected = data.get("expected_version")
         if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 0):
             raise DecodeError(f"expected_version must be null or a non-negative integer, got {expected!r}")
-        command_id = _field(data, "command_id", str, what)
-        aggregate_id = _field(data, "aggregate_id", str, what)
-        if not command_id or not aggregate_id:
-            raise DecodeError("command_id and aggregate_id must not be empty")
-        payload = data.get("payload", {})
+        aggregate_id = data.get("aggregate_id")
+        if not isinstance(aggregate_id, str) or not aggregate_id or (
+                submitted and (not aggregate_id.strip() or len(aggregate_id) > MAX_AGGREGATE_ID)):
+            raise DecodeError(f"aggregate_id must be a non-empty string of at most {MAX_AGGREGATE_ID} characters")
+        type_ = data.get("type")
+        if not isinstance(type_, str) or (submitted and not type_):
+            raise DecodeError("type must be the name of a command, such as CreateInvoice")
+        payload = data.get("payload")
+        if payload is None:
+            payload = {}
         if not isinstance(payload, dict):
             raise DecodeError(f"payload must be a JSON object, got {type(payload).__name__}")
-        return cls(
-            command_id=CommandId(command_id),
-            aggregate_id=AggregateId(aggregate_id),
-            type=_field(data, "type", str, what),
-            payload=payload,
-            expected_version=expected,
-            schema_version=int(data.get("schema_version", 1)),
-            issued_at=str(data.get("issued_at", "")),
-        )
+        command_id = data.get("command_id")
+        if submitted and command_id is None:
+            command_id = new_command_id()
+        elif not isinstance(command_id, str) or not command_id or (submitted and not COMMAND_ID.match(command_id)):
+            raise DecodeError("command_id must be 1-128 characters of letters, digits and . _ : - "
+                              "(starting with a letter or digit)")
+        if submitted:
+            return cls(CommandId(command_id), AggregateId(aggregate_id), type_, payload, expected)
+        return cls(CommandId(command_id), AggregateId(aggregate_id), type_, payload, expected,
+                   schema_version=int(data.get("schema_version", 1)), issued_at=str(data.get("issued_at", "")))
+
+
+def new_command_id() -> str:
+    """128 random bits as 32 hex digits, like ``uuid4().hex``, from ``random``'s generator (seeded from
+    ``os.urandom`` per process and reseeded after fork): ``os.urandom`` per command showed in profiles
+    under load, and command ids need to be unique, not secret."""
+    return f"{random.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +157,8 @@ class CommandResult:
 
     ``version`` is the aggregate's version after the command (unchanged unless accepted).
     ``code`` is a stable word for a failure: ``undecodable``, ``unknown_type``, ``invalid_payload``,
-    ``conflict``, ``rejected`` or ``decide_failed``.
+    ``conflict``, ``rejected`` or ``decide_failed``. A snapshot's ``recent`` list keeps results in
+    their ``compact`` form (no nulls, no aggregate id: the snapshot's key says it).
     """
 
     command_id: CommandId
@@ -139,12 +188,30 @@ class CommandResult:
     def to_bytes(self) -> bytes:
         return dumps(self.to_json())
 
+    def compact(self) -> dict[str, Any]:
+        """The form a snapshot's ``recent`` list keeps, for deduplication."""
+        item: dict[str, Any] = {"command_id": self.command_id, "status": self.status, "version": self.version,
+                                "recorded_at": self.recorded_at}
+        if self.events:
+            item["events"] = list(self.events)
+        if self.reason is not None:
+            item["reason"] = self.reason
+        if self.code is not None:
+            item["code"] = self.code
+        return item
+
+    @classmethod
+    def from_compact(cls, item: dict[str, Any], aggregate_id: str) -> CommandResult:
+        """A result kept in a snapshot's ``recent`` list, handed out again: marked as a duplicate."""
+        return cls.from_json({**item, "aggregate_id": aggregate_id, "duplicate": True})
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommandResult:
         what = "command result"
-        status = data.get("status")
-        if status not in STATUSES:
-            raise DecodeError(f"{what} has an unknown status {status!r}")
+        try:
+            status = Status(str(data.get("status")))
+        except ValueError:
+            raise DecodeError(f"{what} has an unknown status {data.get('status')!r}") from None
         return cls(
             command_id=CommandId(_field(data, "command_id", str, what)),
             aggregate_id=AggregateId(str(data.get("aggregate_id", ""))),
@@ -206,7 +273,8 @@ class EventRecord:
 class SnapshotRecord:
     """The latest state of one aggregate on ``<agg>.snapshots`` (compacted; key: the aggregate id).
 
-    ``recent`` holds the results of the aggregate's last commands (newest last), which is how a
+    ``recent`` holds the results of the aggregate's last commands (newest last, each in
+    ``CommandResult.compact`` form), which is how a
     resubmitted command id gets its first result again even after the partition moved to another pod.
     A snapshot at version 0 records only such results for an aggregate that does not exist yet.
     """

@@ -167,11 +167,6 @@ class ProjectorSettings(_Changeable):
 
 
 
-def wait_seconds(env: Mapping[str, str] | None, name: str, default: float) -> float:
-    """A positive duration in seconds from ``FOLDLINE_<name>``."""
-    return env_float(os.environ if env is None else env, name, default)
-
-
 @dataclass(frozen=True)
 class GatewaySettings(_Changeable):
     """The gateway's knobs. ``token`` (``FOLDLINE_GATEWAY_TOKEN``) never appears in ``repr``.

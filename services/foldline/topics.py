@@ -8,6 +8,7 @@ so growth needs ``allow_partition_growth=True``, which the operator takes from a
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,42 @@ class TopicNames:
 
     def all(self) -> tuple[str, ...]:
         return (self.commands, self.results, self.events, self.snapshots, self.dead_letters)
+
+
+# -- consumer groups ------------------------------------------------------------------------------------
+def handler_group(aggregate: str) -> str:
+    """The consumer group of an aggregate's command handlers (offsets commit inside its transactions)."""
+    return f"foldline.{aggregate}.command-handler"
+
+
+def restore_group(aggregate: str) -> str:
+    """The group id of the handlers' restore consumers: never joined, never committed."""
+    return handler_group(aggregate) + ".restore"
+
+
+def projector_group(aggregate: str, view: str, revision: int) -> str:
+    """The consumer group of one view revision: used to share partitions, never to commit offsets."""
+    return f"foldline.{aggregate}.projection.{view}.r{revision}"
+
+
+#: The group id of ``foldline projection status`` and the operator's end-offset reads (never joined).
+STATUS_GROUP = "foldline.projection-status"
+
+
+def private_group(purpose: str) -> str:
+    """A group id of its own for a reader that assigns partitions by hand (gateway results, ``tail``)."""
+    return f"foldline.{purpose}.{uuid.uuid4().hex}"
+
+
+def progress(positions: Mapping[int, int], ends: Mapping[int, tuple[int, int]]) -> tuple[int, float]:
+    """Records behind and the share read (0..1) of a reader, from its positions and (low, end) offsets."""
+    behind, total, done = 0, 0, 0
+    for p, (low, end) in ends.items():
+        pos = min(max(positions.get(p, low), low), end)
+        behind += end - pos
+        total += end - low
+        done += pos - low
+    return behind, (done / total if total else 1.0)
 
 
 @dataclass(frozen=True)
@@ -217,9 +254,7 @@ def _await_metadata(admin: AdminClient, names: list[str], timeout: float) -> Non
 
 
 def _mismatch(reason: str, message: str) -> TopicMismatchError:
-    error = TopicMismatchError(message)
-    error.reason = reason  # type: ignore[attr-defined]
-    return error
+    return TopicMismatchError(message, reason=reason)
 
 
 def _describe_configs(admin: AdminClient, names: list[str], timeout: float) -> dict[str, dict[str, str]]:

@@ -9,8 +9,8 @@ import pytest
 
 from foldline.aggregate import Aggregate, AggregateSpec
 from foldline.handler.engine import CommandHandler
+from foldline.handler.wiring import build_command_handler
 from foldline.settings import HandlerSettings, KafkaSettings
-from foldline.wiring import build_command_handler
 
 pytestmark = pytest.mark.kafka
 

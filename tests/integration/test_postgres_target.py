@@ -10,7 +10,7 @@ import pytest
 from foldline.errors import ConfigurationError, StoreUnavailableError
 from foldline.projection import Column, TableDef, open_store
 from foldline.projection.postgres import split_url
-from foldline.projection.target import redact
+from foldline.projection.sql import redact
 
 pytestmark = pytest.mark.postgres
 

@@ -38,10 +38,10 @@ def test_shrink_and_silent_growth_are_refused_growth_with_opt_in_works(kafka_adm
     ensure_topics(kafka_admin, aggregate_topics(name, 3))
     with pytest.raises(TopicMismatchError, match="cannot shrink") as shrink:
         ensure_topics(kafka_admin, aggregate_topics(name, 2))
-    assert shrink.value.reason == "PartitionShrinkRefused"  # type: ignore[attr-defined]
+    assert shrink.value.reason == "PartitionShrinkRefused"
     with pytest.raises(TopicMismatchError, match="opt-in") as grow:
         ensure_topics(kafka_admin, aggregate_topics(name, 5))
-    assert grow.value.reason == "PartitionGrowthRefused"  # type: ignore[attr-defined]
+    assert grow.value.reason == "PartitionGrowthRefused"
     assert {partitions(kafka_admin, t) for t in TopicNames(name).all()} == {3}  # nothing changed
     report = ensure_topics(kafka_admin, aggregate_topics(name, 5), allow_partition_growth=True)
     assert sorted(report.grown) == sorted(TopicNames(name).all())

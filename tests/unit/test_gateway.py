@@ -19,6 +19,8 @@ from foldline.gateway.errors import BadRequest, GatewayTimeout, NotFound, Unavai
 from foldline.gateway.openapi import openapi_document
 from foldline.gateway.results import ResultHub
 from foldline.gateway.views import ViewService
+from foldline.ids import AggregateId, CommandId
+from foldline.records import CommandResult, Status
 from foldline.settings import GatewaySettings
 
 CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
@@ -98,8 +100,9 @@ def test_http_errors_sit_in_the_foldline_hierarchy():
 
 
 # -- the result hub ------------------------------------------------------------------------------------------
-def result(command_id: str, aggregate_id: str = "inv-1", version: int = 1) -> dict:
-    return {"command_id": command_id, "aggregate_id": aggregate_id, "status": "accepted", "version": version}
+def result(command_id: str, aggregate_id: str = "inv-1", version: int = 1) -> CommandResult:
+    return CommandResult(CommandId(command_id), AggregateId(aggregate_id), Status.ACCEPTED, version,
+                         recorded_at="2026-01-01T00:00:00.000Z")
 
 
 def test_hub_resolves_waiters_and_bounds_its_index():
@@ -127,9 +130,9 @@ def test_hub_streams_filter_overflow_and_end():
         hub.dispatch([("invoices", result("a", "inv-1")), ("invoices", result("b", "inv-2")),
                       ("other", result("c", "inv-2"))])
         got = [everything.queue.get_nowait() for _ in range(2)]
-        assert [item["command_id"] for item in got if item] == ["a", "b"]
+        assert [item.command_id for item in got if item] == ["a", "b"]
         only = one.queue.get_nowait()
-        assert only is not None and only["command_id"] == "b" and one.queue.empty()
+        assert only is not None and only.command_id == "b" and one.queue.empty()
         hub.dispatch([("invoices", result(f"x{i}", "inv-1")) for i in range(1001)])
         assert everything.overflowed and everything.queue.qsize() == 1000
         hub.close_streams()

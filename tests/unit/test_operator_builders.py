@@ -6,10 +6,10 @@ from typing import Any
 
 from foldline_operator import builders
 from foldline_operator.builders import GatewayViews, KafkaAuth, Owner
-from foldline_operator.spec import AggregateSpec, ProjectionSpec
+from foldline_operator.spec import AggregateResource, ProjectionResource
 
 OWNER = Owner("EventSourcedAggregate", "invoices", "uid-1", "shop")
-SPEC = AggregateSpec.parse("invoices", {
+SPEC = AggregateResource.parse("invoices", {
     "aggregate": "shop.domain:Invoices", "image": "registry/shop:1.2", "partitions": 6,
     "kafka": {"bootstrapServers": "kafka:9092", "secretRef": {"name": "kafka-auth"}},
     "handlers": {"replicas": 3, "resources": {"requests": {"cpu": "250m"}},
@@ -79,7 +79,7 @@ def test_gateway_deployment_service_and_views() -> None:
 
 
 def test_projector_deployment_per_revision() -> None:
-    projection = ProjectionSpec.parse("invoice-list", {
+    projection = ProjectionResource.parse("invoice-list", {
         "aggregateRef": {"name": "invoices"}, "projector": "shop.views:InvoiceList", "revision": 3,
         "database": {"secretRef": {"name": "views-db"}}, "replicas": 1})
     owner = Owner("Projection", "invoice-list", "uid-2", "shop")

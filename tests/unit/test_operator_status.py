@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
 import pytest
 
+from foldline.errors import BrokerUnavailableError, ConfigurationError, TopicMismatchError
 from foldline.topics import DAY_MS
 from foldline_operator.aggregates import Outcome, paused_outcome
 from foldline_operator.conditions import Condition, deployment_condition, merge, ready
 from foldline_operator.config import OperatorConfig, parse_args
-from foldline_operator.handlers import status_patch, transition_events
+from foldline_operator.handlers import kopf_error, status_patch, transition_events
 from foldline_operator.kafka import client_config
 from foldline_operator.projections import rebuild_status
-from foldline_operator.spec import AggregateSpec, duration_ms
+from foldline_operator.spec import AggregateResource, duration_ms
 
 NOW = "2026-11-27T12:00:00Z"
 
@@ -87,7 +89,7 @@ def test_spec_parsing_and_durations() -> None:
         500, 30_000, 5_400_000, 43_200_000, 7 * DAY_MS]
     with pytest.raises(ValueError):
         duration_ms("7 days")
-    spec = AggregateSpec.parse("res", {"aggregate": "m:A", "image": "i", "partitions": 2,
+    spec = AggregateResource.parse("res", {"aggregate": "m:A", "image": "i", "partitions": 2,
                                        "kafka": {"bootstrapServers": "k:1"}, "aggregateName": "orders",
                                        "handlers": {"autoscaling": {"maxReplicas": 2}}})
     assert spec.name == "orders" and spec.replication_factor == 3 and spec.deletion_policy == "Retain"
@@ -122,9 +124,9 @@ def _view(active: int | None, revisions: list[tuple[int, str, float]], source: s
 
 
 def _projection(revision: int, source: str = "snapshots") -> Any:
-    from foldline_operator.spec import ProjectionSpec
+    from foldline_operator.spec import ProjectionResource
 
-    return ProjectionSpec.parse("list", {"aggregateRef": {"name": "agg"}, "projector": "m:P", "revision": revision,
+    return ProjectionResource.parse("list", {"aggregateRef": {"name": "agg"}, "projector": "m:P", "revision": revision,
                                          "source": source, "database": {"secretRef": {"name": "db"}}})
 
 
@@ -166,3 +168,12 @@ def test_revision_state_refuses_mismatches() -> None:
     assert revision_state(_projection(2), wrong, {}, now, {})[0].reason == "RevisionMismatch"
     events = _view(1, [(1, "active", 1.0)], source="events")
     assert revision_state(_projection(1), events, {}, now, {})[0].reason == "SourceMismatch"
+
+
+def test_permanent_errors_wait_for_a_change_the_rest_retry() -> None:
+    shrink = kopf_error(TopicMismatchError("a.commands has 4 partitions", reason="PartitionShrinkRefused"))
+    assert isinstance(shrink, kopf.PermanentError) and "TopicMismatchError: a.commands" in str(shrink)
+    assert isinstance(kopf_error(ConfigurationError("no bootstrap servers")), kopf.PermanentError)
+    away = kopf_error(BrokerUnavailableError("timed out"))
+    assert isinstance(away, kopf.TemporaryError) and away.delay == 10
+    assert isinstance(kopf_error(RuntimeError("a bug")), kopf.TemporaryError)

@@ -9,7 +9,7 @@ import pytest
 from foldline import AggregateSpec, CommandEnvelope, SnapshotRecord
 from foldline.examples.invoices import Invoices
 from foldline.handler.task import PartitionTask
-from foldline.store.base import open_store
+from foldline.store.base import open_state_store
 
 CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
 LINE = {"line_id": "a", "description": "d", "quantity": 2, "unit_price": "5.00"}
@@ -17,7 +17,7 @@ LINE = {"line_id": "a", "description": "d", "quantity": 2, "unit_price": "5.00"}
 
 @pytest.fixture
 def task(tmp_path):
-    t = PartitionTask(AggregateSpec(Invoices()), 0, open_store("sqlite", tmp_path / "p0"), cache_size=100,
+    t = PartitionTask(AggregateSpec(Invoices()), 0, open_state_store("sqlite", tmp_path / "p0"), cache_size=100,
                       dedup_window=3, topic="invoices.commands", clock=lambda: "2026-11-26T00:00:00Z")
     yield t
     t.close()

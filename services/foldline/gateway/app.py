@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import decimal
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -30,16 +29,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from foldline.aggregate import AggregateSpec
 from foldline.gateway import commands, stream
-from foldline.gateway.errors import HttpError, NotFound, Unauthorized
+from foldline.gateway.core import Gateway
+from foldline.gateway.errors import HttpError, Unauthorized
 from foldline.gateway.openapi import openapi_document
-from foldline.gateway.producer import CommandProducer
-from foldline.gateway.results import ResultHub, ResultsReader
-from foldline.gateway.views import ViewService
 from foldline.observability import metrics
-from foldline.settings import GatewaySettings
-from foldline.topics import TopicNames
 
 log = structlog.get_logger("foldline.gateway")
 
@@ -62,64 +56,6 @@ class JSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode()
-
-
-class Gateway:
-    """Everything one gateway replica holds: aggregates, the producer, the results reader, the views."""
-
-    def __init__(self, specs: Iterable[AggregateSpec], settings: GatewaySettings,
-                 views: ViewService | None = None) -> None:
-        self.settings = settings
-        self.specs = {spec.name: spec for spec in specs}
-        self.topics = {name: TopicNames(name) for name in self.specs}
-        self.hub = ResultHub(settings.result_index_size)
-        self.reader = ResultsReader(settings.kafka, self.specs, self.hub, lookback_s=settings.results_lookback_s)
-        self.producer = CommandProducer(settings.kafka, linger_ms=settings.producer_linger_ms)
-        self.views = views
-        self.closing = asyncio.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def spec(self, aggregate: str) -> AggregateSpec:
-        spec = self.specs.get(aggregate)
-        if spec is None:
-            raise NotFound(f"no aggregate named {aggregate!r}; known: {', '.join(sorted(self.specs)) or 'none'}",
-                           code="unknown_aggregate", details={"aggregate": aggregate, "known": sorted(self.specs)})
-        return spec
-
-    def require_views(self) -> ViewService:
-        if self.views is None:
-            raise NotFound("this gateway serves no views (start it with --database and --projection)",
-                           code="unknown_view")
-        return self.views
-
-    async def start(self) -> None:
-        self.loop = loop = asyncio.get_running_loop()
-        self.closing = asyncio.Event()
-        self.producer.start(loop)
-        self.reader.start(loop)
-        if self.views is not None:
-            await self.views.start()
-        log.info("gateway started", aggregates=sorted(self.specs),
-                 views=sorted(self.views.views) if self.views else [], settings=repr(self.settings))
-
-    def begin_shutdown(self) -> None:
-        """End every open stream so the server can drain; runs on the loop."""
-        self.closing.set()
-        self.hub.close_streams()
-
-    async def stop(self) -> None:
-        self.begin_shutdown()
-        await asyncio.to_thread(self.reader.stop)
-        await asyncio.to_thread(self.producer.stop)
-        if self.views is not None:
-            await self.views.close()
-        log.info("gateway stopped")
-
-    def live(self) -> bool:
-        return self.reader.error is None and self.reader.alive()
-
-    def ready(self) -> bool:
-        return self.live() and self.reader.caught_up and (self.views is None or self.views.ready())
 
 
 # -- endpoints ---------------------------------------------------------------------------------------------

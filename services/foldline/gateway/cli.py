@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable
 from typing import Any
 
+from foldline.gateway.views import ViewCatalog
 
-def cmd_gateway(args: argparse.Namespace) -> int:
+
+def cmd_gateway(args: argparse.Namespace, *, catalog: Callable[[], ViewCatalog] | None = None) -> int:
     from foldline.gateway.server import build_gateway, serve
     from foldline.settings import GatewaySettings
 
@@ -17,11 +21,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if args.host is not None:
         changes["host"] = args.host
     gateway = build_gateway(args.aggregate, settings.with_changes(**changes), projections=args.projection or (),
-                            database=args.database)
+                            database=args.database, catalog=catalog() if catalog and args.database else None)
     return serve(gateway)
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, *, catalog: Callable[[], ViewCatalog] | None = None) -> None:
+    """Add ``gateway``; ``catalog`` gives the projections' views (``foldline.cli`` passes the projector's)."""
     p = sub.add_parser("gateway", help="serve commands, results, views and streams over HTTP",
                        description="The HTTP gateway: POST commands and wait for their results, GET view rows "
                                    "(read-after-write with min_version), and Server-Sent Event streams. "
@@ -33,4 +38,4 @@ def register(sub: Any) -> None:
     p.add_argument("--database", help="the projection database: sqlite:///path or postgresql://...")
     p.add_argument("--port", type=int, help="default: FOLDLINE_GATEWAY_PORT or 8000")
     p.add_argument("--host", help="default: FOLDLINE_GATEWAY_HOST or 0.0.0.0")
-    p.set_defaults(func=cmd_gateway)
+    p.set_defaults(func=functools.partial(cmd_gateway, catalog=catalog))

@@ -8,30 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-import re
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from foldline.aggregate import AggregateSpec
-from foldline.errors import CommandError, UnknownTypeError
+from foldline.errors import CommandError, DecodeError, UnknownTypeError
+from foldline.gateway.core import Gateway
 from foldline.gateway.errors import BadRequest, GatewayTimeout, NotFound, PayloadTooLarge
-from foldline.ids import AggregateId, CommandId
-from foldline.records import CommandEnvelope
-
-if TYPE_CHECKING:
-    from foldline.gateway.app import Gateway
+from foldline.records import CommandEnvelope, CommandResult, Status
 
 log = structlog.get_logger("foldline.gateway")
 
-COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-MAX_AGGREGATE_ID = 256
-ENVELOPE_FIELDS = frozenset({"aggregate_id", "type", "payload", "expected_version", "command_id"})
 #: The HTTP status of a command's result, by its status.
-RESULT_STATUS = {"accepted": 200, "rejected": 422, "conflict": 409, "failed": 400}
+RESULT_STATUS = {Status.ACCEPTED: 200, Status.REJECTED: 422, Status.CONFLICT: 409, Status.FAILED: 400}
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
@@ -87,54 +79,24 @@ class Aggregates(Protocol):
 
 
 def parse_envelope(gateway: Aggregates, aggregate: str, data: Any) -> CommandEnvelope:
-    """Check the request envelope and the payload (with the aggregate's codec); build the record."""
-    if not isinstance(data, dict):
-        raise BadRequest(f"the body must be a JSON object, got {type(data).__name__}", code="invalid_envelope")
-    unknown = data.keys() - ENVELOPE_FIELDS
-    if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(sorted(unknown))}; expected some of "
-                         f"{', '.join(sorted(ENVELOPE_FIELDS))}", code="invalid_envelope")
-    aggregate_id = data.get("aggregate_id")
-    if not isinstance(aggregate_id, str) or not aggregate_id.strip() or len(aggregate_id) > MAX_AGGREGATE_ID:
-        raise BadRequest(f"aggregate_id must be a non-empty string of at most {MAX_AGGREGATE_ID} characters",
-                         code="invalid_envelope")
-    type_ = data.get("type")
-    if not isinstance(type_, str) or not type_:
-        raise BadRequest("type must be the name of a command, such as CreateInvoice", code="invalid_envelope")
-    payload = data.get("payload", {})
-    if payload is None:
-        payload = {}
-    if not isinstance(payload, dict):
-        raise BadRequest(f"payload must be a JSON object, got {type(payload).__name__}", code="invalid_envelope")
-    expected = data.get("expected_version")
-    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 0):
-        raise BadRequest(f"expected_version must be null or a non-negative integer, got {expected!r}",
-                         code="invalid_envelope")
-    command_id = data.get("command_id")
-    if command_id is None:
-        command_id = new_command_id()
-    elif not isinstance(command_id, str) or not COMMAND_ID.match(command_id):
-        raise BadRequest("command_id must be 1-128 characters of letters, digits and . _ : - "
-                         "(starting with a letter or digit)", code="invalid_envelope")
+    """Check the request envelope (``CommandEnvelope.from_json``) and the payload (with the aggregate's
+    codec); the record to produce."""
+    try:
+        envelope = CommandEnvelope.from_json(data, submitted=True)
+    except DecodeError as exc:
+        raise BadRequest(exc.message, code="invalid_envelope") from exc
     spec = gateway.spec(aggregate)
     try:
-        spec.decode_command(type_, payload)
+        spec.decode_command(envelope.type, envelope.payload)
     except UnknownTypeError as exc:
         raise NotFound(exc.message, code="unknown_command_type",
-                       details={"type": type_, "known": sorted(spec.commands)}) from exc
+                       details={"type": envelope.type, "known": sorted(spec.commands)}) from exc
     except CommandError as exc:
         raise BadRequest(exc.message, code=exc.code, details=exc.details) from exc
     except Exception as exc:  # a codec surprise is still the client's bad input, never a 500
-        log.warning("payload check raised", aggregate=aggregate, type=type_, error=repr(exc))
+        log.warning("payload check raised", aggregate=aggregate, type=envelope.type, error=repr(exc))
         raise BadRequest(f"invalid payload: {exc}", code="invalid_payload") from exc
-    return CommandEnvelope(CommandId(command_id), AggregateId(aggregate_id), type_, payload, expected)
-
-
-def new_command_id() -> str:
-    """128 random bits as 32 hex digits, like ``uuid4().hex``, from ``random``'s generator (seeded from
-    ``os.urandom`` per process and reseeded after fork): ``os.urandom`` per command showed in profiles
-    under load, and command ids need to be unique, not secret."""
-    return f"{random.getrandbits(128):032x}"
+    return envelope
 
 
 def location(aggregate: str, command_id: str) -> str:
@@ -165,14 +127,14 @@ async def post_command(request: Request) -> Response:
     try:
         async with asyncio.timeout(timeout):
             gateway.producer.send_nowait(topic, envelope.aggregate_id, envelope.to_bytes(), future)
-            result = await future
+            result: CommandResult = await future
     except TimeoutError:
         raise GatewayTimeout(
             f"no result within {timeout}s; the command may still be handled: GET {where} later",
             details=pending, headers={"Location": where}) from None
     finally:
         gateway.hub.forget(aggregate, envelope.command_id, future)
-    return JSONResponse(result, status_code=RESULT_STATUS[result["status"]], headers={"Location": where})
+    return JSONResponse(result.to_json(), status_code=RESULT_STATUS[result.status], headers={"Location": where})
 
 
 async def get_command(request: Request) -> Response:
@@ -185,4 +147,4 @@ async def get_command(request: Request) -> Response:
         raise NotFound(f"no result for command {command_id!r} of {aggregate} (yet): it is unknown, still "
                        "pending, or older than this replica's index", code="unknown_command",
                        details={"command_id": command_id})
-    return JSONResponse(result)
+    return JSONResponse(result.to_json())

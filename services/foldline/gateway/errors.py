@@ -1,6 +1,8 @@
 """Errors the gateway answers with: each carries its HTTP status and a stable ``code`` word.
 
-The body of every such answer is ``{"error": {"code": ..., "message": ..., "details": {...}}}``.
+The body of every such answer is ``{"error": {"code": ..., "message": ..., "details": {...}}}``. Each
+one also sits in one of foldline's groups (``foldline.errors``): the client's own mistakes (4xx) are
+``CommandError``s, an unavailable dependency or a timeout (503, 504) a ``RetryableError``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from foldline.errors import CommandError, FoldlineError, RetryableError, WaitTim
 
 
 class HttpError(FoldlineError):
-    """A request the gateway refuses or cannot serve; ``status`` is the HTTP status."""
+    """A request the gateway refuses or cannot serve; ``status`` is the HTTP status. Only its
+    subclasses are raised, each in one of the groups."""
 
     status = 400
     code = "bad_request"
@@ -44,7 +47,7 @@ class BadRequest(HttpError, CommandError):
             self.code = code
 
 
-class Unauthorized(HttpError):
+class Unauthorized(HttpError, CommandError):
     status = 401
     code = "unauthorized"
 
@@ -52,7 +55,7 @@ class Unauthorized(HttpError):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="foldline"'})
 
 
-class NotFound(HttpError):
+class NotFound(HttpError, CommandError):
     status = 404
     code = "not_found"
 
@@ -62,7 +65,7 @@ class NotFound(HttpError):
             self.code = code
 
 
-class PayloadTooLarge(HttpError):
+class PayloadTooLarge(HttpError, CommandError):
     status = 413
     code = "payload_too_large"
 

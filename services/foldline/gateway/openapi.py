@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from foldline.aggregate import AggregateSpec
+from foldline.records import Status
 
 _SCALARS: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
@@ -176,7 +177,7 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
         "required": ["command_id", "aggregate_id", "status", "version"],
         "properties": {
             "command_id": {"type": "string"}, "aggregate_id": {"type": "string"},
-            "status": {"enum": ["accepted", "rejected", "conflict", "failed"]},
+            "status": {"enum": [s.value for s in Status]},
             "version": {"type": "integer", "description": "the aggregate's version after the command"},
             "events": {"type": "array", "items": {"type": "string"}},
             "reason": {"type": ["string", "null"]},

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from foldline.clients import command_producer_config
 from foldline.errors import BrokerUnavailableError, ConfigurationError
 from foldline.gateway.errors import Unavailable
 from foldline.settings import KafkaSettings
@@ -20,21 +22,10 @@ from foldline.settings import KafkaSettings
 log = structlog.get_logger("foldline.gateway.producer")
 
 
-def producer_config(kafka: KafkaSettings, linger_ms: int) -> dict[str, Any]:
-    return {
-        **kafka.client_config(),
-        "enable.idempotence": True,  # acks=all, no duplicates or reordering on retries
-        "partitioner": "murmur2_random",
-        "linger.ms": linger_ms,
-        "message.timeout.ms": 60_000,
-        "queue.buffering.max.messages": 200_000,
-    }
-
-
 class CommandProducer:
     def __init__(self, kafka: KafkaSettings, *, linger_ms: int = 1) -> None:
         try:
-            self._producer = Producer(producer_config(kafka, linger_ms))
+            self._producer = Producer(command_producer_config(kafka, linger_ms))
         except KafkaException as exc:
             raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
         self._stop = threading.Event()
@@ -65,12 +56,7 @@ class CommandProducer:
         def delivered(error: KafkaError | None, msg: Message) -> None:
             loop.call_soon_threadsafe(_settle, future, error)
 
-        try:
-            self._producer.produce(topic, value, key.encode(), on_delivery=delivered)
-        except BufferError as exc:
-            raise Unavailable("the gateway's producer queue is full; retry shortly") from exc
-        except KafkaException as exc:
-            raise Unavailable(f"cannot produce to {topic}: {exc}") from exc
+        self._produce(topic, key, value, delivered)
         await future
 
     def send_nowait(self, topic: str, key: str, value: bytes, waiter: asyncio.Future[Any]) -> None:
@@ -83,6 +69,10 @@ class CommandProducer:
             if error is not None:
                 loop.call_soon_threadsafe(_settle, waiter, error)
 
+        self._produce(topic, key, value, delivered)
+
+    def _produce(self, topic: str, key: str, value: bytes, delivered: Callable[[KafkaError | None, Message], None],
+                 ) -> None:
         try:
             self._producer.produce(topic, value, key.encode(), on_delivery=delivered)
         except BufferError as exc:

@@ -12,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from foldline.clients import results_reader_config
 from foldline.errors import BrokerUnavailableError, DecodeError
-from foldline.records import loads
+from foldline.records import CommandResult
 from foldline.settings import KafkaSettings
-from foldline.topics import TopicNames
+from foldline.topics import TopicNames, private_group
 
 log = structlog.get_logger("foldline.gateway.results")
 
@@ -37,7 +36,7 @@ class Subscriber:
 
     aggregate: str
     aggregate_id: str | None
-    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=lambda: asyncio.Queue(1000))
+    queue: asyncio.Queue[CommandResult | None] = field(default_factory=lambda: asyncio.Queue(1000))
     overflowed: bool = False
 
 
@@ -49,23 +48,23 @@ class ResultHub:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._index: OrderedDict[Key, dict[str, Any]] = OrderedDict()
-        self._waiters: dict[Key, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._index: OrderedDict[Key, CommandResult] = OrderedDict()
+        self._waiters: dict[Key, list[asyncio.Future[CommandResult]]] = {}
         self._subscribers: set[Subscriber] = set()
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def get(self, aggregate: str, command_id: str) -> dict[str, Any] | None:
+    def get(self, aggregate: str, command_id: str) -> CommandResult | None:
         return self._index.get((aggregate, command_id))
 
-    def waiter(self, aggregate: str, command_id: str) -> asyncio.Future[dict[str, Any]]:
+    def waiter(self, aggregate: str, command_id: str) -> asyncio.Future[CommandResult]:
         """A future resolved by the next result for this command that arrives (register before producing)."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault((aggregate, command_id), []).append(future)
         return future
 
-    def forget(self, aggregate: str, command_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+    def forget(self, aggregate: str, command_id: str, future: asyncio.Future[CommandResult]) -> None:
         key = (aggregate, command_id)
         futures = self._waiters.get(key)
         if futures is None:
@@ -91,11 +90,11 @@ class ResultHub:
         for sub in list(self._subscribers):
             _push_end(sub.queue)
 
-    def dispatch(self, batch: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    def dispatch(self, batch: Iterable[tuple[str, CommandResult]]) -> None:
         """Record results read by the reader thread and wake whoever waits for them."""
         index = self._index
         for aggregate, result in batch:
-            key = (aggregate, result["command_id"])
+            key = (aggregate, result.command_id)
             index[key] = result
             index.move_to_end(key)
             if len(index) > self.capacity:
@@ -106,7 +105,7 @@ class ResultHub:
             for sub in self._subscribers:
                 if sub.aggregate != aggregate or sub.overflowed:
                     continue
-                if sub.aggregate_id is not None and sub.aggregate_id != result.get("aggregate_id"):
+                if sub.aggregate_id is not None and sub.aggregate_id != result.aggregate_id:
                     continue
                 try:
                     sub.queue.put_nowait(result)
@@ -115,7 +114,7 @@ class ResultHub:
                     _push_end(sub.queue)
 
 
-def _push_end(queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+def _push_end(queue: asyncio.Queue[CommandResult | None]) -> None:
     """Queue the end marker, dropping the oldest item if the queue is full."""
     if queue.full():
         queue.get_nowait()
@@ -154,7 +153,7 @@ class ResultsReader:
     # -- the thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            consumer = Consumer(self._config())
+            consumer = Consumer(results_reader_config(self.kafka, private_group("gateway")))
         except KafkaException as exc:
             self.error = f"invalid Kafka client settings: {exc}"
             log.error("results reader cannot start", error=self.error)
@@ -174,19 +173,6 @@ class ResultsReader:
             log.exception("results reader failed")
         finally:
             consumer.close()
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            **self.kafka.client_config(),
-            # Never joins or commits: partitions are assigned by hand. librdkafka wants an id anyway.
-            "group.id": f"foldline.gateway.{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-            "fetch.min.bytes": 1,
-        }
 
     def _assign(self, consumer: Consumer) -> set[tuple[str, int]]:
         """Assign every partition of every results topic from ``now - lookback``; waits for the topics."""
@@ -225,8 +211,8 @@ class ResultsReader:
             out[topic] = sorted(meta.partitions)
         return out
 
-    def _poll(self, consumer: Consumer, remaining: set[tuple[str, int]]) -> list[tuple[str, dict[str, Any]]]:
-        batch: list[tuple[str, dict[str, Any]]] = []
+    def _poll(self, consumer: Consumer, remaining: set[tuple[str, int]]) -> list[tuple[str, CommandResult]]:
+        batch: list[tuple[str, CommandResult]] = []
         # consume(n, t) waits for all n records or t: wait for one, then take whatever else is there.
         messages = consumer.consume(1, 0.2)
         if messages:
@@ -246,14 +232,10 @@ class ResultsReader:
                 batch.append(item)
         return batch
 
-    def _decode(self, msg: Message) -> tuple[str, dict[str, Any]] | None:
+    def _decode(self, msg: Message) -> tuple[str, CommandResult] | None:
         try:
-            data = loads(msg.value(), "command result")
+            result = CommandResult.from_bytes(msg.value())
         except DecodeError as exc:
             log.warning("skipping an undecodable result", topic=msg.topic(), offset=msg.offset(), error=str(exc))
             return None
-        if not isinstance(data.get("command_id"), str) or data.get("status") not in (
-                "accepted", "rejected", "conflict", "failed"):
-            log.warning("skipping a result without command_id or status", topic=msg.topic(), offset=msg.offset())
-            return None
-        return self._aggregate_of[str(msg.topic())], data
+        return self._aggregate_of[str(msg.topic())], result

@@ -19,23 +19,18 @@ import uvicorn
 
 from foldline.aggregate import AggregateSpec, load_aggregate
 from foldline.errors import ConfigurationError
-from foldline.gateway.app import Gateway, create_app
-from foldline.gateway.views import ViewService
+from foldline.gateway.app import create_app
+from foldline.gateway.core import Gateway
+from foldline.gateway.views import ViewCatalog, ViewService
 from foldline.settings import GatewaySettings
 
 log = structlog.get_logger("foldline.gateway")
 
 
-def projection_views(path: str) -> dict[str, str]:
-    """``{view name: aggregate name}`` of one projection, from its import path."""
-    from foldline.projection import load_projection
-
-    spec = load_projection(path)
-    return {spec.view: spec.aggregate}
-
-
 def build_gateway(aggregates: Sequence[str | AggregateSpec], settings: GatewaySettings, *,
-                  projections: Sequence[str] = (), database: str | None = None) -> Gateway:
+                  projections: Sequence[str] = (), database: str | None = None,
+                  catalog: ViewCatalog | None = None) -> Gateway:
+    """A gateway of ``aggregates``; with ``database``, also the views of ``projections`` (through ``catalog``)."""
     specs = [a if isinstance(a, AggregateSpec) else load_aggregate(a) for a in aggregates]
     if not specs:
         raise ConfigurationError("the gateway needs at least one --aggregate")
@@ -43,16 +38,13 @@ def build_gateway(aggregates: Sequence[str | AggregateSpec], settings: GatewaySe
     if projections and not database:
         raise ConfigurationError("--projection needs --database: where the projector writes its rows")
     if database:
-        from foldline.projection import open_target
-
         if not database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigurationError(f"--database must be sqlite:///path.db or postgresql://..., got "
                                      f"{database.split('://', 1)[0]}://...")
-
-        names: dict[str, str] = {}
-        for path in projections:
-            names.update(projection_views(path))
-        views = ViewService(database, names, opener=open_target, read_timeout_s=settings.read_timeout_s,
+        if catalog is None:
+            raise ConfigurationError("serving views needs the projections' catalog (see foldline.cli)")
+        names = dict(catalog.view_of(path) for path in projections)
+        views = ViewService(database, names, opener=catalog.open, read_timeout_s=settings.read_timeout_s,
                             max_read_timeout_s=settings.max_read_timeout_s)
     return Gateway(specs, settings, views)
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from foldline.gateway.core import Gateway
 from foldline.gateway.errors import HttpError
-
-if TYPE_CHECKING:
-    from foldline.gateway.app import Gateway
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -50,7 +48,7 @@ async def stream_results(request: Request) -> Response:
                     reason = "overflow" if subscriber.overflowed else "shutdown"
                     yield sse("end", {"reason": reason})
                     return
-                yield sse("result", item, item.get("command_id"))
+                yield sse("result", item.to_json(), item.command_id)
         finally:
             gateway.hub.unsubscribe(subscriber)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -26,7 +26,21 @@ log = structlog.get_logger("foldline.gateway.views")
 
 T = TypeVar("T")
 RESERVED = frozenset({"limit", "offset", "order_by", "aggregate_id", "min_version", "timeout"})
-MAX_LIMIT = 1000
+#: The most rows one HTTP page may ask for; the projection target bounds any one read further (its MAX_LIMIT).
+MAX_PAGE_ROWS = 1000
+
+
+class ViewCatalog(Protocol):
+    """Where views come from: the projections' side, handed to the gateway by the composition root
+    (``foldline.cli``), so the gateway and the projector stay independent of each other."""
+
+    def view_of(self, projection: str) -> tuple[str, str]:
+        """``(view, aggregate)`` of the projection at an import path."""
+        ...
+
+    def open(self, database_url: str) -> Any:
+        """A reader of the projection database (``ProjectionTarget``: ``read_rows``, ``aggregate_version``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,7 @@ class ViewService:
             if not 0 < timeout <= self.max_read_timeout_s:
                 raise BadRequest(f"timeout must be above 0 and at most {self.max_read_timeout_s} seconds",
                                  code="invalid_query")
-        return RowQuery(filters=filters, limit=_int(params, "limit", 100, 1, MAX_LIMIT),
+        return RowQuery(filters=filters, limit=_int(params, "limit", 100, 1, MAX_PAGE_ROWS),
                         offset=_int(params, "offset", 0, 0), order_by=params.get("order_by") or None,
                         aggregate_id=aggregate_id, min_version=min_version, timeout=timeout)
 

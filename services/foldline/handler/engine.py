@@ -23,16 +23,12 @@ from foldline.errors import BrokerUnavailableError, KafkaFatalError
 from foldline.handler.restore import restore_partition
 from foldline.handler.task import PartitionTask
 from foldline.observability import metrics
+from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
-from foldline.topics import TopicNames
+from foldline.topics import TopicNames, handler_group
 
 log = structlog.get_logger("foldline.handler")
-
-def handler_group(aggregate: str) -> str:
-    """The consumer group of an aggregate's command handlers (offsets commit inside its transactions)."""
-    return f"foldline.{aggregate}.command-handler"
-
 
 class CommandHandler:
     def __init__(
@@ -43,7 +39,7 @@ class CommandHandler:
         consumer_factory: ConsumerFactory,
         producer: Producer,
         restore_consumer: Consumer,
-        open_store: Callable[[int], StateStore],
+        open_partition_store: Callable[[int], StateStore],
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -52,7 +48,7 @@ class CommandHandler:
                                  on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.producer = producer
         self.restore_consumer = restore_consumer
-        self._open_store = open_store
+        self._open_store = open_partition_store
         self.tasks: dict[int, PartitionTask] = {}
         self._snapshot_offsets: dict[int, int] = {}
         self._positions: dict[int, int] = {}
@@ -62,7 +58,7 @@ class CommandHandler:
         self._lag_updated = 0.0
         self.stop_event = threading.Event()
         agg = spec.name
-        self._m_status = {s: metrics.COMMANDS.labels(agg, s) for s in ("accepted", "rejected", "conflict", "failed")}
+        self._m_status = {s: metrics.COMMANDS.labels(agg, s.value) for s in Status}
         self._m_latency = metrics.COMMAND_LATENCY.labels(agg)
         self._m_txn = metrics.TRANSACTION_DURATION.labels(agg)
         self._m_batch = metrics.BATCH_SIZE.labels(agg)
@@ -174,7 +170,7 @@ class CommandHandler:
         topics = self.topics
         first_offsets: dict[int, int] = {}
         next_offsets: dict[int, int] = {}
-        counts = {"accepted": 0, "rejected": 0, "conflict": 0, "failed": 0}
+        counts = dict.fromkeys(Status, 0)
         events = 0
         for owned in self.tasks.values():
             owned.begin_batch()

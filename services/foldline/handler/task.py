@@ -23,6 +23,7 @@ from foldline.records import (
     CommandResult,
     EventRecord,
     SnapshotRecord,
+    Status,
     dead_letter,
     now_iso,
 )
@@ -33,7 +34,8 @@ log = structlog.get_logger("foldline.handler")
 
 @dataclass(slots=True)
 class Entry:
-    """An aggregate as the task knows it: version, decoded state, and its latest command results."""
+    """An aggregate as the task knows it: version, decoded state, and its latest command results
+    (``CommandResult.compact`` form, as its snapshot keeps them)."""
 
     version: int
     state: Any
@@ -45,26 +47,6 @@ class Entry:
                 found: dict[str, Any] = item
                 return found
         return None
-
-
-def remembered(result: CommandResult) -> dict[str, Any]:
-    """The part of a result a snapshot keeps for deduplication (no nulls, no repeated aggregate id)."""
-    item: dict[str, Any] = {"command_id": result.command_id, "status": result.status, "version": result.version,
-                            "recorded_at": result.recorded_at}
-    if result.events:
-        item["events"] = list(result.events)
-    if result.reason is not None:
-        item["reason"] = result.reason
-    if result.code is not None:
-        item["code"] = result.code
-    return item
-
-
-def recalled(item: dict[str, Any], aggregate_id: str) -> CommandResult:
-    """The first result of a command, again, marked as a duplicate."""
-    return CommandResult(CommandId(item["command_id"]), AggregateId(aggregate_id), item["status"], item["version"],
-                         tuple(item.get("events", ())), item.get("reason"), item.get("code"), True,
-                         item.get("recorded_at", ""))
 
 
 @dataclass(slots=True)
@@ -139,14 +121,14 @@ class PartitionTask:
         entry = self.load(envelope.aggregate_id)
         earlier = entry.find(envelope.command_id)
         if earlier is not None:
-            return Outcome(recalled(earlier, envelope.aggregate_id))
+            return Outcome(CommandResult.from_compact(earlier, envelope.aggregate_id))
         return self._decide(envelope, entry, key, value, offset)
 
     def _decide(self, env: CommandEnvelope, entry: Entry, key: bytes | None, value: bytes | None,
                 offset: int) -> Outcome:
         if env.expected_version is not None and env.expected_version != entry.version:
             reason = f"expected version {env.expected_version}, but the aggregate is at version {entry.version}"
-            return self._record(env, entry, self._result(env, "conflict", entry.version, reason, "conflict"))
+            return self._record(env, entry, self._result(env, Status.CONFLICT, entry.version, reason, "conflict"))
         try:
             command = self.spec.decode_command(env.type, env.payload)
         except CommandError as exc:
@@ -154,7 +136,7 @@ class PartitionTask:
         try:
             decision = self.spec.aggregate.decide(entry.state, command)
             if isinstance(decision, Rejection):
-                result = self._result(env, "rejected", entry.version, decision.reason, "rejected")
+                result = self._result(env, Status.REJECTED, entry.version, decision.reason, "rejected")
                 return self._record(env, entry, result)
             state, version, events = entry.state, entry.version, []
             for event in decision:
@@ -168,19 +150,19 @@ class PartitionTask:
             log.warning("decide failed", command_id=env.command_id, aggregate_id=env.aggregate_id, error=message)
             return self._failed(env, entry, key, value, offset, "decide_failed", message)
         entry.state, entry.version = state, version
-        result = self._result(env, "accepted", version, None, None, tuple(e.type for e in events))
+        result = self._result(env, Status.ACCEPTED, version, None, None, tuple(e.type for e in events))
         outcome = self._record(env, entry, result)
         outcome.events = events
         return outcome
 
-    def _result(self, env: CommandEnvelope, status: Any, version: int, reason: str | None, code: str | None,
+    def _result(self, env: CommandEnvelope, status: Status, version: int, reason: str | None, code: str | None,
                 events: tuple[str, ...] = ()) -> CommandResult:
         return CommandResult(env.command_id, env.aggregate_id, status, version, events, reason, code, False,
                              self._now)
 
     def _record(self, env: CommandEnvelope, entry: Entry, result: CommandResult) -> Outcome:
         """Remember the result under the command id, so a resubmission gets it again."""
-        entry.recent.append(remembered(result))
+        entry.recent.append(result.compact())
         if len(entry.recent) > self.dedup_window:
             del entry.recent[: len(entry.recent) - self.dedup_window]
         self._dirty[env.aggregate_id] = entry
@@ -188,16 +170,14 @@ class PartitionTask:
 
     def _failed(self, env: CommandEnvelope, entry: Entry, key: bytes | None, value: bytes | None, offset: int,
                 code: str, message: str) -> Outcome:
-        outcome = self._record(env, entry, self._result(env, "failed", entry.version, message, code))
-        outcome.dead_letter = dead_letter(topic=self.topic, partition=self.partition, offset=offset, key=key,
-                                          value=value, code=code, message=message)
+        outcome = self._record(env, entry, self._result(env, Status.FAILED, entry.version, message, code))
+        outcome.dead_letter = self._letter(key, value, offset, code, message)
         return outcome
 
     def _fail_unrecorded(self, key: bytes | None, value: bytes | None, offset: int, env: CommandEnvelope,
                          exc: CommandError) -> Outcome:
-        result = self._result(env, "failed", 0, exc.message, exc.code)
-        return Outcome(result, dead_letter=dead_letter(topic=self.topic, partition=self.partition, offset=offset,
-                                                       key=key, value=value, code=exc.code, message=exc.message))
+        result = self._result(env, Status.FAILED, 0, exc.message, exc.code)
+        return Outcome(result, dead_letter=self._letter(key, value, offset, exc.code, exc.message))
 
     def _bad_record(self, key: bytes | None, value: bytes | None, offset: int, aggregate_id: str,
                     exc: CommandError) -> Outcome:
@@ -205,11 +185,14 @@ class PartitionTask:
         command_id = _salvage_command_id(value)
         result = None
         if command_id:
-            result = CommandResult(CommandId(command_id), AggregateId(aggregate_id), "failed", 0, (), exc.message,
+            result = CommandResult(CommandId(command_id), AggregateId(aggregate_id), Status.FAILED, 0, (), exc.message,
                                    exc.code, False, self._now)
-        letter = dead_letter(topic=self.topic, partition=self.partition, offset=offset, key=key, value=value,
-                             code=exc.code, message=exc.message)
-        return Outcome(result, dead_letter=letter)
+        return Outcome(result, dead_letter=self._letter(key, value, offset, exc.code, exc.message))
+
+    def _letter(self, key: bytes | None, value: bytes | None, offset: int, code: str, message: str) -> bytes:
+        """The dead letter of a record of this partition."""
+        return dead_letter(topic=self.topic, partition=self.partition, offset=offset, key=key, value=value,
+                           code=code, message=message)
 
     # -- batch boundaries ----------------------------------------------------------------------------
     def snapshots(self) -> list[tuple[bytes, bytes]]:

@@ -17,13 +17,14 @@ from foldline.projection.api import (
 )
 from foldline.projection.errors import (
     InvalidQueryError,
+    MissingTableError,
     ProjectionStoreError,
     RevisionRetiredError,
     UnknownColumnError,
     UnknownViewError,
 )
 from foldline.projection.schema import Column, ColumnType, Source, TableDef
-from foldline.projection.target import ProjectionTarget, open_store, open_target
+from foldline.projection.target import ProjectionTarget, ProjectionViews, open_store, open_target
 
 __all__ = [
     "Column",
@@ -32,10 +33,12 @@ __all__ = [
     "Event",
     "Increment",
     "InvalidQueryError",
+    "MissingTableError",
     "Projection",
     "ProjectionSpec",
     "ProjectionStoreError",
     "ProjectionTarget",
+    "ProjectionViews",
     "Remember",
     "RevisionRetiredError",
     "RowChange",

@@ -29,8 +29,9 @@ import structlog
 from foldline.errors import DecodeError
 from foldline.observability import metrics
 from foldline.projection.api import Event, ProjectionSpec, Remember, RowChange, Snapshot
-from foldline.projection.base import MissingTableError, SqlStore
+from foldline.projection.base import SqlStore
 from foldline.projection.batch import WriteTx
+from foldline.projection.errors import MissingTableError
 from foldline.records import EventRecord, SnapshotRecord
 
 log = structlog.get_logger("foldline.projection")

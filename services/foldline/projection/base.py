@@ -19,12 +19,14 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from foldline.errors import AggregateDefinitionError, StoreUnavailableError
+from foldline.projection.batch import WriteTx
+from foldline.projection.catalog import Session, read_positions, revision_state
 from foldline.projection.errors import (
     InvalidQueryError,
-    ProjectionStoreError,
+    MissingTableError,
     RevisionRetiredError,
     UnknownColumnError,
     UnknownViewError,
@@ -33,23 +35,9 @@ from foldline.projection.schema import TableDef, check_view_name, table_name
 from foldline.projection.sql import CATALOG, Dialect, parse_filter, q
 from foldline.records import now_iso
 
-if TYPE_CHECKING:
-    from foldline.projection.batch import WriteTx
-
 T = TypeVar("T")
+#: The most rows one ``read_rows`` call returns (the gateway pages by at most ``MAX_PAGE_ROWS``).
 MAX_LIMIT = 10_000
-
-
-class MissingTableError(ProjectionStoreError):
-    """A table the statement names does not exist (no catalog yet, or a revision just dropped)."""
-
-
-class Session(Protocol):
-    """One open transaction: what the dialect-neutral code needs from a driver."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -156,15 +144,9 @@ class SqlStore:
         p = self.dialect.param
         with self.session(write=True) as s:
             self.lock_view(s, table.view)
-            rows = s.execute(f"SELECT r.state, v.active_revision FROM foldline_revisions r JOIN foldline_views v "
-                             f"ON v.view = r.view WHERE r.view = {p} AND r.revision = {p}",
-                             (table.view, table.revision))
-            state, active = rows[0] if rows else ("retired", None)
-            if state == "retired" or (state == "building" and active is not None and active > table.revision):
-                raise RevisionRetiredError(f"revision {table.revision} of {table.view!r} was superseded")
-            if state == "active":
+            if revision_state(s, p, table) == "active":
                 return True
-            positions = self._positions(s, table.view, table.revision, table.topic)
+            positions = read_positions(s, p, table.view, table.revision, table.topic)
             if any(positions.get(part, 0) < end for part, end in targets.items()):
                 return False
             self._activate(s, table.view, table.revision, positions)
@@ -198,35 +180,25 @@ class SqlStore:
     @contextmanager
     def begin(self, table: TableDef) -> Iterator[WriteTx]:
         """A batch's transaction: committed when the block ends, rolled back if it raises."""
-        from foldline.projection.batch import WriteTx
-
         with self.session(write=True) as s:
             yield WriteTx(self, s, table)
 
     def revision_state(self, table: TableDef) -> str:
         """Active or building; RevisionRetiredError once a newer revision took over (no lock taken)."""
-        from foldline.projection.batch import WriteTx
-
         try:
             with self.session(write=False) as s:
-                return WriteTx(self, s, table).check_revision(lock=False)
+                return revision_state(s, self.dialect.param, table)
         except MissingTableError as exc:
             raise RevisionRetiredError(f"the catalog of {table.view!r} is gone") from exc
 
     # -- catalog reads ---------------------------------------------------------------------------------
     def positions(self, view: str, revision: int, topic: str) -> dict[int, int]:
         with self.session(write=False) as s:
-            return self._positions(s, view, revision, topic)
+            return read_positions(s, self.dialect.param, view, revision, topic)
 
     def stored_positions(self, s: Session, table: TableDef) -> dict[int, int]:
         """The positions of a revision, read in an open session (no lock)."""
-        return self._positions(s, table.view, table.revision, table.topic)
-
-    def _positions(self, s: Session, view: str, revision: int, topic: str) -> dict[int, int]:
-        p = self.dialect.param
-        rows = s.execute(f'SELECT "partition", next_offset FROM foldline_positions WHERE view = {p} AND '
-                         f"revision = {p} AND topic = {p}", (view, revision, topic))
-        return {int(part): int(offset) for part, offset in rows}
+        return read_positions(s, self.dialect.param, table.view, table.revision, table.topic)
 
     def views(self) -> list[str]:
         try:
@@ -247,7 +219,7 @@ class SqlStore:
                         "SELECT revision, state, definition, created_at, switched_at FROM foldline_revisions "
                         f"WHERE view = {p} ORDER BY revision", (view,)):
                     table = TableDef.from_definition(view, revision, definition)
-                    positions = self._positions(s, view, revision, table.topic)
+                    positions = read_positions(s, p, view, revision, table.topic)
                     revisions.append(RevisionInfo(revision, state, table, positions, created, switched))
         except MissingTableError:
             raise UnknownViewError(f"no view named {view!r}", details={"view": view}) from None

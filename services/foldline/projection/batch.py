@@ -7,43 +7,45 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from foldline.projection.api import Delete, Increment, Remember, RowChange, Upsert
-from foldline.projection.errors import ProjectionStoreError, RevisionRetiredError
+from foldline.projection.catalog import Session, read_positions, revision_state
+from foldline.projection.errors import ProjectionStoreError
 from foldline.projection.schema import SYSTEM_COLUMNS, TableDef
-from foldline.projection.sql import q
+from foldline.projection.sql import Dialect, q
 from foldline.records import now_iso
 
-if TYPE_CHECKING:
-    from foldline.projection.base import Session, SqlStore
-
 _CHUNK = 500
+
+
+class Locking(Protocol):
+    """What a batch needs of its store (``SqlStore``): the dialect and the dialect's locks."""
+
+    dialect: Dialect
+    share_lock: str
+
+    def lock_partitions(self, s: Session, table: TableDef, partitions: Sequence[int]) -> None: ...
 
 
 class WriteTx:
     """The statements of one batch, inside one transaction."""
 
-    def __init__(self, store: SqlStore, session: Session, table: TableDef) -> None:
+    def __init__(self, store: Locking, session: Session, table: TableDef) -> None:
         self.store, self.s, self.table = store, session, table
         self.dialect = store.dialect
         self._sql: dict[Any, str] = {}
 
-    def check_revision(self, lock: bool = True) -> str:
-        """This revision's state (active or building); RevisionRetiredError if it must stop."""
-        t, p = self.table, self.dialect.param
-        rows = self.s.execute(f"SELECT r.state, v.active_revision FROM foldline_revisions r JOIN foldline_views v "
-                              f"ON v.view = r.view WHERE r.view = {p} AND r.revision = {p}"
-                              f"{self.store.share_lock if lock else ''}", (t.view, t.revision))
-        state, active = rows[0] if rows else ("retired", None)
-        if state == "retired" or (state == "building" and active is not None and active > t.revision):
-            raise RevisionRetiredError(f"revision {t.revision} of {t.view!r} was superseded by revision {active}")
-        return str(state)
+    def check_revision(self) -> str:
+        """This revision's state (active or building), holding the lock a switch waits for;
+        RevisionRetiredError if it must stop."""
+        return revision_state(self.s, self.dialect.param, self.table, self.store.share_lock)
 
     def positions(self, partitions: Sequence[int] = ()) -> dict[int, int]:
         """The stored positions, after locking the given partitions against concurrent batches."""
         self.store.lock_partitions(self.s, self.table, sorted(set(partitions)))
-        return self.store._positions(self.s, self.table.view, self.table.revision, self.table.topic)
+        t = self.table
+        return read_positions(self.s, self.dialect.param, t.view, t.revision, t.topic)
 
     def versions(self, aggregate_ids: Sequence[str]) -> dict[str, tuple[int, dict[str, Any] | None]]:
         out: dict[str, tuple[int, dict[str, Any] | None]] = {}

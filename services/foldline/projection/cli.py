@@ -18,7 +18,7 @@ log = structlog.get_logger("foldline.cli")
 
 def cmd_projector(args: argparse.Namespace) -> int:
     from foldline.projection.api import load_projection
-    from foldline.projection.target import redact
+    from foldline.projection.sql import redact
     from foldline.projection.wiring import build_projector
     from foldline.service import serve
     from foldline.settings import ProjectorSettings

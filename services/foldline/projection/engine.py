@@ -30,6 +30,7 @@ from foldline.projection.apply import Applier, BatchResult, SourceMessage
 from foldline.projection.base import Registration, SqlStore
 from foldline.projection.errors import RevisionRetiredError
 from foldline.settings import ProjectorSettings
+from foldline.topics import progress
 
 log = structlog.get_logger("foldline.projection")
 
@@ -45,17 +46,6 @@ class SwitchInfo:
     revision: int
     targets: dict[int, int]
     measured_at: float
-
-
-def progress(positions: dict[int, int], ends: dict[int, tuple[int, int]]) -> tuple[int, float]:
-    """Records behind and the share read (0..1) of a revision, from its positions and (low, end) offsets."""
-    behind, total, done = 0, 0, 0
-    for p, (low, end) in ends.items():
-        pos = min(max(positions.get(p, low), low), end)
-        behind += end - pos
-        total += end - low
-        done += pos - low
-    return behind, (done / total if total else 1.0)
 
 
 class Projector:

@@ -34,3 +34,7 @@ class RevisionRetiredError(PermanentError):
 
 class ProjectionStoreError(PermanentError):
     """The projection database refused a statement for a reason retrying will not fix."""
+
+
+class MissingTableError(ProjectionStoreError):
+    """A table the statement names does not exist (no catalog yet, or a revision just dropped)."""

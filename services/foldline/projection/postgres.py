@@ -19,11 +19,11 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from foldline.errors import ConfigurationError, FoldlineError, StoreUnavailableError
-from foldline.projection.base import MissingTableError, Session, SqlStore
-from foldline.projection.errors import ProjectionStoreError
+from foldline.projection.base import SqlStore
+from foldline.projection.catalog import Session
+from foldline.projection.errors import MissingTableError, ProjectionStoreError
 from foldline.projection.schema import TableDef
-from foldline.projection.sql import PostgresDialect, q
-from foldline.projection.target import redact
+from foldline.projection.sql import PostgresDialect, q, redact
 
 _SCHEMA = re.compile(r"^(?!pg_)[a-z_][a-z0-9_]{0,62}$")
 _TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable,

@@ -139,8 +139,8 @@ class TableDef:
         for index in indexes:
             if not index or any(name not in known for name in index):
                 raise AggregateDefinitionError(f"index {index!r} of {view!r} names unknown columns")
-        return cls(view, revision, aggregate, source, topic, all_columns, tuple(key),  # type: ignore[arg-type]
-                   tuple(tuple(i) for i in indexes))
+        checked: Source = "snapshots" if source == "snapshots" else "events"  # checked against SOURCES above
+        return cls(view, revision, aggregate, checked, topic, all_columns, tuple(key), tuple(tuple(i) for i in indexes))
 
     @property
     def table(self) -> str:

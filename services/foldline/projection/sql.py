@@ -275,3 +275,13 @@ class PostgresDialect(Dialect):
 
     def in_params(self, values: Sequence[Any]) -> list[Any]:
         return [list(values)]
+
+
+def redact(url: str) -> str:
+    """The URL without a password, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url

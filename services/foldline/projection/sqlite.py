@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from foldline.errors import FoldlineError, StoreUnavailableError
-from foldline.projection.base import MissingTableError, Session, SqlStore
-from foldline.projection.errors import ProjectionStoreError
+from foldline.projection.base import SqlStore
+from foldline.projection.catalog import Session
+from foldline.projection.errors import MissingTableError, ProjectionStoreError
 from foldline.projection.sql import SqliteDialect, decimal_add
 
 

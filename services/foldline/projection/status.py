@@ -13,10 +13,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from foldline.clients import reader_config
 from foldline.errors import BrokerUnavailableError
 from foldline.projection.base import SqlStore
-from foldline.projection.engine import progress
 from foldline.settings import KafkaSettings
+from foldline.topics import STATUS_GROUP, progress
 
 #: topic -> {partition: (low, end)}; end is the last stable offset (read_committed).
 EndOffsets = Callable[[str], dict[int, tuple[int, int]]]
@@ -79,8 +80,7 @@ def view_status(store: SqlStore, view: str, end_offsets: EndOffsets | None) -> V
 @contextmanager
 def kafka_end_offsets(kafka: KafkaSettings, timeout: float = 10.0) -> Iterator[EndOffsets]:
     """An ``EndOffsets`` reading the broker (read_committed), closed on exit."""
-    consumer = Consumer({**kafka.client_config(), "group.id": "foldline.projection-status",
-                         "isolation.level": "read_committed", "enable.auto.commit": False})
+    consumer = Consumer(reader_config(kafka, STATUS_GROUP))
 
     def ends(topic: str) -> dict[int, tuple[int, int]]:
         try:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from foldline.errors import ConfigurationError
 from foldline.projection.base import SqlStore
+from foldline.projection.sql import redact
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -56,11 +57,14 @@ def open_target(url: str) -> ProjectionTarget:
     return open_store(url)
 
 
-def redact(url: str) -> str:
-    """The URL without a password, for logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url
+class ProjectionViews:
+    """The projections' side of the gateway's views (``foldline.gateway.views.ViewCatalog``)."""
+
+    def view_of(self, projection: str) -> tuple[str, str]:
+        from foldline.projection.api import load_projection
+
+        spec = load_projection(projection)
+        return spec.view, spec.aggregate
+
+    def open(self, database_url: str) -> ProjectionTarget:
+        return open_target(database_url)

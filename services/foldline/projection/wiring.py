@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaException
 
+from foldline.clients import projector_consumer_config
 from foldline.errors import ConfigurationError
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.base import SqlStore
 from foldline.projection.engine import Projector, SwitchInfo
 from foldline.projection.target import open_store
-from foldline.settings import KafkaSettings, ProjectorSettings
-from foldline.wiring import consumer_config
-
-
-def projector_group(spec: ProjectionSpec) -> str:
-    """The consumer group of one view revision: used to share partitions, never to commit offsets."""
-    return f"foldline.{spec.aggregate}.projection.{spec.view}.r{spec.revision}"
-
-
-def projector_consumer_config(kafka: KafkaSettings, group: str, protocol: str) -> dict[str, Any]:
-    return consumer_config(kafka, group, protocol, **{
-        "fetch.max.bytes": 64 << 20,
-        "max.partition.fetch.bytes": 8 << 20,
-        "queued.max.messages.kbytes": 128 << 10,
-    })
+from foldline.settings import ProjectorSettings
+from foldline.topics import projector_group
 
 
 def build_projector(spec: ProjectionSpec, settings: ProjectorSettings, *, store: SqlStore | None = None,
                     on_switch: Callable[[SwitchInfo], None] | None = None) -> Projector:
-    group = projector_group(spec)
+    group = projector_group(spec.aggregate, spec.view, spec.revision)
 
     def new_consumer(protocol: str) -> Consumer:
         try:

@@ -56,7 +56,7 @@ def store_kinds() -> tuple[str, ...]:
     return ("lmdb", "sqlite", "rocksdb")
 
 
-def open_store(kind: str, path: Path) -> StateStore:
+def open_state_store(kind: str, path: Path) -> StateStore:
     """Open (creating if needed) the store of one partition at ``path``."""
     path.mkdir(parents=True, exist_ok=True)
     if kind == "lmdb":

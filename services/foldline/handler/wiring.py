@@ -1,0 +1,35 @@
+"""Build a command handler from settings: its Kafka clients and its stores. The handler's only wiring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, Producer
+
+from foldline.aggregate import AggregateSpec
+from foldline.clients import group_member_config, restore_consumer_config, transactional_producer_config
+from foldline.errors import ConfigurationError
+from foldline.handler.engine import CommandHandler
+from foldline.settings import HandlerSettings
+from foldline.store.base import StateStore, open_state_store
+from foldline.topics import handler_group, restore_group
+
+
+def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> CommandHandler:
+    group = handler_group(spec.name)
+    state_root = Path(settings.state_dir) / spec.name
+
+    def new_consumer(protocol: str) -> Consumer:
+        return Consumer(group_member_config(settings.kafka, group, protocol))
+
+    def new_store(partition: int) -> StateStore:
+        return open_state_store(settings.store, state_root / f"partition-{partition}")
+
+    try:
+        producer = Producer(transactional_producer_config(
+            settings.kafka, f"foldline.{spec.name}.{settings.instance_id}"))
+        restore = Consumer(restore_consumer_config(settings.kafka, restore_group(spec.name)))
+    except KafkaException as exc:
+        raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
+    return CommandHandler(spec, settings, consumer_factory=new_consumer, producer=producer,
+                          restore_consumer=restore, open_partition_store=new_store)
