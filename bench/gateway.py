@@ -33,11 +33,17 @@ CREATE = {"customer": "ACME Corporation", "currency": "EUR", "issue_date": "2026
 
 
 def child(args: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
-    environ = {**os.environ, "FOLDLINE_LOG_FORMAT": "json", "FOLDLINE_LOG_LEVEL": "warning",
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env}
+    environ = {
+        **os.environ,
+        "FOLDLINE_LOG_FORMAT": "json",
+        "FOLDLINE_LOG_LEVEL": "warning",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        **env,
+    }
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "foldline.cli", *args], env=environ, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "foldline.cli", *args], env=environ, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def ready(url: str) -> bool:
@@ -64,8 +70,9 @@ class HttpxConnections:
 
     async def open(self) -> None:
         for _ in range(self.size):
-            client = httpx.AsyncClient(base_url=self.url, timeout=30.0,
-                                       limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+            client = httpx.AsyncClient(
+                base_url=self.url, timeout=30.0, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            )
             await client.get("/healthz")
             self.clients.append(client)
             self.idle.put_nowait(client)
@@ -104,8 +111,11 @@ class RawConnections:
     async def post(self, path: str, body: bytes) -> int:
         reader, writer = await self.idle.get()
         try:
-            writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n"):
@@ -169,12 +179,15 @@ async def bench_rate(kind, url: str, aggregate: str, rate: int, seconds: float) 
         await connections.close()
     ok = statuses.get(200, 0)
     others = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str) if k != 200) or "none"
-    figure(f"gateway commands/s at {rate:,}/s offered ({kind.name})", ok / elapsed, "commands/s",
-           f"{ok:,} accepted in {elapsed:.1f}s over {connections.size} connections; other answers: {others}")
+    figure(
+        f"gateway commands/s at {rate:,}/s offered ({kind.name})",
+        ok / elapsed,
+        "commands/s",
+        f"{ok:,} accepted in {elapsed:.1f}s over {connections.size} connections; other answers: {others}",
+    )
     figure(f"  POST→result p50 at {rate:,}/s ({kind.name})", quantile(latencies, 50) * 1000, "ms")
     figure(f"  POST→result p99 at {rate:,}/s ({kind.name})", quantile(latencies, 99) * 1000, "ms")
-    figure(f"  POST→result max at {rate:,}/s ({kind.name})", max(latencies, default=float("nan")) * 1000, "ms",
-           load())
+    figure(f"  POST→result max at {rate:,}/s ({kind.name})", max(latencies, default=float("nan")) * 1000, "ms", load())
 
 
 def main() -> None:
@@ -188,22 +201,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="foldline-bench-gateway-") as tmp_dir:
         tmp = Path(tmp_dir)
         handler_port, gateway_port = free_port(), free_port()
-        handler = child(["command-handler", "--aggregate", path], tmp / "handler.log",
-                        FOLDLINE_KAFKA_BOOTSTRAP=bootstrap, FOLDLINE_STATE_DIR=str(tmp / "state"),
-                        FOLDLINE_HTTP_PORT=str(handler_port), FOLDLINE_COMMIT_INTERVAL_MS=commit_ms)
-        gateway = child(["gateway", "--aggregate", path, "--port", str(gateway_port), "--host", "127.0.0.1"],
-                        tmp / "gateway.log", FOLDLINE_KAFKA_BOOTSTRAP=bootstrap)
+        handler = child(
+            ["command-handler", "--aggregate", path],
+            tmp / "handler.log",
+            FOLDLINE_KAFKA_BOOTSTRAP=bootstrap,
+            FOLDLINE_STATE_DIR=str(tmp / "state"),
+            FOLDLINE_HTTP_PORT=str(handler_port),
+            FOLDLINE_COMMIT_INTERVAL_MS=commit_ms,
+        )
+        gateway = child(
+            ["gateway", "--aggregate", path, "--port", str(gateway_port), "--host", "127.0.0.1"],
+            tmp / "gateway.log",
+            FOLDLINE_KAFKA_BOOTSTRAP=bootstrap,
+        )
         url = f"http://127.0.0.1:{gateway_port}"
         try:
-            if not wait_until(lambda: ready(f"http://127.0.0.1:{handler_port}/readyz") and ready(f"{url}/readyz"),
-                              120):
+            if not wait_until(lambda: ready(f"http://127.0.0.1:{handler_port}/readyz") and ready(f"{url}/readyz"), 120):
                 print("# the handler or gateway did not become ready; logs:", flush=True)
                 for log in ("handler.log", "gateway.log"):
                     print((tmp / log).read_text()[-2000:], flush=True)
                 return
             # The first command waits for the handler's partition assignment; not part of any figure.
-            first = httpx.post(f"{url}/aggregates/{aggregate}/commands", timeout=60,
-                               json={"aggregate_id": "first", "type": "CreateInvoice", "payload": CREATE})
+            first = httpx.post(
+                f"{url}/aggregates/{aggregate}/commands",
+                timeout=60,
+                json={"aggregate_id": "first", "type": "CreateInvoice", "payload": CREATE},
+            )
             print(f"# first command: {first.status_code}", flush=True)
             kinds = {"httpx": HttpxConnections, "raw": RawConnections}
             for name in os.environ.get("FOLDLINE_BENCH_GATEWAY_CLIENTS", "httpx,raw").split(","):

@@ -44,8 +44,14 @@ def commands(aggregates: int, per_aggregate: int) -> list[bytes]:
 
 
 def consume_all(bootstrap: str, topic: str, partitions: int, count: int) -> float:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "isolation.level": "read_committed",
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     seen = 0
     started = time.perf_counter()
@@ -60,14 +66,31 @@ def consume_all(bootstrap: str, topic: str, partitions: int, count: int) -> floa
 
 
 def handler_process(bootstrap: str, aggregate: str, state: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
-    environ = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap, "FOLDLINE_STATE_DIR": str(state),
-               "FOLDLINE_HTTP_PORT": str(port), "FOLDLINE_INSTANCE_ID": uuid.uuid4().hex[:8],
-               "FOLDLINE_LOG_FORMAT": "json", "PYTHONPATH": str(REPO), **env}
+    environ = {
+        **os.environ,
+        "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap,
+        "FOLDLINE_STATE_DIR": str(state),
+        "FOLDLINE_HTTP_PORT": str(port),
+        "FOLDLINE_INSTANCE_ID": uuid.uuid4().hex[:8],
+        "FOLDLINE_LOG_FORMAT": "json",
+        "PYTHONPATH": str(REPO),
+        **env,
+    }
     log = (state.parent / f"handler-{port}.log").open("ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate",
-                                 f"tests.named_invoices:{aggregate.replace('-', '_')}"],
-                                env=environ, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "foldline.cli",
+                "command-handler",
+                "--aggregate",
+                f"tests.named_invoices:{aggregate.replace('-', '_')}",
+            ],
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     finally:
         log.close()
 
@@ -79,7 +102,7 @@ def commands_done(port: int, proc: subprocess.Popen[bytes] | None = None) -> flo
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return -1.0
-    return sum(float(v) for v in re.findall(r'^foldline_commands_total\{[^}]*\} (\S+)$', text, re.M))
+    return sum(float(v) for v in re.findall(r"^foldline_commands_total\{[^}]*\} (\S+)$", text, re.M))
 
 
 def histogram(port: int, name: str) -> tuple[list[tuple[float, float]], float, float]:
@@ -125,8 +148,9 @@ def bench_throughput(bootstrap: str, tmp: Path) -> float:
         wait_until(lambda: commands_done(port, proc) >= len(values), 600, 0.05)
         elapsed = time.perf_counter() - first
         rate = (len(values) - start_count) / elapsed
-        figure("handler exactly-once, 1 process", rate, "commands/s",
-               f"{len(values):,} commands, {partitions} partitions")
+        figure(
+            "handler exactly-once, 1 process", rate, "commands/s", f"{len(values):,} commands, {partitions} partitions"
+        )
         figure("  ratio to raw consume", rate / (len(values) / consume_s) * 100, "%")
         figure("  handler RSS after run", rss_mb(proc.pid)["VmRSS"], "MB")
     finally:
@@ -145,9 +169,15 @@ def bench_latency(bootstrap: str, tmp: Path, offered: int, seconds: float = 8.0)
     done = threading.Event()
 
     def read_results() -> None:
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                      "isolation.level": "read_committed", "auto.offset.reset": "earliest",
-                      "fetch.wait.max.ms": 5})
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": uuid.uuid4().hex,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 5,
+            }
+        )
         c.assign([TopicPartition(names.results, p, 0) for p in range(3)])
         while not done.is_set():
             for msg in c.consume(1000, 0.05):
@@ -187,10 +217,18 @@ def bench_latency(bootstrap: str, tmp: Path, offered: int, seconds: float = 8.0)
         wait_until(lambda: len(latencies) >= total, 60)
         _, txn_sum, txn_count = histogram(port, "foldline_transaction_duration_seconds")
         lat_buckets, _, _ = histogram(port, "foldline_command_latency_seconds")
-        figure(f"  transaction mean at {offered:,}/s", txn_sum / max(txn_count, 1) * 1000, "ms",
-               f"{txn_count:,.0f} transactions")
-        figure(f"  handler-side p50 bucket at {offered:,}/s", bucket_quantile(lat_buckets, 0.5) * 1000, "ms",
-               "record timestamp to commit, upper bucket bound")
+        figure(
+            f"  transaction mean at {offered:,}/s",
+            txn_sum / max(txn_count, 1) * 1000,
+            "ms",
+            f"{txn_count:,.0f} transactions",
+        )
+        figure(
+            f"  handler-side p50 bucket at {offered:,}/s",
+            bucket_quantile(lat_buckets, 0.5) * 1000,
+            "ms",
+            "record timestamp to commit, upper bucket bound",
+        )
     finally:
         done.set()
         proc.terminate()
@@ -205,8 +243,16 @@ def bench_latency(bootstrap: str, tmp: Path, offered: int, seconds: float = 8.0)
 
 
 def snapshot_bytes(i: int) -> bytes:
-    state = {"status": "sent", "customer": f"customer-{i % 5000}", "currency": "EUR", "issue_date": "2026-11-01",
-             "due_date": "2026-12-01", "lines": [line(n) for n in range(2)], "paid": "0", "payments": []}
+    state = {
+        "status": "sent",
+        "customer": f"customer-{i % 5000}",
+        "currency": "EUR",
+        "issue_date": "2026-11-01",
+        "due_date": "2026-12-01",
+        "lines": [line(n) for n in range(2)],
+        "paid": "0",
+        "payments": [],
+    }
     recent = ({"command_id": uuid.uuid4().hex, "status": "accepted", "version": 3},)
     return SnapshotRecord(f"inv-{i}", 3, state, 1, recent).to_bytes()  # type: ignore[arg-type]
 
@@ -220,9 +266,17 @@ def bench_restore_and_memory(bootstrap: str, tmp: Path, aggregates: int = 1_000_
     size = sum(map(len, values)) / aggregates
     del values, keys
     figure("snapshots on the changelog", aggregates, "records", f"{size:.0f} bytes each")
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-restore", "isolation.level": "read_committed",
-                  "enable.auto.commit": False, "enable.partition.eof": True, "fetch.max.bytes": 64 << 20,
-                  "max.partition.fetch.bytes": 16 << 20})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-restore",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 64 << 20,
+            "max.partition.fetch.bytes": 16 << 20,
+        }
+    )
     for kind in store_kinds():
         store = open_state_store(kind, tmp / f"restore-{kind}")
         started = time.perf_counter()
@@ -250,8 +304,12 @@ def handler_memory(bootstrap: str, aggregate: str, aggregates: int, kind: str, t
         p.flush(30)
         wait_until(lambda: commands_done(port, proc) >= 20_000, 600)
         mem = rss_mb(proc.pid)
-        figure(f"handler RSS, {aggregates:,} aggregates, {kind}", mem["VmRSS"], "MB",
-               f"anon {mem['RssAnon']:.0f} MB, file-backed {mem['RssFile']:.0f} MB, peak {mem['VmHWM']:.0f} MB")
+        figure(
+            f"handler RSS, {aggregates:,} aggregates, {kind}",
+            mem["VmRSS"],
+            "MB",
+            f"anon {mem['RssAnon']:.0f} MB, file-backed {mem['RssFile']:.0f} MB, peak {mem['VmHWM']:.0f} MB",
+        )
     finally:
         proc.terminate()
         proc.wait(120)

@@ -45,10 +45,12 @@ def snapshots(invoices: int) -> list[tuple[bytes, bytes]]:
         status: Status = ("draft", "draft", "sent")[version - 1]
         for i in range(invoices):
             aid = f"inv-{i}"
-            state = Invoice(status, f"customer-{i % 500}", "EUR", date(2026, 11, 1), date(2026, 12, 1),
-                            tuple(lines[:version]))
-            recent = tuple({"command_id": uuid.uuid4().hex, "status": "accepted", "version": v}
-                           for v in range(1, version + 1))
+            state = Invoice(
+                status, f"customer-{i % 500}", "EUR", date(2026, 11, 1), date(2026, 12, 1), tuple(lines[:version])
+            )
+            recent = tuple(
+                {"command_id": uuid.uuid4().hex, "status": "accepted", "version": v} for v in range(1, version + 1)
+            )
             record = SnapshotRecord(aid, version, spec.encode_state(state), 1, recent)  # type: ignore[arg-type]
             out.append((aid.encode(), record.to_bytes()))
     return out
@@ -57,15 +59,17 @@ def snapshots(invoices: int) -> list[tuple[bytes, bytes]]:
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-ends", "isolation.level": "read_committed"})
     try:
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
-                for p in range(PARTITIONS)}
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in range(PARTITIONS)
+        }
     finally:
         c.close()
 
 
 def rows_written(aggregate: str, view: str) -> float:
-    value = REGISTRY.get_sample_value("foldline_projection_rows_written_total",
-                                      {"aggregate": aggregate, "projection": view})
+    value = REGISTRY.get_sample_value(
+        "foldline_projection_rows_written_total", {"aggregate": aggregate, "projection": view}
+    )
     return value or 0.0
 
 
@@ -112,13 +116,21 @@ def main() -> None:
     print(f"# machine: {load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         elapsed, rows = project(bootstrap, aggregate, f"sqlite:///{Path(tmp) / 'views.db'}", ends)
-    figure("projection: InvoiceList into SQLite", rows / elapsed, "rows/s",
-           f"{rows} rows from {total / elapsed:,.0f} records/s in {elapsed:.1f} s; {load()}")
+    figure(
+        "projection: InvoiceList into SQLite",
+        rows / elapsed,
+        "rows/s",
+        f"{rows} rows from {total / elapsed:,.0f} records/s in {elapsed:.1f} s; {load()}",
+    )
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     try:
         elapsed, rows = project(bootstrap, aggregate, f"{dsn}?schema={schema}", ends)
-        figure("projection: InvoiceList into PostgreSQL", rows / elapsed, "rows/s",
-               f"{rows} rows from {total / elapsed:,.0f} records/s in {elapsed:.1f} s; {load()}")
+        figure(
+            "projection: InvoiceList into PostgreSQL",
+            rows / elapsed,
+            "rows/s",
+            f"{rows} rows from {total / elapsed:,.0f} records/s in {elapsed:.1f} s; {load()}",
+        )
     finally:
         import psycopg
 

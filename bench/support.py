@@ -69,8 +69,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
 
 def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], **config: Any) -> float:
     """Produce (key, value) records as fast as the client goes; returns the seconds until all are acked."""
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random",
-                  "queue.buffering.max.messages": 1_000_000, "batch.num.messages": 10_000, **config})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": 1_000_000,
+            "batch.num.messages": 10_000,
+            **config,
+        }
+    )
     started = time.perf_counter()
     for key, value in records:
         while True:

@@ -129,15 +129,36 @@ def start_projector(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[.
 
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(projection: str, database: str, *, aggregate_name: str, name: str,
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "FOLDLINE_HTTP_PORT": "0",
-               "FOLDLINE_LOG_FORMAT": "json", "FOLDLINE_INSTANCE_ID": name,
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(extra_env or {})}
+    def start(
+        projection: str, database: str, *, aggregate_name: str, name: str, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "FOLDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "FOLDLINE_HTTP_PORT": "0",
+            "FOLDLINE_LOG_FORMAT": "json",
+            "FOLDLINE_INSTANCE_ID": name,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            **(extra_env or {}),
+        }
         log = (tmp_path / f"projector-{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "foldline.cli", "projector", "--projection", projection,
-                                 "--database", database, "--aggregate-name", aggregate_name],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "foldline.cli",
+                "projector",
+                "--projection",
+                projection,
+                "--database",
+                database,
+                "--aggregate-name",
+                aggregate_name,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         started.append(proc)
         return proc

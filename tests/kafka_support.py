@@ -23,14 +23,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5,
-                     "enable.idempotence": True})
+    return Producer(
+        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5, "enable.idempotence": True}
+    )
 
 
-def command(aggregate_id: str, type_: str, payload: dict[str, Any] | None = None, *,
-            expected_version: int | None = None, command_id: str | None = None) -> CommandEnvelope:
-    return CommandEnvelope(CommandId(command_id or uuid.uuid4().hex), AggregateId(aggregate_id), type_, payload or {},
-                           expected_version)
+def command(
+    aggregate_id: str,
+    type_: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    expected_version: int | None = None,
+    command_id: str | None = None,
+) -> CommandEnvelope:
+    return CommandEnvelope(
+        CommandId(command_id or uuid.uuid4().hex), AggregateId(aggregate_id), type_, payload or {}, expected_version
+    )
 
 
 def send(bootstrap: str, topic: str, envelopes: Iterable[CommandEnvelope | tuple[bytes | None, bytes | None]]) -> int:
@@ -52,9 +60,15 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[Any
     """Every committed record of a topic, read_committed, up to its end now."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "isolation.level": "read_committed", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     tps = [TopicPartition(topic, p, 0) for p in partitions]
     consumer.assign(tps)
     remaining = set(partitions)
@@ -107,13 +121,31 @@ class HandlerProcess:
         return self.proc.poll() is None
 
 
-def start_handler(bootstrap: str, aggregate_path: str, state_dir: Path, instance: str, log_dir: Path,
-                  extra_env: dict[str, str] | None = None, http_port: int = 0) -> HandlerProcess:
-    env = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap, "FOLDLINE_STATE_DIR": str(state_dir),
-           "FOLDLINE_INSTANCE_ID": instance, "FOLDLINE_HTTP_PORT": str(http_port), "FOLDLINE_LOG_FORMAT": "json",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(extra_env or {})}
+def start_handler(
+    bootstrap: str,
+    aggregate_path: str,
+    state_dir: Path,
+    instance: str,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    http_port: int = 0,
+) -> HandlerProcess:
+    env = {
+        **os.environ,
+        "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap,
+        "FOLDLINE_STATE_DIR": str(state_dir),
+        "FOLDLINE_INSTANCE_ID": instance,
+        "FOLDLINE_HTTP_PORT": str(http_port),
+        "FOLDLINE_LOG_FORMAT": "json",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        **(extra_env or {}),
+    }
     log = log_dir / f"handler-{instance}.log"
     with log.open("ab") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate",
-                                 aggregate_path], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate", aggregate_path],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return HandlerProcess(proc, log)

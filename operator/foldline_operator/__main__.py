@@ -22,8 +22,9 @@ from foldline_operator.config import parse_args
 def _configure_kopf_logging(fmt: str) -> None:
     import kopf
 
-    kopf.configure(log_format=kopf.LogFormat.JSON if fmt == "json" else kopf.LogFormat.PLAIN,
-                   log_refkey="object", verbose=False)
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON if fmt == "json" else kopf.LogFormat.PLAIN, log_refkey="object", verbose=False
+    )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -78,16 +78,25 @@ def connect(kube: Kube, namespace: str, spec: AggregateResource) -> Connection |
         return Connection(client_config(spec.kafka_bootstrap, None), KafkaAuth())
     data = kube.secret(namespace, spec.kafka_secret.name)
     if data is None:
-        return Condition("TopicsReady", False, "KafkaSecretMissing",
-                         f"Secret {spec.kafka_secret.name} (spec.kafka.secretRef) does not exist")
-    return Connection(client_config(spec.kafka_bootstrap, data), KafkaAuth(spec.kafka_secret.name,
-                                                                             frozenset(data)))
+        return Condition(
+            "TopicsReady",
+            False,
+            "KafkaSecretMissing",
+            f"Secret {spec.kafka_secret.name} (spec.kafka.secretRef) does not exist",
+        )
+    return Connection(client_config(spec.kafka_bootstrap, data), KafkaAuth(spec.kafka_secret.name, frozenset(data)))
 
 
 def topics_condition(report: TopicReport) -> tuple[Condition, list[tuple[str, str, str]]]:
-    events = [("Normal", reason, f"{verb} topic {name}") for reason, verb, names in (
-        ("TopicCreated", "created", report.created), ("TopicGrown", "grew the partitions of", report.grown),
-        ("TopicReconfigured", "reconfigured", report.reconfigured)) for name in names]
+    events = [
+        ("Normal", reason, f"{verb} topic {name}")
+        for reason, verb, names in (
+            ("TopicCreated", "created", report.created),
+            ("TopicGrown", "grew the partitions of", report.grown),
+            ("TopicReconfigured", "reconfigured", report.reconfigured),
+        )
+        for name in names
+    ]
     total = len(report.created) + len(report.grown) + len(report.reconfigured) + len(report.unchanged)
     return Condition("TopicsReady", True, "Verified", f"{total} topics match the spec"), events
 
@@ -110,9 +119,13 @@ class AggregateReconciler:
             bad = Condition("TopicsReady", False, "InvalidSpec", str(exc))
             return Outcome({"observedGeneration": generation, "paused": False}, [bad, ready([bad])])
         names = TopicNames(spec.name)
-        out: Obj = {"observedGeneration": generation, "paused": False, "aggregateName": spec.name,
-                    "topics": list(names.all()), "selector": builders.selector_string(
-                        builders.selector(owner.name, "command-handler"))}
+        out: Obj = {
+            "observedGeneration": generation,
+            "paused": False,
+            "aggregateName": spec.name,
+            "topics": list(names.all()),
+            "selector": builders.selector_string(builders.selector(owner.name, "command-handler")),
+        }
         events: list[tuple[str, str, str]] = []
 
         connection = connect(self.kube, owner.namespace, spec)
@@ -142,8 +155,9 @@ class AggregateReconciler:
             parts.append(deployment_condition("GatewayReady", "gateway", gateway, spec.gateway_replicas))
         return Outcome(out, [*parts, ready(parts)], events)
 
-    def _topics(self, connection: Connection, spec: AggregateResource,
-                out: Obj) -> tuple[Condition, list[tuple[str, str, str]], bool]:
+    def _topics(
+        self, connection: Connection, spec: AggregateResource, out: Obj
+    ) -> tuple[Condition, list[tuple[str, str, str]], bool]:
         specs = aggregate_topics(spec.name, spec.partitions, spec.replication_factor, spec.retention)
         try:
             report = self.kafka.ensure_topics(connection.config, specs, allow_growth=spec.allow_partition_growth)
@@ -169,20 +183,23 @@ class AggregateReconciler:
         except BrokerUnavailableError:
             return None
 
-    def _desired_replicas(self, spec: AggregateResource, status: Mapping[str, Any], lag: int | None, now: datetime,
-                          out: Obj) -> int:
+    def _desired_replicas(
+        self, spec: AggregateResource, status: Mapping[str, Any], lag: int | None, now: datetime, out: Obj
+    ) -> int:
         if spec.autoscaling is None:
             return spec.replicas
         current = status.get("desiredReplicas")
         last = parse_time(status.get("lastScaleTime"))
-        decision = autoscale.decide(None if current is None else int(current), lag, spec.autoscaling,
-                                    spec.partitions, now, last)
+        decision = autoscale.decide(
+            None if current is None else int(current), lag, spec.autoscaling, spec.partitions, now, last
+        )
         if decision.changed and decision.replicas != current:
             out["lastScaleTime"] = rfc3339(now)
         return decision.replicas
 
-    def _apply_workloads(self, owner: Owner, spec: AggregateResource, auth: KafkaAuth,
-                         replicas: int) -> list[tuple[str, str, str]]:
+    def _apply_workloads(
+        self, owner: Owner, spec: AggregateResource, auth: KafkaAuth, replicas: int
+    ) -> list[tuple[str, str, str]]:
         handler = builders.handler_deployment(owner, spec, auth, replicas)
         wanted: list[Obj] = [handler, builders.pdb(owner, handler)]
         gone: list[tuple[str, str, str]] = []
@@ -191,8 +208,11 @@ class AggregateReconciler:
             gateway = builders.gateway_deployment(owner, spec, auth, self._views(owner, spec))
             wanted += [gateway, builders.gateway_service(owner, spec), builders.pdb(owner, gateway)]
         else:
-            gone = [("apps/v1", "Deployment", gateway_name), ("v1", "Service", gateway_name),
-                    ("policy/v1", "PodDisruptionBudget", gateway_name)]
+            gone = [
+                ("apps/v1", "Deployment", gateway_name),
+                ("v1", "Service", gateway_name),
+                ("policy/v1", "PodDisruptionBudget", gateway_name),
+            ]
         events = [event for obj in wanted if (event := applied(self.kube, obj))]
         for api_version, kind, name in gone:
             if self.kube.delete(api_version, kind, owner.namespace, name):

@@ -37,8 +37,14 @@ def target_replicas(lag: int, policy: Autoscaling, partitions: int) -> int:
     return max(low, min(high, wanted))
 
 
-def decide(current: int | None, lag: int | None, policy: Autoscaling, partitions: int, now: datetime,
-           last_scale: datetime | None) -> ScaleDecision:
+def decide(
+    current: int | None,
+    lag: int | None,
+    policy: Autoscaling,
+    partitions: int,
+    now: datetime,
+    last_scale: datetime | None,
+) -> ScaleDecision:
     """The replica count to run now. ``lag`` None (unknown, Kafka away) keeps the count within bounds."""
     low, high = bounds(policy, partitions)
     if current is None:

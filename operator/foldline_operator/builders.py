@@ -51,19 +51,34 @@ class Owner:
     namespace: str
 
     def reference(self) -> Obj:
-        return {"apiVersion": API_VERSION, "kind": self.kind, "name": self.name, "uid": self.uid,
-                "controller": True, "blockOwnerDeletion": True}
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
 
 def labels(instance: str, component: str, aggregate: str, **extra: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "foldline", "app.kubernetes.io/instance": instance,
-            "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": MANAGED_BY,
-            "foldline.io/aggregate": aggregate, **extra}
+    return {
+        "app.kubernetes.io/name": "foldline",
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "foldline.io/aggregate": aggregate,
+        **extra,
+    }
 
 
 def selector(instance: str, component: str, **extra: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "foldline", "app.kubernetes.io/instance": instance,
-            "app.kubernetes.io/component": component, **extra}
+    return {
+        "app.kubernetes.io/name": "foldline",
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/component": component,
+        **extra,
+    }
 
 
 def selector_string(match: Mapping[str, str]) -> str:
@@ -83,8 +98,12 @@ def projector_name(projection: str, revision: int) -> str:
 
 
 def _meta(name: str, owner: Owner, object_labels: Mapping[str, str]) -> Obj:
-    return {"name": name, "namespace": owner.namespace, "labels": dict(object_labels),
-            "ownerReferences": [owner.reference()]}
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": dict(object_labels),
+        "ownerReferences": [owner.reference()],
+    }
 
 
 def kafka_env(spec: AggregateResource, auth: KafkaAuth) -> list[Obj]:
@@ -100,20 +119,36 @@ def kafka_env(spec: AggregateResource, auth: KafkaAuth) -> list[Obj]:
 def _kafka_volume(auth: KafkaAuth) -> tuple[list[Obj], list[Obj]]:
     if KAFKA_CA_KEY not in auth.keys:
         return [], []
-    volume = {"name": "kafka-ca", "secret": {"secretName": auth.secret,
-                                             "items": [{"key": KAFKA_CA_KEY, "path": KAFKA_CA_KEY}]}}
+    volume = {
+        "name": "kafka-ca",
+        "secret": {"secretName": auth.secret, "items": [{"key": KAFKA_CA_KEY, "path": KAFKA_CA_KEY}]},
+    }
     return [volume], [{"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}]
 
 
 def _probe(path: str, port: str, period: int, failures: int) -> Obj:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 2,
-            "failureThreshold": failures}
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
 
 
-def _container(name: str, pod: PodOptions, command: list[str], env: list[Obj], port: int,
-               resources: Mapping[str, Any], mounts: list[Obj]) -> Obj:
+def _container(
+    name: str,
+    pod: PodOptions,
+    command: list[str],
+    env: list[Obj],
+    port: int,
+    resources: Mapping[str, Any],
+    mounts: list[Obj],
+) -> Obj:
     container: Obj = {
-        "name": name, "image": pod.image, "imagePullPolicy": pod.image_pull_policy, "command": command,
+        "name": name,
+        "image": pod.image,
+        "imagePullPolicy": pod.image_pull_policy,
+        "command": command,
         "env": env + [{"name": k, "value": v} for k, v in pod.env],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         # Liveness says the loop still turns; readiness waits for restored stores. A restore may be long:
@@ -121,8 +156,12 @@ def _container(name: str, pod: PodOptions, command: list[str], env: list[Obj], p
         "startupProbe": _probe("/healthz", "http", 5, 120),
         "livenessProbe": _probe("/healthz", "http", 10, 3),
         "readinessProbe": _probe("/readyz", "http", 5, 3),
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
     }
     if resources:
@@ -132,8 +171,13 @@ def _container(name: str, pod: PodOptions, command: list[str], env: list[Obj], p
 
 def _pod_spec(pod: PodOptions, container: Obj, volumes: list[Obj], grace: int) -> Obj:
     spec: Obj = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "terminationGracePeriodSeconds": grace,
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
@@ -145,18 +189,32 @@ def _pod_spec(pod: PodOptions, container: Obj, volumes: list[Obj], grace: int) -
     return spec
 
 
-def _deployment(name: str, owner: Owner, object_labels: Mapping[str, str], match: Mapping[str, str],
-                replicas: int, pod_spec: Obj, port: int) -> Obj:
+def _deployment(
+    name: str,
+    owner: Owner,
+    object_labels: Mapping[str, str],
+    match: Mapping[str, str],
+    replicas: int,
+    pod_spec: Obj,
+    port: int,
+) -> Obj:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": _meta(name, owner, object_labels),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": dict(match)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": dict(object_labels), "annotations": {
-                    "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}},
+                "metadata": {
+                    "labels": dict(object_labels),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
                 "spec": pod_spec,
             },
         },
@@ -175,13 +233,26 @@ def handler_deployment(owner: Owner, spec: AggregateResource, auth: KafkaAuth, r
         {"name": "FOLDLINE_LOG_FORMAT", "value": "json"},
     ]
     ca_volumes, ca_mounts = _kafka_volume(auth)
-    container = _container("command-handler", spec.pod,
-                           ["foldline", "command-handler", "--aggregate", spec.aggregate_path], env, HTTP_PORT,
-                           spec.resources, [{"name": "state", "mountPath": STATE_DIR}, *ca_mounts])
+    container = _container(
+        "command-handler",
+        spec.pod,
+        ["foldline", "command-handler", "--aggregate", spec.aggregate_path],
+        env,
+        HTTP_PORT,
+        spec.resources,
+        [{"name": "state", "mountPath": STATE_DIR}, *ca_mounts],
+    )
     volumes = [{"name": "state", "emptyDir": {"sizeLimit": spec.storage_size}}, *ca_volumes]
     object_labels = labels(owner.name, "command-handler", spec.name)
-    return _deployment(name, owner, object_labels, selector(owner.name, "command-handler"), replicas,
-                       _pod_spec(spec.pod, container, volumes, grace=60), HTTP_PORT)
+    return _deployment(
+        name,
+        owner,
+        object_labels,
+        selector(owner.name, "command-handler"),
+        replicas,
+        _pod_spec(spec.pod, container, volumes, grace=60),
+        HTTP_PORT,
+    )
 
 
 @dataclass(frozen=True)
@@ -194,11 +265,18 @@ class GatewayViews:
 
 def gateway_deployment(owner: Owner, spec: AggregateResource, auth: KafkaAuth, views: GatewayViews) -> Obj:
     command = ["foldline", "gateway", "--aggregate", spec.aggregate_path]
-    env = [*kafka_env(spec, auth), {"name": "FOLDLINE_GATEWAY_PORT", "value": str(GATEWAY_PORT)},
-           {"name": "FOLDLINE_LOG_FORMAT", "value": "json"}]
+    env = [
+        *kafka_env(spec, auth),
+        {"name": "FOLDLINE_GATEWAY_PORT", "value": str(GATEWAY_PORT)},
+        {"name": "FOLDLINE_LOG_FORMAT", "value": "json"},
+    ]
     if spec.gateway_token is not None:
-        env.append({"name": "FOLDLINE_GATEWAY_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": spec.gateway_token.name, "key": spec.gateway_token.key}}})
+        env.append(
+            {
+                "name": "FOLDLINE_GATEWAY_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": spec.gateway_token.name, "key": spec.gateway_token.key}},
+            }
+        )
     if views.database is not None and views.projections:
         for path in views.projections:
             command += ["--projection", path]
@@ -207,16 +285,27 @@ def gateway_deployment(owner: Owner, spec: AggregateResource, auth: KafkaAuth, v
     ca_volumes, ca_mounts = _kafka_volume(auth)
     container = _container("gateway", spec.pod, command, env, GATEWAY_PORT, spec.gateway_resources, ca_mounts)
     object_labels = labels(owner.name, "gateway", spec.name)
-    return _deployment(gateway_name(owner.name), owner, object_labels, selector(owner.name, "gateway"),
-                       spec.gateway_replicas, _pod_spec(spec.pod, container, ca_volumes, grace=30), GATEWAY_PORT)
+    return _deployment(
+        gateway_name(owner.name),
+        owner,
+        object_labels,
+        selector(owner.name, "gateway"),
+        spec.gateway_replicas,
+        _pod_spec(spec.pod, container, ca_volumes, grace=30),
+        GATEWAY_PORT,
+    )
 
 
 def gateway_service(owner: Owner, spec: AggregateResource) -> Obj:
     return {
-        "apiVersion": "v1", "kind": "Service",
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": _meta(gateway_name(owner.name), owner, labels(owner.name, "gateway", spec.name)),
-        "spec": {"type": "ClusterIP", "selector": selector(owner.name, "gateway"),
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(owner.name, "gateway"),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
     }
 
 
@@ -231,8 +320,16 @@ def projector_deployment(owner: Owner, spec: ProjectionResource, aggregate: Aggr
     """
     revision = str(spec.revision)
     pod = spec.pod(aggregate)
-    command = ["foldline", "projector", "--projection", spec.projector_path, "--aggregate-name", aggregate.name,
-               "--view-name", spec.view]
+    command = [
+        "foldline",
+        "projector",
+        "--projection",
+        spec.projector_path,
+        "--aggregate-name",
+        aggregate.name,
+        "--view-name",
+        spec.view,
+    ]
     env = [
         *kafka_env(aggregate, auth),
         _database_env(spec.database.name, spec.database.key),
@@ -244,16 +341,23 @@ def projector_deployment(owner: Owner, spec: ProjectionResource, aggregate: Aggr
     container = _container("projector", pod, command, env, HTTP_PORT, spec.resources, ca_mounts)
     extra = {"foldline.io/projection": owner.name, "foldline.io/revision": revision}
     object_labels = labels(owner.name, "projector", aggregate.name, **extra)
-    return _deployment(projector_name(owner.name, spec.revision), owner, object_labels,
-                       selector(owner.name, "projector", **{"foldline.io/revision": revision}), spec.replicas,
-                       _pod_spec(pod, container, ca_volumes, grace=30), HTTP_PORT)
+    return _deployment(
+        projector_name(owner.name, spec.revision),
+        owner,
+        object_labels,
+        selector(owner.name, "projector", **{"foldline.io/revision": revision}),
+        spec.replicas,
+        _pod_spec(pod, container, ca_volumes, grace=30),
+        HTTP_PORT,
+    )
 
 
 def pdb(owner: Owner, deployment: Obj) -> Obj:
     """At most one pod of a Deployment voluntarily disrupted at a time (drains, node upgrades)."""
     meta = deployment["metadata"]
     return {
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
         "metadata": _meta(meta["name"], owner, meta["labels"]),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}},
     }

@@ -23,35 +23,44 @@ class Condition:
         return "Unknown" if self.status is None else str(self.status)
 
 
-def merge(previous: Sequence[Mapping[str, Any]] | None, conditions: Iterable[Condition], now: str,
-          generation: int) -> list[dict[str, Any]]:
+def merge(
+    previous: Sequence[Mapping[str, Any]] | None, conditions: Iterable[Condition], now: str, generation: int
+) -> list[dict[str, Any]]:
     """The status' condition list; unmentioned types of ``previous`` are dropped."""
     old = {c.get("type"): c for c in previous or ()}
     out = []
     for c in conditions:
         before = old.get(c.type)
         same = before is not None and before.get("status") == c.status_word
-        out.append({
-            "type": c.type, "status": c.status_word, "reason": c.reason, "message": c.message,
-            "lastTransitionTime": before.get("lastTransitionTime", now) if same and before else now,
-            "observedGeneration": generation,
-        })
+        out.append(
+            {
+                "type": c.type,
+                "status": c.status_word,
+                "reason": c.reason,
+                "message": c.message,
+                "lastTransitionTime": before.get("lastTransitionTime", now) if same and before else now,
+                "observedGeneration": generation,
+            }
+        )
     return out
 
 
 def from_status(conditions: Sequence[Mapping[str, Any]] | None) -> list[Condition]:
     """Conditions as written in a status, back as ``Condition`` values."""
     words = {"True": True, "False": False}
-    return [Condition(str(c.get("type")), words.get(str(c.get("status"))), str(c.get("reason") or ""),
-                      str(c.get("message") or "")) for c in conditions or ()]
+    return [
+        Condition(
+            str(c.get("type")), words.get(str(c.get("status"))), str(c.get("reason") or ""), str(c.get("message") or "")
+        )
+        for c in conditions or ()
+    ]
 
 
 def find(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
     return next((c for c in conditions or () if c.get("type") == type_), None)
 
 
-def deployment_condition(type_: str, what: str, deployment: Mapping[str, Any] | None,
-                         desired: int) -> Condition:
+def deployment_condition(type_: str, what: str, deployment: Mapping[str, Any] | None, desired: int) -> Condition:
     """Available when the Deployment's controller has seen the newest spec and enough pods are ready."""
     if deployment is None:
         return Condition(type_, False, "DeploymentMissing", f"the {what} Deployment does not exist yet")

@@ -50,8 +50,11 @@ class OperatorConfig:
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) -> tuple[OperatorConfig, str | None]:
     """(config, log format) from flags over the environment."""
     base = OperatorConfig.from_env(env)
-    parser = argparse.ArgumentParser(prog="foldline-operator", description="Reconciles EventSourcedAggregate "
-                                     "and Projection resources. Settings: FOLDLINE_OPERATOR_* (docs/operator.md).")
+    parser = argparse.ArgumentParser(
+        prog="foldline-operator",
+        description="Reconciles EventSourcedAggregate "
+        "and Projection resources. Settings: FOLDLINE_OPERATOR_* (docs/operator.md).",
+    )
     parser.add_argument("--namespace", action="append", help="watch only this namespace (repeatable)")
     parser.add_argument("--resync-seconds", type=float)
     parser.add_argument("--peering", help="name of the ClusterKopfPeering object")
@@ -60,7 +63,12 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str] | None = None)
     parser.add_argument("--http-port", type=int, help="/healthz, /readyz and /metrics (0 picks a free port)")
     parser.add_argument("--log-format", choices=("json", "console"))
     args = parser.parse_args(argv)
-    flags = {"resync_seconds": args.resync_seconds, "namespaces": tuple(args.namespace or ()) or None,
-             "peering": args.peering, "priority": args.priority, "standalone": args.standalone or None,
-             "http_port": args.http_port}
+    flags = {
+        "resync_seconds": args.resync_seconds,
+        "namespaces": tuple(args.namespace or ()) or None,
+        "peering": args.peering,
+        "priority": args.priority,
+        "standalone": args.standalone or None,
+        "http_port": args.http_port,
+    }
     return replace(base, **{k: v for k, v in flags.items() if v is not None}), args.log_format

@@ -67,8 +67,12 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
 def status_patch(current: Mapping[str, Any], outcome: Outcome, generation: int, now: str) -> dict[str, Any]:
     """Only the status fields that differ from ``current``: a quiet resync writes nothing."""
     wanted = dict(outcome.status)
-    wanted["conditions"] = merge(current.get("conditions"), outcome.conditions, now,
-                                 int(wanted.get("observedGeneration", current.get("observedGeneration", generation))))
+    wanted["conditions"] = merge(
+        current.get("conditions"),
+        outcome.conditions,
+        now,
+        int(wanted.get("observedGeneration", current.get("observedGeneration", generation))),
+    )
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
@@ -103,8 +107,7 @@ class Runner:
     pass always sees the previous one's result.
     """
 
-    def __init__(self, kind: str, kube: Kube, reconcile: Callable[[Mapping[str, Any]], Outcome],
-                 locks: Locks) -> None:
+    def __init__(self, kind: str, kube: Kube, reconcile: Callable[[Mapping[str, Any]], Outcome], locks: Locks) -> None:
         self.kind, self.kube, self.reconcile, self.locks = kind, kube, reconcile, locks
 
     def __call__(self, body: kopf.Body) -> None:
@@ -118,8 +121,9 @@ class Runner:
                     return
                 outcome = self.reconcile(fresh)
                 current = dict(fresh.get("status") or {})
-                changes = status_patch(current, outcome, int(fresh["metadata"].get("generation") or 0),
-                                       rfc3339(datetime.now(UTC)))
+                changes = status_patch(
+                    current, outcome, int(fresh["metadata"].get("generation") or 0), rfc3339(datetime.now(UTC))
+                )
                 if changes:
                     self.kube.patch_status(API_VERSION, self.kind, str(meta.namespace), str(meta.name), changes)
             except Exception as exc:
@@ -161,8 +165,13 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
         runtime["aggregates"] = AggregateReconciler(kube, kafka)
         runtime["EventSourcedAggregate"] = Runner("EventSourcedAggregate", kube, runtime["aggregates"].reconcile, locks)
         runtime["Projection"] = Runner("Projection", kube, ProjectionReconciler(kube, kafka).reconcile, locks)
-        log.info("operator starting", peering=config.peering, priority=config.priority,
-                 namespaces=list(config.namespaces) or "all", resync_seconds=config.resync_seconds)
+        log.info(
+            "operator starting",
+            peering=config.peering,
+            priority=config.priority,
+            namespaces=list(config.namespaces) or "all",
+            resync_seconds=config.resync_seconds,
+        )
 
     def aggregates(body: kopf.Body, **_: Any) -> None:
         runtime["EventSourcedAggregate"](body)

@@ -43,8 +43,9 @@ class KafkaPort:
             if client is None:
                 # librdkafka's own log lines (a refused connection every few ms while a broker is away)
                 # stay quiet: failures reach the resource's conditions through the calls' exceptions.
-                client = self._clients[key] = AdminClient({**config, "socket.timeout.ms": int(self.timeout * 1000),
-                                                           "log_level": 2})
+                client = self._clients[key] = AdminClient(
+                    {**config, "socket.timeout.ms": int(self.timeout * 1000), "log_level": 2}
+                )
             return client
 
     def ensure_topics(self, config: Mapping[str, str], specs: list[TopicSpec], *, allow_growth: bool) -> TopicReport:
@@ -76,8 +77,9 @@ class KafkaPort:
         ends = self.offsets(config, topic)
         request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in ends])]
         try:
-            result = self.admin(config).list_consumer_group_offsets(request, require_stable=True,
-                                                                    request_timeout=self.timeout)
+            result = self.admin(config).list_consumer_group_offsets(
+                request, require_stable=True, request_timeout=self.timeout
+            )
             committed = {tp.partition: tp.offset for tp in result[group].result(self.timeout).topic_partitions}
         except KafkaException as exc:
             raise BrokerUnavailableError(f"cannot read the offsets of group {group}: {exc}") from exc
@@ -85,6 +87,7 @@ class KafkaPort:
         return behind
 
     def _offsets(self, admin: AdminClient, tps: list[TopicPartition], spec: Any) -> dict[int, int]:
-        futures = admin.list_offsets({tp: spec for tp in tps}, isolation_level=IsolationLevel.READ_COMMITTED,
-                                     request_timeout=self.timeout)
+        futures = admin.list_offsets(
+            {tp: spec for tp in tps}, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self.timeout
+        )
         return {tp.partition: int(f.result(self.timeout).offset) for tp, f in futures.items()}

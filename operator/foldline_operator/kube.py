@@ -18,6 +18,7 @@ FIELD_MANAGER = "foldline-operator"
 
 Obj = dict[str, Any]
 
+
 class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
@@ -32,8 +33,9 @@ def load_config() -> None:
         k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
-def path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
-         subresource: str | None = None) -> str:
+def path(
+    api_version: str, kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None
+) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     # Every kind foldline touches pluralizes regularly (deployments, poddisruptionbudgets, projections...).
     out = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{kind.lower()}s"
@@ -49,13 +51,25 @@ class Kube:
         self.api = api or k8s_client.ApiClient()
         self.timeout = timeout
 
-    def request(self, method: str, url_path: str, *, body: Any = None, query: Mapping[str, str] | None = None,
-                content_type: str = "application/json") -> Obj | None:
+    def request(
+        self,
+        method: str,
+        url_path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Obj | None:
         """The decoded response; None for 404; ``KubeError`` for any other failure."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         _, url, headers, body, _ = self.api.param_serialize(
-            method, url_path, query_params=list((query or {}).items()), header_params=headers, body=body,
-            auth_settings=["BearerToken"])
+            method,
+            url_path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
         data = response.read()
         if response.status == 404:
@@ -81,9 +95,13 @@ class Kube:
     def apply(self, obj: Obj) -> Obj:
         """Server-side apply as the operator's field manager: create or update, idempotent."""
         meta = obj["metadata"]
-        out = self.request("PATCH", path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
-                           body=obj, query={"fieldManager": FIELD_MANAGER, "force": "true"},
-                           content_type="application/apply-patch+yaml")
+        out = self.request(
+            "PATCH",
+            path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
+            body=obj,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
         if out is None:
             raise KubeError(404, f"apply {obj['kind']} {meta['name']}: namespace or kind not found")
         return out
@@ -96,18 +114,25 @@ class Kube:
         if before is None:
             return "created"
         # Compare what we declare, not resourceVersions: controllers write status in between.
-        if (before.get("spec"), before["metadata"].get("labels")) != (after.get("spec"),
-                                                                       after["metadata"].get("labels")):
+        if (before.get("spec"), before["metadata"].get("labels")) != (
+            after.get("spec"),
+            after["metadata"].get("labels"),
+        ):
             return "updated"
         return None
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Obj) -> Obj | None:
         """JSON merge patch of the status subresource (None values remove fields)."""
-        return self.request("PATCH", path(api_version, kind, namespace, name, "status"), body={"status": status},
-                            content_type="application/merge-patch+json")
+        return self.request(
+            "PATCH",
+            path(api_version, kind, namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str, *,
-               propagation: str = "Background") -> bool:
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, *, propagation: str = "Background"
+    ) -> bool:
         """True when something was deleted, False when it did not exist."""
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         return self.request("DELETE", path(api_version, kind, namespace, name), body=body) is not None

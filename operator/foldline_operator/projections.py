@@ -95,18 +95,27 @@ class ProjectionReconciler:
         secret = self.kube.secret(owner.namespace, spec.database.name) or {}
         url = secret.get(spec.database.key)
         if not url:
-            return _failed(out, Condition("DatabaseReady", False, "DatabaseSecretMissing",
-                                          f"Secret {spec.database.name} has no key {spec.database.key}"))
+            return _failed(
+                out,
+                Condition(
+                    "DatabaseReady",
+                    False,
+                    "DatabaseSecretMissing",
+                    f"Secret {spec.database.name} has no key {spec.database.key}",
+                ),
+            )
 
         deployment = builders.projector_deployment(owner, spec, aggregate, connection.auth)
         events = [e for obj in (deployment, builders.pdb(owner, deployment)) if (e := applied(self.kube, obj))]
         current = self.kube.get("apps/v1", "Deployment", owner.namespace, deployment["metadata"]["name"])
-        projector = deployment_condition("ProjectorReady", f"revision {spec.revision} projector", current,
-                                         spec.replicas)
+        projector = deployment_condition(
+            "ProjectorReady", f"revision {spec.revision} projector", current, spec.replicas
+        )
 
         try:
-            found_status = self.catalogs.status(url, spec.view,
-                                                lambda topic: self.kafka.offsets(connection.config, topic))
+            found_status = self.catalogs.status(
+                url, spec.view, lambda topic: self.kafka.offsets(connection.config, topic)
+            )
         except FoldlineError as exc:
             active = Condition("RevisionActive", False, "CatalogUnavailable", f"{type(exc).__name__}: {exc}")
             return Outcome(out, [projector, active, ready([projector, active])], events)
@@ -118,12 +127,17 @@ class ProjectionReconciler:
     def _aggregate(self, owner: Owner, spec: ProjectionResource) -> tuple[AggregateResource, Connection] | Condition:
         esa = self.kube.get(API_VERSION, "EventSourcedAggregate", owner.namespace, spec.aggregate_ref)
         if esa is None:
-            return Condition("AggregateReady", False, "AggregateNotFound",
-                             f"EventSourcedAggregate {spec.aggregate_ref} does not exist in {owner.namespace}")
+            return Condition(
+                "AggregateReady",
+                False,
+                "AggregateNotFound",
+                f"EventSourcedAggregate {spec.aggregate_ref} does not exist in {owner.namespace}",
+            )
         topics = find((esa.get("status") or {}).get("conditions"), "TopicsReady")
         if topics is None or topics.get("status") != "True":
-            return Condition("AggregateReady", False, "TopicsNotReady",
-                             f"the topics of {spec.aggregate_ref} are not ready yet")
+            return Condition(
+                "AggregateReady", False, "TopicsNotReady", f"the topics of {spec.aggregate_ref} are not ready yet"
+            )
         aggregate = AggregateResource.parse(esa["metadata"]["name"], esa["spec"])
         connection = connect(self.kube, owner.namespace, aggregate)
         if isinstance(connection, Condition):
@@ -141,38 +155,56 @@ class ProjectionReconciler:
             name = item["metadata"]["name"]
             self.kube.delete("policy/v1", "PodDisruptionBudget", owner.namespace, name)
             if self.kube.delete("apps/v1", "Deployment", owner.namespace, name):
-                events.append(("Normal", "ProjectorRetired",
-                               f"revision {keep} is active: deleted the revision {revision} projector {name}"))
+                events.append(
+                    (
+                        "Normal",
+                        "ProjectorRetired",
+                        f"revision {keep} is active: deleted the revision {revision} projector {name}",
+                    )
+                )
         return events
 
 
-def revision_state(spec: ProjectionResource, view: ViewStatus | None, status: Mapping[str, Any], now: datetime,
-                   out: Obj) -> tuple[Condition, bool]:
+def revision_state(
+    spec: ProjectionResource, view: ViewStatus | None, status: Mapping[str, Any], now: datetime, out: Obj
+) -> tuple[Condition, bool]:
     """RevisionActive (and status fields into ``out``), and whether older projectors may go: only once the
     catalog names the spec's revision (or a newer one) active."""
     if view is None:
-        return Condition("RevisionActive", False, "Registering",
-                         f"no projector has registered view {spec.view} in the catalog yet"), False
+        return Condition(
+            "RevisionActive", False, "Registering", f"no projector has registered view {spec.view} in the catalog yet"
+        ), False
     ours = next((r for r in view.revisions if r.revision == spec.revision), None)
     out["activeRevision"] = view.active_revision
     out["lag"] = view.lag
     progress = round(ours.progress, 4) if ours and ours.progress is not None else 0.0
     out["progress"] = progress
     if ours is not None and ours.source != spec.source:
-        return Condition("RevisionActive", False, "SourceMismatch",
-                         f"revision {spec.revision} reads {ours.source}, spec.source says {spec.source}"), False
+        return Condition(
+            "RevisionActive",
+            False,
+            "SourceMismatch",
+            f"revision {spec.revision} reads {ours.source}, spec.source says {spec.source}",
+        ), False
     if view.active_revision is not None and view.active_revision >= spec.revision:
         out["rebuild"] = None
-        return Condition("RevisionActive", True, "Active",
-                         f"revision {view.active_revision} serves the view"), True
+        return Condition("RevisionActive", True, "Active", f"revision {view.active_revision} serves the view"), True
     out["rebuild"] = rebuild_status(status.get("rebuild"), spec.revision, progress, now)
     if ours is None and view.building_revision is not None:
-        return Condition("RevisionActive", False, "RevisionMismatch",
-                         f"the projector registered revision {view.building_revision}, spec.revision is "
-                         f"{spec.revision}: it must equal the Projection class's revision"), False
-    return Condition("RevisionActive", False, "Rebuilding",
-                     f"revision {spec.revision} is replaying its source ({progress:.0%}); revision "
-                     f"{view.active_revision} serves until it has caught up"), False
+        return Condition(
+            "RevisionActive",
+            False,
+            "RevisionMismatch",
+            f"the projector registered revision {view.building_revision}, spec.revision is "
+            f"{spec.revision}: it must equal the Projection class's revision",
+        ), False
+    return Condition(
+        "RevisionActive",
+        False,
+        "Rebuilding",
+        f"revision {spec.revision} is replaying its source ({progress:.0%}); revision "
+        f"{view.active_revision} serves until it has caught up",
+    ), False
 
 
 def _failed(out: Obj, condition: Condition) -> Outcome:

@@ -74,9 +74,12 @@ class Autoscaling:
         raw = _dict(raw)
         if "maxReplicas" not in raw:
             return None
-        return cls(max_replicas=int(raw["maxReplicas"]), min_replicas=int(raw.get("minReplicas", 1)),
-                   lag_per_replica=int(raw.get("lagPerReplica", 1000)),
-                   cooldown_seconds=int(raw.get("cooldownSeconds", 300)))
+        return cls(
+            max_replicas=int(raw["maxReplicas"]),
+            min_replicas=int(raw.get("minReplicas", 1)),
+            lag_per_replica=int(raw.get("lagPerReplica", 1000)),
+            cooldown_seconds=int(raw.get("cooldownSeconds", 300)),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,11 @@ class AggregateResource:
             kafka_bootstrap=str(kafka["bootstrapServers"]),
             replication_factor=int(spec.get("replicationFactor", 3)),
             allow_partition_growth=bool(spec.get("allowPartitionGrowth", False)),
-            retention=Retention(commands_ms=duration_ms(retention.get("commands", "7d")),
-                                results_ms=duration_ms(retention.get("results", "1h")),
-                                dead_letters_ms=duration_ms(retention.get("deadLetters", "30d"))),
+            retention=Retention(
+                commands_ms=duration_ms(retention.get("commands", "7d")),
+                results_ms=duration_ms(retention.get("results", "1h")),
+                dead_letters_ms=duration_ms(retention.get("deadLetters", "30d")),
+            ),
             kafka_secret=SecretRef.parse(kafka.get("secretRef")),
             replicas=int(handlers.get("replicas", 1)),
             autoscaling=Autoscaling.parse(handlers.get("autoscaling")),
@@ -169,5 +174,8 @@ class ProjectionResource:
     def pod(self, aggregate: AggregateResource) -> PodOptions:
         """The projector's pod options: its own where given, else the aggregate's (env is its own)."""
         own = PodOptions.parse(self.pod_spec, self.image or aggregate.pod.image)
-        return replace(own, image_pull_secrets=own.image_pull_secrets or aggregate.pod.image_pull_secrets,
-                       service_account=own.service_account or aggregate.pod.service_account)
+        return replace(
+            own,
+            image_pull_secrets=own.image_pull_secrets or aggregate.pod.image_pull_secrets,
+            service_account=own.service_account or aggregate.pod.service_account,
+        )

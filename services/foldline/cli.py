@@ -40,9 +40,11 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from foldline.topics import aggregate_topics, ensure_topics
 
     spec = load_aggregate(args.aggregate)
-    report = ensure_topics(KafkaSettings.from_env().client_config(),
-                           aggregate_topics(spec.name, args.partitions, args.replication_factor),
-                           allow_partition_growth=args.allow_partition_growth)
+    report = ensure_topics(
+        KafkaSettings.from_env().client_config(),
+        aggregate_topics(spec.name, args.partitions, args.replication_factor),
+        allow_partition_growth=args.allow_partition_growth,
+    )
     for what in ("created", "grown", "reconfigured", "unchanged"):
         for name in getattr(report, what):
             print(f"{what:13} {name}")

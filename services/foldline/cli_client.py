@@ -53,8 +53,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         payload = json.loads(args.payload) if args.payload else {}
     except ValueError as exc:
         return _fail(f"the payload is not valid JSON: {exc}")
-    body: dict[str, Any] = {"aggregate_id": args.aggregate_id, "type": args.type, "payload": payload,
-                            "command_id": args.command_id or uuid.uuid4().hex}
+    body: dict[str, Any] = {
+        "aggregate_id": args.aggregate_id,
+        "type": args.type,
+        "payload": payload,
+        "command_id": args.command_id or uuid.uuid4().hex,
+    }
     if args.expected_version is not None:
         body["expected_version"] = args.expected_version
     params = {"wait": "false" if args.no_wait else "true", "timeout": str(args.timeout)}
@@ -182,8 +186,10 @@ def describe_record(topic: str, value: bytes | None) -> str:
         if topic.endswith(".dead-letters"):
             d = loads(value, "dead letter")
             src, err = d.get("source", {}), d.get("error", {})
-            return (f"dead-letter {err.get('code')}: {err.get('message')}  from {src.get('topic')} "
-                    f"p{src.get('partition')}@{src.get('offset')}")
+            return (
+                f"dead-letter {err.get('code')}: {err.get('message')}  from {src.get('topic')} "
+                f"p{src.get('partition')}@{src.get('offset')}"
+            )
     except DecodeError as exc:
         return f"undecodable: {exc}"
     if value is None:
@@ -214,8 +220,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
             return _fail(f"topic {args.topic!r} does not exist at {kafka.bootstrap_servers}")
         start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
         consumer.assign([TopicPartition(args.topic, p, start) for p in sorted(meta.partitions)])
-        print(f"# {args.topic}: {len(meta.partitions)} partition(s), from the "
-              f"{'beginning' if args.from_beginning else 'end'}; Ctrl-C stops", file=sys.stderr, flush=True)
+        print(
+            f"# {args.topic}: {len(meta.partitions)} partition(s), from the "
+            f"{'beginning' if args.from_beginning else 'end'}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
         while not stop and (args.max is None or shown < args.max):
             msg = consumer.poll(0.5)
             if msg is None:
@@ -240,8 +250,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 # -- registration -------------------------------------------------------------------------------------
 def _gateway_options(p: argparse.ArgumentParser, timeout_help: str) -> None:
-    p.add_argument("--gateway", default=os.environ.get("FOLDLINE_GATEWAY_URL", DEFAULT_GATEWAY),
-                   help=f"gateway URL (default: FOLDLINE_GATEWAY_URL or {DEFAULT_GATEWAY})")
+    p.add_argument(
+        "--gateway",
+        default=os.environ.get("FOLDLINE_GATEWAY_URL", DEFAULT_GATEWAY),
+        help=f"gateway URL (default: FOLDLINE_GATEWAY_URL or {DEFAULT_GATEWAY})",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help=timeout_help)
     p.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
 

@@ -35,11 +35,16 @@ def group_member_config(kafka: KafkaSettings, group: str, protocol: str, **extra
 
 def projector_consumer_config(kafka: KafkaSettings, group: str, protocol: str) -> dict[str, Any]:
     """A projector's group member: large fetches, since a rebuild replays a whole topic."""
-    return group_member_config(kafka, group, protocol, **{
-        "fetch.max.bytes": 64 << 20,
-        "max.partition.fetch.bytes": 8 << 20,
-        "queued.max.messages.kbytes": 128 << 10,
-    })
+    return group_member_config(
+        kafka,
+        group,
+        protocol,
+        **{
+            "fetch.max.bytes": 64 << 20,
+            "max.partition.fetch.bytes": 8 << 20,
+            "queued.max.messages.kbytes": 128 << 10,
+        },
+    )
 
 
 def transactional_producer_config(kafka: KafkaSettings, transactional_id: str) -> dict[str, Any]:
@@ -101,6 +106,9 @@ def results_reader_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
 
 def reader_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
     """A short-lived reader that assigns partitions by hand or only asks for offsets (CLI, status)."""
-    return {**kafka.client_config(), "group.id": group, "enable.auto.commit": False,
-            "isolation.level": "read_committed"}
-
+    return {
+        **kafka.client_config(),
+        "group.id": group,
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    }

@@ -77,7 +77,7 @@ def _decode_bool(value: Any) -> bool:
 
 def _decode_decimal(value: Any) -> Decimal:
     if isinstance(value, (bool, float)):
-        raise _Invalid("expected a decimal as a string such as \"12.50\" (floats lose cents)")
+        raise _Invalid('expected a decimal as a string such as "12.50" (floats lose cents)')
     if isinstance(value, int):
         return Decimal(value)
     if not isinstance(value, str):

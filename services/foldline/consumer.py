@@ -59,8 +59,17 @@ class GroupMember:
     (cooperative-sticky) - the same for every engine, so none of them special-cases it.
     """
 
-    def __init__(self, factory: ConsumerFactory, protocol: str, topics: list[str], *, on_assign: Rebalance,
-                 on_revoke: Rebalance, on_lost: Rebalance, on_fallback: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        factory: ConsumerFactory,
+        protocol: str,
+        topics: list[str],
+        *,
+        on_assign: Rebalance,
+        on_revoke: Rebalance,
+        on_lost: Rebalance,
+        on_fallback: Callable[[], Any] | None = None,
+    ) -> None:
         self._factory = factory
         self._may_fall_back = protocol == "auto"
         self.protocol = initial_protocol(protocol)

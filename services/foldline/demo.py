@@ -29,8 +29,7 @@ from typing import Any, TextIO
 from foldline.errors import ConfigurationError, FoldlineError, WaitTimeoutError
 
 AGGREGATE = "foldline.examples.invoices:Invoices"
-VIEWS = {"invoice-list": "InvoiceList", "invoice-line-items": "InvoiceLineItems",
-         "customer-totals": "CustomerTotals"}
+VIEWS = {"invoice-list": "InvoiceList", "invoice-line-items": "InvoiceLineItems", "customer-totals": "CustomerTotals"}
 PARTITIONS = 3
 
 
@@ -59,8 +58,14 @@ class Child:
     def start(cls, name: str, args: list[str], env: dict[str, str], log: Path, ready_url: str) -> Child:
         with log.open("ab") as out:
             # Its own session: Ctrl-C reaches the demo only, which stops the children in order.
-            proc = subprocess.Popen([sys.executable, "-m", "foldline.cli", *args], env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "foldline.cli", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return cls(name, proc, log, ready_url)
 
     def alive(self) -> bool:
@@ -96,8 +101,10 @@ def wait_ready(children: list[Child], timeout: float, out: TextIO) -> None:
     while pending:
         for child in list(pending):
             if not child.alive():
-                raise ConfigurationError(f"{child.name} exited with {child.proc.returncode}; its log "
-                                         f"({child.log}) ends with:\n{child.tail()}")
+                raise ConfigurationError(
+                    f"{child.name} exited with {child.proc.returncode}; its log "
+                    f"({child.log}) ends with:\n{child.tail()}"
+                )
             if child.ready():
                 print(f"  {child.name:<30} ready", file=out, flush=True)
                 pending.remove(child)
@@ -121,22 +128,40 @@ def prepare_run_dir(root: Path) -> Path:
 
 
 def start_stack(bootstrap: str, run: Path, gateway_port: int, out: TextIO) -> list[Child]:
-    base_env = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap, "FOLDLINE_LOG_FORMAT": "json",
-                "FOLDLINE_STATE_DIR": str(run / "state"), "FOLDLINE_COMMIT_INTERVAL_MS": "10",
-                "FOLDLINE_PROJECTION_BATCH_WAIT_MS": "10", "FOLDLINE_GATEWAY_HOST": "127.0.0.1"}
+    base_env = {
+        **os.environ,
+        "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap,
+        "FOLDLINE_LOG_FORMAT": "json",
+        "FOLDLINE_STATE_DIR": str(run / "state"),
+        "FOLDLINE_COMMIT_INTERVAL_MS": "10",
+        "FOLDLINE_PROJECTION_BATCH_WAIT_MS": "10",
+        "FOLDLINE_GATEWAY_HOST": "127.0.0.1",
+    }
     database = f"sqlite:///{run / 'views.db'}"
     children: list[Child] = []
 
     def start(name: str, args: list[str], port: int, **env: str) -> None:
-        children.append(Child.start(name, args, {**base_env, **env}, run / f"{name}.log",
-                                    f"http://127.0.0.1:{port}/readyz"))
+        children.append(
+            Child.start(name, args, {**base_env, **env}, run / f"{name}.log", f"http://127.0.0.1:{port}/readyz")
+        )
 
     port = free_port()
     start("command-handler", ["command-handler", "--aggregate", AGGREGATE], port, FOLDLINE_HTTP_PORT=str(port))
     for view, cls in VIEWS.items():
         port = free_port()
-        start(f"projector {view}", ["projector", "--projection", f"foldline.examples.invoices.views:{cls}",
-                                    "--database", database, "--http-port", str(port)], port)
+        start(
+            f"projector {view}",
+            [
+                "projector",
+                "--projection",
+                f"foldline.examples.invoices.views:{cls}",
+                "--database",
+                database,
+                "--http-port",
+                str(port),
+            ],
+            port,
+        )
     gateway = ["gateway", "--aggregate", AGGREGATE, "--database", database, "--port", str(gateway_port)]
     for cls in VIEWS.values():
         gateway += ["--projection", f"foldline.examples.invoices.views:{cls}"]
@@ -177,8 +202,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("  starting the development Kafka broker (the first run downloads its jars) ...", file=out, flush=True)
         bootstrap = DevKafka().start()
         print(f"  broker {bootstrap}", file=out, flush=True)
-    ensure_topics({**KafkaSettings.from_env().client_config(), "bootstrap.servers": bootstrap},
-                  aggregate_topics("invoices", PARTITIONS))
+    ensure_topics(
+        {**KafkaSettings.from_env().client_config(), "bootstrap.servers": bootstrap},
+        aggregate_topics("invoices", PARTITIONS),
+    )
     print(f"  topics invoices.* ({PARTITIONS} partitions)", file=out, flush=True)
     run = prepare_run_dir(default_cache_dir() / "demo")
     port = free_port(args.port)
@@ -191,12 +218,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         wait_ready(children, args.ready_timeout, out)
         ok = walk(url, f"inv-{time.strftime('%Y%m%d')}-{uuid.uuid4().hex[:6]}", out)
         if not args.once and ok:
-            print(f"\nThe gateway serves {url}  (OpenAPI: {url}/openapi.json)\n"
-                  f"  foldline submit invoices inv-42 CreateInvoice '{{\"customer\": \"You\", \"currency\": \"EUR\", "
-                  f"\"issue_date\": \"2026-01-01\", \"due_date\": \"2026-02-01\"}}' --gateway {url}\n"
-                  f"  foldline get invoice-list --gateway {url}\n"
-                  f"  foldline tail invoices.command-results --from-beginning\n"
-                  "Ctrl-C stops everything.", file=out, flush=True)
+            print(
+                f"\nThe gateway serves {url}  (OpenAPI: {url}/openapi.json)\n"
+                f'  foldline submit invoices inv-42 CreateInvoice \'{{"customer": "You", "currency": "EUR", '
+                f'"issue_date": "2026-01-01", "due_date": "2026-02-01"}}\' --gateway {url}\n'
+                f"  foldline get invoice-list --gateway {url}\n"
+                f"  foldline tail invoices.command-results --from-beginning\n"
+                "Ctrl-C stops everything.",
+                file=out,
+                flush=True,
+            )
             watch(children)
     except Interrupted as stop:
         print(f"\n{stop} received", file=out, flush=True)
@@ -219,8 +250,9 @@ def watch(children: list[Child]) -> None:
     while True:
         for child in children:
             if not child.alive():
-                raise ConfigurationError(f"{child.name} exited unexpectedly ({child.proc.returncode}); its log "
-                                         f"ends with:\n{child.tail()}")
+                raise ConfigurationError(
+                    f"{child.name} exited unexpectedly ({child.proc.returncode}); its log ends with:\n{child.tail()}"
+                )
         time.sleep(0.3)
 
 
@@ -241,10 +273,22 @@ def invoice_life(today: date) -> list[Step]:
         return {"payment_id": payment_id, "amount": amount, "currency": "EUR"}
 
     return [
-        Step("create a draft invoice", "CreateInvoice", {"customer": "ACME GmbH", "currency": "EUR",
-             "issue_date": today.isoformat(), "due_date": (today + timedelta(days=30)).isoformat()}),
-        Step("add a line: 3 days of consulting", "AddLineItem", item("a", "Consulting (days)", 3, "100.00"),
-             view="invoice-line-items"),
+        Step(
+            "create a draft invoice",
+            "CreateInvoice",
+            {
+                "customer": "ACME GmbH",
+                "currency": "EUR",
+                "issue_date": today.isoformat(),
+                "due_date": (today + timedelta(days=30)).isoformat(),
+            },
+        ),
+        Step(
+            "add a line: 3 days of consulting",
+            "AddLineItem",
+            item("a", "Consulting (days)", 3, "100.00"),
+            view="invoice-line-items",
+        ),
         Step("add a line: travel", "AddLineItem", item("b", "Travel", 1, "45.50"), view="invoice-line-items"),
         Step("remove the travel line again", "RemoveLineItem", {"line_id": "b"}, view="invoice-line-items"),
         Step("send the invoice", "SendInvoice"),
@@ -258,8 +302,9 @@ def describe_rows(view: str, rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)"
     if view == "invoice-line-items":
-        return "; ".join(f"{r['line_id']}: {r['description']} {r['quantity']} x {r['unit_price']} = {r['amount']}"
-                         for r in rows)
+        return "; ".join(
+            f"{r['line_id']}: {r['description']} {r['quantity']} x {r['unit_price']} = {r['amount']}" for r in rows
+        )
     skip = {"aggregate_id", "aggregate_version", "id", "issue_date", "due_date"}
     return " ".join(f"{k}={v}" for k, v in rows[0].items() if k not in skip)
 
@@ -275,20 +320,30 @@ def walk(url: str, invoice_id: str, out: TextIO) -> bool:
     with httpx.Client(base_url=url, headers=headers, timeout=60.0) as client:
         for n, step in enumerate(invoice_life(date.today()), 1):
             body = {"aggregate_id": invoice_id, "type": step.type, "payload": step.payload}
-            print(f"\n{n}. {step.title}\n   POST /aggregates/invoices/commands  {step.type} "
-                  f"{json.dumps(step.payload)}", file=out, flush=True)
+            print(
+                f"\n{n}. {step.title}\n   POST /aggregates/invoices/commands  {step.type} {json.dumps(step.payload)}",
+                file=out,
+                flush=True,
+            )
             r = client.post("/aggregates/invoices/commands", json=body, params={"timeout": "30"})
             result = r.json()
             if r.status_code != step.expect:
                 print(f"   -> {r.status_code} {result}  (expected {step.expect})", file=out, flush=True)
                 return False
             if result["status"] != "accepted":
-                print(f"   -> {r.status_code} {result['status']}: {result['reason']}  (as expected; version stays "
-                      f"{result['version']})", file=out, flush=True)
+                print(
+                    f"   -> {r.status_code} {result['status']}: {result['reason']}  (as expected; version stays "
+                    f"{result['version']})",
+                    file=out,
+                    flush=True,
+                )
                 continue
             version = result["version"]
-            print(f"   -> {r.status_code} accepted, version {version} ({', '.join(result['events'])})",
-                  file=out, flush=True)
+            print(
+                f"   -> {r.status_code} accepted, version {version} ({', '.join(result['events'])})",
+                file=out,
+                flush=True,
+            )
             if not read_view(client, step.view, invoice_id, version, out):
                 return False
         print("\nTotals of the customer, from the events:", file=out, flush=True)
@@ -303,8 +358,12 @@ def read_view(client: Any, view: str, invoice_id: str, version: int, out: TextIO
         print(f"   {view}: {r.status_code} {r.text}", file=out, flush=True)
         return False
     body = r.json()
-    print(f"   GET /views/{view}/rows?aggregate_id={invoice_id}&min_version={version}\n"
-          f"   {view} @v{body['version']}: {describe_rows(view, body['rows'])}", file=out, flush=True)
+    print(
+        f"   GET /views/{view}/rows?aggregate_id={invoice_id}&min_version={version}\n"
+        f"   {view} @v{body['version']}: {describe_rows(view, body['rows'])}",
+        file=out,
+        flush=True,
+    )
     return bool(body["rows"])
 
 

@@ -115,14 +115,19 @@ class CommandEnvelope:
         if submitted:
             unknown = data.keys() - ENVELOPE_FIELDS
             if unknown:
-                raise DecodeError(f"unknown field(s) {', '.join(sorted(unknown))}; expected some of "
-                                  f"{', '.join(sorted(ENVELOPE_FIELDS))}")
+                raise DecodeError(
+                    f"unknown field(s) {', '.join(sorted(unknown))}; expected some of "
+                    f"{', '.join(sorted(ENVELOPE_FIELDS))}"
+                )
         expected = data.get("expected_version")
         if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 0):
             raise DecodeError(f"expected_version must be null or a non-negative integer, got {expected!r}")
         aggregate_id = data.get("aggregate_id")
-        if not isinstance(aggregate_id, str) or not aggregate_id or (
-                submitted and (not aggregate_id.strip() or len(aggregate_id) > MAX_AGGREGATE_ID)):
+        if (
+            not isinstance(aggregate_id, str)
+            or not aggregate_id
+            or (submitted and (not aggregate_id.strip() or len(aggregate_id) > MAX_AGGREGATE_ID))
+        ):
             raise DecodeError(f"aggregate_id must be a non-empty string of at most {MAX_AGGREGATE_ID} characters")
         type_ = data.get("type")
         if not isinstance(type_, str) or (submitted and not type_):
@@ -136,12 +141,20 @@ class CommandEnvelope:
         if submitted and command_id is None:
             command_id = new_command_id()
         elif not isinstance(command_id, str) or not command_id or (submitted and not COMMAND_ID.match(command_id)):
-            raise DecodeError("command_id must be 1-128 characters of letters, digits and . _ : - "
-                              "(starting with a letter or digit)")
+            raise DecodeError(
+                "command_id must be 1-128 characters of letters, digits and . _ : - (starting with a letter or digit)"
+            )
         if submitted:
             return cls(CommandId(command_id), AggregateId(aggregate_id), type_, payload, expected)
-        return cls(CommandId(command_id), AggregateId(aggregate_id), type_, payload, expected,
-                   schema_version=int(data.get("schema_version", 1)), issued_at=str(data.get("issued_at", "")))
+        return cls(
+            CommandId(command_id),
+            AggregateId(aggregate_id),
+            type_,
+            payload,
+            expected,
+            schema_version=int(data.get("schema_version", 1)),
+            issued_at=str(data.get("issued_at", "")),
+        )
 
 
 def new_command_id() -> str:
@@ -190,8 +203,12 @@ class CommandResult:
 
     def compact(self) -> dict[str, Any]:
         """The form a snapshot's ``recent`` list keeps, for deduplication."""
-        item: dict[str, Any] = {"command_id": self.command_id, "status": self.status, "version": self.version,
-                                "recorded_at": self.recorded_at}
+        item: dict[str, Any] = {
+            "command_id": self.command_id,
+            "status": self.status,
+            "version": self.version,
+            "recorded_at": self.recorded_at,
+        }
         if self.events:
             item["events"] = list(self.events)
         if self.reason is not None:

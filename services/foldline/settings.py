@@ -136,7 +136,6 @@ class HandlerSettings(_Changeable):
         )
 
 
-
 @dataclass(frozen=True)
 class ProjectorSettings(_Changeable):
     """The projector's knobs. ``database`` is ``sqlite:///path.db`` or ``postgresql://...``."""
@@ -164,7 +163,6 @@ class ProjectorSettings(_Changeable):
             http_port=env_int(env, "HTTP_PORT", cls.http_port),
             instance_id=env_str(env, "INSTANCE_ID", socket.gethostname()),
         )
-
 
 
 @dataclass(frozen=True)
@@ -218,11 +216,15 @@ class GatewaySettings(_Changeable):
 
     def check(self) -> None:
         if self.command_timeout_s > self.max_command_timeout_s:
-            raise ConfigurationError(f"{_PREFIX}GATEWAY_COMMAND_TIMEOUT_S ({self.command_timeout_s}) exceeds "
-                                     f"{_PREFIX}GATEWAY_MAX_COMMAND_TIMEOUT_S ({self.max_command_timeout_s})")
+            raise ConfigurationError(
+                f"{_PREFIX}GATEWAY_COMMAND_TIMEOUT_S ({self.command_timeout_s}) exceeds "
+                f"{_PREFIX}GATEWAY_MAX_COMMAND_TIMEOUT_S ({self.max_command_timeout_s})"
+            )
         if self.read_timeout_s > self.max_read_timeout_s:
-            raise ConfigurationError(f"{_PREFIX}GATEWAY_READ_TIMEOUT_S ({self.read_timeout_s}) exceeds "
-                                     f"{_PREFIX}GATEWAY_MAX_READ_TIMEOUT_S ({self.max_read_timeout_s})")
+            raise ConfigurationError(
+                f"{_PREFIX}GATEWAY_READ_TIMEOUT_S ({self.read_timeout_s}) exceeds "
+                f"{_PREFIX}GATEWAY_MAX_READ_TIMEOUT_S ({self.max_read_timeout_s})"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigurationError(f"{_PREFIX}GATEWAY_PORT must be a TCP port, got {self.port}")
 

@@ -170,9 +170,7 @@ def describe_partitions(admin: AdminClient, names: Iterable[str], timeout: float
         raise BrokerUnavailableError(f"cannot read topic metadata: {exc}") from exc
     wanted = set(names)
     return {
-        name: len(topic.partitions)
-        for name, topic in metadata.topics.items()
-        if name in wanted and topic.error is None
+        name: len(topic.partitions) for name, topic in metadata.topics.items() if name in wanted and topic.error is None
     }
 
 
@@ -221,26 +219,34 @@ def ensure_topics(
     return report
 
 
-def _check(admin: AdminClient, specs: list[TopicSpec], existing: dict[str, int], allow_growth: bool,
-           timeout: float) -> dict[str, dict[str, str]]:
+def _check(
+    admin: AdminClient, specs: list[TopicSpec], existing: dict[str, int], allow_growth: bool, timeout: float
+) -> dict[str, dict[str, str]]:
     """Refuse, before changing anything, what must not be done; returns the existing topics' configs."""
     for spec in specs:
         have = existing.get(spec.name)
         if have is None:
             continue
         if have > spec.partitions:
-            raise _mismatch("PartitionShrinkRefused", f"{spec.name} has {have} partitions; Kafka cannot shrink "
-                            f"a topic to {spec.partitions}. Declare {have} or more.")
+            raise _mismatch(
+                "PartitionShrinkRefused",
+                f"{spec.name} has {have} partitions; Kafka cannot shrink "
+                f"a topic to {spec.partitions}. Declare {have} or more.",
+            )
         if have < spec.partitions and not allow_growth:
-            raise _mismatch("PartitionGrowthRefused", f"{spec.name} has {have} partitions; growing to "
-                            f"{spec.partitions} remaps aggregate ids to other partitions and needs an explicit "
-                            "opt-in (allowPartitionGrowth)")
+            raise _mismatch(
+                "PartitionGrowthRefused",
+                f"{spec.name} has {have} partitions; growing to "
+                f"{spec.partitions} remaps aggregate ids to other partitions and needs an explicit "
+                "opt-in (allowPartitionGrowth)",
+            )
     current = _describe_configs(admin, [s.name for s in specs if s.name in existing], timeout)
     for spec in specs:
         policy = current.get(spec.name, {}).get("cleanup.policy")
         if policy is not None and policy != spec.config.get("cleanup.policy", policy):
-            raise _mismatch("ConfigMismatch", f"{spec.name} has cleanup.policy={policy}, "
-                            f"expected {spec.config['cleanup.policy']}")
+            raise _mismatch(
+                "ConfigMismatch", f"{spec.name} has cleanup.policy={policy}, expected {spec.config['cleanup.policy']}"
+            )
     return current
 
 
@@ -279,8 +285,9 @@ def _alter_configs(admin: AdminClient, name: str, config: Mapping[str, str], tim
     _wait(admin.incremental_alter_configs([resource]), "reconfiguring", timeout)
 
 
-def delete_topics(admin_or_config: AdminClient | Mapping[str, Any], names: Iterable[str],
-                  timeout: float = 30.0) -> list[str]:
+def delete_topics(
+    admin_or_config: AdminClient | Mapping[str, Any], names: Iterable[str], timeout: float = 30.0
+) -> list[str]:
     """Delete the named topics that exist; returns those deleted."""
     admin = _admin(admin_or_config)
     present = list(describe_partitions(admin, names, timeout))

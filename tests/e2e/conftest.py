@@ -51,8 +51,10 @@ def crds(kube: Kube) -> list[dict[str, Any]]:
 
     def _established(name: str) -> bool:
         found = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", name) or {}
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (found.get("status") or {}).get("conditions") or ())
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (found.get("status") or {}).get("conditions") or ()
+        )
 
     for crd in installed:
         name: str = crd["metadata"]["name"]
@@ -64,24 +66,45 @@ def _operator_kubeconfig(kube: Kube, admin_kubeconfig: Path, target: Path) -> Pa
     """A kubeconfig for a ServiceAccount bound to the chart's ClusterRole rules."""
     rules = yaml.safe_load((REPO / "charts" / "foldline" / "files" / "rbac-rules.yaml").read_text())
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
-    kube.apply({"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": "foldline-operator", "namespace": OPERATOR_NAMESPACE}})
-    kube.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": "foldline-operator"}, "rules": rules})
-    kube.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": "foldline-operator"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                            "name": "foldline-operator"},
-                "subjects": [{"kind": "ServiceAccount", "name": "foldline-operator",
-                              "namespace": OPERATOR_NAMESPACE}]})
-    token = kube.request("POST", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/foldline-operator/token",
-                         body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                               "spec": {"expirationSeconds": 4 * 3600}})
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "foldline-operator", "namespace": OPERATOR_NAMESPACE},
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "foldline-operator"},
+            "rules": rules,
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "foldline-operator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "foldline-operator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "foldline-operator", "namespace": OPERATOR_NAMESPACE}],
+        }
+    )
+    token = kube.request(
+        "POST",
+        f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/foldline-operator/token",
+        body={
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 4 * 3600},
+        },
+    )
     assert token is not None
     config = yaml.safe_load(admin_kubeconfig.read_text())
     config["users"] = [{"name": "foldline-operator", "user": {"token": token["status"]["token"]}}]
-    config["contexts"] = [{"name": "operator", "context": {"cluster": config["clusters"][0]["name"],
-                                                          "user": "foldline-operator"}}]
+    config["contexts"] = [
+        {"name": "operator", "context": {"cluster": config["clusters"][0]["name"], "user": "foldline-operator"}}
+    ]
     config["current-context"] = "operator"
     target.write_text(yaml.safe_dump(config))
     target.chmod(0o600)
@@ -89,8 +112,13 @@ def _operator_kubeconfig(kube: Kube, admin_kubeconfig: Path, target: Path) -> Pa
 
 
 @pytest.fixture(scope="session")
-def operator(kube: Kube, kubeconfig: Path, crds: list[dict[str, Any]], kafka_bootstrap: str,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    kube: Kube,
+    kubeconfig: Path,
+    crds: list[dict[str, Any]],
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
     """The operator, running for the whole session (a test may kill and restart it)."""
     logs = tmp_path_factory.mktemp("operator")
     kube.apply({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": PEERING}})

@@ -87,8 +87,12 @@ def start_control_plane(repo_root: Path) -> Path:
         first = _tail(result.stderr, 60)
         result = _run(repo_root, "start", START_TIMEOUT_S)
         if result.returncode != 0:
-            result = subprocess.CompletedProcess(result.args, result.returncode, result.stdout,
-                                                 f"first attempt:\n{first}\nsecond attempt:\n{result.stderr}")
+            result = subprocess.CompletedProcess(
+                result.args,
+                result.returncode,
+                result.stdout,
+                f"first attempt:\n{first}\nsecond attempt:\n{result.stderr}",
+            )
     if result.returncode != 0:
         # On failure the script itself prints the tails of the relevant logs
         # (build log or component logs), with its error message last.

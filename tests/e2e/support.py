@@ -77,14 +77,33 @@ class OperatorProcess:
         self.starts += 1
         # A short peering lifetime: a SIGKILLed replica's record (it cannot say goodbye) blocks lower
         # priorities only this long.
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "FOLDLINE_OPERATOR_RESYNC_SECONDS":
-               str(self.resync_seconds), "FOLDLINE_OPERATOR_PEERING_LIFETIME": "10", "FOLDLINE_LOG_FORMAT": "json",
-               "PYTHONPATH": str(REPO), **self.extra_env}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "FOLDLINE_OPERATOR_RESYNC_SECONDS": str(self.resync_seconds),
+            "FOLDLINE_OPERATOR_PEERING_LIFETIME": "10",
+            "FOLDLINE_LOG_FORMAT": "json",
+            "PYTHONPATH": str(REPO),
+            **self.extra_env,
+        }
         with (self.log_dir / f"operator-{self.starts}.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "foldline_operator", "--peering", self.peering, "--priority",
-                 str(self.priority), "--http-port", str(self.port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                [
+                    sys.executable,
+                    "-m",
+                    "foldline_operator",
+                    "--peering",
+                    self.peering,
+                    "--priority",
+                    str(self.priority),
+                    "--http-port",
+                    str(self.port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         wait_for("the operator's /readyz", lambda: self.alive_or_fail() and http_ok(self.port, "/readyz"), 60)
         return self
 
@@ -203,8 +222,12 @@ def run_pod_locally(kube: Kube, pod: dict[str, Any], root: Path) -> LocalPod:
             env[key] = str(port)
     argv = [expand(arg, env) for arg in [*container["command"], *(container.get("args") or ())]]
     bin_dir = str(Path(sys.executable).parent)
-    base = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "HOME": os.environ.get("HOME", "/tmp"),
-            "LANG": "C.UTF-8", "PYTHONPATH": str(REPO)}
+    base = {
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(REPO),
+    }
     log = root / f"{meta['name']}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, env={**base, **env}, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
@@ -223,17 +246,24 @@ def pods_of(kube: Kube, deployment: dict[str, Any]) -> list[dict[str, Any]]:
 def mark_ready(kube: Kube, pod: dict[str, Any]) -> None:
     """What a kubelet reports once the readiness probe passes: Running, Ready."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    ready = [{"type": t, "status": "True", "lastTransitionTime": now}
-             for t in ("Initialized", "ContainersReady", "Ready")]
+    ready = [
+        {"type": t, "status": "True", "lastTransitionTime": now} for t in ("Initialized", "ContainersReady", "Ready")
+    ]
     status = {"phase": "Running", "conditions": ready, "startTime": now}
     meta = pod["metadata"]
-    kube.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
-                 body={"status": status}, content_type="application/merge-patch+json")
+    kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )
 
 
-def start_pods(kube: Kube, deployment_name: str, namespace: str, root: Path, count: int = 1,
-               timeout: float = 90.0) -> list[LocalPod]:
+def start_pods(
+    kube: Kube, deployment_name: str, namespace: str, root: Path, count: int = 1, timeout: float = 90.0
+) -> list[LocalPod]:
     """Run ``count`` of the Deployment's pods locally; mark each Ready once its /readyz says so."""
+
     def deployment_pods() -> list[dict[str, Any]] | None:
         deployment = kube.get("apps/v1", "Deployment", namespace, deployment_name)
         found = pods_of(kube, deployment) if deployment else []
@@ -242,6 +272,7 @@ def start_pods(kube: Kube, deployment_name: str, namespace: str, root: Path, cou
     pods = wait_for(f"{count} pods of {deployment_name}", deployment_pods, 60)[:count]
     started = [run_pod_locally(kube, pod, root) for pod in pods]
     for pod, local in zip(pods, started, strict=True):
+
         def ready(local: LocalPod = local) -> bool:
             if local.proc.poll() is not None:
                 raise AssertionError(f"{local.argv} exited with {local.proc.returncode}:\n{local.log_tail()}")
@@ -253,8 +284,7 @@ def start_pods(kube: Kube, deployment_name: str, namespace: str, root: Path, cou
 
 
 def manifest(kind: str, name: str, namespace: str, spec: dict[str, Any], **meta: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": kind, "metadata": {"name": name, "namespace": namespace, **meta},
-            "spec": spec}
+    return {"apiVersion": API, "kind": kind, "metadata": {"name": name, "namespace": namespace, **meta}, "spec": spec}
 
 
 def create(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
@@ -269,16 +299,23 @@ def create(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
 
 def patch(kube: Kube, kind: str, namespace: str, name: str, body: dict[str, Any], api: str = API) -> dict[str, Any]:
     base = "/api/v1" if api == "v1" else f"/apis/{api}"
-    out = kube.request("PATCH", f"{base}/namespaces/{namespace}/{kind.lower()}s/{name}", body=body,
-                       content_type="application/merge-patch+json")
+    out = kube.request(
+        "PATCH",
+        f"{base}/namespaces/{namespace}/{kind.lower()}s/{name}",
+        body=body,
+        content_type="application/merge-patch+json",
+    )
     assert out is not None
     return out
 
 
 def events_of(kube: Kube, namespace: str, name: str) -> list[tuple[str, str]]:
     items = kube.list("v1", "Event", namespace)
-    return [(e.get("reason", ""), e.get("message", "")) for e in items
-            if (e.get("involvedObject") or {}).get("name") == name]
+    return [
+        (e.get("reason", ""), e.get("message", ""))
+        for e in items
+        if (e.get("involvedObject") or {}).get("name") == name
+    ]
 
 
 def dump(obj: Any) -> str:

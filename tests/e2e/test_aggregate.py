@@ -46,15 +46,20 @@ def esa(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return found
 
 
-def settled(kube: Kube, namespace: str, name: str, type_: str, status: str, reason: str | None = None,
-            timeout: float = 60) -> dict[str, Any]:
+def settled(
+    kube: Kube, namespace: str, name: str, type_: str, status: str, reason: str | None = None, timeout: float = 60
+) -> dict[str, Any]:
     """Wait until the condition reads ``status`` (and ``reason``) for the current generation."""
+
     def probe() -> dict[str, Any] | None:
         obj = esa(kube, namespace, name)
         c = condition(obj, type_)
         generation = obj["metadata"]["generation"]
-        ok = (c.get("status") == status and (reason is None or c.get("reason") == reason)
-              and obj["status"].get("observedGeneration") == generation)
+        ok = (
+            c.get("status") == status
+            and (reason is None or c.get("reason") == reason)
+            and obj["status"].get("observedGeneration") == generation
+        )
         return obj if ok else None
 
     return wait_for(f"{name}: {type_}={status} {reason or ''}", probe, timeout)
@@ -64,17 +69,36 @@ def deployment(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return wait_for(f"Deployment {name}", lambda: kube.get("apps/v1", "Deployment", namespace, name))
 
 
-def test_aggregate_lifecycle(kube: Kube, operator: OperatorProcess, namespace: str, kafka_bootstrap: str,
-                             kafka_admin: AdminClient, aggregate_name: Callable[[], str], tmp_path: Path) -> None:
+def test_aggregate_lifecycle(
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    kafka_bootstrap: str,
+    kafka_admin: AdminClient,
+    aggregate_name: Callable[[], str],
+    tmp_path: Path,
+) -> None:
     name = aggregate_name()
     names = TopicNames(name)
     # Kafka settings through a Secret, as a TLS/SASL cluster would have them (plaintext here).
-    create(kube, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka", "namespace": namespace},
-                  "stringData": {"security.protocol": "plaintext"}})
-    spec = {"aggregate": f"tests.named_invoices:{name.replace('-', '_')}", "image": "foldline:dev",
-            "partitions": 3, "replicationFactor": 1, "retention": {"commands": "2d", "results": "90m"},
-            "kafka": {"bootstrapServers": kafka_bootstrap, "secretRef": {"name": "kafka"}},
-            "handlers": {"replicas": 1, "storage": {"storeKind": "sqlite", "size": "2Gi"}}}
+    create(
+        kube,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "kafka", "namespace": namespace},
+            "stringData": {"security.protocol": "plaintext"},
+        },
+    )
+    spec = {
+        "aggregate": f"tests.named_invoices:{name.replace('-', '_')}",
+        "image": "foldline:dev",
+        "partitions": 3,
+        "replicationFactor": 1,
+        "retention": {"commands": "2d", "results": "90m"},
+        "kafka": {"bootstrapServers": kafka_bootstrap, "secretRef": {"name": "kafka"}},
+        "handlers": {"replicas": 1, "storage": {"storeKind": "sqlite", "size": "2Gi"}},
+    }
     create(kube, manifest(ESA, name, namespace, spec))
 
     # Topics in the real Kafka, with the declared configs.
@@ -101,8 +125,10 @@ def test_aggregate_lifecycle(kube: Kube, operator: OperatorProcess, namespace: s
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert {"name": "FOLDLINE_STORE", "value": "sqlite"} in container["env"]
-    assert {"name": "FOLDLINE_KAFKA_SECURITY_PROTOCOL",
-            "valueFrom": {"secretKeyRef": {"name": "kafka", "key": "security.protocol"}}} in container["env"]
+    assert {
+        "name": "FOLDLINE_KAFKA_SECURITY_PROTOCOL",
+        "valueFrom": {"secretKeyRef": {"name": "kafka", "key": "security.protocol"}},
+    } in container["env"]
     assert {"name": "state", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
     assert kube.get("policy/v1", "PodDisruptionBudget", namespace, f"{name}-command-handler") is not None
 
@@ -122,8 +148,12 @@ def test_aggregate_lifecycle(kube: Kube, operator: OperatorProcess, namespace: s
         # Scaling: the spec, and the scale subresource, reach the Deployment.
         patch(kube, ESA, namespace, name, {"spec": {"handlers": {"replicas": 2}}})
         wait_for("2 replicas", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 2)
-        kube.request("PATCH", f"/apis/{API}/namespaces/{namespace}/eventsourcedaggregates/{name}/scale",
-                     body={"spec": {"replicas": 3}}, content_type="application/merge-patch+json")
+        kube.request(
+            "PATCH",
+            f"/apis/{API}/namespaces/{namespace}/eventsourcedaggregates/{name}/scale",
+            body={"spec": {"replicas": 3}},
+            content_type="application/merge-patch+json",
+        )
         wait_for("3 replicas", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 3)
         before = deployment(kube, namespace, f"{name}-command-handler")
 
@@ -142,8 +172,10 @@ def test_aggregate_lifecycle(kube: Kube, operator: OperatorProcess, namespace: s
         refused = settled(kube, namespace, name, "TopicsReady", "False", "PartitionGrowthRefused")
         assert "allowPartitionGrowth" in condition(refused, "TopicsReady")["message"]
         assert all(topic_state(kafka_admin, t)[0] == 3 for t in names.all())  # type: ignore[index]
-        assert deployment(kube, namespace, f"{name}-command-handler")["metadata"]["generation"] == \
-            before["metadata"]["generation"]
+        assert (
+            deployment(kube, namespace, f"{name}-command-handler")["metadata"]["generation"]
+            == before["metadata"]["generation"]
+        )
 
         # With the opt-in, every topic grows, and the replicas asked for meanwhile are applied.
         patch(kube, ESA, namespace, name, {"spec": {"allowPartitionGrowth": True}})
@@ -151,59 +183,94 @@ def test_aggregate_lifecycle(kube: Kube, operator: OperatorProcess, namespace: s
         assert all(topic_state(kafka_admin, t)[0] == 4 for t in names.all())  # type: ignore[index]
         wait_for("1 replica", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 1)
         reasons = {reason for reason, _ in events_of(kube, namespace, name)}
-        assert {"TopicCreated", "DeploymentCreated", "DeploymentUpdated", "PartitionShrinkRefused",
-                "PartitionGrowthRefused", "TopicGrown"} <= reasons
+        assert {
+            "TopicCreated",
+            "DeploymentCreated",
+            "DeploymentUpdated",
+            "PartitionShrinkRefused",
+            "PartitionGrowthRefused",
+            "TopicGrown",
+        } <= reasons
     finally:
         for p in local:
             p.stop()
     assert 'foldline_operator_reconciles_total{kind="EventSourcedAggregate",result="ready"}' in operator.metrics()
 
 
-def test_pause_annotation_stops_reconciliation(kube: Kube, operator: OperatorProcess, namespace: str,
-                                              kafka_bootstrap: str, aggregate_name: Callable[[], str]) -> None:
+def test_pause_annotation_stops_reconciliation(
+    kube: Kube, operator: OperatorProcess, namespace: str, kafka_bootstrap: str, aggregate_name: Callable[[], str]
+) -> None:
     name = aggregate_name()
-    spec = {"aggregate": f"tests.named_invoices:{name.replace('-', '_')}", "image": "foldline:dev",
-            "partitions": 2, "replicationFactor": 1, "kafka": {"bootstrapServers": kafka_bootstrap}}
+    spec = {
+        "aggregate": f"tests.named_invoices:{name.replace('-', '_')}",
+        "image": "foldline:dev",
+        "partitions": 2,
+        "replicationFactor": 1,
+        "kafka": {"bootstrapServers": kafka_bootstrap},
+    }
     create(kube, manifest(ESA, name, namespace, spec))
     settled(kube, namespace, name, "TopicsReady", "True")
     deployment(kube, namespace, f"{name}-command-handler")
-    patch(kube, ESA, namespace, name, {"metadata": {"annotations": {"foldline.io/paused": "true"}},
-                                      "spec": {"handlers": {"replicas": 2}}})
+    patch(
+        kube,
+        ESA,
+        namespace,
+        name,
+        {"metadata": {"annotations": {"foldline.io/paused": "true"}}, "spec": {"handlers": {"replicas": 2}}},
+    )
     paused = wait_for("paused", lambda: (o := esa(kube, namespace, name))["status"].get("paused") and o)
     assert condition(paused, "Ready")["reason"] == "Paused"
     assert paused["status"]["observedGeneration"] < paused["metadata"]["generation"]
     assert deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 1
     patch(kube, ESA, namespace, name, {"metadata": {"annotations": {"foldline.io/paused": None}}})
-    wait_for("unpaused: 2 replicas",
-             lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 2)
+    wait_for(
+        "unpaused: 2 replicas", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 2
+    )
 
 
-def test_autoscaling_follows_lag(kube: Kube, operator: OperatorProcess, namespace: str, kafka_bootstrap: str,
-                                 aggregate_name: Callable[[], str]) -> None:
+def test_autoscaling_follows_lag(
+    kube: Kube, operator: OperatorProcess, namespace: str, kafka_bootstrap: str, aggregate_name: Callable[[], str]
+) -> None:
     name = aggregate_name()
-    spec = {"aggregate": f"tests.named_invoices:{name.replace('-', '_')}", "image": "foldline:dev",
-            "partitions": 3, "replicationFactor": 1, "kafka": {"bootstrapServers": kafka_bootstrap},
-            "handlers": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "lagPerReplica": 4,
-                                         "cooldownSeconds": 600}}}
+    spec = {
+        "aggregate": f"tests.named_invoices:{name.replace('-', '_')}",
+        "image": "foldline:dev",
+        "partitions": 3,
+        "replicationFactor": 1,
+        "kafka": {"bootstrapServers": kafka_bootstrap},
+        "handlers": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "lagPerReplica": 4, "cooldownSeconds": 600}},
+    }
     create(kube, manifest(ESA, name, namespace, spec))
     settled(kube, namespace, name, "TopicsReady", "True")
-    wait_for("1 replica at no lag",
-             lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 1)
+    wait_for(
+        "1 replica at no lag", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 1
+    )
     # No handler runs, so every command is lag: 9 / 4 per replica -> 3 replicas (= partitions).
-    send(kafka_bootstrap, TopicNames(name).commands,
-         [command(f"inv-{i}", "CreateInvoice", CREATE) for i in range(9)])
+    send(kafka_bootstrap, TopicNames(name).commands, [command(f"inv-{i}", "CreateInvoice", CREATE) for i in range(9)])
     scaled = wait_for("lag 9", lambda: (o := esa(kube, namespace, name))["status"].get("lag") == 9 and o)
     wait_for("3 replicas", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 3)
     assert scaled["status"]["lastScaleTime"]
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])
-def test_deletion_policy(kube: Kube, operator: OperatorProcess, namespace: str, kafka_bootstrap: str,
-                         kafka_admin: AdminClient, aggregate_name: Callable[[], str], policy: str) -> None:
+def test_deletion_policy(
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    kafka_bootstrap: str,
+    kafka_admin: AdminClient,
+    aggregate_name: Callable[[], str],
+    policy: str,
+) -> None:
     name = aggregate_name()
-    spec = {"aggregate": f"tests.named_invoices:{name.replace('-', '_')}", "image": "foldline:dev",
-            "partitions": 1, "replicationFactor": 1, "deletionPolicy": policy,
-            "kafka": {"bootstrapServers": kafka_bootstrap}}
+    spec = {
+        "aggregate": f"tests.named_invoices:{name.replace('-', '_')}",
+        "image": "foldline:dev",
+        "partitions": 1,
+        "replicationFactor": 1,
+        "deletionPolicy": policy,
+        "kafka": {"bootstrapServers": kafka_bootstrap},
+    }
     create(kube, manifest(ESA, name, namespace, spec))
     settled(kube, namespace, name, "TopicsReady", "True")
     assert "foldline.io/finalizer" in esa(kube, namespace, name)["metadata"]["finalizers"]

@@ -19,8 +19,12 @@ PAUSED = {"annotations": {"foldline.io/paused": "true"}}
 
 
 def esa_spec(**overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"aggregate": "foldline.examples.invoices:Invoices", "image": "foldline:dev",
-                            "partitions": 3, "kafka": {"bootstrapServers": "127.0.0.1:1"}}
+    spec: dict[str, Any] = {
+        "aggregate": "foldline.examples.invoices:Invoices",
+        "image": "foldline:dev",
+        "partitions": 3,
+        "kafka": {"bootstrapServers": "127.0.0.1:1"},
+    }
     spec.update(overrides)
     return spec
 
@@ -34,8 +38,12 @@ def rejected(kube: Kube, obj: dict[str, Any]) -> str:
 
 def test_crds_are_established_with_short_names_and_columns(kube: Kube, crds: list[dict[str, Any]]) -> None:
     names = {c["metadata"]["name"] for c in crds}
-    assert {"eventsourcedaggregates.foldline.io", "projections.foldline.io", "clusterkopfpeerings.kopf.dev",
-            "kopfpeerings.kopf.dev"} <= names
+    assert {
+        "eventsourcedaggregates.foldline.io",
+        "projections.foldline.io",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    } <= names
     served = kube.request("GET", "/apis/foldline.io/v1alpha1")
     assert served is not None
     resources = {r["name"]: r for r in served["resources"]}
@@ -60,19 +68,25 @@ def test_defaults_are_applied(kube: Kube, namespace: str) -> None:
     assert spec["gateway"] == {"enabled": False, "replicas": 1}
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"handlers": {"replicas": 4}}, "spec.handlers.replicas must not exceed spec.partitions"),
-    ({"handlers": {"autoscaling": {"maxReplicas": 5}}}, "autoscaling.maxReplicas must not exceed spec.partitions"),
-    ({"handlers": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}},
-     "autoscaling.minReplicas must not exceed maxReplicas"),
-    ({"deletionPolicy": "Nope"}, 'supported values: "Retain", "Delete"'),
-    ({"partitions": 0}, "should be greater than or equal to 1"),
-    ({"aggregate": "no-colon"}, "spec.aggregate"),
-    ({"retention": {"commands": "7 days"}}, "spec.retention.commands"),
-    ({"handlers": {"storage": {"storeKind": "redis"}}}, 'supported values: "lmdb", "sqlite", "rocksdb"'),
-])
-def test_invalid_aggregates_are_rejected_with_the_schema_message(kube: Kube, namespace: str,
-                                                                 overrides: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"handlers": {"replicas": 4}}, "spec.handlers.replicas must not exceed spec.partitions"),
+        ({"handlers": {"autoscaling": {"maxReplicas": 5}}}, "autoscaling.maxReplicas must not exceed spec.partitions"),
+        (
+            {"handlers": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}},
+            "autoscaling.minReplicas must not exceed maxReplicas",
+        ),
+        ({"deletionPolicy": "Nope"}, 'supported values: "Retain", "Delete"'),
+        ({"partitions": 0}, "should be greater than or equal to 1"),
+        ({"aggregate": "no-colon"}, "spec.aggregate"),
+        ({"retention": {"commands": "7 days"}}, "spec.retention.commands"),
+        ({"handlers": {"storage": {"storeKind": "redis"}}}, 'supported values: "lmdb", "sqlite", "rocksdb"'),
+    ],
+)
+def test_invalid_aggregates_are_rejected_with_the_schema_message(
+    kube: Kube, namespace: str, overrides: dict[str, Any], message: str
+) -> None:
     error = rejected(kube, manifest(ESA, "bad", namespace, esa_spec(**overrides), **PAUSED))
     assert message in error
 
@@ -84,13 +98,20 @@ def test_long_names_and_immutable_fields(kube: Kube, namespace: str) -> None:
     with pytest.raises(KubeError, match=re.escape("spec.aggregateName is immutable")):
         patch(kube, ESA, namespace, "named", {"spec": {"aggregateName": "renamed"}})
     with pytest.raises(KubeError, match=re.escape("spec.handlers.replicas must not exceed spec.partitions")):
-        kube.request("PATCH", f"/apis/foldline.io/v1alpha1/namespaces/{namespace}/eventsourcedaggregates/named/scale",
-                     body={"spec": {"replicas": 9}}, content_type="application/merge-patch+json")
+        kube.request(
+            "PATCH",
+            f"/apis/foldline.io/v1alpha1/namespaces/{namespace}/eventsourcedaggregates/named/scale",
+            body={"spec": {"replicas": 9}},
+            content_type="application/merge-patch+json",
+        )
 
 
 def test_projection_rules(kube: Kube, namespace: str) -> None:
-    spec = {"aggregateRef": {"name": "inv"}, "projector": "foldline.examples.invoices.views:InvoiceList",
-            "database": {"secretRef": {"name": "db"}}}
+    spec = {
+        "aggregateRef": {"name": "inv"},
+        "projector": "foldline.examples.invoices.views:InvoiceList",
+        "database": {"secretRef": {"name": "db"}},
+    }
     created = create(kube, manifest("Projection", "list", namespace, spec, **PAUSED))
     assert created["spec"]["revision"] == 1
     assert created["spec"]["source"] == "snapshots"
@@ -111,6 +132,5 @@ def test_the_example_manifests_are_accepted(kube: Kube, namespace: str) -> None:
     for doc in yaml.safe_load_all((REPO / "manifests" / "examples" / "invoices.yaml").read_text()):
         plural = doc["kind"].lower() + "s"
         base = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
-        accepted = kube.request("POST", f"{base}/namespaces/{namespace}/{plural}", body=doc,
-                                query={"dryRun": "All"})
+        accepted = kube.request("POST", f"{base}/namespaces/{namespace}/{plural}", body=doc, query={"dryRun": "All"})
         assert accepted is not None and accepted["metadata"]["name"] == doc["metadata"]["name"]

@@ -19,15 +19,24 @@ from tests.e2e.test_aggregate import topic_state
 
 pytestmark = pytest.mark.e2e
 
-OWNED = [("apps/v1", "Deployment", "command-handler"), ("policy/v1", "PodDisruptionBudget", "command-handler"),
-         ("apps/v1", "Deployment", "gateway"), ("v1", "Service", "gateway"),
-         ("policy/v1", "PodDisruptionBudget", "gateway")]
+OWNED = [
+    ("apps/v1", "Deployment", "command-handler"),
+    ("policy/v1", "PodDisruptionBudget", "command-handler"),
+    ("apps/v1", "Deployment", "gateway"),
+    ("v1", "Service", "gateway"),
+    ("policy/v1", "PodDisruptionBudget", "gateway"),
+]
 
 
 def spec_for(name: str, bootstrap: str) -> dict[str, Any]:
-    return {"aggregate": f"tests.named_invoices:{name.replace('-', '_')}", "image": "foldline:dev",
-            "partitions": 3, "replicationFactor": 1, "kafka": {"bootstrapServers": bootstrap},
-            "retention": {"commands": "3d"}}
+    return {
+        "aggregate": f"tests.named_invoices:{name.replace('-', '_')}",
+        "image": "foldline:dev",
+        "partitions": 3,
+        "replicationFactor": 1,
+        "kafka": {"bootstrapServers": bootstrap},
+        "retention": {"commands": "3d"},
+    }
 
 
 CHANGE = {"spec": {"handlers": {"replicas": 2}, "gateway": {"enabled": True, "replicas": 2}}}
@@ -56,21 +65,29 @@ def end_state(kube: Kube, admin: AdminClient, namespace: str, name: str) -> dict
 def converged(kube: Kube, namespace: str, name: str) -> bool:
     obj = kube.get(API, ESA, namespace, name) or {}
     status = obj.get("status") or {}
-    return (status.get("observedGeneration") == obj["metadata"]["generation"]
-            and condition(obj, "TopicsReady").get("status") == "True"
-            and kube.get("policy/v1", "PodDisruptionBudget", namespace, f"{name}-gateway") is not None
-            and (kube.get("apps/v1", "Deployment", namespace, f"{name}-command-handler") or {})
-            .get("spec", {}).get("replicas") == 2)
+    return (
+        status.get("observedGeneration") == obj["metadata"]["generation"]
+        and condition(obj, "TopicsReady").get("status") == "True"
+        and kube.get("policy/v1", "PodDisruptionBudget", namespace, f"{name}-gateway") is not None
+        and (kube.get("apps/v1", "Deployment", namespace, f"{name}-command-handler") or {})
+        .get("spec", {})
+        .get("replicas")
+        == 2
+    )
 
 
 def test_sigkilled_operator_converges_to_the_same_end_state(
-        kube: Kube, operator: OperatorProcess, namespace: str, kafka_bootstrap: str, kafka_admin: AdminClient,
-        aggregate_name: Callable[[], str]) -> None:
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    kafka_bootstrap: str,
+    kafka_admin: AdminClient,
+    aggregate_name: Callable[[], str],
+) -> None:
     # Reference: one resource reconciled by an operator that is never interrupted.
     reference = aggregate_name()
     create(kube, manifest(ESA, reference, namespace, spec_for(reference, kafka_bootstrap)))
-    wait_for("reference deployed", lambda: kube.get("apps/v1", "Deployment", namespace,
-                                                    f"{reference}-command-handler"))
+    wait_for("reference deployed", lambda: kube.get("apps/v1", "Deployment", namespace, f"{reference}-command-handler"))
     patch(kube, ESA, namespace, reference, CHANGE)
     wait_for("reference converged", lambda: converged(kube, namespace, reference), 60)
 
@@ -81,8 +98,12 @@ def test_sigkilled_operator_converges_to_the_same_end_state(
     operator.kill()  # in the middle: topics being created, no workloads yet
     patch(kube, ESA, namespace, name, CHANGE)  # changed while no operator runs
     operator.start()
-    wait_for("its gateway Deployment", lambda: kube.get("apps/v1", "Deployment", namespace, f"{name}-gateway"),
-             30, interval=0.02)
+    wait_for(
+        "its gateway Deployment",
+        lambda: kube.get("apps/v1", "Deployment", namespace, f"{name}-gateway"),
+        30,
+        interval=0.02,
+    )
     operator.kill()  # in the middle of applying the workloads
     operator.start()
     wait_for("converged after the restarts", lambda: converged(kube, namespace, name), 60)
@@ -91,21 +112,32 @@ def test_sigkilled_operator_converges_to_the_same_end_state(
 
 
 def test_a_second_replica_with_lower_priority_stays_paused(
-        kube: Kube, operator: OperatorProcess, namespace: str, kafka_bootstrap: str,
-        aggregate_name: Callable[[], str], tmp_path: Path) -> None:
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    kafka_bootstrap: str,
+    aggregate_name: Callable[[], str],
+    tmp_path: Path,
+) -> None:
     standby = OperatorProcess(operator.kubeconfig, tmp_path, operator.peering, priority=0)
     standby.start(priority=1)
     try:
+
         def peers() -> dict[str, Any]:
             found = kube.get("kopf.dev/v1", "ClusterKopfPeering", "", operator.peering) or {}
             return {k: v for k, v in (found.get("status") or {}).items() if v}
 
-        wait_for("both replicas in the peering object", lambda: {1, operator.priority} <= {
-            p["priority"] for p in peers().values()}, 30)
+        wait_for(
+            "both replicas in the peering object",
+            lambda: {1, operator.priority} <= {p["priority"] for p in peers().values()},
+            30,
+        )
         name = aggregate_name()
         create(kube, manifest(ESA, name, namespace, spec_for(name, kafka_bootstrap)))
-        wait_for("deployed by the active replica",
-                 lambda: kube.get("apps/v1", "Deployment", namespace, f"{name}-command-handler"))
+        wait_for(
+            "deployed by the active replica",
+            lambda: kube.get("apps/v1", "Deployment", namespace, f"{name}-command-handler"),
+        )
         wait_for("a few resyncs", lambda: condition(kube.get(API, ESA, namespace, name), "TopicsReady"), 30)
         assert "foldline_operator_reconciles_total{" in operator.metrics()
         assert "foldline_operator_reconciles_total{" not in standby.metrics()  # paused: it never acted

@@ -44,32 +44,79 @@ def projectors(kube: Kube, namespace: str, name: str) -> set[str]:
 
 
 def test_revision_bump_rebuilds_beside_the_serving_revision(
-        kube: Kube, operator: OperatorProcess, namespace: str, kafka_bootstrap: str,
-        aggregate_name: Callable[[], str], tmp_path: Path) -> None:
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    kafka_bootstrap: str,
+    aggregate_name: Callable[[], str],
+    tmp_path: Path,
+) -> None:
     agg = aggregate_name()
-    create(kube, manifest(ESA, agg, namespace, {
-        "aggregate": f"tests.named_invoices:{agg.replace('-', '_')}", "image": "foldline:dev", "partitions": 2,
-        "replicationFactor": 1, "kafka": {"bootstrapServers": kafka_bootstrap}}))
+    create(
+        kube,
+        manifest(
+            ESA,
+            agg,
+            namespace,
+            {
+                "aggregate": f"tests.named_invoices:{agg.replace('-', '_')}",
+                "image": "foldline:dev",
+                "partitions": 2,
+                "replicationFactor": 1,
+                "kafka": {"bootstrapServers": kafka_bootstrap},
+            },
+        ),
+    )
     database = tmp_path / "views.db"
-    create(kube, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "views-db", "namespace": namespace},
-                  "stringData": {"url": f"sqlite:///{database}"}})
+    create(
+        kube,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "views-db", "namespace": namespace},
+            "stringData": {"url": f"sqlite:///{database}"},
+        },
+    )
     local: list[LocalPod] = []
     try:
         local += start_pods(kube, f"{agg}-command-handler", namespace, tmp_path)
-        send(kafka_bootstrap, TopicNames(agg).commands,
-             [command(f"inv-{i}", "CreateInvoice", {**CREATE, "customer": f"c{i}"}) for i in range(20)])
+        send(
+            kafka_bootstrap,
+            TopicNames(agg).commands,
+            [command(f"inv-{i}", "CreateInvoice", {**CREATE, "customer": f"c{i}"}) for i in range(20)],
+        )
         wait_for_results(kafka_bootstrap, agg, 20, timeout=60)
 
-        create(kube, manifest("Projection", "invoice-list", namespace, {
-            "aggregateRef": {"name": agg}, "projector": "tests.e2e.views:invoice_list_r1", "revision": 1,
-            "database": {"secretRef": {"name": "views-db"}}}))
-        r1 = wait_for("projector r1", lambda: kube.get("apps/v1", "Deployment", namespace,
-                                                       "invoice-list-projector-r1"))
+        create(
+            kube,
+            manifest(
+                "Projection",
+                "invoice-list",
+                namespace,
+                {
+                    "aggregateRef": {"name": agg},
+                    "projector": "tests.e2e.views:invoice_list_r1",
+                    "revision": 1,
+                    "database": {"secretRef": {"name": "views-db"}},
+                },
+            ),
+        )
+        r1 = wait_for("projector r1", lambda: kube.get("apps/v1", "Deployment", namespace, "invoice-list-projector-r1"))
         container = r1["spec"]["template"]["spec"]["containers"][0]
-        assert container["command"] == ["foldline", "projector", "--projection", "tests.e2e.views:invoice_list_r1",
-                                        "--aggregate-name", agg, "--view-name", "invoice-list"]
-        assert {"name": "FOLDLINE_PROJECTION_DATABASE", "valueFrom": {"secretKeyRef": {
-            "name": "views-db", "key": "url"}}} in container["env"]
+        assert container["command"] == [
+            "foldline",
+            "projector",
+            "--projection",
+            "tests.e2e.views:invoice_list_r1",
+            "--aggregate-name",
+            agg,
+            "--view-name",
+            "invoice-list",
+        ]
+        assert {
+            "name": "FOLDLINE_PROJECTION_DATABASE",
+            "valueFrom": {"secretKeyRef": {"name": "views-db", "key": "url"}},
+        } in container["env"]
         local += start_pods(kube, "invoice-list-projector-r1", namespace, tmp_path)
 
         def ready() -> dict[str, Any] | None:
@@ -82,20 +129,35 @@ def test_revision_bump_rebuilds_beside_the_serving_revision(
         wait_for("revision 1 caught up", lambda: projection(kube, namespace, "invoice-list")["status"]["lag"] == 0, 60)
 
         # The bump: a second projector beside the first, which keeps serving; status shows the rebuild.
-        patch(kube, "Projection", namespace, "invoice-list",
-              {"spec": {"revision": 2, "projector": "tests.e2e.views:invoice_list_r2"}})
-        wait_for("both projectors", lambda: projectors(kube, namespace, "invoice-list") == {
-            "invoice-list-projector-r1", "invoice-list-projector-r2"})
-        rebuilding = wait_for("rebuild in status", lambda: (p := projection(kube, namespace, "invoice-list"))
-                              ["status"].get("rebuild") and p)
+        patch(
+            kube,
+            "Projection",
+            namespace,
+            "invoice-list",
+            {"spec": {"revision": 2, "projector": "tests.e2e.views:invoice_list_r2"}},
+        )
+        wait_for(
+            "both projectors",
+            lambda: (
+                projectors(kube, namespace, "invoice-list")
+                == {"invoice-list-projector-r1", "invoice-list-projector-r2"}
+            ),
+        )
+        rebuilding = wait_for(
+            "rebuild in status",
+            lambda: (p := projection(kube, namespace, "invoice-list"))["status"].get("rebuild") and p,
+        )
         assert rebuilding["status"]["rebuild"]["revision"] == 2
         assert rebuilding["status"]["rebuild"]["progress"] == 0.0  # its projector has not started yet
         assert rebuilding["status"]["activeRevision"] == 1
         assert condition(rebuilding, "RevisionActive")["reason"] == "Rebuilding"
 
         local += start_pods(kube, "invoice-list-projector-r2", namespace, tmp_path)
-        switched = wait_for("revision 2 active", lambda: (p := projection(kube, namespace, "invoice-list"))
-                            ["status"].get("activeRevision") == 2 and p, 90)
+        switched = wait_for(
+            "revision 2 active",
+            lambda: (p := projection(kube, namespace, "invoice-list"))["status"].get("activeRevision") == 2 and p,
+            90,
+        )
         wait_for("r1 retired", lambda: projectors(kube, namespace, "invoice-list") == {"invoice-list-projector-r2"})
         try:
             done = wait_for("revision 2 ready", ready, 120)

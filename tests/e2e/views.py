@@ -8,6 +8,6 @@ from foldline.examples.invoices.views import InvoiceList
 
 def __getattr__(attr: str) -> type[InvoiceList]:
     prefix = "invoice_list_r"
-    if not attr.startswith(prefix) or not attr[len(prefix):].isdigit():
+    if not attr.startswith(prefix) or not attr[len(prefix) :].isdigit():
         raise AttributeError(attr)
-    return type(f"InvoiceListR{attr[len(prefix):]}", (InvoiceList,), {"revision": int(attr[len(prefix):])})
+    return type(f"InvoiceListR{attr[len(prefix) :]}", (InvoiceList,), {"revision": int(attr[len(prefix) :])})

@@ -20,11 +20,16 @@ def run_handler(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., 
     """Start a command handler in a thread of this process; all are stopped at the end of the test."""
     running: list[tuple[CommandHandler, threading.Thread]] = []
 
-    def start(aggregate: Aggregate, *, state_dir: Path | None = None, store: str = HandlerSettings.store,
-              **overrides: object) -> CommandHandler:
-        settings = HandlerSettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
-                                   state_dir=state_dir or tmp_path / "state", store=store,
-                                   instance_id=uuid.uuid4().hex[:8], commit_interval_ms=20).with_changes(**overrides)
+    def start(
+        aggregate: Aggregate, *, state_dir: Path | None = None, store: str = HandlerSettings.store, **overrides: object
+    ) -> CommandHandler:
+        settings = HandlerSettings(
+            kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+            state_dir=state_dir or tmp_path / "state",
+            store=store,
+            instance_id=uuid.uuid4().hex[:8],
+            commit_interval_ms=20,
+        ).with_changes(**overrides)
         handler = build_command_handler(AggregateSpec(aggregate), settings)
         thread = threading.Thread(target=handler.run, daemon=True)
         thread.start()

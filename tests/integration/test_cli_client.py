@@ -36,11 +36,18 @@ def cli_stack(kafka_bootstrap, invoices_aggregate, run_handler, tmp_path):
     projector = build_projector(spec, ProjectorSettings(kafka=kafka, database=database, batch_wait_ms=5))
     thread = threading.Thread(target=projector.run, daemon=True)
     thread.start()
-    gateway = Gateway([AggregateSpec(cls())], GatewaySettings(kafka=kafka, host="127.0.0.1"),
-                      ViewService(database, {"invoice-list": cls.name}, opener=open_target))
+    gateway = Gateway(
+        [AggregateSpec(cls())],
+        GatewaySettings(kafka=kafka, host="127.0.0.1"),
+        ViewService(database, {"invoice-list": cls.name}, opener=open_target),
+    )
     with GatewayServer(gateway) as server:
-        env = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "FOLDLINE_GATEWAY_URL": server.url,
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "FOLDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "FOLDLINE_GATEWAY_URL": server.url,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        }
         env.pop("FOLDLINE_GATEWAY_TOKEN", None)
         yield cls.name, env
     projector.stop()
@@ -48,8 +55,14 @@ def cli_stack(kafka_bootstrap, invoices_aggregate, run_handler, tmp_path):
 
 
 def foldline(env, *args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "foldline.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "foldline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_submit_prints_results_readably(cli_stack):
@@ -65,8 +78,17 @@ def test_submit_prints_results_readably(cli_stack):
     done = foldline(env, "submit", agg, "inv-1", "SendInvoice", "--expected-version", "5")
     assert done.returncode == 1 and done.stdout.startswith("conflict")
 
-    done = foldline(env, "submit", agg, "inv-1", "AddLineItem", '{"line_id": "a", "description": "Work", '
-                    '"quantity": 2, "unit_price": "50.00"}', "--expected-version", "1", "--json")
+    done = foldline(
+        env,
+        "submit",
+        agg,
+        "inv-1",
+        "AddLineItem",
+        '{"line_id": "a", "description": "Work", "quantity": 2, "unit_price": "50.00"}',
+        "--expected-version",
+        "1",
+        "--json",
+    )
     assert done.returncode == 0 and json.loads(done.stdout)["version"] == 2
 
     done = foldline(env, "submit", agg, "inv-1", "AddLineItem", "{not json")
@@ -113,8 +135,13 @@ def test_tail_decodes_every_topic_and_stops_on_ctrl_c(cli_stack):
     assert done.returncode == 2 and "does not exist" in done.stderr
 
     # Following the end: a record sent now shows up; Ctrl-C stops it cleanly (exit 0, no traceback).
-    proc = subprocess.Popen([sys.executable, "-m", "foldline.cli", "tail", f"{agg}.command-results"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "foldline.cli", "tail", f"{agg}.command-results"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     try:
         assert "Ctrl-C stops" in proc.stderr.readline()
@@ -124,8 +151,9 @@ def test_tail_decodes_every_topic_and_stops_on_ctrl_c(cli_stack):
         with httpx.Client(base_url=env["FOLDLINE_GATEWAY_URL"], timeout=30) as client:
             # Sent until one shows: a record sent before tail resolved "the end" is (rightly) not shown.
             for attempt in range(20):
-                r = client.post(f"/aggregates/{agg}/commands",
-                                json={"aggregate_id": f"inv-live-{attempt}", "type": "SendInvoice"})
+                r = client.post(
+                    f"/aggregates/{agg}/commands", json={"aggregate_id": f"inv-live-{attempt}", "type": "SendInvoice"}
+                )
                 assert r.status_code == 422
                 if ready.select(timeout=2.0):
                     line = proc.stdout.readline()

@@ -18,14 +18,23 @@ def test_demo_once_walks_an_invoice_and_stops_cleanly(kafka_bootstrap):
     # one the session runs, as `make demo` would after `make kafka-up`).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for run in range(2):  # a second run works as well: a fresh invoice id, a fresh run directory
-        done = subprocess.run([sys.executable, "-m", "foldline.cli", "demo", "--once", "--port", "0"], env=env,
-                              capture_output=True, text=True, timeout=400, cwd=REPO, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "foldline.cli", "demo", "--once", "--port", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+            cwd=REPO,
+            check=False,
+        )
         out = done.stdout + done.stderr
         assert done.returncode == 0, out
-        for expected in ("-> 200 accepted, version 1 (InvoiceCreated)",
-                         "invoice-line-items @v4: a: Consulting (days) 3 x 100.00 = 300.00",
-                         "-> 422 rejected: payment 250.00 exceeds the balance 200.00",
-                         "-> 200 accepted, version 8 (PaymentRecorded, InvoicePaid)",
-                         "status=paid currency=EUR total=300.00 balance=0.00"):
+        for expected in (
+            "-> 200 accepted, version 1 (InvoiceCreated)",
+            "invoice-line-items @v4: a: Consulting (days) 3 x 100.00 = 300.00",
+            "-> 422 rejected: payment 250.00 exceeds the balance 200.00",
+            "-> 200 accepted, version 8 (PaymentRecorded, InvoicePaid)",
+            "status=paid currency=EUR total=300.00 balance=0.00",
+        ):
             assert expected in out, (run, expected, out)
         assert out.count("stopped (ok)") == 5, out

@@ -27,8 +27,10 @@ def workload(aggregates: int, per_aggregate: int, prefix: str = "inv"):
     ids = [f"{prefix}-{i}" for i in range(aggregates)]
     out = [command(a, "CreateInvoice", CREATE) for a in ids]
     for n in range(per_aggregate - 1):
-        out += [command(a, "AddLineItem", {"line_id": f"l{n}", "description": "work", "quantity": 1,
-                                           "unit_price": "1.00"}) for a in ids]
+        out += [
+            command(a, "AddLineItem", {"line_id": f"l{n}", "description": "work", "quantity": 1, "unit_price": "1.00"})
+            for a in ids
+        ]
     return out
 
 
@@ -39,7 +41,7 @@ def stream(bootstrap, topic, cmds, seconds: float) -> threading.Thread:
     def run():
         size = -(-len(cmds) // slices)
         for i in range(0, len(cmds), size):
-            send(bootstrap, topic, cmds[i:i + size])
+            send(bootstrap, topic, cmds[i : i + size])
             time.sleep(seconds / slices)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -120,8 +122,7 @@ def test_rebalance_moves_stores_and_state_stays_exact(kafka_bootstrap, invoices_
 
 
 @pytest.mark.parametrize("store", store_kinds())
-def test_wiped_store_is_rebuilt_and_versions_go_on(kafka_bootstrap, invoices_aggregate, run_handler, tmp_path,
-                                                   store):
+def test_wiped_store_is_rebuilt_and_versions_go_on(kafka_bootstrap, invoices_aggregate, run_handler, tmp_path, store):
     import shutil
 
     cls = invoices_aggregate(partitions=2)
@@ -135,8 +136,15 @@ def test_wiped_store_is_rebuilt_and_versions_go_on(kafka_bootstrap, invoices_agg
     time.sleep(1.5)
     shutil.rmtree(state)
     # Each next command states the version it expects: only a correctly rebuilt store accepts them.
-    more = [command(f"wipe-{i}", "AddLineItem", {"line_id": "late", "description": "d", "quantity": 1,
-                                                  "unit_price": "2.00"}, expected_version=3) for i in range(50)]
+    more = [
+        command(
+            f"wipe-{i}",
+            "AddLineItem",
+            {"line_id": "late", "description": "d", "quantity": 1, "unit_price": "2.00"},
+            expected_version=3,
+        )
+        for i in range(50)
+    ]
     send(kafka_bootstrap, names.commands, more)
     run_handler(cls(), state_dir=state, store=store)
     got = {r.command_id: r for r in wait_for_results(kafka_bootstrap, cls.name, len(first) + len(more))}

@@ -29,8 +29,9 @@ LINE = {"line_id": "a", "description": "Consulting", "quantity": 3, "unit_price"
 
 
 def settings(bootstrap: str, **changes) -> GatewaySettings:
-    return GatewaySettings(kafka=KafkaSettings(bootstrap_servers=bootstrap), host="127.0.0.1",
-                           command_timeout_s=20.0).with_changes(**changes)
+    return GatewaySettings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap), host="127.0.0.1", command_timeout_s=20.0
+    ).with_changes(**changes)
 
 
 @pytest.fixture
@@ -77,24 +78,33 @@ def test_client_command_id_is_idempotent(stack):
     assert again.json()["version"] == 1 and again.json()["duplicate"] is True
 
 
-@pytest.mark.parametrize(("raw", "code"), [
-    (b"{", "malformed_json"),
-    (b"\xff\xfe", "malformed_json"),
-    (b"", "malformed_json"),
-    (b"[1, 2]", "invalid_envelope"),
-    (b'{"aggregate_id": "x", "type": "CreateInvoice", "payload": [1]}', "invalid_envelope"),
-    (b'{"aggregate_id": "", "type": "CreateInvoice"}', "invalid_envelope"),
-    (b'{"aggregate_id": "x", "type": "SendInvoice", "expected_version": -1}', "invalid_envelope"),
-    (b'{"aggregate_id": "x", "type": "SendInvoice", "expected_version": true}', "invalid_envelope"),
-    (b'{"aggregate_id": "x", "type": "SendInvoice", "command_id": "a/b"}', "invalid_envelope"),
-    (b'{"aggregate_id": "x", "type": "SendInvoice", "colour": "red"}', "invalid_envelope"),
-    (b'{"aggregate_id": "x", "type": "AddLineItem", "payload": {"line_id": "a"}}', "invalid_payload"),
-    (b'{"aggregate_id": "x", "type": "RecordPayment", "payload": {"payment_id": "p", "amount": "-1", '
-     b'"currency": "EUR"}}', "invalid_payload"),
-    (b'{"aggregate_id": "x", "type": "CreateInvoice", "payload": {"customer": "A", "currency": "EUR", '
-     b'"issue_date": "2026-13-45", "due_date": "2026-12-01"}}', "invalid_payload"),
-    (b"[" * 100_0 + b"]" * 100_0, "malformed_json"),
-])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{", "malformed_json"),
+        (b"\xff\xfe", "malformed_json"),
+        (b"", "malformed_json"),
+        (b"[1, 2]", "invalid_envelope"),
+        (b'{"aggregate_id": "x", "type": "CreateInvoice", "payload": [1]}', "invalid_envelope"),
+        (b'{"aggregate_id": "", "type": "CreateInvoice"}', "invalid_envelope"),
+        (b'{"aggregate_id": "x", "type": "SendInvoice", "expected_version": -1}', "invalid_envelope"),
+        (b'{"aggregate_id": "x", "type": "SendInvoice", "expected_version": true}', "invalid_envelope"),
+        (b'{"aggregate_id": "x", "type": "SendInvoice", "command_id": "a/b"}', "invalid_envelope"),
+        (b'{"aggregate_id": "x", "type": "SendInvoice", "colour": "red"}', "invalid_envelope"),
+        (b'{"aggregate_id": "x", "type": "AddLineItem", "payload": {"line_id": "a"}}', "invalid_payload"),
+        (
+            b'{"aggregate_id": "x", "type": "RecordPayment", "payload": {"payment_id": "p", "amount": "-1", '
+            b'"currency": "EUR"}}',
+            "invalid_payload",
+        ),
+        (
+            b'{"aggregate_id": "x", "type": "CreateInvoice", "payload": {"customer": "A", "currency": "EUR", '
+            b'"issue_date": "2026-13-45", "due_date": "2026-12-01"}}',
+            "invalid_payload",
+        ),
+        (b"[" * 100_0 + b"]" * 100_0, "malformed_json"),
+    ],
+)
 def test_bad_bodies_are_400_and_never_reach_kafka(stack, raw, code):
     agg, _, client, _ = stack
     r = client.post(f"/aggregates/{agg}/commands", content=raw, headers={"content-type": "application/json"})
@@ -161,16 +171,20 @@ def test_wait_false_answers_202_and_the_result_appears(stack):
 
 def test_sse_stream_delivers_results_as_they_arrive(stack):
     agg, _, client, server = stack
-    with httpx.Client(base_url=server.url, timeout=30) as sse, \
-            sse.stream("GET", f"/aggregates/{agg}/stream", params={"aggregate_id": "inv-s"}) as stream:
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as sse,
+        sse.stream("GET", f"/aggregates/{agg}/stream", params={"aggregate_id": "inv-s"}) as stream,
+    ):
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
         lines = stream.iter_lines()
         assert next(lines).startswith("retry:")
         assert next(lines).startswith(": subscribed")
         other = post(client, agg, {"aggregate_id": "inv-other", "type": "CreateInvoice", "payload": CREATE})
-        sent = [post(client, agg, {"aggregate_id": "inv-s", "type": "CreateInvoice", "payload": CREATE}),
-                post(client, agg, {"aggregate_id": "inv-s", "type": "AddLineItem", "payload": LINE})]
+        sent = [
+            post(client, agg, {"aggregate_id": "inv-s", "type": "CreateInvoice", "payload": CREATE}),
+            post(client, agg, {"aggregate_id": "inv-s", "type": "AddLineItem", "payload": LINE}),
+        ]
         assert [r.status_code for r in sent] == [200, 200] and other.status_code == 200
         events = []
         for line in lines:
@@ -192,14 +206,25 @@ def test_health_metrics_and_openapi(stack):
     assert "foldline_gateway_request_seconds_bucket" in metrics
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    for path in ("/aggregates/{aggregate}/commands", "/aggregates/{aggregate}/commands/{command_id}",
-                 "/aggregates/{aggregate}/stream", "/views/{view}/rows", "/views/{view}/stream",
-                 "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/aggregates/{aggregate}/commands",
+        "/aggregates/{aggregate}/commands/{command_id}",
+        "/aggregates/{aggregate}/stream",
+        "/views/{view}/rows",
+        "/views/{view}/stream",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in doc["paths"], path
     post_op = doc["paths"]["/aggregates/{aggregate}/commands"]["post"]
     assert {"200", "202", "400", "401", "404", "409", "413", "422", "504"} <= set(post_op["responses"])
     assert doc["components"]["schemas"][f"Payload.{agg}.CreateInvoice"]["required"] == [
-        "customer", "currency", "issue_date", "due_date"]
+        "customer",
+        "currency",
+        "issue_date",
+        "due_date",
+    ]
 
 
 def test_bearer_token(kafka_bootstrap, invoices_aggregate, run_handler):
@@ -224,12 +249,21 @@ def test_two_replicas_answer_for_each_other(kafka_bootstrap, invoices_aggregate,
     cls = invoices_aggregate(partitions=3)
     run_handler(cls(), commit_interval_ms=5)
     port = free_port()
-    env = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "FOLDLINE_GATEWAY_HOST": "127.0.0.1",
-           "FOLDLINE_LOG_FORMAT": "json", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "FOLDLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FOLDLINE_GATEWAY_HOST": "127.0.0.1",
+        "FOLDLINE_LOG_FORMAT": "json",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     log = tmp_path / "gateway-a.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "foldline.cli", "gateway", "--aggregate", aggregate_path(cls),
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "foldline.cli", "gateway", "--aggregate", aggregate_path(cls), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         a = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         deadline = time.monotonic() + 60
@@ -289,11 +323,19 @@ def test_garbage_never_gives_500(stack):
         ("POST", f"/aggregates/{agg}/commands", b"1e999999"),
         ("POST", f"/aggregates/{agg}/commands", b'{"aggregate_id": 5, "type": "CreateInvoice"}'),
         ("POST", f"/aggregates/{agg}/commands", b'{"aggregate_id": "x", "type": 5}'),
-        ("POST", f"/aggregates/{agg}/commands", b'{"aggregate_id": "x", "type": "AddLineItem", "payload": '
-                                                b'{"line_id": "a", "description": "d", "quantity": 1e400, '
-                                                b'"unit_price": "NaN"}}'),
-        ("POST", f"/aggregates/{agg}/commands", b'{"aggregate_id": "x", "type": "CreateInvoice", "payload": {'
-                                                b'"customer": null, "currency": 1, "issue_date": [], "due_date": {}}}'),
+        (
+            "POST",
+            f"/aggregates/{agg}/commands",
+            b'{"aggregate_id": "x", "type": "AddLineItem", "payload": '
+            b'{"line_id": "a", "description": "d", "quantity": 1e400, '
+            b'"unit_price": "NaN"}}',
+        ),
+        (
+            "POST",
+            f"/aggregates/{agg}/commands",
+            b'{"aggregate_id": "x", "type": "CreateInvoice", "payload": {'
+            b'"customer": null, "currency": 1, "issue_date": [], "due_date": {}}}',
+        ),
         ("POST", f"/aggregates/{agg}/commands", b'{"aggregate_id": "' + b"x" * 300 + b'", "type": "SendInvoice"}'),
         ("POST", f"/aggregates/{agg}/commands", b'{"aggregate_id": "x", "type": "__init__"}'),
         ("POST", f"/aggregates/{agg}/commands?timeout=nan", b'{"aggregate_id": "x", "type": "SendInvoice"}'),

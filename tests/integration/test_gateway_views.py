@@ -48,8 +48,11 @@ def read_stack(request, kafka_bootstrap, invoices_aggregate, run_handler, tmp_pa
     while not all(p.ready() for p, _ in projectors):
         assert time.monotonic() < deadline, "projectors did not become ready"
         time.sleep(0.05)
-    views = ViewService(database, {"invoice-list": cls.name, "invoice-line-items": cls.name,
-                                   "customer-totals": cls.name}, opener=open_target)
+    views = ViewService(
+        database,
+        {"invoice-list": cls.name, "invoice-line-items": cls.name, "customer-totals": cls.name},
+        opener=open_target,
+    )
     settings = GatewaySettings(kafka=kafka, host="127.0.0.1", view_poll_interval_s=0.1)
     gateway = Gateway([AggregateSpec(cls())], settings, views)
     with GatewayServer(gateway) as server, httpx.Client(base_url=server.url, timeout=30) as client:
@@ -61,8 +64,9 @@ def read_stack(request, kafka_bootstrap, invoices_aggregate, run_handler, tmp_pa
 
 
 def submit(client, agg, aggregate_id, type_, payload=None):
-    r = client.post(f"/aggregates/{agg}/commands", json={"aggregate_id": aggregate_id, "type": type_,
-                                                         "payload": payload or {}})
+    r = client.post(
+        f"/aggregates/{agg}/commands", json={"aggregate_id": aggregate_id, "type": type_, "payload": payload or {}}
+    )
     assert r.status_code == 200, r.text
     return r.json()["version"]
 
@@ -84,8 +88,10 @@ def test_read_after_write_with_min_version(read_stack):
     for _ in range(3):  # every read with min_version sees its own write, immediately
         r = client.get("/views/invoice-list/rows", params={"aggregate_id": "inv-1", "min_version": version})
         assert r.json()["rows"][0]["total"] == "300.00" and r.json()["rows"][0]["aggregate_version"] == version
-    items = client.get("/views/invoice-line-items/rows",
-                       params={"invoice_id": "inv-1", "aggregate_id": "inv-1", "min_version": version}).json()
+    items = client.get(
+        "/views/invoice-line-items/rows",
+        params={"invoice_id": "inv-1", "aggregate_id": "inv-1", "min_version": version},
+    ).json()
     assert [i["line_id"] for i in items["rows"]] == ["a"] and items["rows"][0]["amount"] == "300.00"
 
 
@@ -106,8 +112,12 @@ def test_filters_paging_and_order(read_stack):
     for i, customer in enumerate(["Zeta", "Alpha", "Alpha"]):
         last[f"inv-{i}"] = submit(client, agg, f"inv-{i}", "CreateInvoice", {**CREATE, "customer": customer})
     for aggregate_id, version in last.items():
-        assert client.get("/views/invoice-list/rows",
-                          params={"aggregate_id": aggregate_id, "min_version": version}).status_code == 200
+        assert (
+            client.get(
+                "/views/invoice-list/rows", params={"aggregate_id": aggregate_id, "min_version": version}
+            ).status_code
+            == 200
+        )
     rows = client.get("/views/invoice-list/rows", params={"customer": "Alpha", "order_by": "-id"}).json()["rows"]
     assert [r["id"] for r in rows] == ["inv-2", "inv-1"]
     page = client.get("/views/invoice-list/rows", params={"order_by": "id", "limit": 1, "offset": 1}).json()
@@ -139,13 +149,18 @@ def test_view_errors(read_stack):
     assert r.status_code == 504 and r.json()["error"]["details"]["version"] is None
     assert time.monotonic() - started < 5
     assert [v["name"] for v in client.get("/views").json()["views"]] == [
-        "customer-totals", "invoice-line-items", "invoice-list"]
+        "customer-totals",
+        "invoice-line-items",
+        "invoice-list",
+    ]
 
 
 def test_view_stream_sends_rows_when_they_change(read_stack):
     agg, client, server = read_stack
-    with httpx.Client(base_url=server.url, timeout=30) as sse, \
-            sse.stream("GET", "/views/invoice-list/stream", params={"aggregate_id": "inv-s"}) as stream:
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as sse,
+        sse.stream("GET", "/views/invoice-list/stream", params={"aggregate_id": "inv-s"}) as stream,
+    ):
         assert stream.status_code == 200
         events = _events(stream.iter_lines())
         first = next(events)
@@ -171,9 +186,11 @@ def test_without_projections_every_view_of_the_database_is_served(read_stack, ka
     agg, client, server = read_stack
     version = submit(client, agg, "inv-open", "CreateInvoice", CREATE)
     database = f"sqlite:///{tmp_path / 'views.db'}"
-    gateway = Gateway([AggregateSpec(type(server.gateway.specs[agg].aggregate)())],
-                      GatewaySettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap), host="127.0.0.1"),
-                      ViewService(database, {}, opener=open_target))
+    gateway = Gateway(
+        [AggregateSpec(type(server.gateway.specs[agg].aggregate)())],
+        GatewaySettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap), host="127.0.0.1"),
+        ViewService(database, {}, opener=open_target),
+    )
     with GatewayServer(gateway) as open_server, httpx.Client(base_url=open_server.url, timeout=30) as c:
         r = c.get("/views/invoice-line-items/rows", params={"aggregate_id": "inv-open", "min_version": version})
         assert r.status_code == 200 and r.json()["rows"] == []  # no line items yet, but the view is there

@@ -22,10 +22,12 @@ def test_invoice_life_events_and_snapshot_fold(kafka_bootstrap, invoices_aggrega
     names = TopicNames(cls.name)
     cmds = [
         command("inv-1", "CreateInvoice", CREATE),
-        command("inv-1", "AddLineItem", {"line_id": "a", "description": "Consulting", "quantity": 3,
-                                         "unit_price": "100.00"}),
-        command("inv-1", "AddLineItem", {"line_id": "b", "description": "Travel", "quantity": 1,
-                                         "unit_price": "45.50"}),
+        command(
+            "inv-1", "AddLineItem", {"line_id": "a", "description": "Consulting", "quantity": 3, "unit_price": "100.00"}
+        ),
+        command(
+            "inv-1", "AddLineItem", {"line_id": "b", "description": "Travel", "quantity": 1, "unit_price": "45.50"}
+        ),
         command("inv-1", "RemoveLineItem", {"line_id": "b"}),
         command("inv-1", "SendInvoice"),
         command("inv-1", "RecordPayment", {"payment_id": "p1", "amount": "100.00", "currency": "EUR"}),
@@ -58,12 +60,24 @@ def test_conflict_duplicate_and_rejection(kafka_bootstrap, invoices_aggregate, r
     cls = invoices_aggregate(partitions=1)
     names = TopicNames(cls.name)
     create = command("inv-2", "CreateInvoice", CREATE, expected_version=0)
-    stale = command("inv-2", "AddLineItem", {"line_id": "a", "description": "x", "quantity": 1, "unit_price": "1"},
-                    expected_version=0)
-    good = command("inv-2", "AddLineItem", {"line_id": "a", "description": "x", "quantity": 1, "unit_price": "1"},
-                   expected_version=1)
-    again = command("inv-2", "AddLineItem", {"line_id": "zzz", "description": "other", "quantity": 9,
-                                             "unit_price": "9"}, command_id=good.command_id)
+    stale = command(
+        "inv-2",
+        "AddLineItem",
+        {"line_id": "a", "description": "x", "quantity": 1, "unit_price": "1"},
+        expected_version=0,
+    )
+    good = command(
+        "inv-2",
+        "AddLineItem",
+        {"line_id": "a", "description": "x", "quantity": 1, "unit_price": "1"},
+        expected_version=1,
+    )
+    again = command(
+        "inv-2",
+        "AddLineItem",
+        {"line_id": "zzz", "description": "other", "quantity": 9, "unit_price": "9"},
+        command_id=good.command_id,
+    )
     pay = command("inv-2", "RecordPayment", {"payment_id": "p", "amount": "1", "currency": "EUR"})
     send(kafka_bootstrap, names.commands, [create, stale, good, again, pay])
     run_handler(cls())
@@ -87,20 +101,56 @@ def test_conflict_duplicate_and_rejection(kafka_bootstrap, invoices_aggregate, r
     ("record", "code"),
     [
         ((b"inv-3", b"\xff\xfe not json"), "undecodable"),
-        ((b"inv-3", json.dumps({"command_id": "c-unknown", "aggregate_id": "inv-3", "type": "Refund",
-                                 "payload": {}}).encode()), "unknown_type"),
-        ((b"inv-3", json.dumps({"command_id": "c-invalid", "aggregate_id": "inv-3", "type": "CreateInvoice",
-                                 "payload": {**CREATE, "due_date": "2026-01-01"}}).encode()), "invalid_payload"),
-        ((b"inv-3", json.dumps({"command_id": "c-float", "aggregate_id": "inv-3", "type": "AddLineItem",
-                                 "payload": {"line_id": "a", "description": "d", "quantity": 1,
-                                             "unit_price": 1.1}}).encode()), "invalid_payload"),
-        ((b"inv-3", json.dumps({"command_id": "c-boom", "aggregate_id": "inv-3", "type": "Boom",
-                                 "payload": {}}).encode()), "decide_failed"),
+        (
+            (
+                b"inv-3",
+                json.dumps(
+                    {"command_id": "c-unknown", "aggregate_id": "inv-3", "type": "Refund", "payload": {}}
+                ).encode(),
+            ),
+            "unknown_type",
+        ),
+        (
+            (
+                b"inv-3",
+                json.dumps(
+                    {
+                        "command_id": "c-invalid",
+                        "aggregate_id": "inv-3",
+                        "type": "CreateInvoice",
+                        "payload": {**CREATE, "due_date": "2026-01-01"},
+                    }
+                ).encode(),
+            ),
+            "invalid_payload",
+        ),
+        (
+            (
+                b"inv-3",
+                json.dumps(
+                    {
+                        "command_id": "c-float",
+                        "aggregate_id": "inv-3",
+                        "type": "AddLineItem",
+                        "payload": {"line_id": "a", "description": "d", "quantity": 1, "unit_price": 1.1},
+                    }
+                ).encode(),
+            ),
+            "invalid_payload",
+        ),
+        (
+            (
+                b"inv-3",
+                json.dumps({"command_id": "c-boom", "aggregate_id": "inv-3", "type": "Boom", "payload": {}}).encode(),
+            ),
+            "decide_failed",
+        ),
     ],
     ids=["undecodable", "unknown-type", "invalid-payload", "float-money", "decide-raises"],
 )
-def test_bad_input_becomes_failed_result_and_dead_letter(kafka_bootstrap, invoices_aggregate, run_handler,
-                                                         record, code):
+def test_bad_input_becomes_failed_result_and_dead_letter(
+    kafka_bootstrap, invoices_aggregate, run_handler, record, code
+):
     from dataclasses import dataclass
 
     @dataclass(frozen=True)

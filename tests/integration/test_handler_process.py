@@ -76,9 +76,18 @@ def test_bad_configuration_is_a_clear_error(invoices_aggregate, tmp_path):
 
     cls = invoices_aggregate(partitions=1)
     env = {**os.environ, "FOLDLINE_STORE": "cassandra"}
-    done = subprocess.run([sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate",
-                           aggregate_path(cls)], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate", aggregate_path(cls)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "FOLDLINE_STORE must be one of" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate", "nope:X"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate", "nope:X"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "cannot import 'nope'" in done.stderr

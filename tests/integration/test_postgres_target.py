@@ -17,7 +17,9 @@ pytestmark = pytest.mark.postgres
 
 def test_schema_parameter_is_foldlines_own():
     assert split_url("postgres://u:pw@h:5/db?schema=views&sslmode=disable") == (
-        "postgresql://u:pw@h:5/db?sslmode=disable", "views")
+        "postgresql://u:pw@h:5/db?sslmode=disable",
+        "views",
+    )
     assert split_url("postgresql://h/db") == ("postgresql://h/db", None)
     for bad in ("Views", "pg_catalog", "a;drop", "x-y"):
         with pytest.raises(ConfigurationError):
@@ -30,8 +32,15 @@ def test_passwords_never_reach_messages():
 
 
 def test_schemas_keep_views_apart(postgres_url, postgres_dsn):
-    table = TableDef.build(view="same-name", revision=1, aggregate="a", source="snapshots", topic="a.snapshots",
-                           columns=(Column("id", "text"),), key=("id",))
+    table = TableDef.build(
+        view="same-name",
+        revision=1,
+        aggregate="a",
+        source="snapshots",
+        topic="a.snapshots",
+        columns=(Column("id", "text"),),
+        key=("id",),
+    )
     first, other = open_store(postgres_url), open_store(postgres_url.replace("?schema=", "?schema=x"))
     try:
         first.register(table)

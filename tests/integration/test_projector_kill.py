@@ -37,15 +37,30 @@ def invoice_workload(invoices: int, prefix: str, seed: int = 11) -> list:
     lives: list[list] = []
     for i in range(invoices):
         aid = f"{prefix}-{i}"
-        cmds = [command(aid, "CreateInvoice", {"customer": f"customer-{rng.randrange(15)}", "currency": "EUR",
-                                               "issue_date": "2026-11-01", "due_date": "2026-12-01"})]
+        cmds = [
+            command(
+                aid,
+                "CreateInvoice",
+                {
+                    "customer": f"customer-{rng.randrange(15)}",
+                    "currency": "EUR",
+                    "issue_date": "2026-11-01",
+                    "due_date": "2026-12-01",
+                },
+            )
+        ]
         prices = {}
         for n in range(rng.randint(1, 4)):
             price = Decimal(rng.randint(100, 50_000)) / 100
             qty = rng.randint(1, 5)
             prices[f"l{n}"] = price * qty
-            cmds.append(command(aid, "AddLineItem", {"line_id": f"l{n}", "description": f"item {n}",
-                                                     "quantity": qty, "unit_price": str(price)}))
+            cmds.append(
+                command(
+                    aid,
+                    "AddLineItem",
+                    {"line_id": f"l{n}", "description": f"item {n}", "quantity": qty, "unit_price": str(price)},
+                )
+            )
         if len(prices) > 1 and rng.random() < 0.3:
             cmds.append(command(aid, "RemoveLineItem", {"line_id": "l0"}))
             del prices["l0"]
@@ -59,11 +74,13 @@ def invoice_workload(invoices: int, prefix: str, seed: int = 11) -> list:
                 cmds.append(command(aid, "DeleteInvoice", {"reason": "cancelled"}))
             elif roll < 0.7:
                 part = (total / 3).quantize(_CENT)
-                cmds.append(command(aid, "RecordPayment", {"payment_id": "p1", "amount": str(part),
-                                                           "currency": "EUR"}))
+                cmds.append(command(aid, "RecordPayment", {"payment_id": "p1", "amount": str(part), "currency": "EUR"}))
                 if roll < 0.5:
-                    cmds.append(command(aid, "RecordPayment", {"payment_id": "p2", "amount": str(total - part),
-                                                               "currency": "EUR"}))
+                    cmds.append(
+                        command(
+                            aid, "RecordPayment", {"payment_id": "p2", "amount": str(total - part), "currency": "EUR"}
+                        )
+                    )
         lives.append(cmds)
     out: list = []
     for step in range(max(len(c) for c in lives)):
@@ -77,7 +94,7 @@ class Stream(threading.Thread):
     def __init__(self, bootstrap: str, topic: str, cmds: list, seconds: float, chunk: int = 150) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.seconds = bootstrap, topic, seconds
-        self.chunks = [cmds[i:i + chunk] for i in range(0, len(cmds), chunk)]
+        self.chunks = [cmds[i : i + chunk] for i in range(0, len(cmds), chunk)]
         self.sent = 0
         self.halt = threading.Event()
 
@@ -120,7 +137,8 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 
 def test_projectors_killed_mid_stream_and_restarted_give_exact_views(
-        kafka_bootstrap, invoices_aggregate, run_handler, start_projector, invoice_history, postgres_url, tmp_path):
+    kafka_bootstrap, invoices_aggregate, run_handler, start_projector, invoice_history, postgres_url, tmp_path
+):
     cls = invoices_aggregate(partitions=3)
     names = TopicNames(cls.name)
     sqlite_url = f"sqlite:///{tmp_path / 'views.db'}"
@@ -131,10 +149,14 @@ def test_projectors_killed_mid_stream_and_restarted_give_exact_views(
     env = {"FOLDLINE_PROJECTION_MAX_BATCH": "150", "FOLDLINE_PROJECTION_BATCH_WAIT_MS": "20"}
 
     def start_both(round_: int) -> list:
-        return [start_projector(f"{VIEWS}:InvoiceList", sqlite_url, aggregate_name=cls.name,
-                                name=f"list-{round_}", extra_env=env),
-                start_projector(f"{VIEWS}:CustomerTotals", postgres_url, aggregate_name=cls.name,
-                                name=f"totals-{round_}", extra_env=env)]
+        return [
+            start_projector(
+                f"{VIEWS}:InvoiceList", sqlite_url, aggregate_name=cls.name, name=f"list-{round_}", extra_env=env
+            ),
+            start_projector(
+                f"{VIEWS}:CustomerTotals", postgres_url, aggregate_name=cls.name, name=f"totals-{round_}", extra_env=env
+            ),
+        ]
 
     def progressed(minimum: int) -> bool:
         try:
@@ -163,8 +185,11 @@ def test_projectors_killed_mid_stream_and_restarted_give_exact_views(
 
     for round_ in (1, 2):  # the restarted projectors resumed from the positions in their databases
         for view in ("list", "totals"):
-            lines = [json.loads(line) for line in (tmp_path / f"projector-{view}-{round_}.log").read_text().splitlines()
-                     if line.startswith("{")]
+            lines = [
+                json.loads(line)
+                for line in (tmp_path / f"projector-{view}-{round_}.log").read_text().splitlines()
+                if line.startswith("{")
+            ]
             assigned = [line["partitions"] for line in lines if line.get("event") == "partitions assigned"]
             assert assigned and any(int(o) > 0 for a in assigned for o in a.values()), (view, round_, assigned)
             assert not [line for line in lines if line.get("event") == "record skipped"]
@@ -181,9 +206,18 @@ def test_projectors_killed_mid_stream_and_restarted_give_exact_views(
     expected = {}
     for aid, (state, version, _) in history.items():
         if state.status not in ("none", "deleted"):
-            expected[aid] = {"id": aid, "customer": state.customer, "status": state.status, "currency": "EUR",
-                             "total": str(state.total), "balance": str(state.balance), "issue_date": "2026-11-01",
-                             "due_date": "2026-12-01", "aggregate_id": aid, "aggregate_version": version}
+            expected[aid] = {
+                "id": aid,
+                "customer": state.customer,
+                "status": state.status,
+                "currency": "EUR",
+                "total": str(state.total),
+                "balance": str(state.balance),
+                "issue_date": "2026-11-01",
+                "due_date": "2026-12-01",
+                "aggregate_id": aid,
+                "aggregate_version": version,
+            }
     assert {r["id"]: r for r in rows} == expected
     assert len(rows) == len(expected) and {s for s in (r["status"] for r in rows)} >= {"draft", "sent", "paid"}
 
@@ -209,5 +243,6 @@ def test_projectors_killed_mid_stream_and_restarted_give_exact_views(
     got = target.read_rows("customer-totals", filters={}, limit=100)
     target.close()
     assert {r["customer"]: {k: Decimal(r[k]) for k in ("invoices", "invoiced", "paid", "events")} for r in got} == {
-        c: {k: t[k] for k in ("invoices", "invoiced", "paid", "events")} for c, t in totals.items()}
+        c: {k: t[k] for k in ("invoices", "invoiced", "paid", "events")} for c, t in totals.items()
+    }
     assert sum(Decimal(r["events"]) for r in got) == sum(v for _, v, _ in history.values())

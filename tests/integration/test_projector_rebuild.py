@@ -30,8 +30,10 @@ class InvoiceListV2(InvoiceList):
 
     def project(self, record: Snapshot) -> list[RowChange]:
         time.sleep(0.002)  # an expensive projection: the rebuild takes a few seconds, commands flowing meanwhile
-        return [Upsert({**row.values, "lines": len(record.state.lines)})  # type: ignore[union-attr]
-                for row in super().project(record)]
+        return [
+            Upsert({**row.values, "lines": len(record.state.lines)})  # type: ignore[union-attr]
+            for row in super().project(record)
+        ]
 
 
 def read_all(target, view="invoice-list"):
@@ -42,17 +44,27 @@ def read_all(target, view="invoice-list"):
 
 
 def expected_row(aid, state, version, with_lines):
-    row = {"id": aid, "customer": state.customer, "status": state.status, "currency": state.currency,
-           "total": str(state.total), "balance": str(state.balance), "issue_date": state.issue_date.isoformat(),
-           "due_date": state.due_date.isoformat(), "aggregate_id": aid, "aggregate_version": version}
+    row = {
+        "id": aid,
+        "customer": state.customer,
+        "status": state.status,
+        "currency": state.currency,
+        "total": str(state.total),
+        "balance": str(state.balance),
+        "issue_date": state.issue_date.isoformat(),
+        "due_date": state.due_date.isoformat(),
+        "aggregate_id": aid,
+        "aggregate_version": version,
+    }
     if with_lines:
         row["lines"] = len(state.lines)
     return row
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
-def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstrap, invoices_aggregate, run_handler,
-                                                        invoice_history, tmp_path, request):
+def test_rebuild_switches_atomically_while_commands_flow(
+    database, kafka_bootstrap, invoices_aggregate, run_handler, invoice_history, tmp_path, request
+):
     url = f"sqlite:///{tmp_path / 'views.db'}" if database == "sqlite" else request.getfixturevalue("postgres_url")
     cls = invoices_aggregate(partitions=3)
     names = TopicNames(cls.name)
@@ -91,8 +103,14 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
             try:
                 state = v2.state  # before the read: "building" here means the read began before the switch
                 rows = read_all(reader)
-                observed.append((time.monotonic(), state, bool(rows) and "lines" in rows[0],
-                                 sum(r["aggregate_version"] for r in rows)))
+                observed.append(
+                    (
+                        time.monotonic(),
+                        state,
+                        bool(rows) and "lines" in rows[0],
+                        sum(r["aggregate_version"] for r in rows),
+                    )
+                )
             except BaseException as exc:
                 errors.append(exc)
                 return
@@ -101,8 +119,9 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
     after = invoice_workload(invoices=400, prefix="new", seed=5)
     sender = stream(kafka_bootstrap, names.commands, after, seconds=30, chunk=40)
     time.sleep(1)
-    v2 = build_projector(ProjectionSpec(InvoiceListV2(aggregate_name=cls.name)),
-                         settings.with_changes(max_batch=50), on_switch=on_switch)
+    v2 = build_projector(
+        ProjectionSpec(InvoiceListV2(aggregate_name=cls.name)), settings.with_changes(max_batch=50), on_switch=on_switch
+    )
     threads.append(threading.Thread(target=observe, daemon=True))
     threads.append(threading.Thread(target=v2.run, daemon=True))
     for thread in threads[1:]:
@@ -150,7 +169,7 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
                 latest[snap.aggregate_id] = snap
     expected = {}
     for aid, snap in latest.items():
-        state = spec.aggregate.fold(history[aid][2][:snap.version])
+        state = spec.aggregate.fold(history[aid][2][: snap.version])
         assert spec.decode_state(snap.schema_version, snap.state) == state
         if state.status not in ("none", "deleted"):
             expected[aid] = expected_row(aid, state, snap.version, with_lines=True)
@@ -158,8 +177,11 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
     assert {r["id"]: r for r in switched["rows"]} == expected
 
     # And at the end, caught up: every row is the fold of all its events; the old tables are gone.
-    final = {aid: expected_row(aid, state, version, True) for aid, (state, version, _) in history.items()
-             if state.status not in ("none", "deleted")}
+    final = {
+        aid: expected_row(aid, state, version, True)
+        for aid, (state, version, _) in history.items()
+        if state.status not in ("none", "deleted")
+    }
     assert {r["id"]: r for r in read_all(reader)} == final
     store = open_store(url)
     try:
@@ -167,9 +189,14 @@ def test_rebuild_switches_atomically_while_commands_flow(database, kafka_bootstr
         assert status.active_revision == 2
         assert [(r.revision, r.state) for r in status.revisions] == [(1, "retired"), (2, "active")]
         with store.session(write=False) as s:
-            table_names = [t for (t,) in s.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'" if database == "sqlite" else
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")]
+            table_names = [
+                t
+                for (t,) in s.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    if database == "sqlite"
+                    else "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+                )
+            ]
         assert "invoice_list__r2" in table_names and not [t for t in table_names if t.startswith("invoice_list__r1")]
     finally:
         store.close()

@@ -42,11 +42,33 @@ class GatedListV2(InvoiceList):
 
 
 def status(bootstrap: str, database: str, aggregate: str, *extra: str) -> str:
-    env = {**os.environ, "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap, "FOLDLINE_LOG_FORMAT": "json",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "foldline.cli", "projection", "status", "--projection", LIST,
-                           "--aggregate-name", aggregate, "--database", database, *extra],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        **os.environ,
+        "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap,
+        "FOLDLINE_LOG_FORMAT": "json",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "foldline.cli",
+            "projection",
+            "status",
+            "--projection",
+            LIST,
+            "--aggregate-name",
+            aggregate,
+            "--database",
+            database,
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -58,8 +80,9 @@ def test_status_health_and_metrics_through_a_rebuild(kafka_bootstrap, invoices_a
     run_handler(cls())
     wait_for_results(kafka_bootstrap, cls.name, len(cmds))
     database = f"sqlite:///{tmp_path / 'views.db'}"
-    settings = ProjectorSettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap), database=database,
-                                 batch_wait_ms=20, max_batch=10)
+    settings = ProjectorSettings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap), database=database, batch_wait_ms=20, max_batch=10
+    )
     v1 = build_projector(ProjectionSpec(InvoiceList(aggregate_name=cls.name)), settings)
     v2 = build_projector(ProjectionSpec(GatedListV2(aggregate_name=cls.name)), settings)
     servers = [HealthServer(0, live=p.live, ready=p.ready, host="127.0.0.1").start() for p in (v1, v2)]
@@ -69,7 +92,8 @@ def test_status_health_and_metrics_through_a_rebuild(kafka_bootstrap, invoices_a
         wait_until(lambda: v1.ready() and v1.lag() == 0, 60, "revision 1 to catch up")
         assert status(kafka_bootstrap, database, cls.name).splitlines() == [
             "VIEW          AGGREGATE       ACTIVE  BUILDING  PROGRESS  LAG",
-            f"invoice-list  {cls.name}  1       -         -         0"]
+            f"invoice-list  {cls.name}  1       -         -         0",
+        ]
 
         threads.append(threading.Thread(target=v2.run, daemon=True))
         threads[1].start()
@@ -88,8 +112,11 @@ def test_status_health_and_metrics_through_a_rebuild(kafka_bootstrap, invoices_a
             assert http.get(f"{url2}/readyz").status_code == 503  # not ready until it serves the view
             assert http.get(f"{url2}/healthz").status_code == 200
             metrics = http.get(f"{url2}/metrics").text
-            gauges = [m for m in metrics.splitlines() if m.startswith("foldline_projection_rebuild_progress_ratio{")
-                      and f'aggregate="{cls.name}"' in m]
+            gauges = [
+                m
+                for m in metrics.splitlines()
+                if m.startswith("foldline_projection_rebuild_progress_ratio{") and f'aggregate="{cls.name}"' in m
+            ]
             [progress_line] = gauges  # only the rebuilding revision has one
             assert 'revision="2"' in progress_line and 0 < float(progress_line.split()[-1]) < 1
             assert f'foldline_projection_lag{{aggregate="{cls.name}",projection="invoice-list"}}' in metrics

@@ -20,8 +20,14 @@ from prometheus_client import Metric
 from foldline.observability import metrics
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "foldline"
-_TYPES: dict[str, type | tuple[type, ...]] = {"object": dict, "array": list, "string": str, "boolean": bool,
-                                              "integer": int, "number": (int, float)}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "number": (int, float),
+}
 
 
 def validate(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str = "$") -> list[str]:
@@ -35,8 +41,9 @@ def validate(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str
     types = schema.get("type")
     if types is not None:
         names = types if isinstance(types, list) else [types]
-        ok = any(isinstance(value, _TYPES[t]) and not (t in ("integer", "number") and isinstance(value, bool))
-                 for t in names)
+        ok = any(
+            isinstance(value, _TYPES[t]) and not (t in ("integer", "number") and isinstance(value, bool)) for t in names
+        )
         if not ok:
             return [f"{path}: {value!r} is not {types}"]
     if "enum" in schema and value not in schema["enum"]:
@@ -83,14 +90,18 @@ def test_values_validate_against_the_schema(values: dict[str, Any], schema: dict
     assert validate(values, schema, schema) == []
 
 
-@pytest.mark.parametrize(("change", "error"), [
-    ({"replicaCount": "two"}, "$.replicaCount"),
-    ({"operator": {"logFormat": "xml"}}, "$.operator.logFormat"),
-    ({"surprise": True}, "unknown key surprise"),
-    ({"metrics": {"port": 70000}}, "$.metrics.port"),
-])
-def test_the_schema_rejects_bad_values(values: dict[str, Any], schema: dict[str, Any], change: dict[str, Any],
-                                       error: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"replicaCount": "two"}, "$.replicaCount"),
+        ({"operator": {"logFormat": "xml"}}, "$.operator.logFormat"),
+        ({"surprise": True}, "unknown key surprise"),
+        ({"metrics": {"port": 70000}}, "$.metrics.port"),
+    ],
+)
+def test_the_schema_rejects_bad_values(
+    values: dict[str, Any], schema: dict[str, Any], change: dict[str, Any], error: str
+) -> None:
     bad = {**values, **change}
     assert any(error in e for e in validate(bad, schema, schema))
 
@@ -109,8 +120,14 @@ def test_chart_metadata_and_rbac() -> None:
     assert chart["apiVersion"] == "v2" and chart["name"] == "foldline"
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     granted = {(group, resource) for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
-    owned = {("apps", "deployments"), ("", "services"), ("policy", "poddisruptionbudgets"), ("", "secrets"),
-             ("foldline.io", "eventsourcedaggregates/status"), ("kopf.dev", "clusterkopfpeerings")}
+    owned = {
+        ("apps", "deployments"),
+        ("", "services"),
+        ("policy", "poddisruptionbudgets"),
+        ("", "secrets"),
+        ("foldline.io", "eventsourcedaggregates/status"),
+        ("kopf.dev", "clusterkopfpeerings"),
+    }
     assert owned <= granted
     assert all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in rules)
     secrets = next(rule for rule in rules if "secrets" in rule["resources"])
@@ -124,8 +141,9 @@ def _exported() -> set[str]:
         if hasattr(collector, "describe") and hasattr(collector, "_name"):
             for family in collector.describe():
                 assert isinstance(family, Metric)
-                suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
-                            "gauge": [""]}[family.type]
+                suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}[
+                    family.type
+                ]
                 names |= {family.name + s for s in suffixes}
     return names
 

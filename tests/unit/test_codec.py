@@ -89,5 +89,13 @@ def test_nested_paths_name_map_entries_and_list_items():
     with pytest.raises(ValidationError, match=r"tags\.k: expected an integer"):
         from_json(Order, {"items": [], "price": "1", "day": "2026-01-01", "color": "red", "tags": {"k": "x"}})
     with pytest.raises(ValidationError, match=r"^x\.items\[1\]\.qty: expected an integer"):
-        from_json(Order, {"items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": "2"}], "price": "1",
-                          "day": "2026-01-01", "color": "red"}, path="x")
+        from_json(
+            Order,
+            {
+                "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": "2"}],
+                "price": "1",
+                "day": "2026-01-01",
+                "color": "red",
+            },
+            path="x",
+        )

@@ -38,23 +38,32 @@ class OneAggregate:
 
 # -- settings -------------------------------------------------------------------------------------------
 def test_gateway_settings_from_env_keep_the_token_out_of_repr():
-    s = GatewaySettings.from_env({"FOLDLINE_GATEWAY_TOKEN": "hunter2", "FOLDLINE_GATEWAY_PORT": "9001",
-                                  "FOLDLINE_GATEWAY_COMMAND_TIMEOUT_S": "2.5", "FOLDLINE_KAFKA_BOOTSTRAP": "k:1",
-                                  "FOLDLINE_GATEWAY_MAX_BODY_BYTES": "2048"})
+    s = GatewaySettings.from_env(
+        {
+            "FOLDLINE_GATEWAY_TOKEN": "hunter2",
+            "FOLDLINE_GATEWAY_PORT": "9001",
+            "FOLDLINE_GATEWAY_COMMAND_TIMEOUT_S": "2.5",
+            "FOLDLINE_KAFKA_BOOTSTRAP": "k:1",
+            "FOLDLINE_GATEWAY_MAX_BODY_BYTES": "2048",
+        }
+    )
     assert s.token == "hunter2" and "hunter2" not in repr(s)
     assert s.port == 9001 and s.command_timeout_s == 2.5 and s.max_body_bytes == 2048
     assert s.kafka.bootstrap_servers == "k:1"
     assert GatewaySettings.from_env({}).token == ""
 
 
-@pytest.mark.parametrize("env", [
-    {"FOLDLINE_GATEWAY_PORT": "http"},
-    {"FOLDLINE_GATEWAY_PORT": "70000"},
-    {"FOLDLINE_GATEWAY_COMMAND_TIMEOUT_S": "0"},
-    {"FOLDLINE_GATEWAY_COMMAND_TIMEOUT_S": "90", "FOLDLINE_GATEWAY_MAX_COMMAND_TIMEOUT_S": "60"},
-    {"FOLDLINE_GATEWAY_READ_TIMEOUT_S": "-1"},
-    {"FOLDLINE_GATEWAY_MAX_BODY_BYTES": "10"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FOLDLINE_GATEWAY_PORT": "http"},
+        {"FOLDLINE_GATEWAY_PORT": "70000"},
+        {"FOLDLINE_GATEWAY_COMMAND_TIMEOUT_S": "0"},
+        {"FOLDLINE_GATEWAY_COMMAND_TIMEOUT_S": "90", "FOLDLINE_GATEWAY_MAX_COMMAND_TIMEOUT_S": "60"},
+        {"FOLDLINE_GATEWAY_READ_TIMEOUT_S": "-1"},
+        {"FOLDLINE_GATEWAY_MAX_BODY_BYTES": "10"},
+    ],
+)
 def test_gateway_settings_reject_bad_values(env):
     with pytest.raises(ConfigurationError):
         GatewaySettings.from_env(env)
@@ -64,28 +73,42 @@ def test_gateway_settings_reject_bad_values(env):
 
 # -- envelopes --------------------------------------------------------------------------------------------
 def test_a_valid_envelope_becomes_a_command_record():
-    env = parse_envelope(OneAggregate(), "invoices", {"aggregate_id": "inv-1", "type": "CreateInvoice",
-                                                       "payload": CREATE, "expected_version": 0})
+    env = parse_envelope(
+        OneAggregate(),
+        "invoices",
+        {"aggregate_id": "inv-1", "type": "CreateInvoice", "payload": CREATE, "expected_version": 0},
+    )
     assert env.aggregate_id == "inv-1" and env.type == "CreateInvoice" and env.expected_version == 0
     assert len(env.command_id) == 32 and env.payload == CREATE
-    again = parse_envelope(OneAggregate(), "invoices", {"aggregate_id": "inv-1", "type": "SendInvoice",
-                                                         "command_id": "client-1"})
+    again = parse_envelope(
+        OneAggregate(), "invoices", {"aggregate_id": "inv-1", "type": "SendInvoice", "command_id": "client-1"}
+    )
     assert again.command_id == "client-1" and again.payload == {}
 
 
-@pytest.mark.parametrize(("body", "error", "code"), [
-    ({"aggregate_id": "x", "type": "Nope"}, NotFound, "unknown_command_type"),
-    ({"aggregate_id": "x", "type": "AddLineItem", "payload": {"line_id": "a"}}, BadRequest, "invalid_payload"),
-    ({"aggregate_id": "x", "type": "AddLineItem", "payload": {"line_id": "a", "description": "d", "quantity": 0,
-                                                               "unit_price": "1"}}, BadRequest, "invalid_payload"),
-    ({"aggregate_id": "x"}, BadRequest, "invalid_envelope"),
-    ({"type": "SendInvoice"}, BadRequest, "invalid_envelope"),
-    ({"aggregate_id": "x", "type": "SendInvoice", "expected_version": "3"}, BadRequest, "invalid_envelope"),
-    ({"aggregate_id": "x", "type": "SendInvoice", "command_id": ""}, BadRequest, "invalid_envelope"),
-    ({"aggregate_id": "x", "type": "SendInvoice", "command_id": "x" * 129}, BadRequest, "invalid_envelope"),
-    ({"aggregate_id": "x", "type": "SendInvoice", "extra": 1}, BadRequest, "invalid_envelope"),
-    ([], BadRequest, "invalid_envelope"),
-])
+@pytest.mark.parametrize(
+    ("body", "error", "code"),
+    [
+        ({"aggregate_id": "x", "type": "Nope"}, NotFound, "unknown_command_type"),
+        ({"aggregate_id": "x", "type": "AddLineItem", "payload": {"line_id": "a"}}, BadRequest, "invalid_payload"),
+        (
+            {
+                "aggregate_id": "x",
+                "type": "AddLineItem",
+                "payload": {"line_id": "a", "description": "d", "quantity": 0, "unit_price": "1"},
+            },
+            BadRequest,
+            "invalid_payload",
+        ),
+        ({"aggregate_id": "x"}, BadRequest, "invalid_envelope"),
+        ({"type": "SendInvoice"}, BadRequest, "invalid_envelope"),
+        ({"aggregate_id": "x", "type": "SendInvoice", "expected_version": "3"}, BadRequest, "invalid_envelope"),
+        ({"aggregate_id": "x", "type": "SendInvoice", "command_id": ""}, BadRequest, "invalid_envelope"),
+        ({"aggregate_id": "x", "type": "SendInvoice", "command_id": "x" * 129}, BadRequest, "invalid_envelope"),
+        ({"aggregate_id": "x", "type": "SendInvoice", "extra": 1}, BadRequest, "invalid_envelope"),
+        ([], BadRequest, "invalid_envelope"),
+    ],
+)
 def test_bad_envelopes_are_refused_before_kafka(body, error, code):
     with pytest.raises(error) as caught:
         parse_envelope(OneAggregate(), "invoices", body)
@@ -101,8 +124,13 @@ def test_http_errors_sit_in_the_foldline_hierarchy():
 
 # -- the result hub ------------------------------------------------------------------------------------------
 def result(command_id: str, aggregate_id: str = "inv-1", version: int = 1) -> CommandResult:
-    return CommandResult(CommandId(command_id), AggregateId(aggregate_id), Status.ACCEPTED, version,
-                         recorded_at="2026-01-01T00:00:00.000Z")
+    return CommandResult(
+        CommandId(command_id),
+        AggregateId(aggregate_id),
+        Status.ACCEPTED,
+        version,
+        recorded_at="2026-01-01T00:00:00.000Z",
+    )
 
 
 def test_hub_resolves_waiters_and_bounds_its_index():
@@ -127,8 +155,9 @@ def test_hub_streams_filter_overflow_and_end():
         hub = ResultHub(capacity=10)
         everything = hub.subscribe("invoices", None)
         one = hub.subscribe("invoices", "inv-2")
-        hub.dispatch([("invoices", result("a", "inv-1")), ("invoices", result("b", "inv-2")),
-                      ("other", result("c", "inv-2"))])
+        hub.dispatch(
+            [("invoices", result("a", "inv-1")), ("invoices", result("b", "inv-2")), ("other", result("c", "inv-2"))]
+        )
         got = [everything.queue.get_nowait() for _ in range(2)]
         assert [item.command_id for item in got if item] == ["a", "b"]
         only = one.queue.get_nowait()
@@ -186,14 +215,31 @@ def test_openapi_describes_every_route_and_payload():
 # -- view queries ----------------------------------------------------------------------------------------------
 def test_view_queries_are_parsed_and_checked():
     views = ViewService("sqlite:///unused.db", {"invoice-list": "invoices"}, opener=lambda url: None)
-    q = views.parse_query("invoice-list", {"customer": "ACME", "limit": "5", "offset": "10", "order_by": "-total",
-                                           "aggregate_id": "inv-1", "min_version": "3", "timeout": "2"})
+    q = views.parse_query(
+        "invoice-list",
+        {
+            "customer": "ACME",
+            "limit": "5",
+            "offset": "10",
+            "order_by": "-total",
+            "aggregate_id": "inv-1",
+            "min_version": "3",
+            "timeout": "2",
+        },
+    )
     assert q.filters == {"customer": "ACME", "aggregate_id": "inv-1"}
     assert (q.limit, q.offset, q.order_by, q.min_version, q.timeout) == (5, 10, "-total", 3, 2.0)
     with pytest.raises(NotFound):
         views.parse_query("nope", {})
-    for bad in ({"limit": "0"}, {"limit": "x"}, {"offset": "-1"}, {"min_version": "3"},
-                {"aggregate_id": "a", "min_version": "-1"}, {"timeout": "0"}, {"timeout": "1e9"}):
+    for bad in (
+        {"limit": "0"},
+        {"limit": "x"},
+        {"offset": "-1"},
+        {"min_version": "3"},
+        {"aggregate_id": "a", "min_version": "-1"},
+        {"timeout": "0"},
+        {"timeout": "1e9"},
+    ):
         with pytest.raises(BadRequest):
             views.parse_query("invoice-list", bad)
     with pytest.raises(BadRequest):

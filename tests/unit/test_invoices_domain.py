@@ -43,17 +43,29 @@ def rejected(decision: object, words: str) -> bool:
 
 
 def test_happy_life_with_partial_payments():
-    state, decision = run(CREATE, line("a", 3, "100.00"), line("b", 1, "45.50"), RemoveLineItem("b"),
-                          SendInvoice(), RecordPayment("p1", Decimal("100.00"), "EUR"))
+    state, decision = run(
+        CREATE,
+        line("a", 3, "100.00"),
+        line("b", 1, "45.50"),
+        RemoveLineItem("b"),
+        SendInvoice(),
+        RecordPayment("p1", Decimal("100.00"), "EUR"),
+    )
     assert state.status == "sent" and state.total == Decimal("300.00") and state.balance == Decimal("200.00")
-    state, decision = run(CREATE, line("a", 3, "100.00"), SendInvoice(), RecordPayment("p1", Decimal("100"), "EUR"),
-                          RecordPayment("p2", Decimal("200.00"), "EUR"))
+    state, decision = run(
+        CREATE,
+        line("a", 3, "100.00"),
+        SendInvoice(),
+        RecordPayment("p1", Decimal("100"), "EUR"),
+        RecordPayment("p2", Decimal("200.00"), "EUR"),
+    )
     assert state.status == "paid" and state.balance == 0
     assert [type(e).__name__ for e in decision] == ["PaymentRecorded", "InvoicePaid"]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("command", [line(), RemoveLineItem("a"), SendInvoice(),
-                                     RecordPayment("p", Decimal(1), "EUR"), DeleteInvoice()])
+@pytest.mark.parametrize(
+    "command", [line(), RemoveLineItem("a"), SendInvoice(), RecordPayment("p", Decimal(1), "EUR"), DeleteInvoice()]
+)
 def test_nothing_before_create(command):
     assert rejected(run(command)[1], "does not exist")
 
@@ -62,8 +74,10 @@ def test_no_second_create():
     assert rejected(run(CREATE, CREATE)[1], "already exists")
 
 
-@pytest.mark.parametrize("command", [CREATE, line(), RemoveLineItem("a"), SendInvoice(),
-                                     RecordPayment("p", Decimal(1), "EUR"), DeleteInvoice()])
+@pytest.mark.parametrize(
+    "command",
+    [CREATE, line(), RemoveLineItem("a"), SendInvoice(), RecordPayment("p", Decimal(1), "EUR"), DeleteInvoice()],
+)
 def test_nothing_after_delete(command):
     assert rejected(run(CREATE, line(), DeleteInvoice("dup"), command)[1], "deleted")
 
@@ -77,10 +91,14 @@ def test_no_payment_in_other_currency_or_twice_or_before_sending_or_after_paid()
     base = (CREATE, line("a", 1, "50.00"))
     assert rejected(run(*base, RecordPayment("p", Decimal(1), "EUR"))[1], "after the invoice was sent")
     assert rejected(run(*base, SendInvoice(), RecordPayment("p", Decimal(1), "USD"))[1], "in USD")
-    assert rejected(run(*base, SendInvoice(), RecordPayment("p", Decimal(1), "EUR"),
-                        RecordPayment("p", Decimal(1), "EUR"))[1], "already recorded")
-    assert rejected(run(*base, SendInvoice(), RecordPayment("p", Decimal(50), "EUR"),
-                        RecordPayment("q", Decimal(1), "EUR"))[1], "paid in full")
+    assert rejected(
+        run(*base, SendInvoice(), RecordPayment("p", Decimal(1), "EUR"), RecordPayment("p", Decimal(1), "EUR"))[1],
+        "already recorded",
+    )
+    assert rejected(
+        run(*base, SendInvoice(), RecordPayment("p", Decimal(50), "EUR"), RecordPayment("q", Decimal(1), "EUR"))[1],
+        "paid in full",
+    )
 
 
 def test_no_line_item_changes_after_sending():
@@ -107,12 +125,21 @@ def test_no_delete_after_payment():
         ("AddLineItem", {"line_id": "a", "description": "d", "quantity": -2, "unit_price": "1"}, "positive"),
         ("AddLineItem", {"line_id": "a", "description": "d", "quantity": 1, "unit_price": 1.5}, "floats"),
         ("AddLineItem", {"line_id": "a", "description": "d", "quantity": 1, "unit_price": "1.001"}, "two decimal"),
-        ("CreateInvoice", {"customer": "c", "currency": "EUR", "issue_date": "2026-02-01",
-                           "due_date": "2026-01-31"}, "before issue_date"),
-        ("CreateInvoice", {"customer": "c", "currency": "euro", "issue_date": "2026-02-01",
-                           "due_date": "2026-03-01"}, "ISO 4217"),
-        ("CreateInvoice", {"customer": " ", "currency": "EUR", "issue_date": "2026-02-01",
-                           "due_date": "2026-03-01"}, "customer must not be empty"),
+        (
+            "CreateInvoice",
+            {"customer": "c", "currency": "EUR", "issue_date": "2026-02-01", "due_date": "2026-01-31"},
+            "before issue_date",
+        ),
+        (
+            "CreateInvoice",
+            {"customer": "c", "currency": "euro", "issue_date": "2026-02-01", "due_date": "2026-03-01"},
+            "ISO 4217",
+        ),
+        (
+            "CreateInvoice",
+            {"customer": " ", "currency": "EUR", "issue_date": "2026-02-01", "due_date": "2026-03-01"},
+            "customer must not be empty",
+        ),
         ("RecordPayment", {"payment_id": "p", "amount": "0", "currency": "EUR"}, "greater than zero"),
         ("RecordPayment", {"payment_id": "p", "amount": "-5", "currency": "EUR"}, "greater than zero"),
     ],

@@ -13,14 +13,17 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 POLICY = Autoscaling(max_replicas=6, min_replicas=2, lag_per_replica=100, cooldown_seconds=300)
 
 
-@pytest.mark.parametrize(("lag", "partitions", "expected"), [
-    (0, 12, 2),       # never below min
-    (150, 12, 2),     # ceil(1.5) = 2
-    (201, 12, 3),     # ceil(2.01) = 3
-    (10_000, 12, 6),  # never above max
-    (10_000, 4, 4),   # never above the partitions
-    (-5, 12, 2),      # a negative lag (offsets raced) counts as none
-])
+@pytest.mark.parametrize(
+    ("lag", "partitions", "expected"),
+    [
+        (0, 12, 2),  # never below min
+        (150, 12, 2),  # ceil(1.5) = 2
+        (201, 12, 3),  # ceil(2.01) = 3
+        (10_000, 12, 6),  # never above max
+        (10_000, 4, 4),  # never above the partitions
+        (-5, 12, 2),  # a negative lag (offsets raced) counts as none
+    ],
+)
 def test_target(lag: int, partitions: int, expected: int) -> None:
     assert target_replicas(lag, POLICY, partitions) == expected
 

@@ -9,16 +9,26 @@ from foldline_operator.builders import GatewayViews, KafkaAuth, Owner
 from foldline_operator.spec import AggregateResource, ProjectionResource
 
 OWNER = Owner("EventSourcedAggregate", "invoices", "uid-1", "shop")
-SPEC = AggregateResource.parse("invoices", {
-    "aggregate": "shop.domain:Invoices", "image": "registry/shop:1.2", "partitions": 6,
-    "kafka": {"bootstrapServers": "kafka:9092", "secretRef": {"name": "kafka-auth"}},
-    "handlers": {"replicas": 3, "resources": {"requests": {"cpu": "250m"}},
-                 "storage": {"size": "5Gi", "storeKind": "rocksdb"}},
-    "env": [{"name": "FOLDLINE_COMMIT_INTERVAL_MS", "value": "50"}], "serviceAccountName": "shop",
-    "gateway": {"enabled": True, "replicas": 2, "tokenSecretRef": {"name": "gw"}},
-})
-AUTH = KafkaAuth("kafka-auth", frozenset({"security.protocol", "sasl.mechanism", "sasl.username", "sasl.password",
-                                          "ca.crt"}))
+SPEC = AggregateResource.parse(
+    "invoices",
+    {
+        "aggregate": "shop.domain:Invoices",
+        "image": "registry/shop:1.2",
+        "partitions": 6,
+        "kafka": {"bootstrapServers": "kafka:9092", "secretRef": {"name": "kafka-auth"}},
+        "handlers": {
+            "replicas": 3,
+            "resources": {"requests": {"cpu": "250m"}},
+            "storage": {"size": "5Gi", "storeKind": "rocksdb"},
+        },
+        "env": [{"name": "FOLDLINE_COMMIT_INTERVAL_MS", "value": "50"}],
+        "serviceAccountName": "shop",
+        "gateway": {"enabled": True, "replicas": 2, "tokenSecretRef": {"name": "gw"}},
+    },
+)
+AUTH = KafkaAuth(
+    "kafka-auth", frozenset({"security.protocol", "sasl.mechanism", "sasl.username", "sasl.password", "ca.crt"})
+)
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
@@ -28,9 +38,16 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 def test_handler_deployment() -> None:
     d = builders.handler_deployment(OWNER, SPEC, AUTH, replicas=3)
     assert d["metadata"]["name"] == "invoices-command-handler"
-    assert d["metadata"]["ownerReferences"] == [{"apiVersion": "foldline.io/v1alpha1", "kind": "EventSourcedAggregate",
-                                                 "name": "invoices", "uid": "uid-1", "controller": True,
-                                                 "blockOwnerDeletion": True}]
+    assert d["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "foldline.io/v1alpha1",
+            "kind": "EventSourcedAggregate",
+            "name": "invoices",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert d["spec"]["replicas"] == 3
     assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
     pod = d["spec"]["template"]["spec"]
@@ -66,8 +83,16 @@ def test_gateway_deployment_service_and_views() -> None:
     views = GatewayViews(("shop.views:InvoiceList",), ("views-db", "url"))
     d = builders.gateway_deployment(OWNER, SPEC, AUTH, views)
     c = builders.container_of(d)
-    assert c["command"] == ["foldline", "gateway", "--aggregate", "shop.domain:Invoices", "--projection",
-                            "shop.views:InvoiceList", "--database", "$(FOLDLINE_PROJECTION_DATABASE)"]
+    assert c["command"] == [
+        "foldline",
+        "gateway",
+        "--aggregate",
+        "shop.domain:Invoices",
+        "--projection",
+        "shop.views:InvoiceList",
+        "--database",
+        "$(FOLDLINE_PROJECTION_DATABASE)",
+    ]
     env = env_of(c)
     assert env["FOLDLINE_GATEWAY_TOKEN"] == {"secretKeyRef": {"name": "gw", "key": "token"}}
     assert env["FOLDLINE_GATEWAY_PORT"] == "8000" and d["spec"]["replicas"] == 2
@@ -79,16 +104,31 @@ def test_gateway_deployment_service_and_views() -> None:
 
 
 def test_projector_deployment_per_revision() -> None:
-    projection = ProjectionResource.parse("invoice-list", {
-        "aggregateRef": {"name": "invoices"}, "projector": "shop.views:InvoiceList", "revision": 3,
-        "database": {"secretRef": {"name": "views-db"}}, "replicas": 1})
+    projection = ProjectionResource.parse(
+        "invoice-list",
+        {
+            "aggregateRef": {"name": "invoices"},
+            "projector": "shop.views:InvoiceList",
+            "revision": 3,
+            "database": {"secretRef": {"name": "views-db"}},
+            "replicas": 1,
+        },
+    )
     owner = Owner("Projection", "invoice-list", "uid-2", "shop")
     d = builders.projector_deployment(owner, projection, SPEC, KafkaAuth())
     assert d["metadata"]["name"] == "invoice-list-projector-r3"
     assert d["spec"]["selector"]["matchLabels"]["foldline.io/revision"] == "3"
     c = builders.container_of(d)
-    assert c["command"] == ["foldline", "projector", "--projection", "shop.views:InvoiceList", "--aggregate-name",
-                            "invoices", "--view-name", "invoice-list"]
+    assert c["command"] == [
+        "foldline",
+        "projector",
+        "--projection",
+        "shop.views:InvoiceList",
+        "--aggregate-name",
+        "invoices",
+        "--view-name",
+        "invoice-list",
+    ]
     assert env_of(c)["FOLDLINE_PROJECTION_DATABASE"] == {"secretKeyRef": {"name": "views-db", "key": "url"}}
     assert c["image"] == "registry/shop:1.2"  # the aggregate's image unless it names its own
     assert d["spec"]["template"]["spec"]["serviceAccountName"] == "shop"

@@ -53,16 +53,28 @@ def test_schemas_are_structural_and_defaults_fit(crd: dict[str, Any]) -> None:
 
 def test_aggregate_crd_has_scale_columns_and_rules() -> None:
     version = crds.aggregate_crd()["spec"]["versions"][0]
-    assert version["subresources"]["scale"] == {"specReplicasPath": ".spec.handlers.replicas",
-                                                "statusReplicasPath": ".status.replicas",
-                                                "labelSelectorPath": ".status.selector"}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Ready", "Partitions", "Replicas", "Lag",
-                                                                         "Reason", "Age"]
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.handlers.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Ready",
+        "Partitions",
+        "Replicas",
+        "Lag",
+        "Reason",
+        "Age",
+    ]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     rules = " ".join(r["rule"] for r in spec["x-kubernetes-validations"])
     assert "self.handlers.replicas <= self.partitions" in rules
     assert "self.handlers.autoscaling.maxReplicas <= self.partitions" in rules
-    assert spec["properties"]["deletionPolicy"] == {"type": "string", "description": spec["properties"][
-        "deletionPolicy"]["description"], "enum": ["Retain", "Delete"], "default": "Retain"}
+    assert spec["properties"]["deletionPolicy"] == {
+        "type": "string",
+        "description": spec["properties"]["deletionPolicy"]["description"],
+        "enum": ["Retain", "Delete"],
+        "default": "Retain",
+    }
     assert spec["properties"]["allowPartitionGrowth"]["default"] is False
     assert crds.projection_crd()["spec"]["names"]["shortNames"] == ["proj"]

@@ -21,8 +21,10 @@ NOW = "2026-11-27T12:00:00Z"
 
 
 def deployment(generation: int = 2, observed: int = 2, available: int = 3, updated: int = 3) -> dict[str, Any]:
-    return {"metadata": {"generation": generation},
-            "status": {"observedGeneration": observed, "availableReplicas": available, "updatedReplicas": updated}}
+    return {
+        "metadata": {"generation": generation},
+        "status": {"observedGeneration": observed, "availableReplicas": available, "updatedReplicas": updated},
+    }
 
 
 def test_deployment_condition() -> None:
@@ -61,14 +63,19 @@ def test_status_patch_writes_only_differences() -> None:
 def test_transition_events_only_for_changes() -> None:
     current = {"conditions": merge(None, [Condition("TopicsReady", True, "Verified")], NOW, 1)}
     assert transition_events(current, [Condition("TopicsReady", True, "Verified", "other text")]) == []
-    [(kind, reason, message)] = transition_events(current, [Condition("TopicsReady", False, "PartitionShrinkRefused",
-                                                                        "cannot shrink")])
+    [(kind, reason, message)] = transition_events(
+        current, [Condition("TopicsReady", False, "PartitionShrinkRefused", "cannot shrink")]
+    )
     assert (kind, reason, message) == ("Warning", "PartitionShrinkRefused", "TopicsReady: cannot shrink")
 
 
 def test_paused_keeps_conditions_and_generation() -> None:
-    status = {"observedGeneration": 3, "conditions": merge(None, [Condition("TopicsReady", True, "Verified"),
-                                                                  Condition("Ready", True, "Ready")], NOW, 3)}
+    status = {
+        "observedGeneration": 3,
+        "conditions": merge(
+            None, [Condition("TopicsReady", True, "Verified"), Condition("Ready", True, "Ready")], NOW, 3
+        ),
+    }
     outcome = paused_outcome(status)
     assert outcome.status == {"paused": True}
     assert [(c.type, c.reason) for c in outcome.conditions] == [("TopicsReady", "Verified"), ("Ready", "Paused")]
@@ -86,28 +93,56 @@ def test_rebuild_start_time_survives_passes() -> None:
 
 def test_spec_parsing_and_durations() -> None:
     assert [duration_ms(t) for t in ("500ms", "30s", "90m", "12h", "7d")] == [
-        500, 30_000, 5_400_000, 43_200_000, 7 * DAY_MS]
+        500,
+        30_000,
+        5_400_000,
+        43_200_000,
+        7 * DAY_MS,
+    ]
     with pytest.raises(ValueError):
         duration_ms("7 days")
-    spec = AggregateResource.parse("res", {"aggregate": "m:A", "image": "i", "partitions": 2,
-                                       "kafka": {"bootstrapServers": "k:1"}, "aggregateName": "orders",
-                                       "handlers": {"autoscaling": {"maxReplicas": 2}}})
+    spec = AggregateResource.parse(
+        "res",
+        {
+            "aggregate": "m:A",
+            "image": "i",
+            "partitions": 2,
+            "kafka": {"bootstrapServers": "k:1"},
+            "aggregateName": "orders",
+            "handlers": {"autoscaling": {"maxReplicas": 2}},
+        },
+    )
     assert spec.name == "orders" and spec.replication_factor == 3 and spec.deletion_policy == "Retain"
     assert spec.autoscaling is not None and spec.autoscaling.lag_per_replica == 1000
     assert spec.retention.results_ms == 3_600_000
 
 
 def test_kafka_client_config_from_the_secret() -> None:
-    secret = {"security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u",
-              "sasl.password": "p", "ca.crt": "-----BEGIN CERTIFICATE-----", "unrelated": "x"}
+    secret = {
+        "security.protocol": "sasl_ssl",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "u",
+        "sasl.password": "p",
+        "ca.crt": "-----BEGIN CERTIFICATE-----",
+        "unrelated": "x",
+    }
     assert client_config("k:9093", secret) == {
-        "bootstrap.servers": "k:9093", "security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.username": "u", "sasl.password": "p", "ssl.ca.pem": "-----BEGIN CERTIFICATE-----"}
+        "bootstrap.servers": "k:9093",
+        "security.protocol": "sasl_ssl",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "u",
+        "sasl.password": "p",
+        "ssl.ca.pem": "-----BEGIN CERTIFICATE-----",
+    }
 
 
 def test_operator_config_from_env_and_flags() -> None:
-    env = {"FOLDLINE_OPERATOR_RESYNC_SECONDS": "5", "FOLDLINE_OPERATOR_NAMESPACES": "a, b",
-           "FOLDLINE_OPERATOR_PRIORITY": "7", "FOLDLINE_HTTP_PORT": "9000"}
+    env = {
+        "FOLDLINE_OPERATOR_RESYNC_SECONDS": "5",
+        "FOLDLINE_OPERATOR_NAMESPACES": "a, b",
+        "FOLDLINE_OPERATOR_PRIORITY": "7",
+        "FOLDLINE_HTTP_PORT": "9000",
+    }
     config = OperatorConfig.from_env(env)
     assert (config.resync_seconds, config.namespaces, config.priority, config.http_port) == (5.0, ("a", "b"), 7, 9000)
     flagged, fmt = parse_args(["--namespace", "c", "--priority", "9", "--log-format", "json"], env)
@@ -126,8 +161,16 @@ def _view(active: int | None, revisions: list[tuple[int, str, float]], source: s
 def _projection(revision: int, source: str = "snapshots") -> Any:
     from foldline_operator.spec import ProjectionResource
 
-    return ProjectionResource.parse("list", {"aggregateRef": {"name": "agg"}, "projector": "m:P", "revision": revision,
-                                         "source": source, "database": {"secretRef": {"name": "db"}}})
+    return ProjectionResource.parse(
+        "list",
+        {
+            "aggregateRef": {"name": "agg"},
+            "projector": "m:P",
+            "revision": revision,
+            "source": source,
+            "database": {"secretRef": {"name": "db"}},
+        },
+    )
 
 
 def test_revision_state_through_a_rebuild() -> None:

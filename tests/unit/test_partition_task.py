@@ -17,8 +17,15 @@ LINE = {"line_id": "a", "description": "d", "quantity": 2, "unit_price": "5.00"}
 
 @pytest.fixture
 def task(tmp_path):
-    t = PartitionTask(AggregateSpec(Invoices()), 0, open_state_store("sqlite", tmp_path / "p0"), cache_size=100,
-                      dedup_window=3, topic="invoices.commands", clock=lambda: "2026-11-26T00:00:00Z")
+    t = PartitionTask(
+        AggregateSpec(Invoices()),
+        0,
+        open_state_store("sqlite", tmp_path / "p0"),
+        cache_size=100,
+        dedup_window=3,
+        topic="invoices.commands",
+        clock=lambda: "2026-11-26T00:00:00Z",
+    )
     yield t
     t.close()
 

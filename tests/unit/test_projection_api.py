@@ -38,8 +38,15 @@ from foldline.settings import ProjectorSettings
 
 
 def table(**overrides):
-    args = {"view": "v", "revision": 1, "aggregate": "a", "source": "snapshots", "topic": "a.snapshots",
-            "columns": (Column("id", "text"), Column("n", "integer")), "key": ("id",)}
+    args = {
+        "view": "v",
+        "revision": 1,
+        "aggregate": "a",
+        "source": "snapshots",
+        "topic": "a.snapshots",
+        "columns": (Column("id", "text"), Column("n", "integer")),
+        "key": ("id",),
+    }
     return TableDef.build(**{**args, **overrides})
 
 
@@ -67,15 +74,18 @@ def test_table_names_map_views_one_to_one():
     assert t.column_names == ["id", "n", "aggregate_id", "aggregate_version"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"columns": (Column("id", "text"), Column("id", "integer"))}, "twice"),
-    ({"columns": (Column("aggregate_id", "text"),), "key": ("aggregate_id",)}, "system column"),
-    ({"key": ("nope",)}, "not a declared column"),
-    ({"key": ()}, "primary key"),
-    ({"source": "changelog"}, "source"),
-    ({"revision": 0}, "revision"),
-    ({"indexes": (("zzz",),)}, "unknown columns"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"columns": (Column("id", "text"), Column("id", "integer"))}, "twice"),
+        ({"columns": (Column("aggregate_id", "text"),), "key": ("aggregate_id",)}, "system column"),
+        ({"key": ("nope",)}, "not a declared column"),
+        ({"key": ()}, "primary key"),
+        ({"source": "changelog"}, "source"),
+        ({"revision": 0}, "revision"),
+        ({"indexes": (("zzz",),)}, "unknown columns"),
+    ],
+)
 def test_bad_tables_are_refused(overrides, message):
     with pytest.raises(AggregateDefinitionError, match=message):
         table(**overrides)
@@ -94,8 +104,18 @@ def spec(cls=InvoiceList, **kw):
 
 def test_check_accepts_good_changes_and_names_the_fault_in_bad_ones():
     s = spec()
-    good = Upsert({"id": "i", "customer": "c", "status": "draft", "currency": "EUR", "total": Decimal("1.00"),
-                   "balance": 0, "issue_date": date(2026, 1, 1), "due_date": None})
+    good = Upsert(
+        {
+            "id": "i",
+            "customer": "c",
+            "status": "draft",
+            "currency": "EUR",
+            "total": Decimal("1.00"),
+            "balance": 0,
+            "issue_date": date(2026, 1, 1),
+            "due_date": None,
+        }
+    )
     assert s.check(good) is good
     with pytest.raises(ValueError, match="key column 'id'"):
         s.check(Upsert({"customer": "c"}))
@@ -141,16 +161,30 @@ def test_names_can_be_overridden_for_deployments_and_tests():
 
 
 def invoice(status="draft", lines=(("a", 2, "10.00"), ("b", 1, "5.50")), paid="0"):
-    return Invoice(status, "ACME", "EUR", date(2026, 11, 1), date(2026, 12, 1),
-                   tuple(LineItem(i, f"item {i}", q, Decimal(p)) for i, q, p in lines), Decimal(paid))
+    return Invoice(
+        status,
+        "ACME",
+        "EUR",
+        date(2026, 11, 1),
+        date(2026, 12, 1),
+        tuple(LineItem(i, f"item {i}", q, Decimal(p)) for i, q, p in lines),
+        Decimal(paid),
+    )
 
 
 def test_invoice_list_row_and_deleted_invoices_leave_the_list():
     s = spec()
     [row] = s.projection.project(Snapshot("inv-1", 5, invoice("sent", paid="10.00")))
-    assert row.values == {"id": "inv-1", "customer": "ACME", "status": "sent", "currency": "EUR",
-                          "total": Decimal("25.50"), "balance": Decimal("15.50"), "issue_date": date(2026, 11, 1),
-                          "due_date": date(2026, 12, 1)}
+    assert row.values == {
+        "id": "inv-1",
+        "customer": "ACME",
+        "status": "sent",
+        "currency": "EUR",
+        "total": Decimal("25.50"),
+        "balance": Decimal("15.50"),
+        "issue_date": date(2026, 11, 1),
+        "due_date": date(2026, 12, 1),
+    }
     s.check(row)
     assert s.projection.project(Snapshot("inv-1", 6, invoice("deleted"))) == []
 
@@ -168,15 +202,18 @@ def test_line_items_one_row_per_line():
     s = spec(InvoiceLineItems)
     rows = s.projection.project(Snapshot("inv-1", 3, invoice()))
     assert [(r.values["line_id"], r.values["position"], r.values["amount"]) for r in rows] == [
-        ("a", 1, Decimal("20.00")), ("b", 2, Decimal("5.50"))]
+        ("a", 1, Decimal("20.00")),
+        ("b", 2, Decimal("5.50")),
+    ]
     for r in rows:
         s.check(r)
 
 
 def test_customer_totals_remembers_the_customer_of_each_invoice():
     p = CustomerTotals()
-    created = p.project(Event("inv-1", 1, "InvoiceCreated", InvoiceCreated("ACME", "EUR", date(2026, 1, 1),
-                                                                         date(2026, 2, 1))))
+    created = p.project(
+        Event("inv-1", 1, "InvoiceCreated", InvoiceCreated("ACME", "EUR", date(2026, 1, 1), date(2026, 2, 1)))
+    )
     assert created[0] == Remember({"customer": "ACME"})
     assert isinstance(created[1], Increment)
     assert created[1].key == {"customer": "ACME"} and created[1].add["invoices"] == 1
@@ -184,12 +221,20 @@ def test_customer_totals_remembers_the_customer_of_each_invoice():
     assert sent[0] == Remember({"customer": "ACME", "sent": "30.00"})
     assert isinstance(sent[1], Increment)
     assert sent[1].add == {"invoices": 0, "invoiced": Decimal("30.00"), "paid": Decimal("0"), "events": 1}
-    paid = p.project(Event("inv-1", 4, "PaymentRecorded", PaymentRecorded("p", Decimal("5"), Decimal("25")),
-                           memo={"customer": "ACME", "sent": "30.00"}))
+    paid = p.project(
+        Event(
+            "inv-1",
+            4,
+            "PaymentRecorded",
+            PaymentRecorded("p", Decimal("5"), Decimal("25")),
+            memo={"customer": "ACME", "sent": "30.00"},
+        )
+    )
     assert isinstance(paid[0], Increment)
     assert paid[0].add["paid"] == Decimal("5")
-    deleted = p.project(Event("inv-1", 5, "InvoiceDeleted", InvoiceDeleted(""),
-                              memo={"customer": "ACME", "sent": "30.00"}))
+    deleted = p.project(
+        Event("inv-1", 5, "InvoiceDeleted", InvoiceDeleted(""), memo={"customer": "ACME", "sent": "30.00"})
+    )
     assert isinstance(deleted[0], Increment)
     assert deleted[0].add["invoices"] == -1 and deleted[0].add["invoiced"] == Decimal("-30.00")
     assert p.project(Event("inv-2", 2, "InvoiceSent", InvoiceSent(Decimal("1")))) == []  # never saw it created
@@ -197,24 +242,45 @@ def test_customer_totals_remembers_the_customer_of_each_invoice():
         spec(CustomerTotals).check(change)
 
 
-@pytest.mark.parametrize("kind, raw, value", [
-    ("text", "O'Brien; --", "O'Brien; --"), ("integer", "-12", -12), ("numeric", "10.50", Decimal("10.50")),
-    ("date", "2026-12-01", date(2026, 12, 1)), ("boolean", "TRUE", True), ("boolean", "0", False),
-])
+@pytest.mark.parametrize(
+    "kind, raw, value",
+    [
+        ("text", "O'Brien; --", "O'Brien; --"),
+        ("integer", "-12", -12),
+        ("numeric", "10.50", Decimal("10.50")),
+        ("date", "2026-12-01", date(2026, 12, 1)),
+        ("boolean", "TRUE", True),
+        ("boolean", "0", False),
+    ],
+)
 def test_filters_are_parsed_to_the_column_type(kind, raw, value):
     assert parse_filter(Column("c", kind), raw) == value
 
 
-@pytest.mark.parametrize("kind, raw", [("integer", "1.5"), ("integer", "1 OR 1=1"), ("numeric", "NaN"),
-                                       ("numeric", "ten"), ("date", "tomorrow"), ("boolean", "maybe")])
+@pytest.mark.parametrize(
+    "kind, raw",
+    [
+        ("integer", "1.5"),
+        ("integer", "1 OR 1=1"),
+        ("numeric", "NaN"),
+        ("numeric", "ten"),
+        ("date", "tomorrow"),
+        ("boolean", "maybe"),
+    ],
+)
 def test_bad_filter_values_are_invalid_queries(kind, raw):
     with pytest.raises(InvalidQueryError):
         parse_filter(Column("c", kind), raw)
 
 
 def test_projector_settings_from_env():
-    s = ProjectorSettings.from_env({"FOLDLINE_PROJECTION_DATABASE": "postgresql://x/y",
-                                    "FOLDLINE_PROJECTION_MAX_BATCH": "100", "FOLDLINE_HTTP_PORT": "9000"})
+    s = ProjectorSettings.from_env(
+        {
+            "FOLDLINE_PROJECTION_DATABASE": "postgresql://x/y",
+            "FOLDLINE_PROJECTION_MAX_BATCH": "100",
+            "FOLDLINE_HTTP_PORT": "9000",
+        }
+    )
     assert (s.database, s.max_batch, s.http_port) == ("postgresql://x/y", 100, 9000)
     assert ProjectorSettings.from_env({}).database.startswith("sqlite:///")
     assert s.with_changes(batch_wait_ms=5).batch_wait_ms == 5

@@ -45,8 +45,14 @@ def event(aggregate_id, version, ev):
 
 
 def invoice(*lines, status="draft"):
-    return Invoice(status, "ACME", "EUR", date(2026, 1, 1), date(2026, 2, 1),
-                   tuple(LineItem(i, i, 1, Decimal(p)) for i, p in lines))
+    return Invoice(
+        status,
+        "ACME",
+        "EUR",
+        date(2026, 1, 1),
+        date(2026, 2, 1),
+        tuple(LineItem(i, i, 1, Decimal(p)) for i, p in lines),
+    )
 
 
 @pytest.fixture
@@ -71,8 +77,14 @@ def rows(store, view, **filters):
 
 def test_snapshot_batch_keeps_the_newest_per_aggregate_and_drops_removed_lines(store):
     spec = ProjectionSpec(InvoiceLineItems())
-    result = run(store, spec, [Msg(0, 0, snap("i1", 2, invoice(("a", "1"), ("b", "2")))),
-                               Msg(0, 1, snap("i1", 3, invoice(("a", "1"), ("b", "2"), ("c", "3"))))])
+    result = run(
+        store,
+        spec,
+        [
+            Msg(0, 0, snap("i1", 2, invoice(("a", "1"), ("b", "2")))),
+            Msg(0, 1, snap("i1", 3, invoice(("a", "1"), ("b", "2"), ("c", "3")))),
+        ],
+    )
     assert (result.applied, result.rows, result.positions) == (1, 3, {0: 2})
     assert [r["line_id"] for r in rows(store, "invoice-line-items")] == ["a", "b", "c"]
     run(store, spec, [Msg(0, 2, snap("i1", 4, invoice(("a", "1"), ("c", "3"))))])
@@ -104,10 +116,12 @@ def test_events_are_counted_once_even_when_delivered_again(store):
     from foldline.examples.invoices import InvoiceCreated, InvoiceSent, PaymentRecorded
 
     spec = ProjectionSpec(CustomerTotals())
-    evs = [Msg(0, 0, event("i1", 1, InvoiceCreated("ACME", "EUR", date(2026, 1, 1), date(2026, 2, 1)))),
-           Msg(0, 1, event("i1", 2, InvoiceSent(Decimal("30.00")))),
-           Msg(1, 0, event("i2", 1, InvoiceCreated("ACME", "EUR", date(2026, 1, 1), date(2026, 2, 1)))),
-           Msg(0, 2, event("i1", 3, PaymentRecorded("p", Decimal("10.25"), Decimal("19.75"))))]
+    evs = [
+        Msg(0, 0, event("i1", 1, InvoiceCreated("ACME", "EUR", date(2026, 1, 1), date(2026, 2, 1)))),
+        Msg(0, 1, event("i1", 2, InvoiceSent(Decimal("30.00")))),
+        Msg(1, 0, event("i2", 1, InvoiceCreated("ACME", "EUR", date(2026, 1, 1), date(2026, 2, 1)))),
+        Msg(0, 2, event("i1", 3, PaymentRecorded("p", Decimal("10.25"), Decimal("19.75")))),
+    ]
     run(store, spec, evs[:2])
     run(store, spec, evs)  # the first two again, below the stored position: skipped
     assert run(store, spec, evs, positions={0: 3, 1: 1}).applied == 0
@@ -133,8 +147,17 @@ def test_undecodable_records_and_failing_projections_are_skipped(store):
             return InvoiceList().project(record)
 
     spec = ProjectionSpec(Fussy())
-    result = run(store, spec, [Msg(0, 0, b"{not json"), Msg(0, 1, None), Msg(0, 2, snap("bad", 1, invoice())),
-                               Msg(0, 3, snap("wrong", 1, invoice())), Msg(0, 4, snap("ok", 1, invoice()))])
+    result = run(
+        store,
+        spec,
+        [
+            Msg(0, 0, b"{not json"),
+            Msg(0, 1, None),
+            Msg(0, 2, snap("bad", 1, invoice())),
+            Msg(0, 3, snap("wrong", 1, invoice())),
+            Msg(0, 4, snap("ok", 1, invoice())),
+        ],
+    )
     assert (result.skipped, result.applied) == (4, 1)
     assert [r["id"] for r in rows(store, "fussy")] == ["ok"]
     assert store.positions("fussy", 1, spec.topic) == {0: 5}

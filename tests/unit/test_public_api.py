@@ -26,15 +26,19 @@ def test_all_is_exact(name):
     assert len(exported) == len(set(exported))
     for item in exported:
         assert hasattr(package, item), item
-    public = {n for n, v in vars(package).items() if not n.startswith("_") and n != "annotations"
-              and not inspect.ismodule(v)}
+    public = {
+        n for n, v in vars(package).items() if not n.startswith("_") and n != "annotations" and not inspect.ismodule(v)
+    }
     assert public == set(exported) - {"__version__"}
 
 
 def errors_of(module_name):
     module = importlib.import_module(module_name)
-    return [obj for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == module_name]
+    return [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == module_name
+    ]
 
 
 @pytest.mark.parametrize("module_name", sorted(ERROR_MODULES))
@@ -50,8 +54,9 @@ def test_every_error_is_in_exactly_one_group_and_exported(module_name):
         groups = [g for g in GROUPS if issubclass(error, g)]
         # HttpError is the base of the gateway's errors; each one it raises is in a group.
         if error.__name__ == "HttpError":
-            assert not groups and all(len([g for g in GROUPS if issubclass(sub, g)]) == 1
-                                      for sub in error.__subclasses__())
+            assert not groups and all(
+                len([g for g in GROUPS if issubclass(sub, g)]) == 1 for sub in error.__subclasses__()
+            )
             continue
         assert len(groups) == 1, f"{error.__name__} is in {groups or 'no group'}"
 
@@ -60,5 +65,9 @@ def test_the_root_package_reexports_the_record_vocabulary():
     from foldline import records
 
     assert foldline.Status is records.Status and [s.value for s in foldline.Status] == [
-        "accepted", "rejected", "conflict", "failed"]
+        "accepted",
+        "rejected",
+        "conflict",
+        "failed",
+    ]
     assert foldline.CommandResult is records.CommandResult

@@ -78,8 +78,13 @@ def _searchable_by_others(path: Path) -> bool:
 
 
 class DevPostgres:
-    def __init__(self, cache_dir: Path | None = None, port: int | None = None, host: str = "127.0.0.1",
-                 clients: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        clients: tuple[str, ...] = (),
+    ) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.port = port or int(os.environ.get("FOLDLINE_DEV_POSTGRES_PORT", DEFAULT_PORT))
         self.host = host  # an address besides loopback to listen on (the cluster's node address)
@@ -244,10 +249,7 @@ class DevPostgres:
         while True:
             try:
                 with psycopg.connect(maintenance, connect_timeout=3, autocommit=True) as conn:
-                    if (
-                        conn.execute("SELECT 1 FROM pg_database WHERE datname = 'foldline'").fetchone()
-                        is None
-                    ):
+                    if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'foldline'").fetchone() is None:
                         conn.execute("CREATE DATABASE foldline OWNER foldline")
                 return
             except psycopg.OperationalError as exc:  # still starting up, or in crash recovery

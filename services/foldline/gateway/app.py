@@ -1,11 +1,11 @@
 """The gateway as an ASGI application (starlette), served by uvicorn.
 
-    POST /aggregates/{aggregate}/commands              a command envelope; waits for its result
-    GET  /aggregates/{aggregate}/commands/{command_id} a result by command id (any replica)
-    GET  /aggregates/{aggregate}/stream                SSE: results as they arrive
-    GET  /views/{view}/rows                            rows of a projection (read-after-write: min_version)
-    GET  /views/{view}/stream                          SSE: rows whenever they change (poll-based)
-    GET  /aggregates, /views, /openapi.json, /healthz, /readyz, /metrics
+POST /aggregates/{aggregate}/commands              a command envelope; waits for its result
+GET  /aggregates/{aggregate}/commands/{command_id} a result by command id (any replica)
+GET  /aggregates/{aggregate}/stream                SSE: results as they arrive
+GET  /views/{view}/rows                            rows of a projection (read-after-write: min_version)
+GET  /views/{view}/stream                          SSE: rows whenever they change (poll-based)
+GET  /aggregates, /views, /openapi.json, /healthz, /readyz, /metrics
 """
 
 from __future__ import annotations
@@ -93,10 +93,18 @@ async def openapi(request: Request) -> Response:
 
 async def list_aggregates(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    return JSON({"aggregates": [{"name": name, "commands": sorted(spec.commands),
-                                 "topics": {"commands": gateway.topics[name].commands,
-                                            "results": gateway.topics[name].results}}
-                                for name, spec in sorted(gateway.specs.items())]})
+    return JSON(
+        {
+            "aggregates": [
+                {
+                    "name": name,
+                    "commands": sorted(spec.commands),
+                    "topics": {"commands": gateway.topics[name].commands, "results": gateway.topics[name].results},
+                }
+                for name, spec in sorted(gateway.specs.items())
+            ]
+        }
+    )
 
 
 async def list_views(request: Request) -> Response:
@@ -185,8 +193,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code,
-                        headers=exc.headers)
+    return JSONResponse(
+        {"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 def create_app(gateway: Gateway) -> ASGIApp:
@@ -199,7 +208,9 @@ def create_app(gateway: Gateway) -> ASGIApp:
             await gateway.stop()
 
     routes = [
-        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", prometheus),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", prometheus),
         Route("/openapi.json", openapi),
         Route("/aggregates", list_aggregates),
         Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
@@ -209,7 +220,8 @@ def create_app(gateway: Gateway) -> ASGIApp:
         Route("/views/{view}/rows", view_rows),
         Route("/views/{view}/stream", stream.stream_view),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HttpError: _http_error, HTTPException: _starlette_error})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HttpError: _http_error, HTTPException: _starlette_error}
+    )
     app.state.gateway = gateway
     return Instrumented(BearerAuth(app, gateway.settings.token), gateway)

@@ -20,21 +20,32 @@ def cmd_gateway(args: argparse.Namespace, *, catalog: Callable[[], ViewCatalog] 
         changes["port"] = args.port
     if args.host is not None:
         changes["host"] = args.host
-    gateway = build_gateway(args.aggregate, settings.with_changes(**changes), projections=args.projection or (),
-                            database=args.database, catalog=catalog() if catalog and args.database else None)
+    gateway = build_gateway(
+        args.aggregate,
+        settings.with_changes(**changes),
+        projections=args.projection or (),
+        database=args.database,
+        catalog=catalog() if catalog and args.database else None,
+    )
     return serve(gateway)
 
 
 def register(sub: Any, *, catalog: Callable[[], ViewCatalog] | None = None) -> None:
     """Add ``gateway``; ``catalog`` gives the projections' views (``foldline.cli`` passes the projector's)."""
-    p = sub.add_parser("gateway", help="serve commands, results, views and streams over HTTP",
-                       description="The HTTP gateway: POST commands and wait for their results, GET view rows "
-                                   "(read-after-write with min_version), and Server-Sent Event streams. "
-                                   "Settings: FOLDLINE_GATEWAY_* (see docs/gateway.md).")
-    p.add_argument("--aggregate", action="append", required=True,
-                   help="import path of an aggregate, e.g. foldline.examples.invoices:Invoices (repeatable)")
-    p.add_argument("--projection", action="append",
-                   help="import path of a projection whose view to serve (repeatable)")
+    p = sub.add_parser(
+        "gateway",
+        help="serve commands, results, views and streams over HTTP",
+        description="The HTTP gateway: POST commands and wait for their results, GET view rows "
+        "(read-after-write with min_version), and Server-Sent Event streams. "
+        "Settings: FOLDLINE_GATEWAY_* (see docs/gateway.md).",
+    )
+    p.add_argument(
+        "--aggregate",
+        action="append",
+        required=True,
+        help="import path of an aggregate, e.g. foldline.examples.invoices:Invoices (repeatable)",
+    )
+    p.add_argument("--projection", action="append", help="import path of a projection whose view to serve (repeatable)")
     p.add_argument("--database", help="the projection database: sqlite:///path or postgresql://...")
     p.add_argument("--port", type=int, help="default: FOLDLINE_GATEWAY_PORT or 8000")
     p.add_argument("--host", help="default: FOLDLINE_GATEWAY_HOST or 0.0.0.0")

@@ -33,8 +33,9 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         if not declared.isdigit():
             raise BadRequest(f"Content-Length must be a number, got {declared!r}")
         if int(declared) > max_bytes:
-            raise PayloadTooLarge(f"the body has {declared} bytes; at most {max_bytes} are accepted",
-                                  details={"max_bytes": max_bytes})
+            raise PayloadTooLarge(
+                f"the body has {declared} bytes; at most {max_bytes} are accepted", details={"max_bytes": max_bytes}
+            )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -69,8 +70,7 @@ def query_timeout(request: Request, default: float, maximum: float) -> float:
     except ValueError:
         raise BadRequest(f"timeout must be a number of seconds, got {raw!r}", code="invalid_query") from None
     if not 0 < value <= maximum:
-        raise BadRequest(f"timeout must be above 0 and at most {maximum} seconds, got {raw!r}",
-                         code="invalid_query")
+        raise BadRequest(f"timeout must be above 0 and at most {maximum} seconds, got {raw!r}", code="invalid_query")
     return value
 
 
@@ -89,8 +89,9 @@ def parse_envelope(gateway: Aggregates, aggregate: str, data: Any) -> CommandEnv
     try:
         spec.decode_command(envelope.type, envelope.payload)
     except UnknownTypeError as exc:
-        raise NotFound(exc.message, code="unknown_command_type",
-                       details={"type": envelope.type, "known": sorted(spec.commands)}) from exc
+        raise NotFound(
+            exc.message, code="unknown_command_type", details={"type": envelope.type, "known": sorted(spec.commands)}
+        ) from exc
     except CommandError as exc:
         raise BadRequest(exc.message, code=exc.code, details=exc.details) from exc
     except Exception as exc:  # a codec surprise is still the client's bad input, never a 500
@@ -113,15 +114,21 @@ async def post_command(request: Request) -> Response:
     envelope = parse_envelope(gateway, aggregate, await read_json(request, settings.max_body_bytes))
     topic = gateway.topics[aggregate].commands
     where = location(aggregate, envelope.command_id)
-    pending = {"command_id": envelope.command_id, "aggregate": aggregate, "aggregate_id": envelope.aggregate_id,
-               "status": "pending", "location": where}
+    pending = {
+        "command_id": envelope.command_id,
+        "aggregate": aggregate,
+        "aggregate_id": envelope.aggregate_id,
+        "status": "pending",
+        "location": where,
+    }
     if not wait:
         try:
             async with asyncio.timeout(timeout):
                 await gateway.producer.send(topic, envelope.aggregate_id, envelope.to_bytes())
         except TimeoutError:
-            raise GatewayTimeout(f"Kafka did not acknowledge the command within {timeout}s",
-                                 details=pending, headers={"Location": where}) from None
+            raise GatewayTimeout(
+                f"Kafka did not acknowledge the command within {timeout}s", details=pending, headers={"Location": where}
+            ) from None
         return JSONResponse(pending, status_code=202, headers={"Location": where})
     future = gateway.hub.waiter(aggregate, envelope.command_id)  # before producing: the result may be quick
     try:
@@ -131,7 +138,9 @@ async def post_command(request: Request) -> Response:
     except TimeoutError:
         raise GatewayTimeout(
             f"no result within {timeout}s; the command may still be handled: GET {where} later",
-            details=pending, headers={"Location": where}) from None
+            details=pending,
+            headers={"Location": where},
+        ) from None
     finally:
         gateway.hub.forget(aggregate, envelope.command_id, future)
     return JSONResponse(result.to_json(), status_code=RESULT_STATUS[result.status], headers={"Location": where})
@@ -144,7 +153,10 @@ async def get_command(request: Request) -> Response:
     gateway.spec(aggregate)
     result = gateway.hub.get(aggregate, command_id)
     if result is None:
-        raise NotFound(f"no result for command {command_id!r} of {aggregate} (yet): it is unknown, still "
-                       "pending, or older than this replica's index", code="unknown_command",
-                       details={"command_id": command_id})
+        raise NotFound(
+            f"no result for command {command_id!r} of {aggregate} (yet): it is unknown, still "
+            "pending, or older than this replica's index",
+            code="unknown_command",
+            details={"command_id": command_id},
+        )
     return JSONResponse(result.to_json())

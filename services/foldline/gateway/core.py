@@ -24,8 +24,9 @@ log = structlog.get_logger("foldline.gateway")
 class Gateway:
     """Everything one gateway replica holds: aggregates, the producer, the results reader, the views."""
 
-    def __init__(self, specs: Iterable[AggregateSpec], settings: GatewaySettings,
-                 views: ViewService | None = None) -> None:
+    def __init__(
+        self, specs: Iterable[AggregateSpec], settings: GatewaySettings, views: ViewService | None = None
+    ) -> None:
         self.settings = settings
         self.specs = {spec.name: spec for spec in specs}
         self.topics = {name: TopicNames(name) for name in self.specs}
@@ -39,14 +40,18 @@ class Gateway:
     def spec(self, aggregate: str) -> AggregateSpec:
         spec = self.specs.get(aggregate)
         if spec is None:
-            raise NotFound(f"no aggregate named {aggregate!r}; known: {', '.join(sorted(self.specs)) or 'none'}",
-                           code="unknown_aggregate", details={"aggregate": aggregate, "known": sorted(self.specs)})
+            raise NotFound(
+                f"no aggregate named {aggregate!r}; known: {', '.join(sorted(self.specs)) or 'none'}",
+                code="unknown_aggregate",
+                details={"aggregate": aggregate, "known": sorted(self.specs)},
+            )
         return spec
 
     def require_views(self) -> ViewService:
         if self.views is None:
-            raise NotFound("this gateway serves no views (start it with --database and --projection)",
-                           code="unknown_view")
+            raise NotFound(
+                "this gateway serves no views (start it with --database and --projection)", code="unknown_view"
+            )
         return self.views
 
     async def start(self) -> None:
@@ -56,8 +61,12 @@ class Gateway:
         self.reader.start(loop)
         if self.views is not None:
             await self.views.start()
-        log.info("gateway started", aggregates=sorted(self.specs),
-                 views=sorted(self.views.views) if self.views else [], settings=repr(self.settings))
+        log.info(
+            "gateway started",
+            aggregates=sorted(self.specs),
+            views=sorted(self.views.views) if self.views else [],
+            settings=repr(self.settings),
+        )
 
     def begin_shutdown(self) -> None:
         """End every open stream so the server can drain; runs on the loop."""

@@ -21,8 +21,9 @@ class HttpError(FoldlineError):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}

@@ -71,8 +71,13 @@ class CommandProducer:
 
         self._produce(topic, key, value, delivered)
 
-    def _produce(self, topic: str, key: str, value: bytes, delivered: Callable[[KafkaError | None, Message], None],
-                 ) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        delivered: Callable[[KafkaError | None, Message], None],
+    ) -> None:
         try:
             self._producer.produce(topic, value, key.encode(), on_delivery=delivered)
         except BufferError as exc:

@@ -124,8 +124,7 @@ def _push_end(queue: asyncio.Queue[CommandResult | None]) -> None:
 class ResultsReader:
     """Consumes every results partition in a daemon thread and feeds a ``ResultHub`` on the loop."""
 
-    def __init__(self, kafka: KafkaSettings, aggregates: Iterable[str], hub: ResultHub, *,
-                 lookback_s: float) -> None:
+    def __init__(self, kafka: KafkaSettings, aggregates: Iterable[str], hub: ResultHub, *, lookback_s: float) -> None:
         self.kafka = kafka
         self.topics = [TopicNames(a).results for a in aggregates]
         self._aggregate_of = {TopicNames(a).results: a for a in aggregates}
@@ -192,8 +191,9 @@ class ResultsReader:
                 log.warning("cannot look up start offsets; retrying", error=str(exc))
                 self._stop.wait(0.5)
                 continue
-            start = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
-                     for tp in found]
+            start = [
+                TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found
+            ]
             consumer.assign(start)
             log.info("results reader assigned", partitions=len(start), lookback_s=self.lookback_s)
             return {(tp.topic, tp.partition) for tp in start}

@@ -27,9 +27,14 @@ from foldline.settings import GatewaySettings
 log = structlog.get_logger("foldline.gateway")
 
 
-def build_gateway(aggregates: Sequence[str | AggregateSpec], settings: GatewaySettings, *,
-                  projections: Sequence[str] = (), database: str | None = None,
-                  catalog: ViewCatalog | None = None) -> Gateway:
+def build_gateway(
+    aggregates: Sequence[str | AggregateSpec],
+    settings: GatewaySettings,
+    *,
+    projections: Sequence[str] = (),
+    database: str | None = None,
+    catalog: ViewCatalog | None = None,
+) -> Gateway:
     """A gateway of ``aggregates``; with ``database``, also the views of ``projections`` (through ``catalog``)."""
     specs = [a if isinstance(a, AggregateSpec) else load_aggregate(a) for a in aggregates]
     if not specs:
@@ -39,13 +44,19 @@ def build_gateway(aggregates: Sequence[str | AggregateSpec], settings: GatewaySe
         raise ConfigurationError("--projection needs --database: where the projector writes its rows")
     if database:
         if not database.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ConfigurationError(f"--database must be sqlite:///path.db or postgresql://..., got "
-                                     f"{database.split('://', 1)[0]}://...")
+            raise ConfigurationError(
+                f"--database must be sqlite:///path.db or postgresql://..., got {database.split('://', 1)[0]}://..."
+            )
         if catalog is None:
             raise ConfigurationError("serving views needs the projections' catalog (see foldline.cli)")
         names = dict(catalog.view_of(path) for path in projections)
-        views = ViewService(database, names, opener=catalog.open, read_timeout_s=settings.read_timeout_s,
-                            max_read_timeout_s=settings.max_read_timeout_s)
+        views = ViewService(
+            database,
+            names,
+            opener=catalog.open,
+            read_timeout_s=settings.read_timeout_s,
+            max_read_timeout_s=settings.max_read_timeout_s,
+        )
     return Gateway(specs, settings, views)
 
 
@@ -64,8 +75,16 @@ class _Server(uvicorn.Server):
 
 
 def uvicorn_config(gateway: Gateway, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(create_app(gateway), host=host, port=port, log_level="warning", access_log=False,
-                          lifespan="on", timeout_graceful_shutdown=5, server_header=False)
+    return uvicorn.Config(
+        create_app(gateway),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
 
 
 def serve(gateway: Gateway) -> int:
@@ -103,8 +122,10 @@ class GatewayServer:
         deadline = time.monotonic() + ready_timeout
         while not (self.server.started and self.gateway.ready()):
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ConfigurationError(f"the gateway did not become ready within {ready_timeout}s "
-                                         f"(reader error: {self.gateway.reader.error})")
+                raise ConfigurationError(
+                    f"the gateway did not become ready within {ready_timeout}s "
+                    f"(reader error: {self.gateway.reader.error})"
+                )
             time.sleep(0.05)
         return self
 

@@ -94,4 +94,3 @@ async def stream_view(request: Request) -> Response:
         yield sse("end", {"reason": "shutdown"})
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
-

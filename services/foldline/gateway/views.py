@@ -72,8 +72,16 @@ class ViewService:
     """The views of one projection database. ``views`` maps each served view to its aggregate; when it is
     empty, every view the database holds is served."""
 
-    def __init__(self, database_url: str, views: Mapping[str, str], *, opener: Callable[[str], Any],
-                 read_timeout_s: float = 10.0, max_read_timeout_s: float = 60.0, threads: int = 4) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        views: Mapping[str, str],
+        *,
+        opener: Callable[[str], Any],
+        read_timeout_s: float = 10.0,
+        max_read_timeout_s: float = 60.0,
+        threads: int = 4,
+    ) -> None:
         self.database_url = database_url
         self.views = dict(views)
         self._opener = opener
@@ -141,8 +149,11 @@ class ViewService:
 
     def check_view(self, view: str) -> None:
         if self.views and view not in self.views:
-            raise NotFound(f"no view named {view!r}; known: {', '.join(sorted(self.views))}",
-                           code="unknown_view", details={"view": view, "known": sorted(self.views)})
+            raise NotFound(
+                f"no view named {view!r}; known: {', '.join(sorted(self.views))}",
+                code="unknown_view",
+                details={"view": view, "known": sorted(self.views)},
+            )
 
     def parse_query(self, view: str, params: Mapping[str, str], *, allow_wait: bool = True) -> RowQuery:
         """The query string of a rows read: column filters, paging, ordering, read-after-write."""
@@ -163,20 +174,33 @@ class ViewService:
             try:
                 timeout = float(params["timeout"])
             except ValueError:
-                raise BadRequest(f"timeout must be a number of seconds, got {params['timeout']!r}",
-                                 code="invalid_query") from None
+                raise BadRequest(
+                    f"timeout must be a number of seconds, got {params['timeout']!r}", code="invalid_query"
+                ) from None
             if not 0 < timeout <= self.max_read_timeout_s:
-                raise BadRequest(f"timeout must be above 0 and at most {self.max_read_timeout_s} seconds",
-                                 code="invalid_query")
-        return RowQuery(filters=filters, limit=_int(params, "limit", 100, 1, MAX_PAGE_ROWS),
-                        offset=_int(params, "offset", 0, 0), order_by=params.get("order_by") or None,
-                        aggregate_id=aggregate_id, min_version=min_version, timeout=timeout)
+                raise BadRequest(
+                    f"timeout must be above 0 and at most {self.max_read_timeout_s} seconds", code="invalid_query"
+                )
+        return RowQuery(
+            filters=filters,
+            limit=_int(params, "limit", 100, 1, MAX_PAGE_ROWS),
+            offset=_int(params, "offset", 0, 0),
+            order_by=params.get("order_by") or None,
+            aggregate_id=aggregate_id,
+            min_version=min_version,
+            timeout=timeout,
+        )
 
     async def rows(self, view: str, query: RowQuery) -> list[dict[str, Any]]:
         target = await self._ensure_target()
-        rows: list[dict[str, Any]] = await self._call(target.read_rows, view, filters=query.filters,
-                                                      limit=query.limit, offset=query.offset,
-                                                      order_by=query.order_by)
+        rows: list[dict[str, Any]] = await self._call(
+            target.read_rows,
+            view,
+            filters=query.filters,
+            limit=query.limit,
+            offset=query.offset,
+            order_by=query.order_by,
+        )
         return rows
 
     async def version(self, view: str, aggregate_id: str) -> int | None:
@@ -196,7 +220,13 @@ class ViewService:
             if left <= 0:
                 raise GatewayTimeout(
                     f"view {view!r} has {aggregate_id!r} at version {version} after {timeout}s; "
-                    f"waited for {min_version}", details={"view": view, "aggregate_id": aggregate_id,
-                                                          "min_version": min_version, "version": version})
+                    f"waited for {min_version}",
+                    details={
+                        "view": view,
+                        "aggregate_id": aggregate_id,
+                        "min_version": min_version,
+                        "version": version,
+                    },
+                )
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)

@@ -30,6 +30,7 @@ from foldline.topics import TopicNames, handler_group
 
 log = structlog.get_logger("foldline.handler")
 
+
 class CommandHandler:
     def __init__(
         self,
@@ -44,8 +45,14 @@ class CommandHandler:
         self.spec = spec
         self.settings = settings
         self.topics = TopicNames(spec.name)
-        self.group = GroupMember(consumer_factory, settings.kafka.group_protocol, [self.topics.commands],
-                                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.group = GroupMember(
+            consumer_factory,
+            settings.kafka.group_protocol,
+            [self.topics.commands],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         self.producer = producer
         self.restore_consumer = restore_consumer
         self._open_store = open_partition_store
@@ -88,8 +95,14 @@ class CommandHandler:
             self._restoring += 1
             try:
                 store = self._open_store(tp.partition)
-                task = PartitionTask(self.spec, tp.partition, store, cache_size=self._cache_share(len(partitions)),
-                                     dedup_window=self.settings.dedup_window, topic=self.topics.commands)
+                task = PartitionTask(
+                    self.spec,
+                    tp.partition,
+                    store,
+                    cache_size=self._cache_share(len(partitions)),
+                    dedup_window=self.settings.dedup_window,
+                    topic=self.topics.commands,
+                )
                 self._restore(task)
                 self.tasks[tp.partition] = task
             finally:
@@ -128,8 +141,13 @@ class CommandHandler:
         if count or not task.needs_catch_up:
             metrics.STORE_KEYS.labels(self.spec.name, str(task.partition)).set(task.store.estimated_keys())
         if count:
-            log.info("store restored", aggregate=self.spec.name, partition=task.partition, snapshots=count,
-                     seconds=round(elapsed, 3))
+            log.info(
+                "store restored",
+                aggregate=self.spec.name,
+                partition=task.partition,
+                snapshots=count,
+                seconds=round(elapsed, 3),
+            )
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -227,8 +245,15 @@ class CommandHandler:
         self._m_batch.observe(len(batch))
         self._m_txn.observe(time.monotonic() - started)
 
-    def _send(self, produce: Any, topic: str, key: bytes | None, value: bytes, partition: int,
-              on_delivery: Callable[[Any, Message], None] | None = None) -> None:
+    def _send(
+        self,
+        produce: Any,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int,
+        on_delivery: Callable[[Any, Message], None] | None = None,
+    ) -> None:
         while True:
             try:
                 if on_delivery is None:

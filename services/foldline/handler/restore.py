@@ -18,8 +18,7 @@ from foldline.store.base import StateStore
 _CHUNK = 20_000
 
 
-def restore_partition(consumer: Consumer, topic: str, partition: int, store: StateStore,
-                      timeout: float = 300.0) -> int:
+def restore_partition(consumer: Consumer, topic: str, partition: int, store: StateStore, timeout: float = 300.0) -> int:
     """Copy snapshot bytes into ``store`` until the end of the partition; returns how many were read.
 
     The bytes go in as they are (no decoding), so restore runs at the speed of the store and the fetch.

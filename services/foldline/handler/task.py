@@ -116,16 +116,18 @@ class PartitionTask:
             aggregate_id = key.decode(errors="replace") if key else ""
             return self._bad_record(key, value, offset, aggregate_id, exc)
         if key is not None and key != envelope.aggregate_id.encode():
-            return self._fail_unrecorded(key, value, offset, envelope,
-                                         CommandError("the record key differs from aggregate_id"))
+            return self._fail_unrecorded(
+                key, value, offset, envelope, CommandError("the record key differs from aggregate_id")
+            )
         entry = self.load(envelope.aggregate_id)
         earlier = entry.find(envelope.command_id)
         if earlier is not None:
             return Outcome(CommandResult.from_compact(earlier, envelope.aggregate_id))
         return self._decide(envelope, entry, key, value, offset)
 
-    def _decide(self, env: CommandEnvelope, entry: Entry, key: bytes | None, value: bytes | None,
-                offset: int) -> Outcome:
+    def _decide(
+        self, env: CommandEnvelope, entry: Entry, key: bytes | None, value: bytes | None, offset: int
+    ) -> Outcome:
         if env.expected_version is not None and env.expected_version != entry.version:
             reason = f"expected version {env.expected_version}, but the aggregate is at version {entry.version}"
             return self._record(env, entry, self._result(env, Status.CONFLICT, entry.version, reason, "conflict"))
@@ -143,8 +145,17 @@ class PartitionTask:
                 kind = self.spec.event_kind(event)
                 state = self.spec.aggregate.evolve(state, event)
                 version += 1
-                events.append(EventRecord(env.aggregate_id, kind.name, version, kind.encode(event),
-                                          env.command_id, kind.version, self._now))
+                events.append(
+                    EventRecord(
+                        env.aggregate_id,
+                        kind.name,
+                        version,
+                        kind.encode(event),
+                        env.command_id,
+                        kind.version,
+                        self._now,
+                    )
+                )
         except Exception as exc:  # the domain's own bug must not stop the partition
             message = f"{type(exc).__name__}: {exc}"
             log.warning("decide failed", command_id=env.command_id, aggregate_id=env.aggregate_id, error=message)
@@ -155,10 +166,16 @@ class PartitionTask:
         outcome.events = events
         return outcome
 
-    def _result(self, env: CommandEnvelope, status: Status, version: int, reason: str | None, code: str | None,
-                events: tuple[str, ...] = ()) -> CommandResult:
-        return CommandResult(env.command_id, env.aggregate_id, status, version, events, reason, code, False,
-                             self._now)
+    def _result(
+        self,
+        env: CommandEnvelope,
+        status: Status,
+        version: int,
+        reason: str | None,
+        code: str | None,
+        events: tuple[str, ...] = (),
+    ) -> CommandResult:
+        return CommandResult(env.command_id, env.aggregate_id, status, version, events, reason, code, False, self._now)
 
     def _record(self, env: CommandEnvelope, entry: Entry, result: CommandResult) -> Outcome:
         """Remember the result under the command id, so a resubmission gets it again."""
@@ -168,31 +185,51 @@ class PartitionTask:
         self._dirty[env.aggregate_id] = entry
         return Outcome(result)
 
-    def _failed(self, env: CommandEnvelope, entry: Entry, key: bytes | None, value: bytes | None, offset: int,
-                code: str, message: str) -> Outcome:
+    def _failed(
+        self,
+        env: CommandEnvelope,
+        entry: Entry,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
+        code: str,
+        message: str,
+    ) -> Outcome:
         outcome = self._record(env, entry, self._result(env, Status.FAILED, entry.version, message, code))
         outcome.dead_letter = self._letter(key, value, offset, code, message)
         return outcome
 
-    def _fail_unrecorded(self, key: bytes | None, value: bytes | None, offset: int, env: CommandEnvelope,
-                         exc: CommandError) -> Outcome:
+    def _fail_unrecorded(
+        self, key: bytes | None, value: bytes | None, offset: int, env: CommandEnvelope, exc: CommandError
+    ) -> Outcome:
         result = self._result(env, Status.FAILED, 0, exc.message, exc.code)
         return Outcome(result, dead_letter=self._letter(key, value, offset, exc.code, exc.message))
 
-    def _bad_record(self, key: bytes | None, value: bytes | None, offset: int, aggregate_id: str,
-                    exc: CommandError) -> Outcome:
+    def _bad_record(
+        self, key: bytes | None, value: bytes | None, offset: int, aggregate_id: str, exc: CommandError
+    ) -> Outcome:
         """An undecodable record: a failed result when a command id can be salvaged, always a dead letter."""
         command_id = _salvage_command_id(value)
         result = None
         if command_id:
-            result = CommandResult(CommandId(command_id), AggregateId(aggregate_id), Status.FAILED, 0, (), exc.message,
-                                   exc.code, False, self._now)
+            result = CommandResult(
+                CommandId(command_id),
+                AggregateId(aggregate_id),
+                Status.FAILED,
+                0,
+                (),
+                exc.message,
+                exc.code,
+                False,
+                self._now,
+            )
         return Outcome(result, dead_letter=self._letter(key, value, offset, exc.code, exc.message))
 
     def _letter(self, key: bytes | None, value: bytes | None, offset: int, code: str, message: str) -> bytes:
         """The dead letter of a record of this partition."""
-        return dead_letter(topic=self.topic, partition=self.partition, offset=offset, key=key, value=value,
-                           code=code, message=message)
+        return dead_letter(
+            topic=self.topic, partition=self.partition, offset=offset, key=key, value=value, code=code, message=message
+        )
 
     # -- batch boundaries ----------------------------------------------------------------------------
     def snapshots(self) -> list[tuple[bytes, bytes]]:
@@ -201,8 +238,9 @@ class PartitionTask:
         now = self._now
         for aggregate_id, entry in self._dirty.items():
             state = self.spec.encode_state(entry.state)
-            record = SnapshotRecord(AggregateId(aggregate_id), entry.version, state, self.spec.state.version,
-                                    tuple(entry.recent), now)
+            record = SnapshotRecord(
+                AggregateId(aggregate_id), entry.version, state, self.spec.state.version, tuple(entry.recent), now
+            )
             out.append((aggregate_id.encode(), record.to_bytes()))
         return out
 
@@ -239,4 +277,3 @@ def _salvage_command_id(value: bytes | None) -> str | None:
     if isinstance(data, dict) and isinstance(data.get("command_id"), str) and data["command_id"]:
         return str(data["command_id"])
     return None
-

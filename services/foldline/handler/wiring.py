@@ -26,10 +26,17 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
         return open_state_store(settings.store, state_root / f"partition-{partition}")
 
     try:
-        producer = Producer(transactional_producer_config(
-            settings.kafka, f"foldline.{spec.name}.{settings.instance_id}"))
+        producer = Producer(
+            transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")
+        )
         restore = Consumer(restore_consumer_config(settings.kafka, restore_group(spec.name)))
     except KafkaException as exc:
         raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
-    return CommandHandler(spec, settings, consumer_factory=new_consumer, producer=producer,
-                          restore_consumer=restore, open_partition_store=new_store)
+    return CommandHandler(
+        spec,
+        settings,
+        consumer_factory=new_consumer,
+        producer=producer,
+        restore_consumer=restore,
+        open_partition_store=new_store,
+    )

@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
 class HealthServer:
-    def __init__(self, port: int, *, live: Callable[[], bool], ready: Callable[[], bool],
-                 host: str = "0.0.0.0") -> None:
+    def __init__(
+        self, port: int, *, live: Callable[[], bool], ready: Callable[[], bool], host: str = "0.0.0.0"
+    ) -> None:
         checks = {"/healthz": live, "/readyz": ready}
 
         class Handler(BaseHTTPRequestHandler):

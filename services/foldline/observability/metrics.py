@@ -17,51 +17,73 @@ COMMAND_LATENCY = Histogram(
     buckets=_LATENCY,
 )
 TRANSACTION_DURATION = Histogram(
-    "foldline_transaction_duration_seconds", "Duration of one Kafka transaction (one batch)", ["aggregate"],
+    "foldline_transaction_duration_seconds",
+    "Duration of one Kafka transaction (one batch)",
+    ["aggregate"],
     buckets=_LATENCY,
 )
 BATCH_SIZE = Histogram(
-    "foldline_batch_commands", "Commands per transaction", ["aggregate"],
+    "foldline_batch_commands",
+    "Commands per transaction",
+    ["aggregate"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
 )
 EVENTS_WRITTEN = Counter("foldline_events_written_total", "Events committed to the events topic", ["aggregate"])
 DEAD_LETTERS = Counter("foldline_dead_letters_total", "Records sent to the dead-letter topic", ["aggregate", "code"])
 TRANSACTIONS_ABORTED = Counter("foldline_transactions_aborted_total", "Aborted Kafka transactions", ["aggregate"])
 RESTORE_SECONDS = Histogram(
-    "foldline_store_restore_seconds", "Time to restore one partition's store from the changelog", ["aggregate"],
+    "foldline_store_restore_seconds",
+    "Time to restore one partition's store from the changelog",
+    ["aggregate"],
     buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 RESTORED_RECORDS = Counter("foldline_store_restored_records_total", "Snapshots read during restore", ["aggregate"])
 STORE_KEYS = Gauge("foldline_store_keys", "Aggregates held in the local store", ["aggregate", "partition"])
-ASSIGNED_PARTITIONS = Gauge("foldline_assigned_partitions", "Command partitions owned by this process",
-                            ["aggregate"])
+ASSIGNED_PARTITIONS = Gauge("foldline_assigned_partitions", "Command partitions owned by this process", ["aggregate"])
 REBALANCES = Counter("foldline_rebalances_total", "Partitions assigned, revoked or lost", ["aggregate", "kind"])
-CONSUMER_LAG = Gauge("foldline_consumer_lag", "Records behind the end of the input partition",
-                     ["aggregate", "group", "partition"])
+CONSUMER_LAG = Gauge(
+    "foldline_consumer_lag", "Records behind the end of the input partition", ["aggregate", "group", "partition"]
+)
 
-PROJECTION_ROWS = Counter("foldline_projection_rows_written_total", "Row changes written by a projector",
-                          ["aggregate", "projection"])
-PROJECTION_RECORDS = Counter("foldline_projection_records_total", "Records applied by a projector",
-                             ["aggregate", "projection"])
-PROJECTION_RECORDS_SKIPPED = Counter("foldline_projection_records_skipped_total",
-                                     "Records a projector could not decode or project (logged, then passed over)",
-                                     ["aggregate", "projection", "reason"])
-PROJECTION_LAG = Gauge("foldline_projection_lag", "Records the projection is behind its source",
-                       ["aggregate", "projection"])
-PROJECTION_REBUILD_PROGRESS = Gauge("foldline_projection_rebuild_progress_ratio",
-                                    "Share of the source a rebuilding revision has read (0..1)",
-                                    ["aggregate", "projection", "revision"])
-PROJECTION_BATCH_SECONDS = Histogram("foldline_projection_batch_seconds", "Duration of one projector batch",
-                                     ["aggregate", "projection"], buckets=_LATENCY)
+PROJECTION_ROWS = Counter(
+    "foldline_projection_rows_written_total", "Row changes written by a projector", ["aggregate", "projection"]
+)
+PROJECTION_RECORDS = Counter(
+    "foldline_projection_records_total", "Records applied by a projector", ["aggregate", "projection"]
+)
+PROJECTION_RECORDS_SKIPPED = Counter(
+    "foldline_projection_records_skipped_total",
+    "Records a projector could not decode or project (logged, then passed over)",
+    ["aggregate", "projection", "reason"],
+)
+PROJECTION_LAG = Gauge(
+    "foldline_projection_lag", "Records the projection is behind its source", ["aggregate", "projection"]
+)
+PROJECTION_REBUILD_PROGRESS = Gauge(
+    "foldline_projection_rebuild_progress_ratio",
+    "Share of the source a rebuilding revision has read (0..1)",
+    ["aggregate", "projection", "revision"],
+)
+PROJECTION_BATCH_SECONDS = Histogram(
+    "foldline_projection_batch_seconds",
+    "Duration of one projector batch",
+    ["aggregate", "projection"],
+    buckets=_LATENCY,
+)
 
-GATEWAY_REQUESTS = Counter("foldline_gateway_requests_total", "HTTP requests by route and status",
-                           ["aggregate", "route", "status"])
-GATEWAY_LATENCY = Histogram("foldline_gateway_request_seconds", "HTTP request duration", ["aggregate", "route"],
-                            buckets=_LATENCY)
+GATEWAY_REQUESTS = Counter(
+    "foldline_gateway_requests_total", "HTTP requests by route and status", ["aggregate", "route", "status"]
+)
+GATEWAY_LATENCY = Histogram(
+    "foldline_gateway_request_seconds", "HTTP request duration", ["aggregate", "route"], buckets=_LATENCY
+)
 
-OPERATOR_RECONCILES = Counter("foldline_operator_reconciles_total", "Reconciliations by kind and result",
-                              ["kind", "result"])
-OPERATOR_RECONCILE_SECONDS = Histogram("foldline_operator_reconcile_seconds", "Duration of a reconciliation",
-                                       ["kind"], buckets=_LATENCY)
-OPERATOR_ERRORS = Counter("foldline_operator_errors_total", "Reconciliation errors by kind and reason",
-                          ["kind", "reason"])
+OPERATOR_RECONCILES = Counter(
+    "foldline_operator_reconciles_total", "Reconciliations by kind and result", ["kind", "result"]
+)
+OPERATOR_RECONCILE_SECONDS = Histogram(
+    "foldline_operator_reconcile_seconds", "Duration of a reconciliation", ["kind"], buckets=_LATENCY
+)
+OPERATOR_ERRORS = Counter(
+    "foldline_operator_errors_total", "Reconciliation errors by kind and reason", ["kind", "reason"]
+)

@@ -1,6 +1,6 @@
 """Projections: read models fed from an aggregate's snapshots or events, exactly once into a database.
 
-    from foldline.projection import Projection, Column, Upsert, open_target
+from foldline.projection import Projection, Column, Upsert, open_target
 """
 
 from foldline.projection.api import (

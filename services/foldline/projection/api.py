@@ -46,8 +46,12 @@ from foldline.topics import TopicNames
 # Values of exactly these types need no further check (bool is not an integer, datetime not a date;
 # a Decimal must still be finite). Anything else goes through ``check_value``, which accepts or explains.
 _EXACT: dict[str, frozenset[type]] = {
-    "text": frozenset({str}), "integer": frozenset(), "numeric": frozenset({Decimal}),
-    "date": frozenset({date}), "timestamp": frozenset({datetime}), "boolean": frozenset({bool}),
+    "text": frozenset({str}),
+    "integer": frozenset(),
+    "numeric": frozenset({Decimal}),
+    "date": frozenset({date}),
+    "timestamp": frozenset({datetime}),
+    "boolean": frozenset({bool}),
 }
 
 
@@ -130,8 +134,9 @@ class Projection:
     key: ClassVar[tuple[str, ...]]
     indexes: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
-    def __init__(self, *, aggregate_name: str | None = None, view_name: str | None = None,
-                 revision: int | None = None) -> None:
+    def __init__(
+        self, *, aggregate_name: str | None = None, view_name: str | None = None, revision: int | None = None
+    ) -> None:
         """Overrides for deployments (and tests) that run the same code under other names."""
         cls = type(self)
         for attr in ("name", "aggregate", "columns", "key"):
@@ -157,9 +162,16 @@ class ProjectionSpec:
         self.topics = TopicNames(projection.aggregate_name)
         self.source: Source = cls.source
         self.topic = self.topics.snapshots if cls.source == "snapshots" else self.topics.events
-        self.table = TableDef.build(view=projection.view_name, revision=projection.view_revision,
-                                    aggregate=projection.aggregate_name, source=cls.source, topic=self.topic,
-                                    columns=tuple(cls.columns), key=tuple(cls.key), indexes=tuple(cls.indexes))
+        self.table = TableDef.build(
+            view=projection.view_name,
+            revision=projection.view_revision,
+            aggregate=projection.aggregate_name,
+            source=cls.source,
+            topic=self.topic,
+            columns=tuple(cls.columns),
+            key=tuple(cls.key),
+            indexes=tuple(cls.indexes),
+        )
         self._columns = self.table.column_map()
         self._writable = frozenset(c.name for c in self.table.columns if c.name not in SYSTEM_COLUMNS)
         self._fast = [(c.name, _EXACT[c.type], c) for c in self.table.columns if c.name not in SYSTEM_COLUMNS]
@@ -187,8 +199,11 @@ class ProjectionSpec:
                 value = values.get(name)
                 if value is None:
                     if not column.nullable:
-                        raise ValueError(f"Upsert needs the key column {name!r}" if name in self.table.key
-                                         else f"column {name!r} must not be null")
+                        raise ValueError(
+                            f"Upsert needs the key column {name!r}"
+                            if name in self.table.key
+                            else f"column {name!r} must not be null"
+                        )
                 elif type(value) not in exact or (type(value) is Decimal and not value.is_finite()):
                     check_value(column, value)
             return change
@@ -238,8 +253,11 @@ def load_projection(path: str, *, aggregate_name: str | None = None, view_name: 
     elif isinstance(obj, Projection):
         instance = obj
         if aggregate_name or view_name:
-            instance = type(obj)(aggregate_name=aggregate_name or obj.aggregate_name,
-                                 view_name=view_name or obj.view_name, revision=obj.view_revision)
+            instance = type(obj)(
+                aggregate_name=aggregate_name or obj.aggregate_name,
+                view_name=view_name or obj.view_name,
+                revision=obj.view_revision,
+            )
     else:
         raise AggregateDefinitionError(f"{path} is not a foldline Projection")
     return ProjectionSpec(instance)

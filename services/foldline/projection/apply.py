@@ -39,6 +39,7 @@ log = structlog.get_logger("foldline.projection")
 Memo = dict[str, Any] | None
 Versions = Callable[[Sequence[str]], dict[str, tuple[int, Memo]]]
 
+
 class SourceMessage(Protocol):
     """What a batch needs of a Kafka message (``confluent_kafka.Message`` fits)."""
 
@@ -101,8 +102,9 @@ class Applier:
         for reason, exc, where in plan.skips:
             metrics.PROJECTION_RECORDS_SKIPPED.labels(self.spec.aggregate, self.spec.view, reason).inc()
             self._log.warning("record skipped", reason=reason, error=f"{type(exc).__name__}: {exc}", **where)
-        return BatchResult(state, len(messages), plan.applied, len(plan.changes), plan.duplicates,
-                           len(plan.skips), {**locked, **moved})
+        return BatchResult(
+            state, len(messages), plan.applied, len(plan.changes), plan.duplicates, len(plan.skips), {**locked, **moved}
+        )
 
     def plan(self, messages: Sequence[SourceMessage], stored: Mapping[int, int], versions: Versions) -> Plan:
         """Decode, skip what the stored positions and versions say is applied, and project the rest."""
@@ -150,8 +152,9 @@ class Applier:
                 continue
             try:
                 state = decode_state(snap.schema_version, snap.state)
-                out = [check(change) for change in project(Snapshot(aggregate_id, version, state, snap.updated_at))
-                       or ()]
+                out = [
+                    check(change) for change in project(Snapshot(aggregate_id, version, state, snap.updated_at)) or ()
+                ]
             except Exception as exc:
                 plan.skips.append(("project_failed", exc, {"aggregate_id": aggregate_id, "version": version}))
                 continue
@@ -196,8 +199,9 @@ class Applier:
         return [self.spec.check(change) for change in out]
 
     @staticmethod
-    def _collect(out: list[RowChange], aggregate_id: str, version: int,
-                 changes: list[tuple[str, int, RowChange]], memo: Memo) -> Memo:
+    def _collect(
+        out: list[RowChange], aggregate_id: str, version: int, changes: list[tuple[str, int, RowChange]], memo: Memo
+    ) -> Memo:
         for change in out:
             if isinstance(change, Remember):
                 memo = dict(change.memo)

@@ -103,29 +103,42 @@ class SqlStore:
         """
         with self.session(write=True) as s:
             self.lock_view(s, table.view)
-            s.execute("INSERT INTO foldline_views (view, active_revision, updated_at) VALUES "
-                      f"({self._p(3)}) ON CONFLICT (view) DO NOTHING", (table.view, None, now_iso()))
-            active = s.execute(f"SELECT active_revision FROM foldline_views WHERE view = {self.dialect.param}",
-                               (table.view,))[0][0]
-            rows = s.execute("SELECT state, definition FROM foldline_revisions WHERE view = "
-                             f"{self.dialect.param} AND revision = {self.dialect.param}", (table.view, table.revision))
+            s.execute(
+                "INSERT INTO foldline_views (view, active_revision, updated_at) VALUES "
+                f"({self._p(3)}) ON CONFLICT (view) DO NOTHING",
+                (table.view, None, now_iso()),
+            )
+            active = s.execute(
+                f"SELECT active_revision FROM foldline_views WHERE view = {self.dialect.param}", (table.view,)
+            )[0][0]
+            rows = s.execute(
+                "SELECT state, definition FROM foldline_revisions WHERE view = "
+                f"{self.dialect.param} AND revision = {self.dialect.param}",
+                (table.view, table.revision),
+            )
             if rows:
                 state, definition = rows[0]
                 if definition != table.definition():
                     raise AggregateDefinitionError(
                         f"revision {table.revision} of view {table.view!r} was registered with another definition"
-                        f" (columns, key, source or aggregate); give the changed projection a new revision")
+                        f" (columns, key, source or aggregate); give the changed projection a new revision"
+                    )
                 if state == "retired":
-                    raise RevisionRetiredError(f"revision {table.revision} of {table.view!r} was retired; "
-                                               f"deploy a revision above {active}")
+                    raise RevisionRetiredError(
+                        f"revision {table.revision} of {table.view!r} was retired; deploy a revision above {active}"
+                    )
             else:
                 if active is not None and active > table.revision:
-                    raise RevisionRetiredError(f"view {table.view!r} is at revision {active}; revision "
-                                               f"{table.revision} is older: deploy a revision above {active}")
+                    raise RevisionRetiredError(
+                        f"view {table.view!r} is at revision {active}; revision "
+                        f"{table.revision} is older: deploy a revision above {active}"
+                    )
                 state = "building"
-                s.execute("INSERT INTO foldline_revisions (view, revision, state, definition, created_at) "
-                          f"VALUES ({self._p(5)})",
-                          (table.view, table.revision, state, table.definition(), now_iso()))
+                s.execute(
+                    "INSERT INTO foldline_revisions (view, revision, state, definition, created_at) "
+                    f"VALUES ({self._p(5)})",
+                    (table.view, table.revision, state, table.definition(), now_iso()),
+                )
             for ddl in self.dialect.create_table(table):
                 s.execute(ddl)
             if active is None:
@@ -155,13 +168,19 @@ class SqlStore:
 
     def _activate(self, s: Session, view: str, revision: int, positions: Mapping[int, int]) -> None:
         p, now = self.dialect.param, now_iso()
-        s.execute(f"UPDATE foldline_views SET active_revision = {p}, updated_at = {p} WHERE view = {p}",
-                  (revision, now, view))
-        s.execute(f"UPDATE foldline_revisions SET state = 'active', switched_at = {p}, switch_positions = {p} "
-                  f"WHERE view = {p} AND revision = {p}",
-                  (now, json.dumps({str(k): v for k, v in sorted(positions.items())}), view, revision))
-        s.execute(f"UPDATE foldline_revisions SET state = 'retired' WHERE view = {p} AND revision < {p} "
-                  "AND state <> 'retired'", (view, revision))
+        s.execute(
+            f"UPDATE foldline_views SET active_revision = {p}, updated_at = {p} WHERE view = {p}", (revision, now, view)
+        )
+        s.execute(
+            f"UPDATE foldline_revisions SET state = 'active', switched_at = {p}, switch_positions = {p} "
+            f"WHERE view = {p} AND revision = {p}",
+            (now, json.dumps({str(k): v for k, v in sorted(positions.items())}), view, revision),
+        )
+        s.execute(
+            f"UPDATE foldline_revisions SET state = 'retired' WHERE view = {p} AND revision < {p} "
+            "AND state <> 'retired'",
+            (view, revision),
+        )
         s.execute(f"DELETE FROM foldline_positions WHERE view = {p} AND revision < {p}", (view, revision))
 
     def drop_retired(self, view: str) -> list[int]:
@@ -169,8 +188,12 @@ class SqlStore:
         p = self.dialect.param
         with self.session(write=True) as s:
             self.lock_view(s, view)
-            retired = [r for (r,) in s.execute(f"SELECT revision FROM foldline_revisions WHERE view = {p} AND "
-                                               "state = 'retired'", (view,))]
+            retired = [
+                r
+                for (r,) in s.execute(
+                    f"SELECT revision FROM foldline_revisions WHERE view = {p} AND state = 'retired'", (view,)
+                )
+            ]
             for revision in retired:
                 for ddl in self.dialect.drop_table(table_name(view, revision)):
                     s.execute(ddl)
@@ -216,8 +239,10 @@ class SqlStore:
                     raise UnknownViewError(f"no view named {view!r}", details={"view": view})
                 revisions = []
                 for revision, state, definition, created, switched in s.execute(
-                        "SELECT revision, state, definition, created_at, switched_at FROM foldline_revisions "
-                        f"WHERE view = {p} ORDER BY revision", (view,)):
+                    "SELECT revision, state, definition, created_at, switched_at FROM foldline_revisions "
+                    f"WHERE view = {p} ORDER BY revision",
+                    (view,),
+                ):
                     table = TableDef.from_definition(view, revision, definition)
                     positions = read_positions(s, p, view, revision, table.topic)
                     revisions.append(RevisionInfo(revision, state, table, positions, created, switched))
@@ -226,8 +251,9 @@ class SqlStore:
         return ViewInfo(view, found[0][0], revisions)
 
     # -- the reader's interface (ProjectionTarget) -------------------------------------------------------
-    def read_rows(self, view: str, *, filters: Mapping[str, Any], limit: int = 100, offset: int = 0,
-                  order_by: str | None = None) -> list[dict[str, Any]]:
+    def read_rows(
+        self, view: str, *, filters: Mapping[str, Any], limit: int = 100, offset: int = 0, order_by: str | None = None
+    ) -> list[dict[str, Any]]:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise InvalidQueryError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
@@ -237,15 +263,19 @@ class SqlStore:
             sql, params = self._select(table, filters, limit, offset, order_by)
             convert = [(c.name, c.type) for c in table.columns]
             from_db = self.dialect.from_db
-            return [{name: from_db(kind, value) for (name, kind), value in zip(convert, row, strict=True)}
-                    for row in s.execute(sql, params)]
+            return [
+                {name: from_db(kind, value) for (name, kind), value in zip(convert, row, strict=True)}
+                for row in s.execute(sql, params)
+            ]
 
         return self._with_view(view, query)
 
     def aggregate_version(self, view: str, aggregate_id: str) -> int | None:
         def query(s: Session, table: TableDef) -> int | None:
-            rows = s.execute(f"SELECT version FROM {q(table.versions_table)} WHERE aggregate_id = "
-                             f"{self.dialect.param}", (aggregate_id,))
+            rows = s.execute(
+                f"SELECT version FROM {q(table.versions_table)} WHERE aggregate_id = {self.dialect.param}",
+                (aggregate_id,),
+            )
             return int(rows[0][0]) if rows else None
 
         return self._with_view(view, query)
@@ -272,16 +302,20 @@ class SqlStore:
         p = self.dialect.param
         try:
             check_view_name(view)
-            rows = s.execute(f"SELECT r.revision, r.definition FROM foldline_views v JOIN foldline_revisions r "
-                             f"ON r.view = v.view AND r.revision = v.active_revision WHERE v.view = {p}", (view,))
+            rows = s.execute(
+                f"SELECT r.revision, r.definition FROM foldline_views v JOIN foldline_revisions r "
+                f"ON r.view = v.view AND r.revision = v.active_revision WHERE v.view = {p}",
+                (view,),
+            )
         except (MissingTableError, AggregateDefinitionError):
             rows = []
         if not rows:
             raise UnknownViewError(f"no view named {view!r}", details={"view": view})
         return TableDef.from_definition(view, int(rows[0][0]), rows[0][1])
 
-    def _select(self, table: TableDef, filters: Mapping[str, Any], limit: int, offset: int,
-                order_by: str | None) -> tuple[str, list[Any]]:
+    def _select(
+        self, table: TableDef, filters: Mapping[str, Any], limit: int, offset: int, order_by: str | None
+    ) -> tuple[str, list[Any]]:
         cols = table.column_map()
         where, params = [], []
         for name, raw in filters.items():
@@ -295,13 +329,16 @@ class SqlStore:
             name, desc = (order_by[1:], True) if order_by.startswith("-") else (order_by, False)
             column = cols.get(name)
             if column is None:
-                raise UnknownColumnError(f"cannot order {table.view!r} by {name!r}: no such column",
-                                         details={"field": name})
+                raise UnknownColumnError(
+                    f"cannot order {table.view!r} by {name!r}: no such column", details={"field": name}
+                )
             order.append(self.dialect.order_expr(column) + (" DESC" if desc else ""))
         order += [q(k) for k in table.key]
-        sql = (f"SELECT {', '.join(q(c.name) for c in table.columns)} FROM {q(table.table)}"
-               + (f" WHERE {' AND '.join(where)}" if where else "")
-               + f" ORDER BY {', '.join(order)} LIMIT {self.dialect.param} OFFSET {self.dialect.param}")
+        sql = (
+            f"SELECT {', '.join(q(c.name) for c in table.columns)} FROM {q(table.table)}"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + f" ORDER BY {', '.join(order)} LIMIT {self.dialect.param} OFFSET {self.dialect.param}"
+        )
         return sql, [*params, limit, offset]
 
     def _p(self, n: int) -> str:

@@ -51,9 +51,11 @@ class WriteTx:
         out: dict[str, tuple[int, dict[str, Any] | None]] = {}
         ids = list(dict.fromkeys(aggregate_ids))
         for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            sql = (f"SELECT aggregate_id, version, memo FROM {q(self.table.versions_table)} WHERE "
-                   + self.dialect.in_list("aggregate_id", len(chunk)))
+            chunk = ids[start : start + _CHUNK]
+            sql = (
+                f"SELECT aggregate_id, version, memo FROM {q(self.table.versions_table)} WHERE "
+                + self.dialect.in_list("aggregate_id", len(chunk))
+            )
             for aid, version, memo in self.s.execute(sql, self.dialect.in_params(chunk)):
                 out[aid] = (int(version), json.loads(memo) if memo else None)
         return out
@@ -74,8 +76,11 @@ class WriteTx:
             if isinstance(change, Upsert):
                 key: Any = "upsert"
                 values = change.values
-                row = [values.get(n) for n, _ in user] if fast else [
-                    values.get(n) if n in plain else f(values.get(n)) for n, f in user]
+                row = (
+                    [values.get(n) for n, _ in user]
+                    if fast
+                    else [values.get(n) if n in plain else f(values.get(n)) for n, f in user]
+                )
             elif isinstance(change, Delete):
                 key = "delete"
                 row = [by_name[k](change.key[k]) for k in t.key]
@@ -118,8 +123,10 @@ class WriteTx:
 
     def save_versions(self, items: Mapping[str, tuple[int, Mapping[str, Any] | None]]) -> None:
         if items:
-            rows = [[a, v, None if m is None else json.dumps(m, default=str, separators=(",", ":"))]
-                    for a, (v, m) in items.items()]
+            rows = [
+                [a, v, None if m is None else json.dumps(m, default=str, separators=(",", ":"))]
+                for a, (v, m) in items.items()
+            ]
             self.s.executemany(self.dialect.save_version(self.table), rows)
 
     def save_positions(self, positions: Mapping[int, int]) -> None:

@@ -27,9 +27,11 @@ def revision_state(s: Session, param: str, table: TableDef, lock: str = "") -> s
 
     ``lock`` is appended to the statement (PostgreSQL's ``FOR SHARE`` on the row a switch updates).
     """
-    rows = s.execute(f"SELECT r.state, v.active_revision FROM foldline_revisions r JOIN foldline_views v "
-                     f"ON v.view = r.view WHERE r.view = {param} AND r.revision = {param}{lock}",
-                     (table.view, table.revision))
+    rows = s.execute(
+        f"SELECT r.state, v.active_revision FROM foldline_revisions r JOIN foldline_views v "
+        f"ON v.view = r.view WHERE r.view = {param} AND r.revision = {param}{lock}",
+        (table.view, table.revision),
+    )
     state, active = rows[0] if rows else ("retired", None)
     if state == "retired" or (state == "building" and active is not None and active > table.revision):
         raise RevisionRetiredError(f"revision {table.revision} of {table.view!r} was superseded by revision {active}")
@@ -38,6 +40,9 @@ def revision_state(s: Session, param: str, table: TableDef, lock: str = "") -> s
 
 def read_positions(s: Session, param: str, view: str, revision: int, topic: str) -> dict[int, int]:
     """The next offset per partition that a revision has stored with its rows."""
-    rows = s.execute(f'SELECT "partition", next_offset FROM foldline_positions WHERE view = {param} AND '
-                     f"revision = {param} AND topic = {param}", (view, revision, topic))
+    rows = s.execute(
+        f'SELECT "partition", next_offset FROM foldline_positions WHERE view = {param} AND '
+        f"revision = {param} AND topic = {param}",
+        (view, revision, topic),
+    )
     return {int(part): int(offset) for part, offset in rows}

@@ -29,8 +29,14 @@ def cmd_projector(args: argparse.Namespace) -> int:
         settings = settings.with_changes(database=args.database)
     if args.http_port is not None:
         settings = settings.with_changes(http_port=args.http_port)
-    log.info("settings", view=spec.view, revision=spec.revision, aggregate=spec.aggregate,
-             database=redact(settings.database), kafka=settings.kafka.bootstrap_servers)
+    log.info(
+        "settings",
+        view=spec.view,
+        revision=spec.revision,
+        aggregate=spec.aggregate,
+        database=redact(settings.database),
+        kafka=settings.kafka.bootstrap_servers,
+    )
     return serve(build_projector(spec, settings), settings.http_port)
 
 
@@ -44,8 +50,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(args.database or settings.database)
     try:
         if args.projection:
-            views = [load_projection(args.projection, aggregate_name=args.aggregate_name,
-                                     view_name=args.view).view]
+            views = [load_projection(args.projection, aggregate_name=args.aggregate_name, view_name=args.view).view]
         elif args.view:
             views = [args.view]
         else:

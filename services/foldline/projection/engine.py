@@ -49,9 +49,16 @@ class SwitchInfo:
 
 
 class Projector:
-    def __init__(self, spec: ProjectionSpec, settings: ProjectorSettings, *, store: SqlStore,
-                 consumer_factory: ConsumerFactory, on_switch: Callable[[SwitchInfo], None] | None = None,
-                 owns_store: bool = False) -> None:
+    def __init__(
+        self,
+        spec: ProjectionSpec,
+        settings: ProjectorSettings,
+        *,
+        store: SqlStore,
+        consumer_factory: ConsumerFactory,
+        on_switch: Callable[[SwitchInfo], None] | None = None,
+        owns_store: bool = False,
+    ) -> None:
         self.spec = spec
         self.settings = settings
         self.store = store
@@ -61,9 +68,15 @@ class Projector:
         self.on_switch = on_switch
         self._owns_store = owns_store
         self.assigned: set[int] = set()
-        self.group = GroupMember(consumer_factory, settings.kafka.group_protocol, [self.topic],
-                                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke,
-                                 on_fallback=self.assigned.clear)
+        self.group = GroupMember(
+            consumer_factory,
+            settings.kafka.group_protocol,
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+            on_fallback=self.assigned.clear,
+        )
         self.stop_event = threading.Event()
         self.state = "starting"  # then active | building | retired
         self.retired = False
@@ -126,8 +139,13 @@ class Projector:
         """Register the revision (creating its tables) and join the group."""
         registration: Registration = self._retrying(lambda: self.store.register(self.table))
         self.state = registration.state
-        self._log.info("projector started", state=self.state, active_revision=registration.active_revision,
-                       topic=self.topic, database=repr(self.store))
+        self._log.info(
+            "projector started",
+            state=self.state,
+            active_revision=registration.active_revision,
+            topic=self.topic,
+            database=repr(self.store),
+        )
         self.group.subscribe()
         self._started = True
 
@@ -228,8 +246,10 @@ class Projector:
         try:
             meta = self.consumer.list_topics(self.topic, timeout=10)
             partitions = sorted(meta.topics[self.topic].partitions)
-            return {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
-                    for p in partitions}
+            return {
+                p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
+                for p in partitions
+            }
         except (KafkaException, KeyError, TypeError) as exc:
             raise BrokerUnavailableError(f"cannot read the end offsets of {self.topic}: {exc}") from exc
 

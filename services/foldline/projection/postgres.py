@@ -26,8 +26,14 @@ from foldline.projection.schema import TableDef
 from foldline.projection.sql import PostgresDialect, q, redact
 
 _SCHEMA = re.compile(r"^(?!pg_)[a-z_][a-z0-9_]{0,62}$")
-_TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable,
-              pg_errors.QueryCanceled, pg_errors.AdminShutdown, pg_errors.CannotConnectNow)
+_TRANSIENT = (
+    pg_errors.DeadlockDetected,
+    pg_errors.SerializationFailure,
+    pg_errors.LockNotAvailable,
+    pg_errors.QueryCanceled,
+    pg_errors.AdminShutdown,
+    pg_errors.CannotConnectNow,
+)
 
 
 def _translate(exc: psycopg.Error, sql: str = "") -> FoldlineError:
@@ -79,9 +85,15 @@ class PostgresStore(SqlStore):
         self._display = redact(self.conninfo)
         try:
             self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-                self.conninfo, min_size=1, max_size=max(1, pool_size), open=False, configure=self._configure,
+                self.conninfo,
+                min_size=1,
+                max_size=max(1, pool_size),
+                open=False,
+                configure=self._configure,
                 kwargs={"autocommit": False, "connect_timeout": max(1, int(connect_timeout))},
-                name="foldline-projection", timeout=connect_timeout)
+                name="foldline-projection",
+                timeout=connect_timeout,
+            )
         except psycopg.ProgrammingError as exc:
             raise ConfigurationError(f"invalid PostgreSQL URL: {exc}") from exc
         try:
@@ -119,8 +131,10 @@ class PostgresStore(SqlStore):
 
     def lock_partitions(self, s: Session, table: TableDef, partitions: Sequence[int]) -> None:
         for p in partitions:  # sorted by the caller: no deadlock between two batches
-            s.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                      (f"foldline.{table.view}.{table.revision}.{table.topic}.{p}",))
+            s.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                (f"foldline.{table.view}.{table.revision}.{table.topic}.{p}",),
+            )
 
     def close(self) -> None:
         self.pool.close()

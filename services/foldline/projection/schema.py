@@ -36,7 +36,8 @@ COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 def check_view_name(view: str) -> str:
     if not isinstance(view, str) or not VIEW_NAME.match(view):
         raise AggregateDefinitionError(
-            f"view name {view!r} must be 1-40 lowercase letters, digits and dashes, starting with a letter")
+            f"view name {view!r} must be 1-40 lowercase letters, digits and dashes, starting with a letter"
+        )
     return view
 
 
@@ -62,10 +63,12 @@ class Column:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not COLUMN_NAME.match(self.name):
             raise AggregateDefinitionError(
-                f"column name {self.name!r} must be lowercase letters, digits and '_', starting with a letter")
+                f"column name {self.name!r} must be lowercase letters, digits and '_', starting with a letter"
+            )
         if self.type not in COLUMN_TYPES:
             raise AggregateDefinitionError(
-                f"column {self.name!r} has type {self.type!r}; use one of {', '.join(COLUMN_TYPES)}")
+                f"column {self.name!r} has type {self.type!r}; use one of {', '.join(COLUMN_TYPES)}"
+            )
 
 
 _SYSTEM = (Column(AGGREGATE_ID, "text", nullable=False), Column(AGGREGATE_VERSION, "integer", nullable=False))
@@ -112,9 +115,18 @@ class TableDef:
     indexes: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
-    def build(cls, *, view: str, revision: int, aggregate: str, source: str, topic: str,
-              columns: tuple[Column, ...], key: tuple[str, ...],
-              indexes: tuple[tuple[str, ...], ...] = ()) -> TableDef:
+    def build(
+        cls,
+        *,
+        view: str,
+        revision: int,
+        aggregate: str,
+        source: str,
+        topic: str,
+        columns: tuple[Column, ...],
+        key: tuple[str, ...],
+        indexes: tuple[tuple[str, ...], ...] = (),
+    ) -> TableDef:
         check_view_name(view)
         check_revision(revision)
         if source not in SOURCES:
@@ -160,16 +172,30 @@ class TableDef:
 
     def definition(self) -> str:
         """The JSON the catalog keeps, from which a reader rebuilds this definition."""
-        return json.dumps({
-            "aggregate": self.aggregate, "source": self.source, "topic": self.topic,
-            "columns": [[c.name, c.type, c.nullable] for c in self.columns if c.name not in SYSTEM_COLUMNS],
-            "key": list(self.key), "indexes": [list(i) for i in self.indexes],
-        }, sort_keys=True, separators=(",", ":"))
+        return json.dumps(
+            {
+                "aggregate": self.aggregate,
+                "source": self.source,
+                "topic": self.topic,
+                "columns": [[c.name, c.type, c.nullable] for c in self.columns if c.name not in SYSTEM_COLUMNS],
+                "key": list(self.key),
+                "indexes": [list(i) for i in self.indexes],
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
 
     @classmethod
     def from_definition(cls, view: str, revision: int, text: str) -> TableDef:
         data: Mapping[str, Any] = json.loads(text)
         columns = tuple(Column(str(n), t, bool(nullable)) for n, t, nullable in data["columns"])
-        return cls.build(view=view, revision=revision, aggregate=str(data["aggregate"]), source=str(data["source"]),
-                         topic=str(data["topic"]), columns=columns, key=tuple(data["key"]),
-                         indexes=tuple(tuple(i) for i in data.get("indexes", ())))
+        return cls.build(
+            view=view,
+            revision=revision,
+            aggregate=str(data["aggregate"]),
+            source=str(data["source"]),
+            topic=str(data["topic"]),
+            columns=columns,
+            key=tuple(data["key"]),
+            indexes=tuple(tuple(i) for i in data.get("indexes", ())),
+        )

@@ -77,8 +77,9 @@ def parse_filter(column: Column, raw: Any) -> Any:
             return False
         raise ValueError(text)
     except (ValueError, InvalidOperation):
-        raise InvalidQueryError(f"filter {column.name}={raw!r} is not a valid {column.type}",
-                                details={"field": column.name}) from None
+        raise InvalidQueryError(
+            f"filter {column.name}={raw!r} is not a valid {column.type}", details={"field": column.name}
+        ) from None
 
 
 class Dialect:
@@ -119,12 +120,13 @@ class Dialect:
 
     # -- statements -----------------------------------------------------------------------------------
     def create_table(self, t: TableDef) -> list[str]:
-        cols = ", ".join(
-            f"{q(c.name)} {self.types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in t.columns)
+        cols = ", ".join(f"{q(c.name)} {self.types[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in t.columns)
         key = ", ".join(q(k) for k in t.key)
-        out = [f"CREATE TABLE IF NOT EXISTS {q(t.table)} ({cols}, PRIMARY KEY ({key}))",
-               f"CREATE TABLE IF NOT EXISTS {q(t.versions_table)} ({q(AGGREGATE_ID)} TEXT PRIMARY KEY, "
-               f"version BIGINT NOT NULL, memo TEXT)"]
+        out = [
+            f"CREATE TABLE IF NOT EXISTS {q(t.table)} ({cols}, PRIMARY KEY ({key}))",
+            f"CREATE TABLE IF NOT EXISTS {q(t.versions_table)} ({q(AGGREGATE_ID)} TEXT PRIMARY KEY, "
+            f"version BIGINT NOT NULL, memo TEXT)",
+        ]
         if t.key[0] != AGGREGATE_ID:  # the stale-row delete looks rows up by aggregate
             out.append(f"CREATE INDEX IF NOT EXISTS {q(t.table + '__aid')} ON {q(t.table)} ({q(AGGREGATE_ID)})")
         for n, index in enumerate(t.indexes, 1):
@@ -140,15 +142,19 @@ class Dialect:
         values = ", ".join([self.param] * len(names))
         sets = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in names if n not in t.key)
         tbl = q(t.table)
-        return (f"INSERT INTO {tbl} ({', '.join(q(n) for n in names)}) VALUES ({values}) "
-                f"ON CONFLICT ({', '.join(q(k) for k in t.key)}) DO UPDATE SET {sets} "
-                f"WHERE excluded.{q(AGGREGATE_ID)} <> {tbl}.{q(AGGREGATE_ID)} "
-                f"OR excluded.{q(AGGREGATE_VERSION)} >= {tbl}.{q(AGGREGATE_VERSION)}")
+        return (
+            f"INSERT INTO {tbl} ({', '.join(q(n) for n in names)}) VALUES ({values}) "
+            f"ON CONFLICT ({', '.join(q(k) for k in t.key)}) DO UPDATE SET {sets} "
+            f"WHERE excluded.{q(AGGREGATE_ID)} <> {tbl}.{q(AGGREGATE_ID)} "
+            f"OR excluded.{q(AGGREGATE_VERSION)} >= {tbl}.{q(AGGREGATE_VERSION)}"
+        )
 
     def delete(self, t: TableDef) -> str:
         where = " AND ".join(f"{q(k)} = {self.param}" for k in t.key)
-        return (f"DELETE FROM {q(t.table)} WHERE {where} AND NOT "
-                f"({q(AGGREGATE_ID)} = {self.param} AND {q(AGGREGATE_VERSION)} > {self.param})")
+        return (
+            f"DELETE FROM {q(t.table)} WHERE {where} AND NOT "
+            f"({q(AGGREGATE_ID)} = {self.param} AND {q(AGGREGATE_VERSION)} > {self.param})"
+        )
 
     def increment(self, t: TableDef, add: Sequence[str], set_: Sequence[str]) -> str:
         cols = t.column_map()
@@ -156,25 +162,32 @@ class Dialect:
         values = ", ".join([self.param] * len(names))
         updates = [f"{q(n)} = {self.add_expr(t.table, cols[n])}" for n in add]
         updates += [f"{q(n)} = excluded.{q(n)}" for n in names if n not in t.key and n not in add]
-        return (f"INSERT INTO {q(t.table)} ({', '.join(q(n) for n in names)}) VALUES ({values}) "
-                f"ON CONFLICT ({', '.join(q(k) for k in t.key)}) DO UPDATE SET {', '.join(updates)}")
+        return (
+            f"INSERT INTO {q(t.table)} ({', '.join(q(n) for n in names)}) VALUES ({values}) "
+            f"ON CONFLICT ({', '.join(q(k) for k in t.key)}) DO UPDATE SET {', '.join(updates)}"
+        )
 
     def delete_stale(self, t: TableDef) -> str:
-        return (f"DELETE FROM {q(t.table)} WHERE {q(AGGREGATE_ID)} = {self.param} "
-                f"AND {q(AGGREGATE_VERSION)} < {self.param}")
+        return (
+            f"DELETE FROM {q(t.table)} WHERE {q(AGGREGATE_ID)} = {self.param} AND {q(AGGREGATE_VERSION)} < {self.param}"
+        )
 
     def save_version(self, t: TableDef) -> str:
         p, tbl = self.param, q(t.versions_table)
-        return (f"INSERT INTO {tbl} ({q(AGGREGATE_ID)}, version, memo) VALUES ({p}, {p}, {p}) "
-                f"ON CONFLICT ({q(AGGREGATE_ID)}) DO UPDATE SET version = excluded.version, memo = excluded.memo "
-                f"WHERE excluded.version > {tbl}.version")
+        return (
+            f"INSERT INTO {tbl} ({q(AGGREGATE_ID)}, version, memo) VALUES ({p}, {p}, {p}) "
+            f"ON CONFLICT ({q(AGGREGATE_ID)}) DO UPDATE SET version = excluded.version, memo = excluded.memo "
+            f"WHERE excluded.version > {tbl}.version"
+        )
 
     def save_position(self) -> str:
         p = self.param
-        return ("INSERT INTO foldline_positions (view, revision, topic, \"partition\", next_offset, updated_at) "
-                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (view, revision, topic, \"partition\") "
-                "DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at "
-                "WHERE excluded.next_offset > foldline_positions.next_offset")
+        return (
+            'INSERT INTO foldline_positions (view, revision, topic, "partition", next_offset, updated_at) '
+            f'VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (view, revision, topic, "partition") '
+            "DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at "
+            "WHERE excluded.next_offset > foldline_positions.next_offset"
+        )
 
     def converters(self, t: TableDef) -> list[Callable[[Any], Any]]:
         """Per column of ``t`` (in order): Python value -> the value to bind (None stays None)."""
@@ -194,8 +207,14 @@ class SqliteDialect(Dialect):
 
     name = "sqlite"
     param = "?"
-    types = {"text": "TEXT", "integer": "INTEGER", "numeric": "TEXT", "date": "TEXT", "timestamp": "TEXT",
-             "boolean": "INTEGER"}
+    types = {
+        "text": "TEXT",
+        "integer": "INTEGER",
+        "numeric": "TEXT",
+        "date": "TEXT",
+        "timestamp": "TEXT",
+        "boolean": "INTEGER",
+    }
 
     def binds_as_is(self, kind: str) -> bool:
         return kind in ("text", "integer")
@@ -253,8 +272,14 @@ def decimal_add(a: str | None, b: str | None) -> str | None:
 class PostgresDialect(Dialect):
     name = "postgresql"
     param = "%s"
-    types = {"text": "TEXT", "integer": "BIGINT", "numeric": "NUMERIC", "date": "DATE",
-             "timestamp": "TIMESTAMPTZ", "boolean": "BOOLEAN"}
+    types = {
+        "text": "TEXT",
+        "integer": "BIGINT",
+        "numeric": "NUMERIC",
+        "date": "DATE",
+        "timestamp": "TIMESTAMPTZ",
+        "boolean": "BOOLEAN",
+    }
 
     def to_db(self, kind: str, value: Any) -> Any:
         return utc(value) if kind == "timestamp" else value

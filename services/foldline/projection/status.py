@@ -46,8 +46,9 @@ class ViewStatus:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["revisions"] = [{**r, "positions": {str(k): v for k, v in r["positions"].items()}}
-                             for r in data["revisions"]]
+        data["revisions"] = [
+            {**r, "positions": {str(k): v for k, v in r["positions"].items()}} for r in data["revisions"]
+        ]
         return data
 
 
@@ -66,15 +67,26 @@ def view_status(store: SqlStore, view: str, end_offsets: EndOffsets | None) -> V
             if ends is None:
                 ends = ends_cache[rev.table.topic] = end_offsets(rev.table.topic)
             behind, share = progress(rev.positions, ends)
-        revisions.append(RevisionStatus(rev.revision, rev.state, rev.table.source, rev.table.topic, behind, share,
-                                        dict(rev.positions)))
+        revisions.append(
+            RevisionStatus(
+                rev.revision, rev.state, rev.table.source, rev.table.topic, behind, share, dict(rev.positions)
+            )
+        )
     active = next((r for r in revisions if r.state == "active"), None)
     building = max((r for r in revisions if r.state == "building"), key=lambda r: r.revision, default=None)
-    aggregate = next((r.table.aggregate for r in info.revisions if r.revision == info.active_revision),
-                     info.revisions[-1].table.aggregate if info.revisions else "")
-    return ViewStatus(view, aggregate, info.active_revision, building.revision if building else None,
-                      active.behind if active else None, building.progress if building else None,
-                      tuple(revisions))
+    aggregate = next(
+        (r.table.aggregate for r in info.revisions if r.revision == info.active_revision),
+        info.revisions[-1].table.aggregate if info.revisions else "",
+    )
+    return ViewStatus(
+        view,
+        aggregate,
+        info.active_revision,
+        building.revision if building else None,
+        active.behind if active else None,
+        building.progress if building else None,
+        tuple(revisions),
+    )
 
 
 @contextmanager
@@ -87,8 +99,10 @@ def kafka_end_offsets(kafka: KafkaSettings, timeout: float = 10.0) -> Iterator[E
             meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
             if meta.error is not None:
                 raise BrokerUnavailableError(f"cannot describe {topic}: {meta.error}")
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
-                    for p in sorted(meta.partitions)}
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
+                for p in sorted(meta.partitions)
+            }
         except (KafkaException, KeyError) as exc:
             raise BrokerUnavailableError(f"cannot read the end offsets of {topic}: {exc}") from exc
 
@@ -102,11 +116,18 @@ def format_table(statuses: list[ViewStatus]) -> str:
     """One line per view: view, active revision, building revision, progress %, lag."""
     rows = [("VIEW", "AGGREGATE", "ACTIVE", "BUILDING", "PROGRESS", "LAG")]
     for s in statuses:
-        rows.append((s.view, s.aggregate, _text(s.active_revision), _text(s.building_revision),
-                     "-" if s.progress is None else f"{s.progress * 100:.1f}%", _text(s.lag)))
+        rows.append(
+            (
+                s.view,
+                s.aggregate,
+                _text(s.active_revision),
+                _text(s.building_revision),
+                "-" if s.progress is None else f"{s.progress * 100:.1f}%",
+                _text(s.lag),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def _text(value: int | None) -> str:

@@ -20,8 +20,9 @@ SQLITE_PREFIX = "sqlite:///"
 
 @runtime_checkable
 class ProjectionTarget(Protocol):
-    def read_rows(self, view: str, *, filters: Mapping[str, str], limit: int = 100, offset: int = 0,
-                  order_by: str | None = None) -> list[dict[str, Any]]:
+    def read_rows(
+        self, view: str, *, filters: Mapping[str, str], limit: int = 100, offset: int = 0, order_by: str | None = None
+    ) -> list[dict[str, Any]]:
         """Rows of the view's active revision; ``order_by`` is a column, ``-column`` for descending."""
         ...
 
@@ -40,7 +41,7 @@ def open_store(url: str, *, pool_size: int = 4, connect_timeout: float = 30.0) -
     if url.startswith(SQLITE_PREFIX):
         from foldline.projection.sqlite import SqliteStore
 
-        path = url[len(SQLITE_PREFIX):].split("?", 1)[0]
+        path = url[len(SQLITE_PREFIX) :].split("?", 1)[0]
         if not path or path == ":memory:":
             raise ConfigurationError("a SQLite projection database needs a file path: sqlite:///path/to/views.db")
         return SqliteStore(path)
@@ -48,8 +49,9 @@ def open_store(url: str, *, pool_size: int = 4, connect_timeout: float = 30.0) -
         from foldline.projection.postgres import PostgresStore
 
         return PostgresStore(url, pool_size=pool_size, connect_timeout=connect_timeout)
-    raise ConfigurationError(f"unsupported projection database URL {redact(url)!r}: "
-                             "use sqlite:///path.db or postgresql://...")
+    raise ConfigurationError(
+        f"unsupported projection database URL {redact(url)!r}: use sqlite:///path.db or postgresql://..."
+    )
 
 
 def open_target(url: str) -> ProjectionTarget:

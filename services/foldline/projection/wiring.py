@@ -16,8 +16,13 @@ from foldline.settings import ProjectorSettings
 from foldline.topics import projector_group
 
 
-def build_projector(spec: ProjectionSpec, settings: ProjectorSettings, *, store: SqlStore | None = None,
-                    on_switch: Callable[[SwitchInfo], None] | None = None) -> Projector:
+def build_projector(
+    spec: ProjectionSpec,
+    settings: ProjectorSettings,
+    *,
+    store: SqlStore | None = None,
+    on_switch: Callable[[SwitchInfo], None] | None = None,
+) -> Projector:
     group = projector_group(spec.aggregate, spec.view, spec.revision)
 
     def new_consumer(protocol: str) -> Consumer:
@@ -28,5 +33,6 @@ def build_projector(spec: ProjectionSpec, settings: ProjectorSettings, *, store:
 
     owns_store = store is None
     store = store or open_store(settings.database, pool_size=settings.pool_size)
-    return Projector(spec, settings, store=store, consumer_factory=new_consumer, on_switch=on_switch,
-                     owns_store=owns_store)
+    return Projector(
+        spec, settings, store=store, consumer_factory=new_consumer, on_switch=on_switch, owns_store=owns_store
+    )

@@ -24,8 +24,13 @@ class LmdbStore:
         try:
             # sync=False: a crash may lose the last commits but never mixes two of them; restore re-reads.
             self._env = lmdb.open(
-                str(path), map_size=_MAP_SIZE, max_dbs=2, sync=False, metasync=False,
-                readahead=False, writemap=False,
+                str(path),
+                map_size=_MAP_SIZE,
+                max_dbs=2,
+                sync=False,
+                metasync=False,
+                readahead=False,
+                writemap=False,
             )
         except lmdb.Error as exc:
             raise StoreUnavailableError(f"cannot open LMDB store at {path}: {exc}") from exc

@@ -36,13 +36,28 @@ from foldline.projection.errors import (
 from foldline.projection.schema import Column, TableDef
 from foldline.projection.target import ProjectionTarget
 
-COLUMNS = (Column("id", "text"), Column("customer", "text"), Column("amount", "numeric"), Column("n", "integer"),
-           Column("due", "date"), Column("at", "timestamp"), Column("open", "boolean"))
+COLUMNS = (
+    Column("id", "text"),
+    Column("customer", "text"),
+    Column("amount", "numeric"),
+    Column("n", "integer"),
+    Column("due", "date"),
+    Column("at", "timestamp"),
+    Column("open", "boolean"),
+)
 
 
 def table(revision=1, columns=COLUMNS, view="things", key=("id",)):
-    return TableDef.build(view=view, revision=revision, aggregate="agg", source="snapshots", topic="agg.snapshots",
-                          columns=columns, key=key, indexes=(("customer",),))
+    return TableDef.build(
+        view=view,
+        revision=revision,
+        aggregate="agg",
+        source="snapshots",
+        topic="agg.snapshots",
+        columns=columns,
+        key=key,
+        indexes=(("customer",),),
+    )
 
 
 def row(id_, **values):
@@ -56,7 +71,6 @@ def write(store, t, changes, positions=None):
         tx.apply(changes)
         tx.save_versions({a: (v, None) for a, v, _ in changes})
         tx.save_positions(positions or {})
-
 
 
 class ProjectionStoreContract:
@@ -78,26 +92,69 @@ class ProjectionStoreContract:
         store.register(table())
         target = self.open_target()
         assert isinstance(target, ProjectionTarget)
-        assert target.columns("things") == ["id", "customer", "amount", "n", "due", "at", "open", "aggregate_id",
-                                            "aggregate_version"]
+        assert target.columns("things") == [
+            "id",
+            "customer",
+            "amount",
+            "n",
+            "due",
+            "at",
+            "open",
+            "aggregate_id",
+            "aggregate_version",
+        ]
         target.close()
-
 
     def test_upsert_and_json_ready_values(self, store):
         t = table()
         store.register(t)
-        write(store, t, [("a1", 1, row("x", customer="ACME", amount=Decimal("10.50"), n=3, due=date(2026, 12, 1),
-                                       at=datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC), open=True)),
-                         ("a2", 7, row("y"))])
+        write(
+            store,
+            t,
+            [
+                (
+                    "a1",
+                    1,
+                    row(
+                        "x",
+                        customer="ACME",
+                        amount=Decimal("10.50"),
+                        n=3,
+                        due=date(2026, 12, 1),
+                        at=datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC),
+                        open=True,
+                    ),
+                ),
+                ("a2", 7, row("y")),
+            ],
+        )
         assert store.read_rows("things", filters={}) == [
-            {"id": "x", "customer": "ACME", "amount": "10.50", "n": 3, "due": "2026-12-01",
-             "at": "2026-01-02T03:04:05.006000+00:00", "open": True, "aggregate_id": "a1", "aggregate_version": 1},
-            {"id": "y", "customer": None, "amount": None, "n": None, "due": None, "at": None, "open": None,
-             "aggregate_id": "a2", "aggregate_version": 7}]
+            {
+                "id": "x",
+                "customer": "ACME",
+                "amount": "10.50",
+                "n": 3,
+                "due": "2026-12-01",
+                "at": "2026-01-02T03:04:05.006000+00:00",
+                "open": True,
+                "aggregate_id": "a1",
+                "aggregate_version": 1,
+            },
+            {
+                "id": "y",
+                "customer": None,
+                "amount": None,
+                "n": None,
+                "due": None,
+                "at": None,
+                "open": None,
+                "aggregate_id": "a2",
+                "aggregate_version": 7,
+            },
+        ]
         write(store, t, [("a1", 2, row("x", customer="Other", open=False))])
         [x] = store.read_rows("things", filters={"id": "x"})
         assert (x["customer"], x["open"], x["amount"], x["aggregate_version"]) == ("Other", False, None, 2)
-
 
     def test_version_never_moves_back(self, store):
         t = table()
@@ -112,14 +169,12 @@ class ProjectionStoreContract:
         write(store, t, [("a2", 1, row("x", customer="taken over"))])
         assert store.read_rows("things", filters={})[0]["aggregate_id"] == "a2"
 
-
     def test_delete(self, store):
         t = table()
         store.register(t)
         write(store, t, [("a1", 1, row("x")), ("a1", 1, row("y")), ("a1", 2, Delete({"id": "x"}))])
         assert [r["id"] for r in store.read_rows("things", filters={})] == ["y"]
         write(store, t, [("a1", 2, Delete({"id": "missing"}))])  # deleting nothing is fine
-
 
     def test_stale_rows_of_an_aggregate_are_deleted(self, store):
         t = table()
@@ -130,20 +185,23 @@ class ProjectionStoreContract:
             tx.delete_stale({"a1": 2})
         assert [r["id"] for r in store.read_rows("things", filters={})] == ["y", "z"]
 
-
     def test_increment_is_exact(self, store):
-        t = table(columns=(Column("customer", "text"), Column("total", "numeric"), Column("count", "integer")),
-                  view="totals", key=("customer",))
+        t = table(
+            columns=(Column("customer", "text"), Column("total", "numeric"), Column("count", "integer")),
+            view="totals",
+            key=("customer",),
+        )
         store.register(t)
-        changes = [("a1", 1, Increment({"customer": "c"}, {"total": Decimal("0.10"), "count": 1})),
-                   ("a2", 1, Increment({"customer": "c"}, {"total": Decimal("0.20"), "count": 1})),
-                   ("a1", 2, Increment({"customer": "c"}, {"total": Decimal("-0.05"), "count": 1}))]
+        changes = [
+            ("a1", 1, Increment({"customer": "c"}, {"total": Decimal("0.10"), "count": 1})),
+            ("a2", 1, Increment({"customer": "c"}, {"total": Decimal("0.20"), "count": 1})),
+            ("a1", 2, Increment({"customer": "c"}, {"total": Decimal("-0.05"), "count": 1})),
+        ]
         write(store, t, changes)
         write(store, t, [("a3", 1, Increment({"customer": "d"}, {"total": Decimal("1e2"), "count": 1}))])
         got = {r["customer"]: (r["total"], r["count"]) for r in store.read_rows("totals", filters={})}
         assert Decimal(got["c"][0]) == Decimal("0.25") and got["c"][1] == 3
         assert Decimal(got["d"][0]) == 100
-
 
     def test_positions_commit_atomically_with_rows(self, store):
         t = table()
@@ -160,7 +218,6 @@ class ProjectionStoreContract:
         assert [(r["id"], r["customer"]) for r in store.read_rows("things", filters={})] == [("x", "before")]
         assert store.aggregate_version("things", "a1") == 1
 
-
     def test_positions_only_move_forward(self, store):
         t = table()
         store.register(t)
@@ -168,12 +225,24 @@ class ProjectionStoreContract:
         write(store, t, [], {0: 7, 1: 4})
         assert store.positions("things", 1, "agg.snapshots") == {0: 10, 1: 4}
 
-
     def test_read_rows_filters_ordering_and_paging(self, store):
         t = table()
         store.register(t)
-        changes = [(f"a{i}", i, row(f"k{i:02}", customer="ACME" if i % 2 else "Beta", amount=Decimal(i) / 4, n=i,
-                                    due=date(2026, 1, 1 + i), open=i % 3 == 0)) for i in range(1, 21)]
+        changes = [
+            (
+                f"a{i}",
+                i,
+                row(
+                    f"k{i:02}",
+                    customer="ACME" if i % 2 else "Beta",
+                    amount=Decimal(i) / 4,
+                    n=i,
+                    due=date(2026, 1, 1 + i),
+                    open=i % 3 == 0,
+                ),
+            )
+            for i in range(1, 21)
+        ]
         write(store, t, changes)
         read = store.read_rows
         assert [r["id"] for r in read("things", filters={}, limit=3)] == ["k01", "k02", "k03"]
@@ -188,33 +257,36 @@ class ProjectionStoreContract:
         assert [r["id"] for r in read("things", filters={"aggregate_id": "a4"})] == ["k04"]
         assert read("things", filters={"customer": "x' OR '1'='1"}) == []  # values are parameters, never SQL
 
-
-    @pytest.mark.parametrize("kwargs, error", [
-        ({"filters": {"nope": "1"}}, UnknownColumnError),
-        ({"filters": {'id" = id; DROP TABLE foldline_views; --': "1"}}, UnknownColumnError),
-        ({"filters": {}, "order_by": "customer; DROP TABLE foldline_views"}, UnknownColumnError),
-        ({"filters": {"n": "1; DROP TABLE x"}}, InvalidQueryError),
-        ({"filters": {}, "limit": 0}, InvalidQueryError),
-        ({"filters": {}, "limit": 10_001}, InvalidQueryError),
-        ({"filters": {}, "offset": -1}, InvalidQueryError),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs, error",
+        [
+            ({"filters": {"nope": "1"}}, UnknownColumnError),
+            ({"filters": {'id" = id; DROP TABLE foldline_views; --': "1"}}, UnknownColumnError),
+            ({"filters": {}, "order_by": "customer; DROP TABLE foldline_views"}, UnknownColumnError),
+            ({"filters": {"n": "1; DROP TABLE x"}}, InvalidQueryError),
+            ({"filters": {}, "limit": 0}, InvalidQueryError),
+            ({"filters": {}, "limit": 10_001}, InvalidQueryError),
+            ({"filters": {}, "offset": -1}, InvalidQueryError),
+        ],
+    )
     def test_bad_queries_are_clear_errors(self, store, kwargs, error):
         store.register(table())
         with pytest.raises(error):
             store.read_rows("things", **kwargs)
         assert store.columns("things")  # the catalog is intact
 
-
     @pytest.mark.parametrize("view", ["missing", 'things"; DROP TABLE foldline_views; --', "", "THINGS"])
     def test_unknown_views_are_clear_errors(self, store, view):
         with pytest.raises(UnknownViewError):
             store.read_rows(view, filters={})  # before any catalog exists
         store.register(table())
-        for call in (lambda: store.read_rows(view, filters={}), lambda: store.columns(view),
-                     lambda: store.aggregate_version(view, "a1")):
+        for call in (
+            lambda: store.read_rows(view, filters={}),
+            lambda: store.columns(view),
+            lambda: store.aggregate_version(view, "a1"),
+        ):
             with pytest.raises(UnknownViewError):
                 call()
-
 
     def test_aggregate_version(self, store):
         t = table()
@@ -222,7 +294,6 @@ class ProjectionStoreContract:
         assert store.aggregate_version("things", "a1") is None
         write(store, t, [("a1", 4, row("x"))])
         assert store.aggregate_version("things", "a1") == 4
-
 
     def test_revision_tables_and_atomic_switch(self, store):
         v1, v2 = table(1), table(2, columns=(*COLUMNS, Column("extra", "text")))
@@ -242,8 +313,10 @@ class ProjectionStoreContract:
         assert target.columns("things")[-3:] == ["extra", "aggregate_id", "aggregate_version"]
         assert target.read_rows("things", filters={})[0]["extra"] == "e2"
         info = store.view_info("things")
-        assert info.active_revision == 2 and [(r.revision, r.state) for r in info.revisions] == [(1, "retired"),
-                                                                                             (2, "active")]
+        assert info.active_revision == 2 and [(r.revision, r.state) for r in info.revisions] == [
+            (1, "retired"),
+            (2, "active"),
+        ]
         assert info.revision(1).positions == {}  # the old revision's positions went with it
         with pytest.raises(RevisionRetiredError):
             write(store, v1, [("a1", 3, row("x"))], {0: 3})
@@ -256,7 +329,6 @@ class ProjectionStoreContract:
         assert store.switch(v2, {0: 2})  # already active: idempotent
         target.close()
 
-
     def test_a_newer_revision_supersedes_one_still_building(self, store):
         v1, v2, v3 = table(1), table(2), table(3)
         for t in (v1, v2, v3):
@@ -268,7 +340,6 @@ class ProjectionStoreContract:
         with pytest.raises(RevisionRetiredError):
             store.switch(v2, {0: 0})
         assert store.view_info("things").active_revision == 3
-
 
     def test_reads_never_fail_across_switches(self, store):
         target = self.open_target()
@@ -305,7 +376,6 @@ class ProjectionStoreContract:
             target.close()
         assert not errors, errors
         assert seen >= {len(COLUMNS) + rev + 2 for rev in range(2, 8)}
-
 
     def test_concurrent_batches_of_the_same_records_apply_once(self):
         """Two writers (a zombie and its successor) apply the same events: each is counted once."""
@@ -346,7 +416,7 @@ class ProjectionStoreContract:
             try:
                 barrier.wait()
                 for start in range(0, 300, 50):
-                    batch = messages[start:start + 50]
+                    batch = messages[start : start + 50]
                     Applier(spec).apply(store, batch, {0: start + 50})
             except BaseException as exc:
                 errors.append(exc)

@@ -31,7 +31,6 @@ class StateStoreContract:
         assert store.get(b"a") is None and store.changelog_offset() == 0 and store.count() == 0
         store.close()
 
-
     def test_write_then_read_with_offset(self, tmp_path: Path) -> None:
         store = self.open_store(tmp_path / "s")
         store.write([(b"a", b"1"), (b"b", b"2")], 10)
@@ -40,7 +39,6 @@ class StateStoreContract:
         assert store.changelog_offset() == 12 and store.count() == 2
         assert list(store.items()) == [(b"a", b"3"), (b"b", b"2")]
         store.close()
-
 
     def test_survives_reopen(self, tmp_path: Path) -> None:
         store = self.open_store(tmp_path / "s")
@@ -51,13 +49,11 @@ class StateStoreContract:
         assert again.count() == 1000 and again.changelog_offset() == 1000 and again.get(b"k999") == b"v" * 100
         again.close()
 
-
     def test_offset_only_write_moves_offset(self, tmp_path: Path) -> None:
         store = self.open_store(tmp_path / "s")
         store.write([], 7)
         assert store.changelog_offset() == 7 and store.count() == 0
         store.close()
-
 
     def test_failed_write_changes_nothing(self, tmp_path: Path) -> None:
         store = self.open_store(tmp_path / "s")
@@ -72,7 +68,6 @@ class StateStoreContract:
             store.write(broken(), 9)
         assert store.get(b"a") == b"1" and store.get(b"b") is None and store.changelog_offset() == 5
         store.close()
-
 
     def test_destroy_then_open_is_empty(self, tmp_path: Path) -> None:
         store = self.open_store(tmp_path / "s")

@@ -173,8 +173,7 @@ class Invoices(Aggregate[Invoice]):
     name = "invoices"
     state_type = Invoice
     commands = (CreateInvoice, AddLineItem, RemoveLineItem, SendInvoice, RecordPayment, DeleteInvoice)
-    events = (InvoiceCreated, LineItemAdded, LineItemRemoved, InvoiceSent, PaymentRecorded, InvoicePaid,
-              InvoiceDeleted)
+    events = (InvoiceCreated, LineItemAdded, LineItemRemoved, InvoiceSent, PaymentRecorded, InvoicePaid, InvoiceDeleted)
 
     def initial_state(self) -> Invoice:
         return Invoice()

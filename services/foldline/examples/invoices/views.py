@@ -1,6 +1,6 @@
 """The invoices views: a list of invoices, their line items, and totals per customer.
 
-    foldline projector --projection foldline.examples.invoices.views:InvoiceList
+foldline projector --projection foldline.examples.invoices.views:InvoiceList
 """
 
 from __future__ import annotations
@@ -44,16 +44,20 @@ class InvoiceList(Projection):
         if invoice.status in ("none", "deleted"):
             return []
         total = invoice.total
-        return [Upsert({
-            "id": record.aggregate_id,
-            "customer": invoice.customer,
-            "status": invoice.status,
-            "currency": invoice.currency,
-            "total": total,
-            "balance": (total - invoice.paid).quantize(Decimal("0.01")),
-            "issue_date": invoice.issue_date,
-            "due_date": invoice.due_date,
-        })]
+        return [
+            Upsert(
+                {
+                    "id": record.aggregate_id,
+                    "customer": invoice.customer,
+                    "status": invoice.status,
+                    "currency": invoice.currency,
+                    "total": total,
+                    "balance": (total - invoice.paid).quantize(Decimal("0.01")),
+                    "issue_date": invoice.issue_date,
+                    "due_date": invoice.due_date,
+                }
+            )
+        ]
 
 
 class InvoiceListV2(InvoiceList):
@@ -69,8 +73,9 @@ class InvoiceListV2(InvoiceList):
     def project(self, record: Snapshot) -> list[RowChange]:
         rows = super().project(record)
         invoice: Invoice = record.state
-        return [Upsert({**change.values, "line_count": len(invoice.lines)}) for change in rows
-                if isinstance(change, Upsert)]
+        return [
+            Upsert({**change.values, "line_count": len(invoice.lines)}) for change in rows if isinstance(change, Upsert)
+        ]
 
 
 class InvoiceLineItems(Projection):
@@ -96,16 +101,21 @@ class InvoiceLineItems(Projection):
         invoice: Invoice = record.state
         if invoice.status in ("none", "deleted"):
             return []
-        return [Upsert({
-            "invoice_id": record.aggregate_id,
-            "line_id": line.line_id,
-            "position": n,
-            "customer": invoice.customer,
-            "description": line.description,
-            "quantity": line.quantity,
-            "unit_price": line.unit_price,
-            "amount": line.amount,
-        }) for n, line in enumerate(invoice.lines, 1)]
+        return [
+            Upsert(
+                {
+                    "invoice_id": record.aggregate_id,
+                    "line_id": line.line_id,
+                    "position": n,
+                    "customer": invoice.customer,
+                    "description": line.description,
+                    "quantity": line.quantity,
+                    "unit_price": line.unit_price,
+                    "amount": line.amount,
+                }
+            )
+            for n, line in enumerate(invoice.lines, 1)
+        ]
 
 
 class CustomerTotals(Projection):
@@ -149,6 +159,7 @@ class CustomerTotals(Projection):
         if not customer:
             return []  # an invoice whose creation this view never saw
         # Every column is added to, so the first change of a customer creates a complete row.
-        changes.append(Increment({"customer": customer},
-                                 {"invoices": invoices, "invoiced": invoiced, "paid": paid, "events": 1}))
+        changes.append(
+            Increment({"customer": customer}, {"invoices": invoices, "invoiced": invoiced, "paid": paid, "events": 1})
+        )
         return changes
