@@ -30,7 +30,8 @@ SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 SECURITY=http://deb.debian.org/debian-security
 BASE_PACKAGES=python3,python3-venv,ca-certificates
-HOST_PACKAGES=(buildah podman mmdebstrap skopeo uidmap fuse-overlayfs runc conmon containernetworking-plugins)
+# Root builds and runs with the kernel's overlayfs: no uidmap or fuse-overlayfs needed.
+HOST_PACKAGES=(mmdebstrap buildah podman runc conmon skopeo)
 
 log() { printf 'image: %s\n' "$*"; }
 die() { printf 'image: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -127,10 +128,12 @@ ensure_base() {
   fi
 }
 
+# The commit the image's sources come from, "-dirty" when they differ from it. A clean build is kept
+# across later commits that leave its inputs alone: its label then names the first such commit.
 revision() {
   local rev
   rev=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-  if [ -n "$(git status --porcelain -- Containerfile pyproject.toml services operator 2>/dev/null)" ]; then
+  if [ -n "$(git status --porcelain -- Containerfile .dockerignore pyproject.toml services operator 2>/dev/null)" ]; then
     rev=$rev-dirty
   fi
   printf '%s' "$rev"
@@ -161,8 +164,13 @@ export_archive() {
 cmd_build() {
   local stamp=$IMAGES/build.stamp key
   mkdir -p "$IMAGES"
+  # One build at a time per checkout; a second waits, then finds the images current.
+  exec 9>"$IMAGES/.lock"
+  flock 9
   key=$(inputs_hash)
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && [ -s "$ARCHIVE" ] && [ -s "$EXAMPLE_ARCHIVE" ]; then
+  case $(revision) in *-dirty) key=$key-dirty ;; esac
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && [ -s "$ARCHIVE" ] && [ -s "$EXAMPLE_ARCHIVE" ] \
+      && (containers_env && podman image exists "$IMAGE" && podman image exists "$EXAMPLE_IMAGE") 2>/dev/null; then
     log "$IMAGE and $EXAMPLE_IMAGE are current ($key)"
     return
   fi
