@@ -153,6 +153,15 @@ build_image() {
   fi
 }
 
+# Earlier builds leave layers nothing refers to (a few hundred MB per source change). The builder
+# stage is tagged first (its layers all come from the cache, so this takes seconds): its installed
+# dependencies are what a rebuild after a source change reuses. Then every untagged image goes.
+prune_build_cache() {
+  buildah build --layers --isolation chroot --pull-never --quiet --target builder \
+    --file Containerfile --tag localhost/foldline-build-cache:builder "$@" "$top" >/dev/null
+  podman image prune --force >/dev/null
+}
+
 export_archive() {
   local image=$1 archive=$2
   rm -f "$archive" "$archive.partial"
@@ -195,6 +204,7 @@ cmd_build() {
     --build-arg "FOLDLINE_IMAGE=$IMAGE"
   export_archive "$IMAGE" "$ARCHIVE"
   export_archive "$EXAMPLE_IMAGE" "$EXAMPLE_ARCHIVE"
+  prune_build_cache "${pip_trust[@]}" --build-arg "BASE=$BASE_IMAGE"
   printf '%s\n' "$key" >"$stamp"
   log "built in $((SECONDS - t0)) s; image $(podman image inspect --format '{{.Size}}' "$IMAGE" \
     | awk '{printf "%.0f MB", $1/1e6}')"
