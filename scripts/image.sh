@@ -36,29 +36,33 @@ HOST_PACKAGES=(mmdebstrap buildah podman runc conmon skopeo)
 log() { printf 'image: %s\n' "$*"; }
 die() { printf 'image: ERROR: %s\n' "$*" >&2; exit 1; }
 
+# Writes a file only when its content changes, atomically: other commands may be reading it.
+write_if_changed() {
+  local path=$1 content=$2
+  [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] && return
+  printf '%s\n' "$content" >"$path.$$"
+  mv -f "$path.$$" "$path"
+}
+
 # This checkout's container storage and engine settings. Run state goes under /run (short socket paths).
 containers_env() {
   local id
   id=$(printf '%s' "$top" | sha256sum | cut -c1-12)
   local conf=$top/.cache/containers run=/run/foldline-containers/$id
   mkdir -p "$conf" "$run"
-  cat >"$conf/storage.conf" <<EOF
-[storage]
-driver = "overlay"
-graphroot = "$conf/storage"
-runroot = "$run/storage"
-EOF
+  write_if_changed "$conf/storage.conf" "[storage]
+driver = \"overlay\"
+graphroot = \"$conf/storage\"
+runroot = \"$run/storage\""
   # Root here lacks CAP_SYS_RESOURCE: the runtime cannot raise a container's rlimits above the
   # runtime's own, so the defaults are ones it may always set. No systemd: cgroupfs and a file log.
-  cat >"$conf/containers.conf" <<EOF
-[containers]
-default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+  write_if_changed "$conf/containers.conf" "[containers]
+default_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]
 [engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-runtime = "runc"
-tmp_dir = "$run/libpod"
-EOF
+cgroup_manager = \"cgroupfs\"
+events_logger = \"file\"
+runtime = \"runc\"
+tmp_dir = \"$run/libpod\""
   export CONTAINERS_STORAGE_CONF=$conf/storage.conf CONTAINERS_CONF=$conf/containers.conf
 }
 
