@@ -7,9 +7,12 @@ PYTEST ?= $(PYTHON) -m pytest
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHON
 export PYTHONDONTWRITEBYTECODE := 1
+# The image's tag is the project's version; the chart's appVersion names the same.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n1)
+KIND_CLUSTER ?= foldline
 
-.PHONY: help install lint test unit integration e2e bench demo kafka-up kafka-down postgres-up postgres-down \
-        envtest-up envtest-down crds chart-lint kind-up deploy clean
+.PHONY: help install lint test unit integration e2e image image-test bench demo kafka-up kafka-down postgres-up postgres-down \
+        envtest-up envtest-down crds chart-lint image kind-up deploy clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -18,13 +21,13 @@ install: ## install foldline and its development tools (idempotent)
 	@scripts/bootstrap.sh
 
 lint: install ## ruff format --check, ruff, mypy --strict on the package, import-linter's layer contracts
-	$(PYTHON) -m ruff format --check services operator tests bench
-	$(PYTHON) -m ruff check services operator tests bench
-	$(PYTHON) -m mypy services/foldline operator/foldline_operator
+	$(PYTHON) -m ruff format --check services operator tests bench examples
+	$(PYTHON) -m ruff check services operator tests bench examples
+	$(PYTHON) -m mypy services/foldline operator/foldline_operator examples/team-image/accounts_pkg
 	$(PYTHON) -m mypy tests bench
 	$(CURDIR)/$(VENV)/bin/lint-imports --no-cache
 
-test: lint ## lint, then every test: unit, integration (real Kafka, PostgreSQL), e2e (real API server)
+test: lint ## lint, then every test: unit, integration (real Kafka, PostgreSQL), e2e (real API server), image
 	$(PYTEST) tests
 
 unit: install ## tests that need no service
@@ -35,6 +38,12 @@ integration: install ## tests against the real Kafka broker and databases
 
 e2e: install ## the operator against a real kube-apiserver and etcd
 	$(PYTEST) tests/e2e
+
+image: ## build the image (and the team example) from Containerfile without a daemon, into .cache/images/
+	scripts/image.sh build
+
+image-test: install ## run the built images with podman: entry points, user, read-only root, labels
+	$(PYTEST) tests/image
 
 bench: install ## benchmarks; they print figures and never fail on a time
 	$(PYTHON) -m bench
@@ -58,10 +67,14 @@ envtest-down: ## stop them
 crds: ## regenerate manifests/crds and charts/foldline/crds from operator/foldline_operator/crds.py
 	$(PYTHON) -m foldline_operator.crds --write
 
-kind-up: ## a local kind cluster (needs Docker, which this machine lacks)
-	kind create cluster --name foldline
-deploy: ## helm install the chart into the current cluster
-	helm upgrade --install foldline charts/foldline --namespace foldline --create-namespace
+kind-up: ## a local kind cluster with foldline's image built and loaded (needs Docker and kind)
+	kind get clusters | grep -qx '$(KIND_CLUSTER)' || kind create cluster --name $(KIND_CLUSTER)
+	docker build -t foldline:$(VERSION) -f Containerfile --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse HEAD) .
+	kind load docker-image foldline:$(VERSION) --name $(KIND_CLUSTER)
+deploy: ## helm install the chart into the current cluster, with the image kind-up loaded
+	helm upgrade --install foldline charts/foldline --namespace foldline --create-namespace \
+	  --set image.tag=$(VERSION) --wait
 
 clean: ## stop services, remove caches of this checkout
 	-scripts/services.sh stop all

@@ -45,3 +45,6 @@ fi
 
 # Builds the tests need, outside any test's timeout (cached under .cache/; a no-op when current).
 scripts/envtest.sh build
+
+# The container image and the team example (.cache/images/), built daemonless; a no-op when current.
+scripts/image.sh build
