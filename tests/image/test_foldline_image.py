@@ -41,7 +41,7 @@ with env.begin() as txn:
 # Run in the image: every module the processes import has bytecode compiled at build time.
 BYTECODE_PROBE = """
 import importlib.util, json, os, sys
-import foldline.cli, foldline.wiring, foldline.gateway.app, foldline.projection.cli
+import foldline.cli, foldline.handler.wiring, foldline.gateway.app, foldline.projection.cli
 import foldline_operator.__main__, foldline_operator.handlers, kopf, kubernetes.client
 missing, checked = [], 0
 for module in list(sys.modules.values()):
