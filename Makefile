@@ -9,7 +9,7 @@ export PYTHON
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lint test unit integration e2e bench demo kafka-up kafka-down postgres-up postgres-down \
-        envtest-up envtest-down crds chart-lint kind-up deploy clean
+        envtest-up envtest-down cluster cluster-up cluster-down crds chart-lint kind-up deploy clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -52,6 +52,13 @@ envtest-up: ## build (once) and start etcd + kube-apiserver for the e2e tests
 	scripts/envtest.sh start
 envtest-down: ## stop them
 	scripts/envtest.sh stop
+
+cluster-up: ## build (once) and start the real one-node cluster (kubelet, containerd, pods)
+	scripts/cluster.sh up
+cluster-down: ## stop it and undo its changes to the host
+	scripts/cluster.sh down
+cluster: install ## the tests on real pods in the one-node cluster
+	$(PYTEST) tests/cluster
 
 crds: ## regenerate manifests/crds and charts/foldline/crds from operator/foldline_operator/crds.py
 	$(PYTHON) -m foldline_operator.crds --write
