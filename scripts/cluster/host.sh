@@ -37,6 +37,12 @@ restore_sysctls() {
 }
 
 setup_network() {
+  # Built into this VM's kernel; elsewhere they may be modules (best effort: `up` fails clearly later).
+  local m
+  for m in overlay bridge br_netfilter veth nf_tables; do
+    [[ -d "/sys/module/$m" ]] || modprobe "$m" 2>/dev/null || true
+  done
+  [[ -d /proc/sys/net/bridge ]] || die "the kernel lacks br_netfilter (net.bridge.* sysctls): modprobe br_netfilter"
   # foldline0: the node's own address. A bridge without ports, because this kernel has no dummy
   # driver; its address is local all the same.
   ip link show "$NODE_IF" >/dev/null 2>&1 || ip link add "$NODE_IF" type bridge

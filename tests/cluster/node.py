@@ -25,6 +25,7 @@ __all__ = ["Cluster", "ClusterError", "start_cluster", "stop_cluster", "wait_for
 UP_TIMEOUT_S = 10 * 60
 DOWN_TIMEOUT_S = 3 * 60
 COMMAND_TIMEOUT_S = 120.0
+LOAD_TIMEOUT_S = 5 * 60  # a ~200 MB image archive imports in seconds; a loaded machine needs more
 _LOG_TAIL_LINES = 60
 T = TypeVar("T")
 
@@ -117,6 +118,18 @@ class Cluster:
     def helm(self, *args: str, check: bool = True,
              timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         return self.run("helm", *args, check=check, timeout=timeout)
+
+    def load_image(self, archive: Path, *names: str) -> list[str]:
+        """Import a docker/OCI image archive into the node (``cluster.sh load``); return the image's names.
+
+        ``names`` are extra names for it; a bare ``name:tag`` becomes ``docker.io/library/name:tag``, which is
+        what a pod's ``image: name:tag`` (with ``imagePullPolicy: Never``) asks the node for.
+        """
+        result = _script(self.repo_root, "load", str(archive), *names, timeout=LOAD_TIMEOUT_S)
+        if result.returncode != 0:
+            raise ClusterError(f"`scripts/cluster.sh load {archive}` failed (exit {result.returncode}):\n"
+                               + _tail(result.stderr))
+        return result.stdout.split()
 
     def apply(self, *objects: dict[str, Any], namespace: str | None = None) -> None:
         """``kubectl apply`` the given objects (a List, so one call)."""

@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
 import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.node import Cluster
+from tests.cluster.node import Cluster, ClusterError
 
 pytestmark = pytest.mark.cluster
 
@@ -52,21 +51,15 @@ def _docker_archive(path: Path, repo_tag: str, marker: str) -> None:
         _add(archive, "manifest.json", json.dumps(manifest).encode())
 
 
-def _load(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(cluster.repo_root / "scripts" / "cluster.sh"), "load", *args],
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-
-
 def test_a_loaded_archive_runs_in_a_pod_under_its_own_and_extra_names(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     marker = uuid.uuid4().hex
     archive = tmp_path / "probe.tar"
     _docker_archive(archive, f"probe-{marker[:8]}:1", marker)
-    result = _load(cluster, str(archive), f"example.org/team/probe-{marker[:8]}:2")
-    assert result.returncode == 0, result.stderr
+    names = cluster.load_image(archive, f"example.org/team/probe-{marker[:8]}:2")
     # Names as Kubernetes reads them: a bare `name:tag` is docker.io/library/name:tag.
-    assert result.stdout.split() == [f"docker.io/library/probe-{marker[:8]}:1",
+    assert names == [f"docker.io/library/probe-{marker[:8]}:1",
                                      f"example.org/team/probe-{marker[:8]}:2"]
     for index, image in enumerate((f"probe-{marker[:8]}:1", f"example.org/team/probe-{marker[:8]}:2")):
         pod = {
@@ -85,11 +78,9 @@ def test_a_loaded_archive_runs_in_a_pod_under_its_own_and_extra_names(
 
 
 def test_loading_something_that_is_not_an_image_archive_fails_clearly(cluster: Cluster, tmp_path: Path) -> None:
-    missing = _load(cluster, str(tmp_path / "absent.tar"))
-    assert missing.returncode != 0
-    assert "no such image archive" in missing.stderr
+    with pytest.raises(ClusterError, match="no such image archive"):
+        cluster.load_image(tmp_path / "absent.tar")
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not a tar archive at all")
-    bad = _load(cluster, str(junk))
-    assert bad.returncode != 0
-    assert "importing" in bad.stderr and "failed" in bad.stderr
+    with pytest.raises(ClusterError, match=r"importing .*junk\.tar failed"):
+        cluster.load_image(junk)

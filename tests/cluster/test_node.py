@@ -314,3 +314,32 @@ def test_run_pod_helper_runs_a_pod_to_ready(cluster: Cluster, namespace: str, ru
     name = run_pod("one-shot", "touch /tmp/ready && exec sleep 100000",
                    container={"readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1}})
     assert cluster.exec(namespace, name, "ls", "/tmp/ready").returncode == 0
+
+
+def test_memory_limit_is_enforced_with_an_oom_kill(cluster: Cluster, namespace: str) -> None:
+    # tail -c keeps the last 64 MiB in memory: far past the 16 MiB limit (cgroup v1 memory controller).
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "hog"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", "head -c 64m /dev/zero | tail -c 64m > /dev/null"],
+                "resources": {"limits": {"memory": "16Mi"}},
+            }],
+        },
+    }
+    cluster.apply(pod, namespace=namespace)
+
+    def terminated() -> dict[str, Any] | None:
+        obj = cluster.get("pod", "hog", namespace) or {}
+        for status in (obj.get("status") or {}).get("containerStatuses") or []:
+            state = (status.get("state") or {}).get("terminated")
+            if state:
+                return dict(state)
+        return None
+
+    state = wait_for("pod hog terminated", terminated, timeout=120)
+    assert state["reason"] == "OOMKilled", state
