@@ -70,4 +70,5 @@ deploy: ## helm install the chart into the current cluster
 
 clean: ## stop services, remove caches of this checkout
 	-scripts/services.sh stop all
+	-scripts/cluster.sh down
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache

@@ -164,8 +164,8 @@ cmd_up() {
   check_owner
   teardown >/dev/null 2>&1 || teardown   # a fresh node every time; a failure shows its output
   local p
-  for p in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$KUBELET_HEALTHZ_PORT" "$PROXY_HEALTHZ_PORT" \
-           "$PROXY_METRICS_PORT"; do
+  for p in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" \
+           "$PROXY_HEALTHZ_PORT" "$PROXY_METRICS_PORT"; do
     port_in_use "$p" && die "port $p is already in use by another process (not ours)"
   done
   mkdir -p "$RUN_DIR" "$LOG_DIR" "$CONF_DIR" "$POD_LOGS_DIR"

@@ -40,6 +40,7 @@ NODE_NAME=foldline-node
 NODE_IP=10.200.0.1
 NODE_IF=foldline0
 CNI_BRIDGE=foldline-cni0
+NFT_TABLE=foldline-node               # inet table: pods reach only pods, Services and the node
 POD_CIDR=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
 SERVICE_CIDR=10.96.0.0/16

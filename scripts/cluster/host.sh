@@ -52,14 +52,29 @@ setup_network() {
   # DNAT then re-routes them to a pod), so they leave from NODE_IP, never from another interface.
   ip route replace "$SERVICE_CIDR" dev "$NODE_IF" src "$NODE_IP"
   sysctl -q -w net.bridge.bridge-nf-call-iptables=1 >/dev/null
+  # Pods talk to each other, to Services and to the node's own addresses, nothing else: the bridge
+  # plugin turns on ip_forward, and without these rules a pod's packets could be routed out of the
+  # machine's other interfaces, or reach services bound to their addresses.
+  nft -f - <<EOF
+table inet $NFT_TABLE {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "$CNI_BRIDGE" oifname != "$CNI_BRIDGE" drop
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "$CNI_BRIDGE" meta nfproto ipv4 ip daddr != { $NODE_IP, $POD_GATEWAY } drop
+  }
+}
+EOF
 }
 
 teardown_network() {
   local t
   ip link del "$CNI_BRIDGE" 2>/dev/null && log "removed $CNI_BRIDGE"
   ip link del "$NODE_IF" 2>/dev/null && log "removed $NODE_IF (and the service route)"
-  # kube-proxy's own tables.
-  for t in "ip kube-proxy" "ip6 kube-proxy"; do
+  # kube-proxy's own tables, and ours.
+  for t in "ip kube-proxy" "ip6 kube-proxy" "inet $NFT_TABLE"; do
     nft delete table $t 2>/dev/null && log "removed nftables table $t"
   done
   # Tables someone created while the node ran (the kubelet's and portmap's iptables-nft chains):
