@@ -11,8 +11,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n1)
 KIND_CLUSTER ?= foldline
 
-.PHONY: help install lint test unit integration e2e image image-test bench demo kafka-up kafka-down postgres-up postgres-down \
-        envtest-up envtest-down crds chart-lint image kind-up deploy clean
+.PHONY: help install lint test unit integration e2e image image-test bench demo kafka-up kafka-down postgres-up \
+        postgres-down envtest-up envtest-down cluster cluster-up cluster-down crds chart-lint kind-up deploy clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -64,6 +64,13 @@ envtest-up: ## build (once) and start etcd + kube-apiserver for the e2e tests
 envtest-down: ## stop them
 	scripts/envtest.sh stop
 
+cluster-up: ## build (once) and start the real one-node cluster (kubelet, containerd, pods)
+	scripts/cluster.sh up
+cluster-down: ## stop it and undo its changes to the host
+	scripts/cluster.sh down
+cluster: install ## the tests on real pods in the one-node cluster
+	$(PYTEST) tests/cluster
+
 crds: ## regenerate manifests/crds and charts/foldline/crds from operator/foldline_operator/crds.py
 	$(PYTHON) -m foldline_operator.crds --write
 
@@ -78,4 +85,5 @@ deploy: ## helm install the chart into the current cluster, with the image kind-
 
 clean: ## stop services, remove caches of this checkout
 	-scripts/services.sh stop all
+	-scripts/cluster.sh down
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache

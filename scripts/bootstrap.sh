@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks: Java and Maven (for the Kafka broker's jars), PostgreSQL, Go and
 # openssl from Debian's packages; foldline and its development tools into this checkout's own virtual
 # environment (.venv), never into the machine's Python; then the builds the tests need (the control
-# plane from Go modules), with progress output, so that no test ever waits on a build.
+# plane from Go modules; the one-node cluster's binaries, Helm and images), with progress output, so
+# that no test ever waits on a build.
 # Safe to run again: it only installs and builds what is missing or stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,7 @@ fi
 
 # Builds the tests need, outside any test's timeout (cached under .cache/; a no-op when current).
 scripts/envtest.sh build
+scripts/cluster.sh build   # the one-node cluster's binaries, Helm and images; Debian packages it lacks
 
 # The container image and the team example (.cache/images/), built daemonless; a no-op when current.
 scripts/image.sh build
