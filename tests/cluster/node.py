@@ -101,7 +101,12 @@ class Cluster:
         cmd = [str(self.bin_dir / tool), *args]
         try:
             result = subprocess.run(
-                cmd, input=input, capture_output=True, text=True, timeout=timeout, env=self._environ(),
+                cmd,
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=self._environ(),
                 stdin=None if input is not None else subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as exc:
@@ -111,12 +116,14 @@ class Cluster:
             raise ClusterError(f"`{shlex.join(cmd)}` failed (exit {result.returncode}):\n{output}")
         return result
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = COMMAND_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
         return self.run("kubectl", *args, input=input, check=check, timeout=timeout)
 
-    def helm(self, *args: str, check: bool = True,
-             timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    def helm(
+        self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
         return self.run("helm", *args, check=check, timeout=timeout)
 
     def load_image(self, archive: Path, *names: str) -> list[str]:
@@ -127,8 +134,9 @@ class Cluster:
         """
         result = _script(self.repo_root, "load", str(archive), *names, timeout=LOAD_TIMEOUT_S)
         if result.returncode != 0:
-            raise ClusterError(f"`scripts/cluster.sh load {archive}` failed (exit {result.returncode}):\n"
-                               + _tail(result.stderr))
+            raise ClusterError(
+                f"`scripts/cluster.sh load {archive}` failed (exit {result.returncode}):\n" + _tail(result.stderr)
+            )
         return result.stdout.split()
 
     def apply(self, *objects: dict[str, Any], namespace: str | None = None) -> None:
@@ -150,8 +158,9 @@ class Cluster:
         out = self.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout
         return list(json.loads(out)["items"])
 
-    def exec(self, namespace: str, pod: str, *command: str, check: bool = True,
-             timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, namespace: str, pod: str, *command: str, check: bool = True, timeout: float = COMMAND_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
         """``kubectl exec`` (through the API server and the kubelet, as a user would)."""
         return self.kubectl("exec", "-n", namespace, pod, "--", *command, check=check, timeout=timeout)
 
@@ -192,10 +201,25 @@ class Cluster:
     @contextmanager
     def port_forward(self, namespace: str, target: str, remote_port: int, timeout: float = 60.0) -> Iterator[int]:
         """``kubectl port-forward`` to ``target`` (e.g. ``pod/x``); yields the local port on 127.0.0.1."""
-        cmd = [str(self.bin_dir / "kubectl"), "port-forward", "-n", namespace, "--address", "127.0.0.1",
-               target, f":{remote_port}"]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=self._environ(), start_new_session=True)
+        cmd = [
+            str(self.bin_dir / "kubectl"),
+            "port-forward",
+            "-n",
+            namespace,
+            "--address",
+            "127.0.0.1",
+            target,
+            f":{remote_port}",
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._environ(),
+            start_new_session=True,
+        )
         try:
             port = _forwarded_port(proc, timeout)
             yield port

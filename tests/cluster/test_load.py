@@ -37,12 +37,14 @@ def _docker_archive(path: Path, repo_tag: str, marker: str) -> None:
             layer.addfile(link)
         _add(layer, "etc/marker", marker.encode())
     layer_bytes = layer_buf.getvalue()
-    config = json.dumps({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_bytes).hexdigest()]},
-    }).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_bytes).hexdigest()]},
+        }
+    ).encode()
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = [{"Config": config_name, "RepoTags": [repo_tag], "Layers": ["layer.tar"]}]
     with tarfile.open(path, "w") as archive:
@@ -59,8 +61,7 @@ def test_a_loaded_archive_runs_in_a_pod_under_its_own_and_extra_names(
     _docker_archive(archive, f"probe-{marker[:8]}:1", marker)
     names = cluster.load_image(archive, f"example.org/team/probe-{marker[:8]}:2")
     # Names as Kubernetes reads them: a bare `name:tag` is docker.io/library/name:tag.
-    assert names == [f"docker.io/library/probe-{marker[:8]}:1",
-                                     f"example.org/team/probe-{marker[:8]}:2"]
+    assert names == [f"docker.io/library/probe-{marker[:8]}:1", f"example.org/team/probe-{marker[:8]}:2"]
     for index, image in enumerate((f"probe-{marker[:8]}:1", f"example.org/team/probe-{marker[:8]}:2")):
         pod = {
             "apiVersion": "v1",
@@ -68,8 +69,9 @@ def test_a_loaded_archive_runs_in_a_pod_under_its_own_and_extra_names(
             "metadata": {"name": f"loaded-{index}"},
             "spec": {
                 "terminationGracePeriodSeconds": 1,
-                "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never",
-                                "command": ["/bin/sleep", "100000"]}],
+                "containers": [
+                    {"name": "main", "image": image, "imagePullPolicy": "Never", "command": ["/bin/sleep", "100000"]}
+                ],
             },
         }
         cluster.apply(pod, namespace=namespace)

@@ -45,16 +45,18 @@ def _web_objects() -> list[dict[str, Any]]:
                 "metadata": {"labels": labels},
                 "spec": {
                     "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "httpd",
-                        "image": BUSYBOX,
-                        "imagePullPolicy": "Never",
-                        "command": ["/bin/sh", "-c", WEB_COMMAND],
-                        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-                        "ports": [{"containerPort": WEB_PORT}],
-                        "readinessProbe": {"httpGet": {"path": "/", "port": WEB_PORT}, "periodSeconds": 1},
-                        "resources": {"limits": {"memory": "32Mi", "cpu": "200m"}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "httpd",
+                            "image": BUSYBOX,
+                            "imagePullPolicy": "Never",
+                            "command": ["/bin/sh", "-c", WEB_COMMAND],
+                            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                            "ports": [{"containerPort": WEB_PORT}],
+                            "readinessProbe": {"httpGet": {"path": "/", "port": WEB_PORT}, "periodSeconds": 1},
+                            "resources": {"limits": {"memory": "32Mi", "cpu": "200m"}},
+                        }
+                    ],
                 },
             },
         },
@@ -75,10 +77,16 @@ def web(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     cluster.wait_available(namespace, WEB)
 
     def both_endpoints() -> list[str] | None:
-        out = cluster.kubectl("get", "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={WEB}",
-                              "-o", "json").stdout
-        ready = [a for s in json.loads(out)["items"] for e in s.get("endpoints") or []
-                 if (e.get("conditions") or {}).get("ready") for a in e["addresses"]]
+        out = cluster.kubectl(
+            "get", "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={WEB}", "-o", "json"
+        ).stdout
+        ready = [
+            a
+            for s in json.loads(out)["items"]
+            for e in s.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready")
+            for a in e["addresses"]
+        ]
         return ready if len(ready) == 2 else None
 
     wait_for(f"service {WEB} with two ready endpoints", both_endpoints, timeout=60)
@@ -96,8 +104,14 @@ def client(cluster: Cluster, namespace: str) -> str:
         "metadata": {"name": "client"},
         "spec": {
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
-                            "command": ["/bin/sh", "-c", "exec sleep 100000"]}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", "exec sleep 100000"],
+                }
+            ],
         },
     }
     cluster.apply(pod, namespace=namespace)
@@ -213,8 +227,9 @@ def host_server(cluster: Cluster) -> Iterator[_HostServer]:
 def test_a_pod_reaches_a_server_on_the_node_address(
     cluster: Cluster, namespace: str, client: str, host_server: _HostServer
 ) -> None:
-    reply = cluster.exec(namespace, client, "sh", "-c",
-                         f"echo ping | nc -w 10 {cluster.node_ip} {host_server.port}").stdout
+    reply = cluster.exec(
+        namespace, client, "sh", "-c", f"echo ping | nc -w 10 {cluster.node_ip} {host_server.port}"
+    ).stdout
     assert reply.strip() == "host says: ping"
     pod_ip = cluster.get("pod", client, namespace)["status"]["podIP"]  # type: ignore[index]
     # The connection came straight from the pod (no NAT on the way to the host).
@@ -245,10 +260,8 @@ def test_service_account_token_is_accepted_by_the_api_server(cluster: Cluster, n
 @pytest.fixture(scope="module")
 def locked_down(cluster: Cluster, namespace: str) -> str:
     """A pod like foldline's: uid 10001, read-only root fs, ConfigMap + Secret + emptyDir volumes."""
-    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
-              "data": {"mode": "strict"}}
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
-              "stringData": {"password": "s3cret"}}
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "strict"}}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"password": "s3cret"}}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -256,19 +269,24 @@ def locked_down(cluster: Cluster, namespace: str) -> str:
         "spec": {
             "terminationGracePeriodSeconds": 1,
             "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True, "fsGroup": 10001},
-            "containers": [{
-                "name": "main",
-                "image": BUSYBOX,
-                "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", "exec sleep 100000"],
-                "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                                    "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": [
-                    {"name": "settings", "mountPath": "/etc/settings", "readOnly": True},
-                    {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
-                    {"name": "state", "mountPath": "/var/lib/state"},
-                ],
-            }],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", "exec sleep 100000"],
+                    "securityContext": {
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [
+                        {"name": "settings", "mountPath": "/etc/settings", "readOnly": True},
+                        {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+                        {"name": "state", "mountPath": "/var/lib/state"},
+                    ],
+                }
+            ],
             "volumes": [
                 {"name": "settings", "configMap": {"name": "settings"}},
                 {"name": "creds", "secret": {"secretName": "creds"}},
@@ -288,9 +306,12 @@ def test_configmap_secret_and_emptydir_volumes(cluster: Cluster, namespace: str,
     assert cluster.exec(namespace, locked_down, "cat", "/var/lib/state/f").stdout.strip() == "kept"
     # A ConfigMap change reaches the mounted file (the kubelet syncs it) without a restart.
     cluster.kubectl("patch", "configmap", "settings", "-n", namespace, "-p", '{"data":{"mode":"relaxed"}}')
-    wait_for("the ConfigMap update in the pod's volume",
-             lambda: cluster.exec(namespace, locked_down, "cat", "/etc/settings/mode").stdout == "relaxed",
-             timeout=120, interval=2)
+    wait_for(
+        "the ConfigMap update in the pod's volume",
+        lambda: cluster.exec(namespace, locked_down, "cat", "/etc/settings/mode").stdout == "relaxed",
+        timeout=120,
+        interval=2,
+    )
 
 
 def test_read_only_root_fs_as_uid_10001(cluster: Cluster, namespace: str, locked_down: str) -> None:
@@ -311,8 +332,11 @@ def test_port_forward_from_the_test_to_a_pod(cluster: Cluster, namespace: str, w
 
 
 def test_run_pod_helper_runs_a_pod_to_ready(cluster: Cluster, namespace: str, run_pod: Callable[..., str]) -> None:
-    name = run_pod("one-shot", "touch /tmp/ready && exec sleep 100000",
-                   container={"readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1}})
+    name = run_pod(
+        "one-shot",
+        "touch /tmp/ready && exec sleep 100000",
+        container={"readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1}},
+    )
     assert cluster.exec(namespace, name, "ls", "/tmp/ready").returncode == 0
 
 
@@ -324,11 +348,15 @@ def test_memory_limit_is_enforced_with_an_oom_kill(cluster: Cluster, namespace: 
         "metadata": {"name": "hog"},
         "spec": {
             "restartPolicy": "Never",
-            "containers": [{
-                "name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", "head -c 64m /dev/zero | tail -c 64m > /dev/null"],
-                "resources": {"limits": {"memory": "16Mi"}},
-            }],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", "head -c 64m /dev/zero | tail -c 64m > /dev/null"],
+                    "resources": {"limits": {"memory": "16Mi"}},
+                }
+            ],
         },
     }
     cluster.apply(pod, namespace=namespace)
