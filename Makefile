@@ -80,7 +80,7 @@ kind-up: ## a local kind cluster with foldline's image built and loaded (needs D
 	  --build-arg REVISION=$$(git rev-parse HEAD) .
 	kind load docker-image foldline:$(VERSION) --name $(KIND_CLUSTER)
 deploy: ## helm install the chart into the current cluster, with the image kind-up loaded
-	helm upgrade --install foldline charts/foldline --namespace foldline --create-namespace \
+	helm upgrade --install foldline charts/foldline --namespace foldline-system --create-namespace \
 	  --set image.tag=$(VERSION) --wait
 
 clean: ## stop services, remove caches of this checkout
