@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 from foldline.errors import BrokerUnavailableError, TopicMismatchError
@@ -288,9 +288,18 @@ def _alter_configs(admin: AdminClient, name: str, config: Mapping[str, str], tim
 def delete_topics(
     admin_or_config: AdminClient | Mapping[str, Any], names: Iterable[str], timeout: float = 30.0
 ) -> list[str]:
-    """Delete the named topics that exist; returns those deleted."""
+    """Delete the named topics that exist; returns those deleted (a second call returns none)."""
     admin = _admin(admin_or_config)
     present = list(describe_partitions(admin, names, timeout))
-    if present:
-        _wait(admin.delete_topics(present, request_timeout=timeout), "deleting topic", timeout)
-    return present
+    deleted = []
+    for name, future in (admin.delete_topics(present, request_timeout=timeout) if present else {}).items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            # Metadata can still list a topic just deleted (by us or another caller): it is gone all the same.
+            if error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                continue
+            raise BrokerUnavailableError(f"deleting topic {name} failed: {exc}") from exc
+        deleted.append(name)
+    return deleted
