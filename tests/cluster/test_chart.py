@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
 from confluent_kafka.admin import AdminClient
 
-from foldline import AggregateSpec, EventRecord, SnapshotRecord
+from foldline import AggregateSpec, CommandResult, EventRecord, SnapshotRecord
 from foldline.dev.kafka import DevKafka
 from foldline.dev.postgres import DevPostgres
 from foldline.examples.invoices import Invoices
@@ -66,7 +68,13 @@ def flow(cluster: Cluster) -> Iterator[Flow]:
         port=POSTGRES_PORT, host=cluster.node_ip, clients=(cluster.env["FOLDLINE_CLUSTER_POD_CIDR"],)
     )
     assert IMAGE_ARCHIVE.is_file(), f"{IMAGE_ARCHIVE} is missing: `make install` builds it (scripts/image.sh build)"
-    bootstrap, dsn = kafka.start(), postgres.start()
+    bootstrap = kafka.start()  # a fresh data dir on every start
+    # A database of this run's own: the server's data survives runs, and a catalog left by an earlier run
+    # (revision 2 active) would make this run's revision 1 a superseded one.
+    database = f"cluster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres.start(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{database}"
     try:
         cluster.load_image(IMAGE_ARCHIVE)
         state = Flow(cluster, bootstrap, dsn)
@@ -267,10 +275,18 @@ def test_helm_uninstall_and_namespace_deletion_complete(flow: Flow) -> None:
 
 def assert_exactly_once(flow: Flow) -> None:
     """Every command sent has exactly one result; events have no gaps and each snapshot is their fold."""
-    got = results(flow.bootstrap, "invoices")
+
+    def all_answered() -> list[CommandResult] | None:
+        got = results(flow.bootstrap, "invoices")
+        return got if set(flow.sent) <= {r.command_id for r in got} else None
+
+    try:  # a restarted handler pod may still be working through the backlog
+        got = wait_for("a result for every command sent", all_answered, timeout=300, interval=2)
+    except AssertionError:
+        got = results(flow.bootstrap, "invoices")
+        missing = set(flow.sent) - {r.command_id for r in got}
+        raise AssertionError(f"{len(missing)} of {len(flow.sent)} commands have no result") from None
     per_command = Counter(r.command_id for r in got)
-    missing = set(flow.sent) - set(per_command)
-    assert not missing, f"{len(missing)} commands have no result"
     duplicated = {k: v for k, v in per_command.items() if v != 1}
     assert not duplicated, f"{len(duplicated)} commands have more than one result"
     names = TopicNames("invoices")
