@@ -11,10 +11,7 @@ GET  /aggregates, /views, /openapi.json, /healthz, /readyz, /metrics
 from __future__ import annotations
 
 import contextlib
-import datetime
-import decimal
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,13 +22,13 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foldline.gateway import commands, stream
 from foldline.gateway.core import Gateway
-from foldline.gateway.errors import HttpError, Unauthorized
+from foldline.gateway.errors import HttpError, SafeJSON, Unauthorized
 from foldline.gateway.openapi import openapi_document
 from foldline.observability import metrics
 
@@ -41,21 +38,8 @@ log = structlog.get_logger("foldline.gateway")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, datetime.date | datetime.datetime | datetime.time):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-class JSON(JSONResponse):
-    """JSON with the types a projection row may hold (Decimal, dates) written as strings."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode()
+#: Rows hold Decimals and dates (written as strings); the body always encodes (see ``SafeJSON``).
+JSON = SafeJSON
 
 
 # -- endpoints ---------------------------------------------------------------------------------------------
@@ -193,9 +177,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(
-        {"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers
-    )
+    return SafeJSON({"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(gateway: Gateway) -> ASGIApp:
