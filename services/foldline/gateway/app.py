@@ -30,6 +30,7 @@ from foldline.gateway import commands, stream
 from foldline.gateway.core import Gateway
 from foldline.gateway.errors import HttpError, SafeJSON, Unauthorized
 from foldline.gateway.openapi import openapi_document
+from foldline.gateway.slow import BodyDeadline
 from foldline.observability import metrics
 
 log = structlog.get_logger("foldline.gateway")
@@ -71,7 +72,12 @@ async def prometheus(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    views = sorted(gateway.views.views) if gateway.views else []
+    views: list[str] = []
+    if gateway.views is not None:
+        try:  # the declared views, or (none declared) those the database lists now
+            views = sorted(await gateway.views.served())
+        except HttpError:  # the database is away: document any view name
+            views = []
     return JSON(openapi_document(gateway.specs, views, auth=bool(gateway.settings.token)))
 
 
@@ -106,8 +112,9 @@ async def view_rows(request: Request) -> Response:
     query = views.parse_query(view, request.query_params)
     body: dict[str, Any] = {"view": view}
     if query.min_version is not None and query.aggregate_id is not None:
-        body["version"] = await views.wait_for_version(view, query.aggregate_id, query.min_version, query.timeout)
-    rows = await views.rows(view, query)
+        body["version"], rows = await views.rows_at_version(view, query)
+    else:
+        rows = await views.rows(view, query)
     body.update(rows=rows, limit=query.limit, offset=query.offset)
     return JSON(body)
 
@@ -206,4 +213,4 @@ def create_app(gateway: Gateway) -> ASGIApp:
         routes=routes, lifespan=lifespan, exception_handlers={HttpError: _http_error, HTTPException: _starlette_error}
     )
     app.state.gateway = gateway
-    return Instrumented(BearerAuth(app, gateway.settings.token), gateway)
+    return Instrumented(BodyDeadline(BearerAuth(app, gateway.settings.token), gateway.settings.body_timeout_s), gateway)

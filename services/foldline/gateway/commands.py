@@ -12,7 +12,7 @@ import math
 from typing import Any, Protocol
 
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from foldline.aggregate import AggregateSpec
@@ -20,6 +20,7 @@ from foldline.errors import CommandError, DecodeError, UnknownTypeError
 from foldline.gateway.core import Gateway
 from foldline.gateway.errors import (
     BadRequest,
+    ClientClosed,
     GatewayTimeout,
     NotFound,
     PayloadTooLarge,
@@ -114,10 +115,15 @@ async def read_json(request: Request, max_bytes: int) -> Any:
                 f"the body has {declared} bytes; at most {max_bytes} are accepted", details={"max_bytes": max_bytes}
             )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"the body exceeds {max_bytes} bytes", details={"max_bytes": max_bytes})
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise PayloadTooLarge(f"the body exceeds {max_bytes} bytes", details={"max_bytes": max_bytes})
+    except ClientDisconnect:
+        client = request.client
+        log.info("client disconnected before sending its whole body", client=client and f"{client.host}:{client.port}")
+        raise ClientClosed("the client disconnected before sending its whole body") from None
     if not body:
         raise BadRequest("the request needs a JSON body", code="malformed_json")
     try:

@@ -90,6 +90,13 @@ class RequestTimeout(HttpError, CommandError):
     code = "request_timeout"
 
 
+class ClientClosed(HttpError, CommandError):
+    """The client went away before its request was read (logged, never answered: no one listens)."""
+
+    status = 499
+    code = "client_closed"
+
+
 class PayloadTooLarge(HttpError, CommandError):
     status = 413
     code = "payload_too_large"

@@ -38,6 +38,8 @@ from foldline.records import now_iso
 T = TypeVar("T")
 #: The most rows one ``read_rows`` call returns (the gateway pages by at most ``MAX_PAGE_ROWS``).
 MAX_LIMIT = 10_000
+#: The largest offset a read may skip: a BIGINT, as both databases bind it.
+MAX_OFFSET = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -254,31 +256,58 @@ class SqlStore:
     def read_rows(
         self, view: str, *, filters: Mapping[str, Any], limit: int = 100, offset: int = 0, order_by: str | None = None
     ) -> list[dict[str, Any]]:
+        self._check_page(limit, offset)
+        return self._with_view(view, lambda s, table: self._rows(s, table, filters, limit, offset, order_by))
+
+    @staticmethod
+    def _check_page(limit: int, offset: int) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise InvalidQueryError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidQueryError(f"offset must be a non-negative integer, got {offset!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidQueryError(f"offset must be an integer from 0 to {MAX_OFFSET}, got {offset!r}")
 
-        def query(s: Session, table: TableDef) -> list[dict[str, Any]]:
-            sql, params = self._select(table, filters, limit, offset, order_by)
-            convert = [(c.name, c.type) for c in table.columns]
-            from_db = self.dialect.from_db
-            return [
-                {name: from_db(kind, value) for (name, kind), value in zip(convert, row, strict=True)}
-                for row in s.execute(sql, params)
-            ]
-
-        return self._with_view(view, query)
+    def _rows(
+        self, s: Session, table: TableDef, filters: Mapping[str, Any], limit: int, offset: int, order_by: str | None
+    ) -> list[dict[str, Any]]:
+        sql, params = self._select(table, filters, limit, offset, order_by)
+        convert = [(c.name, c.type) for c in table.columns]
+        from_db = self.dialect.from_db
+        return [
+            {name: from_db(kind, value) for (name, kind), value in zip(convert, row, strict=True)}
+            for row in s.execute(sql, params)
+        ]
 
     def aggregate_version(self, view: str, aggregate_id: str) -> int | None:
-        def query(s: Session, table: TableDef) -> int | None:
-            rows = s.execute(
-                f"SELECT version FROM {q(table.versions_table)} WHERE aggregate_id = {self.dialect.param}",
-                (aggregate_id,),
-            )
-            return int(rows[0][0]) if rows else None
+        return self._with_view(view, lambda s, table: self._version(s, table, aggregate_id))
+
+    def read_rows_at_version(
+        self,
+        view: str,
+        aggregate_id: str,
+        min_version: int,
+        *,
+        filters: Mapping[str, Any],
+        limit: int = 100,
+        offset: int = 0,
+        order_by: str | None = None,
+    ) -> tuple[int | None, list[dict[str, Any]] | None]:
+        """The version the view reached for ``aggregate_id`` and, once it is at least ``min_version``, the
+        rows: both from the one table the view resolved to, in one session. Rows are None below it."""
+        self._check_page(limit, offset)
+
+        def query(s: Session, table: TableDef) -> tuple[int | None, list[dict[str, Any]] | None]:
+            version = self._version(s, table, aggregate_id)
+            if version is None or version < min_version:
+                return version, None
+            return version, self._rows(s, table, filters, limit, offset, order_by)
 
         return self._with_view(view, query)
+
+    def _version(self, s: Session, table: TableDef, aggregate_id: str) -> int | None:
+        rows = s.execute(
+            f"SELECT version FROM {q(table.versions_table)} WHERE aggregate_id = {self.dialect.param}", (aggregate_id,)
+        )
+        return int(rows[0][0]) if rows else None
 
     def columns(self, view: str) -> list[str]:
         return self._with_view(view, lambda s, table: table.column_names)
