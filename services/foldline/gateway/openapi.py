@@ -361,12 +361,8 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
     for operations in paths.values():
         for operation in operations.values():
             responses = operation["responses"]
-            if operation.get("security") == []:
-                continue
-            if auth:  # every route but the probes and /metrics demands the token
-                responses.setdefault("401", _error("missing or wrong bearer token"))
-            else:
-                responses.pop("401", None)
+            if operation.get("security") != []:  # every route but the probes and /metrics, when a token is set
+                responses.setdefault("401", _error("missing or wrong bearer token (when the gateway has a token)"))
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]
