@@ -37,6 +37,19 @@ CATALOG = (
         next_offset BIGINT NOT NULL,
         updated_at TEXT NOT NULL,
         PRIMARY KEY (view, revision, topic, "partition"))""",
+    # Records a revision passed over, with the cause: undecodable, project_failed, refused_by_database.
+    """CREATE TABLE IF NOT EXISTS foldline_skipped (
+        view TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        "partition" INTEGER NOT NULL,
+        "offset" BIGINT NOT NULL,
+        aggregate_id TEXT,
+        version BIGINT,
+        reason TEXT NOT NULL,
+        error TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (view, revision, topic, "partition", "offset"))""",
 )
 
 
@@ -210,6 +223,14 @@ class Dialect:
             f'VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (view, revision, topic, "partition") '
             "DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at "
             "WHERE excluded.next_offset > foldline_positions.next_offset"
+        )
+
+    def save_skipped(self) -> str:
+        p = self.param
+        return (
+            'INSERT INTO foldline_skipped (view, revision, topic, "partition", "offset", aggregate_id, version, '
+            f"reason, error, recorded_at) VALUES ({', '.join([p] * 10)}) "
+            'ON CONFLICT (view, revision, topic, "partition", "offset") DO NOTHING'
         )
 
     def converters(self, t: TableDef) -> list[Callable[[Any], Any]]:
