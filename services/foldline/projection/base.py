@@ -76,6 +76,8 @@ class SqlStore:
     dialect: Dialect
     #: Appended to the batch's revision check: PostgreSQL locks the row the switch updates.
     share_lock = ""
+    #: Appended to the switch's read of the serving revision: PostgreSQL waits for its batches in flight.
+    update_lock = ""
 
     # -- driver hooks --------------------------------------------------------------------------------
     def session(self, write: bool) -> AbstractContextManager[Session]:
@@ -151,10 +153,12 @@ class SqlStore:
         return Registration(state, active)
 
     def switch(self, table: TableDef, targets: Mapping[int, int]) -> bool:
-        """Make this revision the active one if its stored positions reached ``targets``; atomic.
+        """Make this revision the active one if its stored positions reached ``targets`` and the serving
+        revision's positions; atomic.
 
         Older revisions are retired in the same transaction and their tables dropped right after.
-        Returns False (and changes nothing) while some partition is still behind its target.
+        Returns False (and changes nothing) while some partition is still behind its target, or behind
+        where the serving revision is now: reads never go back in time across a switch.
         """
         p = self.dialect.param
         with self.session(write=True) as s:
@@ -164,9 +168,28 @@ class SqlStore:
             positions = read_positions(s, p, table.view, table.revision, table.topic)
             if any(positions.get(part, 0) < end for part, end in targets.items()):
                 return False
+            if self._behind_serving(s, table, positions):
+                return False
             self._activate(s, table.view, table.revision, positions)
         self.drop_retired(table.view)
         return True
+
+    def _behind_serving(self, s: Session, table: TableDef, positions: Mapping[int, int]) -> bool:
+        """Whether the serving revision has applied records this one has not, read under a lock that waits
+        for the serving revision's batches in flight and holds off new ones until the switch commits."""
+        p = self.dialect.param
+        rows = s.execute(
+            "SELECT r.revision, r.definition FROM foldline_views v JOIN foldline_revisions r ON r.view = v.view "
+            f"AND r.revision = v.active_revision WHERE v.view = {p}{self.update_lock}",
+            (table.view,),
+        )
+        if not rows or int(rows[0][0]) == table.revision:
+            return False
+        serving = TableDef.from_definition(table.view, int(rows[0][0]), rows[0][1])
+        if serving.topic != table.topic:  # another source: offsets do not compare; the end targets decide
+            return False
+        theirs = read_positions(s, p, table.view, serving.revision, serving.topic)
+        return any(positions.get(part, 0) < offset for part, offset in theirs.items())
 
     def _activate(self, s: Session, view: str, revision: int, positions: Mapping[int, int]) -> None:
         p, now = self.dialect.param, now_iso()

@@ -83,6 +83,7 @@ class _Session:
 class PostgresStore(SqlStore):
     dialect = PostgresDialect()
     share_lock = " FOR SHARE OF r"
+    update_lock = " FOR UPDATE OF r"
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 30.0) -> None:
         self.conninfo, self.schema = split_url(url)
