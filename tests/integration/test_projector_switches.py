@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from foldline.examples.invoices.views import InvoiceList
 from foldline.errors import StoreUnavailableError
+from foldline.examples.invoices.views import InvoiceList
 from foldline.gateway.errors import GatewayTimeout, Unavailable
 from foldline.gateway.views import RowQuery, ViewService
 from foldline.projection import ProjectionSpec, RowChange, Snapshot, open_target
@@ -79,9 +79,12 @@ def test_switches_under_load_never_move_reads_back(
         seen: dict[str, int] = {}
         try:
             while not stop.is_set():
-                rows = {
-                    r["id"]: r["aggregate_version"] for r in reader.read_rows("invoice-list", filters={}, limit=10_000)
-                }
+                try:
+                    page = reader.read_rows("invoice-list", filters={}, limit=10_000)
+                except StoreUnavailableError:  # the table changed under three reads in a row: read again
+                    reads["retried"] += 1
+                    continue
+                rows = {r["id"]: r["aggregate_version"] for r in page}
                 for aid, version in seen.items():
                     if aid not in rows:
                         vanished.append((aid, version))
