@@ -16,60 +16,16 @@ import time
 import httpx
 import pytest
 
-from foldline.aggregate import AggregateSpec
 from foldline.gateway import Gateway, GatewayServer
 from foldline.gateway.views import ViewService
-from foldline.projection import load_projection, open_target
-from foldline.projection.wiring import build_projector
-from foldline.settings import GatewaySettings, KafkaSettings, ProjectorSettings
+from foldline.projection import open_target
+from tests.integration.conftest import gateway_settings
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]  # hostile_stack: tests/integration/conftest.py
 
 CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
 #: What must never appear in a response: SQL, a driver's or Python's error text.
 LEAKS = ("SELECT", "INSERT", "psycopg", "Traceback", "sqlite3", 'File "')
-
-
-def gateway_settings(bootstrap: str, **changes) -> GatewaySettings:
-    return GatewaySettings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap),
-        host="127.0.0.1",
-        command_timeout_s=5.0,
-        max_command_timeout_s=10.0,
-        read_timeout_s=0.5,
-        max_read_timeout_s=2.0,
-    ).with_changes(**changes)
-
-
-@pytest.fixture
-def hostile_stack(kafka_bootstrap, invoices_aggregate, run_handler, postgres_url):
-    """Handler, an InvoiceList projector into PostgreSQL, and a gateway serving both; yields a factory that
-    starts the gateway with settings changes (a stack per test, started once)."""
-    cls = invoices_aggregate(partitions=2)
-    run_handler(cls(), commit_interval_ms=5)
-    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    spec = load_projection("foldline.examples.invoices.views:InvoiceList", aggregate_name=cls.name)
-    projector = build_projector(spec, ProjectorSettings(kafka=kafka, database=postgres_url, batch_wait_ms=5))
-    thread = threading.Thread(target=projector.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not projector.ready():
-        assert time.monotonic() < deadline, "the projector did not become ready"
-        time.sleep(0.05)
-    servers: list[GatewayServer] = []
-
-    def start(**changes) -> tuple[str, httpx.Client, GatewayServer]:
-        views = ViewService(postgres_url, {"invoice-list": cls.name}, opener=open_target)
-        gateway = Gateway([AggregateSpec(cls())], gateway_settings(kafka_bootstrap, **changes), views)
-        server = GatewayServer(gateway).start()
-        servers.append(server)
-        return cls.name, httpx.Client(base_url=server.url, timeout=30), server
-
-    yield start
-    for server in servers:
-        server.stop()
-    projector.stop()
-    thread.join(30)
 
 
 def assert_clean_4xx(response: httpx.Response, status: int | None = None) -> dict:
