@@ -17,6 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -35,10 +36,12 @@ def test_schemathesis_finds_no_server_error(hostile_stack):
         )
         assert r.status_code == 200, r.text
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
-        operations = [result.ok() for result in schema.get_all_operations()]
-        operations = [op for op in operations if not op.path.endswith("/stream")]  # endless by design
+        loaded = list(schema.get_all_operations())
+        assert all(isinstance(result, Ok) for result in loaded), loaded  # the document itself is valid
+        operations = [r.ok() for r in loaded if isinstance(r, Ok) and not r.ok().path.endswith("/stream")]
+        # (the SSE streams are endless by design: tests/integration/test_gateway*.py cover them)
         assert len(operations) >= 8, [op.label for op in operations]
-        calls: dict[str, int] = {}
+        calls: dict[int, int] = {}
 
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
