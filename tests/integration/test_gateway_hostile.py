@@ -202,6 +202,8 @@ def _trickle(port: int, head: bytes, body: bytes, every: float, budget: float) -
                 received += chunk
             except TimeoutError:
                 pass
+            except OSError:  # reset: the server closed with our bytes unread
+                return "closed", received, sent
         return "finished", received, sent
 
 
@@ -238,14 +240,16 @@ def test_slow_clients_are_cut_off_and_others_served(hostile_stack, caplog, capfd
             time.sleep(0.1)
         r = client.post(f"/aggregates/{agg}/commands", content=command("inv-fast", "CreateInvoice", CREATE))
         assert r.status_code == 200, r.text
+        metrics_text = client.get("/metrics").text
     for thread in threads:
         thread.join(1)
     ended, _, sent = outcomes["headers"]
     assert ended == "closed" and sent < len(head), outcomes["headers"]
     ended, received, sent = outcomes["body"]
     assert ended == "closed" and sent < len(body), outcomes["body"]
-    assert received.startswith(b"HTTP/1.1 408"), received
-    assert b"request_timeout" in received
+    # The 408 goes out just before the close; a reset may discard it on our side, so the server's count says.
+    assert received == b"" or received.startswith(b"HTTP/1.1 408"), received
+    assert 'route="post_command",status="408"' in metrics_text
     assert outcomes["silent"][0] == "closed"
     assert served >= 3
     assert not [r for r in caplog.records if r.exc_info], "a slow client produced a traceback"

@@ -73,6 +73,8 @@ class TimedHttp(HttpToolsProtocol):
         cycle = self.cycle
         if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
             return
+        if self.transport.get_protocol() is not self:  # upgraded (a WebSocket): no longer HTTP/1.1's to time
+            return
         log.info(
             "closing a connection: request headers not complete in time",
             client=_peer(self),
