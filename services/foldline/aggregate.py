@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from foldline.codec import converters
+from foldline.codec import check_command_values, converters
 from foldline.errors import AggregateDefinitionError, UnknownTypeError, ValidationError
 
 S = TypeVar("S")
@@ -140,7 +140,9 @@ class AggregateSpec:
                 f"{self.name} has no command type {type_!r}; known: {', '.join(sorted(self.commands))}",
                 details={"type": type_},
             )
-        return kind.decode(payload, "")
+        command = kind.decode(payload, "")
+        check_command_values(command)  # values every store and view can hold: the command boundary
+        return command
 
     def encode_command(self, command: Any) -> tuple[str, dict[str, Any]]:
         kind = self.commands.get(type_name(type(command)))

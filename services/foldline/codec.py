@@ -5,12 +5,18 @@ its annotations, so the per-record cost is a few function calls, not a walk over
 
 Money is ``Decimal`` and travels as a JSON string: a JSON float is refused for a ``Decimal`` field,
 since a binary float cannot hold 0.10 exactly.
+
+A command entering the system is held to more (``check_command_values``): text without NUL characters
+or lone surrogates, integers within 64 bits, finite floats, decimals of bounded size — values every
+store and projection database can hold, so one accepted command can never stop a reader downstream.
+States and events are not: they are what the domain computed from such commands.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -66,7 +72,10 @@ def _decode_int(value: Any) -> int:
 def _decode_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Invalid(f"expected a number, got {_type_name(value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond a float's range
+        raise _Invalid("the number is out of range") from None
 
 
 def _decode_bool(value: Any) -> bool:
@@ -320,3 +329,70 @@ def from_json(tp: type[T], data: Any, path: str = "") -> T:
     """Build and validate ``tp`` from JSON data; raises ValidationError naming the field at fault."""
     result: T = converters(tp)[1](data, path)
     return result
+
+
+#: What a command may carry (``check_command_values``): integers that orjson and PostgreSQL's BIGINT hold,
+#: and decimals of at most this many digits within as many places of the point - beyond any amount, and
+#: far within PostgreSQL's NUMERIC after arithmetic on them.
+MIN_INT, MAX_INT = -(1 << 63), (1 << 63) - 1
+MAX_DECIMAL_DIGITS = 1000
+
+
+def check_command_values(value: Any, path: str = "") -> None:
+    """Refuse, in a decoded command, values no store or projection database can hold (see the module's
+    docstring); ValidationError names the field."""
+    problem = _value_problem(value)
+    if problem is not None:
+        where, message = problem
+        where = (path + where).lstrip(".") or "payload"
+        raise ValidationError(f"{where}: {message}", details={"field": where})
+
+
+def _value_problem(value: Any) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "", "a NUL character is not allowed in text"
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return "", "the text holds a lone surrogate, which is not a character"
+        return None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if MIN_INT <= value <= MAX_INT else ("", "the integer does not fit in 64 bits")
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", "the number is not finite")
+    if isinstance(value, Decimal):
+        _, digits, exponent = value.as_tuple()
+        if not value.is_finite():
+            return "", "the decimal is not finite"
+        if (
+            len(digits) > MAX_DECIMAL_DIGITS
+            or abs(value.adjusted()) > MAX_DECIMAL_DIGITS
+            or int(exponent) < -MAX_DECIMAL_DIGITS
+        ):
+            return (
+                "",
+                f"the decimal is out of range: at most {MAX_DECIMAL_DIGITS} digits, within as many places of the point",
+            )
+        return None
+    items: Any
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = ((f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif isinstance(value, dict):
+        items = ((f".{k}", v) for k, v in value.items())
+        for key in value:
+            found = _value_problem(key) if isinstance(key, str) else None
+            if found is not None:
+                return f".{key!r}", found[1]
+    elif isinstance(value, (list, tuple, frozenset, set)):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None  # enums, dates: their decoders already checked them
+    for segment, item in items:
+        found = _value_problem(item)
+        if found is not None:
+            return segment + found[0], found[1]
+    return None

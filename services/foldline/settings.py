@@ -191,6 +191,13 @@ class GatewaySettings(_Changeable):
     producer_linger_ms: int = 1
     view_poll_interval_s: float = 0.5
     sse_heartbeat_s: float = 15.0
+    #: Slow clients: a request's headers must arrive within ``header_timeout_s`` of its first byte (or of
+    #: the connection), its body within ``body_timeout_s`` of its headers; an idle keep-alive connection
+    #: closes after ``keep_alive_s``; past ``max_connections`` open connections new requests get 503.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -210,6 +217,10 @@ class GatewaySettings(_Changeable):
             producer_linger_ms=env_int(env, "GATEWAY_LINGER_MS", cls.producer_linger_ms),
             view_poll_interval_s=env_float(env, "GATEWAY_VIEW_POLL_S", cls.view_poll_interval_s),
             sse_heartbeat_s=env_float(env, "GATEWAY_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
+            header_timeout_s=env_float(env, "GATEWAY_HEADER_TIMEOUT_S", cls.header_timeout_s),
+            body_timeout_s=env_float(env, "GATEWAY_BODY_TIMEOUT_S", cls.body_timeout_s),
+            keep_alive_s=env_float(env, "GATEWAY_KEEP_ALIVE_S", cls.keep_alive_s),
+            max_connections=env_int(env, "GATEWAY_MAX_CONNECTIONS", cls.max_connections, minimum=1),
         )
         settings.check()
         return settings
@@ -227,6 +238,9 @@ class GatewaySettings(_Changeable):
             )
         if not 0 <= self.port <= 65535:
             raise ConfigurationError(f"{_PREFIX}GATEWAY_PORT must be a TCP port, got {self.port}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{_PREFIX}GATEWAY_{name.upper()} must be above 0, got {getattr(self, name)}")
 
     def with_changes(self, **changes: Any) -> Self:
         changed = super().with_changes(**changes)

@@ -161,6 +161,41 @@ def test_undecodable_records_and_failing_projections_are_skipped(store):
     assert (result.skipped, result.applied) == (4, 1)
     assert [r["id"] for r in rows(store, "fussy")] == ["ok"]
     assert store.positions("fussy", 1, spec.topic) == {0: 5}
+    with store.session(write=False) as s:  # each skipped record, with its cause, for an operator to find
+        skipped = s.execute('SELECT "offset", aggregate_id, reason, error FROM foldline_skipped ORDER BY "offset"')
+    assert [(o, a, r) for o, a, r, _ in skipped] == [
+        (0, None, "undecodable"),
+        (1, None, "undecodable"),
+        (2, "bad", "project_failed"),
+        (3, "wrong", "project_failed"),
+    ]
+    assert "a bug in the projection" in skipped[2][3]
+
+
+def test_a_record_the_database_refuses_is_skipped_with_its_cause(store):
+    spec = ProjectionSpec(InvoiceList())
+    store.register(spec.table)
+    result = Applier(spec).skip(store, Msg(0, 7, snap("i\x00d", 3, invoice())), "refused_by_database", ValueError("no"))
+    assert (result.skipped, result.positions) == (1, {0: 8})
+    again = Applier(spec).skip(store, Msg(0, 7, snap("i\x00d", 3, invoice())), "refused_by_database", ValueError("no"))
+    assert (again.skipped, again.duplicates) == (0, 1)  # below the stored position: already passed over
+    with store.session(write=False) as s:
+        assert s.execute("SELECT aggregate_id, version, reason, error FROM foldline_skipped") == [
+            ("i\\x00d", 3, "refused_by_database", "ValueError: no")  # the NUL escaped: any database takes it
+        ]
+
+
+def test_a_switch_waits_until_the_new_revision_reached_the_serving_one(store):
+    old, new = ProjectionSpec(InvoiceList()), ProjectionSpec(InvoiceList(revision=2))
+    history = [Msg(0, o, snap("i1", o + 1, invoice())) for o in range(6)]
+    run(store, old, history)  # the serving revision is at offset 6
+    run(store, new, history[:4])  # the new one at 4, past the end offsets a catch-up check sampled (3)
+    assert not store.switch(new.table, {0: 3})
+    assert store.view_info("invoice-list").active_revision == 1
+    run(store, new, history[4:])
+    assert store.switch(new.table, {0: 3})
+    assert store.view_info("invoice-list").active_revision == 2
+    assert rows(store, "invoice-list")[0]["aggregate_version"] == 6
 
 
 def test_a_superseded_revision_stops_writing(store):

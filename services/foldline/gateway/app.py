@@ -11,10 +11,7 @@ GET  /aggregates, /views, /openapi.json, /healthz, /readyz, /metrics
 from __future__ import annotations
 
 import contextlib
-import datetime
-import decimal
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,14 +22,15 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foldline.gateway import commands, stream
 from foldline.gateway.core import Gateway
-from foldline.gateway.errors import HttpError, Unauthorized
+from foldline.gateway.errors import HttpError, SafeJSON, Unauthorized
 from foldline.gateway.openapi import openapi_document
+from foldline.gateway.slow import BodyDeadline
 from foldline.observability import metrics
 
 log = structlog.get_logger("foldline.gateway")
@@ -41,21 +39,8 @@ log = structlog.get_logger("foldline.gateway")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, datetime.date | datetime.datetime | datetime.time):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-class JSON(JSONResponse):
-    """JSON with the types a projection row may hold (Decimal, dates) written as strings."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode()
+#: Rows hold Decimals and dates (written as strings); the body always encodes (see ``SafeJSON``).
+JSON = SafeJSON
 
 
 # -- endpoints ---------------------------------------------------------------------------------------------
@@ -87,7 +72,12 @@ async def prometheus(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    views = sorted(gateway.views.views) if gateway.views else []
+    views: list[str] = []
+    if gateway.views is not None:
+        try:  # the declared views, or (none declared) those the database lists now
+            views = sorted(await gateway.views.served())
+        except HttpError:  # the database is away: document any view name
+            views = []
     return JSON(openapi_document(gateway.specs, views, auth=bool(gateway.settings.token)))
 
 
@@ -122,8 +112,9 @@ async def view_rows(request: Request) -> Response:
     query = views.parse_query(view, request.query_params)
     body: dict[str, Any] = {"view": view}
     if query.min_version is not None and query.aggregate_id is not None:
-        body["version"] = await views.wait_for_version(view, query.aggregate_id, query.min_version, query.timeout)
-    rows = await views.rows(view, query)
+        body["version"], rows = await views.rows_at_version(view, query)
+    else:
+        rows = await views.rows(view, query)
     body.update(rows=rows, limit=query.limit, offset=query.offset)
     return JSON(body)
 
@@ -193,9 +184,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(
-        {"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers
-    )
+    return SafeJSON({"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(gateway: Gateway) -> ASGIApp:
@@ -224,4 +213,4 @@ def create_app(gateway: Gateway) -> ASGIApp:
         routes=routes, lifespan=lifespan, exception_handlers={HttpError: _http_error, HTTPException: _starlette_error}
     )
     app.state.gateway = gateway
-    return Instrumented(BearerAuth(app, gateway.settings.token), gateway)
+    return Instrumented(BodyDeadline(BearerAuth(app, gateway.settings.token), gateway.settings.body_timeout_s), gateway)

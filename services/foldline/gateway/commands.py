@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any, Protocol
 
 import structlog
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 from foldline.aggregate import AggregateSpec
 from foldline.errors import CommandError, DecodeError, UnknownTypeError
 from foldline.gateway.core import Gateway
-from foldline.gateway.errors import BadRequest, GatewayTimeout, NotFound, PayloadTooLarge
+from foldline.gateway.errors import (
+    BadRequest,
+    ClientClosed,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    SafeJSON,
+    UnsupportedMediaType,
+)
 from foldline.records import CommandEnvelope, CommandResult, Status
 
 log = structlog.get_logger("foldline.gateway")
@@ -26,8 +35,77 @@ log = structlog.get_logger("foldline.gateway")
 RESULT_STATUS = {Status.ACCEPTED: 200, Status.REJECTED: 422, Status.CONFLICT: 409, Status.FAILED: 400}
 
 
+#: Integers a command may carry: what every consumer (orjson, PostgreSQL's BIGINT) can hold.
+INT64 = (-(1 << 63), (1 << 63) - 1)
+#: How deep a command's JSON may nest (orjson, which writes the record, stops at 255).
+MAX_DEPTH = 64
+
+
+def _json_media_type(content_type: str | None) -> bool:
+    """A command body must be JSON; a missing Content-Type is taken as JSON (curl, scripts). Anything a
+    browser can post cross-site without a preflight (text/plain, forms) is refused."""
+    if content_type is None or not content_type.strip():
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def check_json(value: Any) -> None:
+    """Refuse what no record may carry: a string that is not valid Unicode (a lone surrogate, which UTF-8
+    cannot encode), a NUL character (PostgreSQL text cannot hold it), an integer beyond 64 bits, a number
+    that is not finite, nesting deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[str, int, Any]] = [("", 0, value)]
+    while stack:  # iterative: a deep document must not recurse
+        where, depth, item = stack.pop()
+        if isinstance(item, dict | list) and depth >= MAX_DEPTH:
+            raise BadRequest(f"the body nests deeper than {MAX_DEPTH} levels", code="malformed_json")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_str(key, f"{where}.{key!r}" if where else repr(key), "key")
+                stack.append((f"{where}.{key}" if where else key, depth + 1, child))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", depth + 1, child) for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise BadRequest(
+                f"{where or 'the body'}: the number is not finite (NaN, Infinity or out of range)",
+                code="invalid_value",
+                details=_at(where),
+            )
+        elif isinstance(item, str):
+            _check_str(item, where or "the body", "value")
+        elif isinstance(item, int) and not isinstance(item, bool) and not INT64[0] <= item <= INT64[1]:
+            raise BadRequest(
+                f"{where or 'the body'}: the integer does not fit in 64 bits", code="invalid_value", details=_at(where)
+            )
+
+
+def _check_str(text: str, where: str, what: str) -> None:
+    if "\x00" in text:
+        raise BadRequest(
+            f"{where}: a NUL character is not allowed in a {what}", code="invalid_value", details=_at(where)
+        )
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(
+            f"{where}: the {what} holds a lone surrogate (\\u escape) that is not a character",
+            code="invalid_value",
+            details=_at(where),
+        ) from None
+
+
+def _at(where: str) -> dict[str, Any]:
+    return {"field": where.encode(errors="replace").decode()} if where else {}
+
+
 async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON; 413 past ``max_bytes`` (declared or actual), 400 if malformed."""
+    """The request body as JSON; 415 unless JSON, 413 past ``max_bytes`` (declared or actual), 400 if
+    malformed or holding what no record may carry (``check_json``)."""
+    if not _json_media_type(request.headers.get("content-type")):
+        raise UnsupportedMediaType(
+            f"send the command as application/json, not {request.headers['content-type']!r}",
+            details={"accepted": ["application/json"]},
+        )
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -37,16 +115,23 @@ async def read_json(request: Request, max_bytes: int) -> Any:
                 f"the body has {declared} bytes; at most {max_bytes} are accepted", details={"max_bytes": max_bytes}
             )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"the body exceeds {max_bytes} bytes", details={"max_bytes": max_bytes})
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise PayloadTooLarge(f"the body exceeds {max_bytes} bytes", details={"max_bytes": max_bytes})
+    except ClientDisconnect:
+        client = request.client
+        log.info("client disconnected before sending its whole body", client=client and f"{client.host}:{client.port}")
+        raise ClientClosed("the client disconnected before sending its whole body") from None
     if not body:
         raise BadRequest("the request needs a JSON body", code="malformed_json")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise BadRequest(f"the body is not valid UTF-8 JSON: {exc}", code="malformed_json") from exc
+    check_json(data)
+    return data
 
 
 def query_bool(request: Request, name: str, default: bool) -> bool:
@@ -129,7 +214,7 @@ async def post_command(request: Request) -> Response:
             raise GatewayTimeout(
                 f"Kafka did not acknowledge the command within {timeout}s", details=pending, headers={"Location": where}
             ) from None
-        return JSONResponse(pending, status_code=202, headers={"Location": where})
+        return SafeJSON(pending, status_code=202, headers={"Location": where})
     future = gateway.hub.waiter(aggregate, envelope.command_id)  # before producing: the result may be quick
     try:
         async with asyncio.timeout(timeout):
@@ -143,7 +228,7 @@ async def post_command(request: Request) -> Response:
         ) from None
     finally:
         gateway.hub.forget(aggregate, envelope.command_id, future)
-    return JSONResponse(result.to_json(), status_code=RESULT_STATUS[result.status], headers={"Location": where})
+    return SafeJSON(result.to_json(), status_code=RESULT_STATUS[result.status], headers={"Location": where})
 
 
 async def get_command(request: Request) -> Response:
@@ -159,4 +244,4 @@ async def get_command(request: Request) -> Response:
             code="unknown_command",
             details={"command_id": command_id},
         )
-    return JSONResponse(result.to_json())
+    return SafeJSON(result.to_json())

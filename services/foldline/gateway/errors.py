@@ -7,11 +7,28 @@ one also sits in one of foldline's groups (``foldline.errors``): the client's ow
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.responses import JSONResponse
 
 from foldline.errors import CommandError, FoldlineError, RetryableError, WaitTimeoutError
+
+
+class SafeJSON(JSONResponse):
+    """JSON that always encodes: a lone surrogate a client sent (echoed in a message) becomes U+FFFD
+    instead of failing the response; values JSON lacks (Decimal, dates) are written as strings."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+        return text.encode("utf-8", errors="replace")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    isoformat = getattr(value, "isoformat", None)  # dates, times, datetimes
+    return isoformat() if callable(isoformat) else str(value)  # Decimal and the rest: their text
 
 
 class HttpError(FoldlineError):
@@ -33,7 +50,7 @@ class HttpError(FoldlineError):
         body: dict[str, Any] = {"error": {"code": self.code, "message": self.message}}
         if self.details:
             body["error"]["details"] = self.details
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return SafeJSON(body, status_code=self.status, headers=self.headers)
 
 
 class BadRequest(HttpError, CommandError):
@@ -66,9 +83,30 @@ class NotFound(HttpError, CommandError):
             self.code = code
 
 
+class RequestTimeout(HttpError, CommandError):
+    """The client did not send its whole body within the gateway's body timeout."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class ClientClosed(HttpError, CommandError):
+    """The client went away before its request was read (logged, never answered: no one listens)."""
+
+    status = 499
+    code = "client_closed"
+
+
 class PayloadTooLarge(HttpError, CommandError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(HttpError, CommandError):
+    """A command body that is not declared as JSON (a browser form or text/plain post is refused)."""
+
+    status = 415
+    code = "unsupported_media_type"
 
 
 class Unavailable(HttpError, RetryableError):

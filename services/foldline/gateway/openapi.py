@@ -83,7 +83,9 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
         "schema": {"type": "string", "enum": sorted(specs)},
         "description": "the aggregate's name",
     }
-    view_param = {"name": "view", "in": "path", "required": True, "schema": {"type": "string", "enum": list(views)}}
+    # With no views known (none declared and the database not listing any yet), any name may come to exist.
+    view_schema: dict[str, Any] = {"type": "string", "enum": list(views)} if views else {"type": "string"}
+    view_param = {"name": "view", "in": "path", "required": True, "schema": view_schema}
     payloads = {
         f"{agg}.{name}": dataclass_schema(kind.cls)
         for agg, spec in sorted(specs.items())
@@ -139,7 +141,9 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
                     "401": _error("missing or wrong bearer token"),
                     "404": _error("unknown aggregate (unknown_aggregate) or command type (unknown_command_type)"),
                     "409": _result("conflict: expected_version did not match"),
+                    "408": _error("the body did not arrive within the body timeout"),
                     "413": _error("the body is larger than allowed"),
+                    "415": _error("the body is not declared as JSON (send Content-Type: application/json)"),
                     "422": _result("rejected by the domain; `reason` says why"),
                     "503": _error("Kafka is unavailable; retry"),
                     "504": _error("no result in time (details.location tells where to look later)"),
@@ -354,6 +358,11 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
             }
         },
     }
+    for operations in paths.values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            if operation.get("security") != []:  # every route but the probes and /metrics, when a token is set
+                responses.setdefault("401", _error("missing or wrong bearer token (when the gateway has a token)"))
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]

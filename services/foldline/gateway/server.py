@@ -21,6 +21,7 @@ from foldline.aggregate import AggregateSpec, load_aggregate
 from foldline.errors import ConfigurationError
 from foldline.gateway.app import create_app
 from foldline.gateway.core import Gateway
+from foldline.gateway.slow import timed_http
 from foldline.gateway.views import ViewCatalog, ViewService
 from foldline.settings import GatewaySettings
 
@@ -75,10 +76,14 @@ class _Server(uvicorn.Server):
 
 
 def uvicorn_config(gateway: Gateway, host: str, port: int) -> uvicorn.Config:
+    settings = gateway.settings
     return uvicorn.Config(
         create_app(gateway),
         host=host,
         port=port,
+        http=timed_http(settings.header_timeout_s),  # slow headers time out (see foldline.gateway.slow)
+        timeout_keep_alive=max(1, round(settings.keep_alive_s)),
+        limit_concurrency=settings.max_connections,
         log_level="warning",
         access_log=False,
         lifespan="on",

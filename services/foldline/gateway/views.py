@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import structlog
 
@@ -28,6 +28,8 @@ T = TypeVar("T")
 RESERVED = frozenset({"limit", "offset", "order_by", "aggregate_id", "min_version", "timeout"})
 #: The most rows one HTTP page may ask for; the projection target bounds any one read further (its MAX_LIMIT).
 MAX_PAGE_ROWS = 1000
+#: The largest offset and version a query may name: within the 64-bit integers every database binds.
+MAX_OFFSET = MAX_VERSION = (1 << 63) - 1
 
 
 class ViewCatalog(Protocol):
@@ -60,8 +62,8 @@ def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int
         return default
     try:
         value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}", code="invalid_query") from None
+    except ValueError:  # also past Python's limit on the digits of an int
+        raise BadRequest(f"{name} must be an integer, got {raw[:40]!r}", code="invalid_query") from None
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise BadRequest(f"{name} must be {bound}, got {value}", code="invalid_query")
@@ -122,9 +124,17 @@ class ViewService:
                 raise NotFound(exc.message, code="unknown_view", details=exc.details) from exc
             raise BadRequest(exc.message, code=exc.code, details=exc.details) from exc
         except RetryableError as exc:
-            raise Unavailable(f"the projection database is unavailable: {exc}") from exc
-        except FoldlineError as exc:
-            raise Unavailable(f"reading the projection failed: {type(exc).__name__}: {exc}") from exc
+            log.warning("projection database unavailable", error=str(exc))
+            raise Unavailable("the projection database is unavailable; retry later") from exc
+        except FoldlineError as exc:  # the database refused this read (a value out of its range, ...)
+            # Its text (SQL, driver detail) goes to the log only, never to the client.
+            log.warning("projection database refused a read", error=f"{type(exc).__name__}: {exc}")
+            raise BadRequest(
+                "the projection database cannot answer this query (a value out of its range?)", code="invalid_query"
+            ) from exc
+        except (ValueError, OverflowError, UnicodeError) as exc:  # a driver refusing to bind a value
+            log.warning("projection read refused a value", error=f"{type(exc).__name__}: {exc}")
+            raise BadRequest("a query value cannot be used with this view", code="invalid_query") from exc
 
     async def _ensure_target(self) -> Any:
         if self._target is None:
@@ -158,6 +168,13 @@ class ViewService:
     def parse_query(self, view: str, params: Mapping[str, str], *, allow_wait: bool = True) -> RowQuery:
         """The query string of a rows read: column filters, paging, ordering, read-after-write."""
         self.check_view(view)
+        for name, value in params.items():
+            if "\x00" in name or "\x00" in value:  # no column, id or value holds one; PostgreSQL refuses it
+                raise BadRequest(
+                    f"query parameter {name!r}: a NUL character is not allowed",
+                    code="invalid_query",
+                    details={"field": name},
+                )
         filters = {k: v for k, v in params.items() if k not in RESERVED}
         aggregate_id = params.get("aggregate_id") or None
         if aggregate_id is not None:
@@ -166,7 +183,7 @@ class ViewService:
         if params.get("min_version") not in (None, ""):
             if not allow_wait:
                 raise BadRequest("min_version is for reads, not streams", code="invalid_query")
-            min_version = _int(params, "min_version", 0, 0)
+            min_version = _int(params, "min_version", 0, 0, MAX_VERSION)
             if aggregate_id is None:
                 raise BadRequest("min_version needs aggregate_id: whose version to wait for", code="invalid_query")
         timeout = self.read_timeout_s
@@ -184,7 +201,7 @@ class ViewService:
         return RowQuery(
             filters=filters,
             limit=_int(params, "limit", 100, 1, MAX_PAGE_ROWS),
-            offset=_int(params, "offset", 0, 0),
+            offset=_int(params, "offset", 0, 0, MAX_OFFSET),
             order_by=params.get("order_by") or None,
             aggregate_id=aggregate_id,
             min_version=min_version,
@@ -208,12 +225,47 @@ class ViewService:
         version: int | None = await self._call(target.aggregate_version, view, aggregate_id)
         return version
 
+    async def rows_at_version(self, view: str, query: RowQuery) -> tuple[int, list[dict[str, Any]]]:
+        """Read-after-write: poll until the view reflects ``query.aggregate_id`` at ``query.min_version`` or
+        later, then its rows, both read from one table in one session, so a revision switch in between can
+        never answer rows below the version waited for; 504 after ``query.timeout``."""
+        assert query.aggregate_id is not None and query.min_version is not None
+        target = await self._ensure_target()
+        read = getattr(target, "read_rows_at_version", None)
+        if read is None:  # a target without the combined read: wait, then read (a switch may come between)
+            version = await self.wait_for_version(view, query.aggregate_id, query.min_version, query.timeout)
+            return version, await self.rows(view, query)
+        found: list[tuple[int, list[dict[str, Any]]]] = []
+
+        async def reached() -> int | None:
+            version, rows = await self._call(
+                read,
+                view,
+                query.aggregate_id,
+                query.min_version,
+                filters=query.filters,
+                limit=query.limit,
+                offset=query.offset,
+                order_by=query.order_by,
+            )
+            if rows is not None:
+                found.append((int(version), rows))
+            return cast(int | None, version)
+
+        await self._poll(view, query.aggregate_id, query.min_version, query.timeout, reached)
+        return found[-1]
+
     async def wait_for_version(self, view: str, aggregate_id: str, min_version: int, timeout: float) -> int:
         """Poll until the view reflects ``aggregate_id`` at ``min_version`` or later; 504 after ``timeout``."""
+        return await self._poll(view, aggregate_id, min_version, timeout, lambda: self.version(view, aggregate_id))
+
+    async def _poll(
+        self, view: str, aggregate_id: str, min_version: int, timeout: float, read: Callable[[], Awaitable[int | None]]
+    ) -> int:
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:
-            version = await self.version(view, aggregate_id)
+            version = await read()
             if version is not None and version >= min_version:
                 return version
             left = deadline - time.monotonic()

@@ -16,6 +16,9 @@ same partitions), the batch is planned again inside the transaction.
 Snapshot batches keep only the newest snapshot per aggregate (a batch is one transaction, so the
 states in between are never visible anyway). Records that cannot be decoded, and records whose
 ``project`` fails or returns a bad change, are skipped and logged: bad input never stops a view.
+A record whose rows the database refuses (a NUL in text for PostgreSQL, a numeric overflow) is
+found by the engine and passed over with ``skip``. Every skipped record gets a row in
+``foldline_skipped`` (with its cause), in the transaction that moves the position past it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from foldline.errors import DecodeError
 from foldline.observability import metrics
 from foldline.projection.api import Event, ProjectionSpec, Remember, RowChange, Snapshot
 from foldline.projection.base import SqlStore
-from foldline.projection.batch import WriteTx
+from foldline.projection.batch import Skip, WriteTx
 from foldline.projection.errors import MissingTableError
 from foldline.records import EventRecord, SnapshotRecord
 
@@ -71,7 +74,7 @@ class Plan:
     saves: dict[str, tuple[int, Memo]] = field(default_factory=dict)
     applied: int = 0
     duplicates: int = 0
-    skips: list[tuple[str, BaseException, dict[str, Any]]] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
 
 
 class Applier:
@@ -99,9 +102,7 @@ class Applier:
             self.write(tx, plan)
             moved = {p: o for p, o in positions.items() if o > locked.get(p, -1)}
             tx.save_positions(moved)
-        for reason, exc, where in plan.skips:
-            metrics.PROJECTION_RECORDS_SKIPPED.labels(self.spec.aggregate, self.spec.view, reason).inc()
-            self._log.warning("record skipped", reason=reason, error=f"{type(exc).__name__}: {exc}", **where)
+        self._report(plan.skips)
         return BatchResult(
             state, len(messages), plan.applied, len(plan.changes), plan.duplicates, len(plan.skips), {**locked, **moved}
         )
@@ -126,25 +127,74 @@ class Applier:
         tx.apply(plan.changes)
         tx.delete_stale(plan.finals)
         tx.save_versions(plan.saves)
+        tx.save_skipped(plan.skips)
+
+    def skip(self, store: SqlStore, msg: SourceMessage, reason: str, exc: BaseException) -> BatchResult:
+        """Pass over one record (its rows refused by the database): a ``foldline_skipped`` row and the
+        position past it, in one transaction; nothing if the position is past it already."""
+        partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+        item = self._skip(msg, reason, exc)
+        try:  # whose record it was, if it decodes at all
+            record = (SnapshotRecord if self.spec.source == "snapshots" else EventRecord).from_bytes(msg.value())
+            item = Skip(partition, offset, reason, item.error, record.aggregate_id, record.version)
+        except DecodeError:
+            pass
+        with store.begin(self.spec.table) as tx:
+            state = tx.check_revision()
+            locked = tx.positions([partition])
+            fresh = offset >= locked.get(partition, -1)
+            if fresh:
+                tx.save_skipped([item])
+                tx.save_positions({partition: offset + 1})
+        if fresh:
+            self._report([item])
+        positions = {**locked, partition: max(locked.get(partition, -1), offset + 1)}
+        return BatchResult(state, 1, 0, 0, 0 if fresh else 1, 1 if fresh else 0, positions)
+
+    @staticmethod
+    def _skip(
+        msg: SourceMessage, reason: str, exc: BaseException, aggregate_id: str | None = None, version: int | None = None
+    ) -> Skip:
+        return Skip(
+            int(msg.partition() or 0),
+            int(msg.offset() or 0),
+            reason,
+            f"{type(exc).__name__}: {exc}",
+            aggregate_id,
+            version,
+        )
+
+    def _report(self, skips: Sequence[Skip]) -> None:
+        for k in skips:
+            metrics.PROJECTION_RECORDS_SKIPPED.labels(self.spec.aggregate, self.spec.view, k.reason).inc()
+            self._log.warning(
+                "record skipped",
+                reason=k.reason,
+                error=k.error,
+                partition=k.partition,
+                offset=k.offset,
+                aggregate_id=k.aggregate_id,
+                version=k.version,
+            )
 
     # -- snapshots -------------------------------------------------------------------------------------
     def _snapshots(self, messages: Sequence[SourceMessage], versions: Versions, plan: Plan) -> None:
-        latest: dict[str, SnapshotRecord] = {}
+        latest: dict[str, tuple[SnapshotRecord, SourceMessage]] = {}
         from_bytes = SnapshotRecord.from_bytes
         for msg in messages:
             try:
                 snap = from_bytes(msg.value())
             except DecodeError as exc:
-                plan.skips.append(("undecodable", exc, {"partition": msg.partition(), "offset": msg.offset()}))
+                plan.skips.append(self._skip(msg, "undecodable", exc))
                 continue
             prev = latest.get(snap.aggregate_id)
-            if prev is None or snap.version >= prev.version:
-                latest[snap.aggregate_id] = snap
+            if prev is None or snap.version >= prev[0].version:
+                latest[snap.aggregate_id] = (snap, msg)
         known = versions(list(latest))
         decode_state = self.spec.aggregate_spec.decode_state
         project, check = self.project, self.spec.check
         changes, finals, saves = plan.changes, plan.finals, plan.saves
-        for aggregate_id, snap in latest.items():
+        for aggregate_id, (snap, msg) in latest.items():
             version = snap.version
             reached, memo = known.get(aggregate_id, (0, None))
             if version <= reached:
@@ -156,7 +206,7 @@ class Applier:
                     check(change) for change in project(Snapshot(aggregate_id, version, state, snap.updated_at)) or ()
                 ]
             except Exception as exc:
-                plan.skips.append(("project_failed", exc, {"aggregate_id": aggregate_id, "version": version}))
+                plan.skips.append(self._skip(msg, "project_failed", exc, aggregate_id, version))
                 continue
             for change in out:
                 if isinstance(change, Remember):
@@ -170,10 +220,10 @@ class Applier:
 
     # -- events ----------------------------------------------------------------------------------------
     def _events(self, messages: Sequence[SourceMessage], versions: Versions, plan: Plan) -> None:
-        events = [e for e in (self._decode(EventRecord.from_bytes, m, plan) for m in messages) if e is not None]
-        current: dict[str, tuple[int, Memo]] = dict(versions([e.aggregate_id for e in events]))
+        events = [(e, m) for e, m in ((self._decode(EventRecord.from_bytes, m, plan), m) for m in messages) if e]
+        current: dict[str, tuple[int, Memo]] = dict(versions([e.aggregate_id for e, _ in events]))
         decode_event = self.spec.aggregate_spec.decode_event
-        for rec in events:
+        for rec, msg in events:
             aggregate_id = rec.aggregate_id
             reached, memo = current.get(aggregate_id, (0, None))
             if rec.version <= reached:
@@ -185,7 +235,7 @@ class Applier:
                 event = decode_event(rec.type, rec.schema_version, rec.payload)
                 out = self._project(Event(aggregate_id, rec.version, rec.type, event, rec.recorded_at, memo or {}))
             except Exception as exc:
-                plan.skips.append(("project_failed", exc, {"aggregate_id": aggregate_id, "version": rec.version}))
+                plan.skips.append(self._skip(msg, "project_failed", exc, aggregate_id, rec.version))
                 out = []
             memo = self._collect(out, aggregate_id, rec.version, plan.changes, memo)
             current[aggregate_id] = plan.saves[aggregate_id] = (rec.version, memo)
@@ -214,5 +264,5 @@ class Applier:
         try:
             return decode(msg.value())
         except DecodeError as exc:
-            plan.skips.append(("undecodable", exc, {"partition": msg.partition(), "offset": msg.offset()}))
+            plan.skips.append(Applier._skip(msg, "undecodable", exc))
             return None

@@ -38,6 +38,8 @@ from foldline.records import now_iso
 T = TypeVar("T")
 #: The most rows one ``read_rows`` call returns (the gateway pages by at most ``MAX_PAGE_ROWS``).
 MAX_LIMIT = 10_000
+#: The largest offset a read may skip: a BIGINT, as both databases bind it.
+MAX_OFFSET = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class SqlStore:
     dialect: Dialect
     #: Appended to the batch's revision check: PostgreSQL locks the row the switch updates.
     share_lock = ""
+    #: Appended to the switch's read of the serving revision: PostgreSQL waits for its batches in flight.
+    update_lock = ""
 
     # -- driver hooks --------------------------------------------------------------------------------
     def session(self, write: bool) -> AbstractContextManager[Session]:
@@ -149,10 +153,12 @@ class SqlStore:
         return Registration(state, active)
 
     def switch(self, table: TableDef, targets: Mapping[int, int]) -> bool:
-        """Make this revision the active one if its stored positions reached ``targets``; atomic.
+        """Make this revision the active one if its stored positions reached ``targets`` and the serving
+        revision's positions; atomic.
 
         Older revisions are retired in the same transaction and their tables dropped right after.
-        Returns False (and changes nothing) while some partition is still behind its target.
+        Returns False (and changes nothing) while some partition is still behind its target, or behind
+        where the serving revision is now: reads never go back in time across a switch.
         """
         p = self.dialect.param
         with self.session(write=True) as s:
@@ -162,9 +168,28 @@ class SqlStore:
             positions = read_positions(s, p, table.view, table.revision, table.topic)
             if any(positions.get(part, 0) < end for part, end in targets.items()):
                 return False
+            if self._behind_serving(s, table, positions):
+                return False
             self._activate(s, table.view, table.revision, positions)
         self.drop_retired(table.view)
         return True
+
+    def _behind_serving(self, s: Session, table: TableDef, positions: Mapping[int, int]) -> bool:
+        """Whether the serving revision has applied records this one has not, read under a lock that waits
+        for the serving revision's batches in flight and holds off new ones until the switch commits."""
+        p = self.dialect.param
+        rows = s.execute(
+            "SELECT r.revision, r.definition FROM foldline_views v JOIN foldline_revisions r ON r.view = v.view "
+            f"AND r.revision = v.active_revision WHERE v.view = {p}{self.update_lock}",
+            (table.view,),
+        )
+        if not rows or int(rows[0][0]) == table.revision:
+            return False
+        serving = TableDef.from_definition(table.view, int(rows[0][0]), rows[0][1])
+        if serving.topic != table.topic:  # another source: offsets do not compare; the end targets decide
+            return False
+        theirs = read_positions(s, p, table.view, serving.revision, serving.topic)
+        return any(positions.get(part, 0) < offset for part, offset in theirs.items())
 
     def _activate(self, s: Session, view: str, revision: int, positions: Mapping[int, int]) -> None:
         p, now = self.dialect.param, now_iso()
@@ -254,31 +279,58 @@ class SqlStore:
     def read_rows(
         self, view: str, *, filters: Mapping[str, Any], limit: int = 100, offset: int = 0, order_by: str | None = None
     ) -> list[dict[str, Any]]:
+        self._check_page(limit, offset)
+        return self._with_view(view, lambda s, table: self._rows(s, table, filters, limit, offset, order_by))
+
+    @staticmethod
+    def _check_page(limit: int, offset: int) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise InvalidQueryError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidQueryError(f"offset must be a non-negative integer, got {offset!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidQueryError(f"offset must be an integer from 0 to {MAX_OFFSET}, got {offset!r}")
 
-        def query(s: Session, table: TableDef) -> list[dict[str, Any]]:
-            sql, params = self._select(table, filters, limit, offset, order_by)
-            convert = [(c.name, c.type) for c in table.columns]
-            from_db = self.dialect.from_db
-            return [
-                {name: from_db(kind, value) for (name, kind), value in zip(convert, row, strict=True)}
-                for row in s.execute(sql, params)
-            ]
-
-        return self._with_view(view, query)
+    def _rows(
+        self, s: Session, table: TableDef, filters: Mapping[str, Any], limit: int, offset: int, order_by: str | None
+    ) -> list[dict[str, Any]]:
+        sql, params = self._select(table, filters, limit, offset, order_by)
+        convert = [(c.name, c.type) for c in table.columns]
+        from_db = self.dialect.from_db
+        return [
+            {name: from_db(kind, value) for (name, kind), value in zip(convert, row, strict=True)}
+            for row in s.execute(sql, params)
+        ]
 
     def aggregate_version(self, view: str, aggregate_id: str) -> int | None:
-        def query(s: Session, table: TableDef) -> int | None:
-            rows = s.execute(
-                f"SELECT version FROM {q(table.versions_table)} WHERE aggregate_id = {self.dialect.param}",
-                (aggregate_id,),
-            )
-            return int(rows[0][0]) if rows else None
+        return self._with_view(view, lambda s, table: self._version(s, table, aggregate_id))
+
+    def read_rows_at_version(
+        self,
+        view: str,
+        aggregate_id: str,
+        min_version: int,
+        *,
+        filters: Mapping[str, Any],
+        limit: int = 100,
+        offset: int = 0,
+        order_by: str | None = None,
+    ) -> tuple[int | None, list[dict[str, Any]] | None]:
+        """The version the view reached for ``aggregate_id`` and, once it is at least ``min_version``, the
+        rows: both from the one table the view resolved to, in one session. Rows are None below it."""
+        self._check_page(limit, offset)
+
+        def query(s: Session, table: TableDef) -> tuple[int | None, list[dict[str, Any]] | None]:
+            version = self._version(s, table, aggregate_id)
+            if version is None or version < min_version:
+                return version, None
+            return version, self._rows(s, table, filters, limit, offset, order_by)
 
         return self._with_view(view, query)
+
+    def _version(self, s: Session, table: TableDef, aggregate_id: str) -> int | None:
+        rows = s.execute(
+            f"SELECT version FROM {q(table.versions_table)} WHERE aggregate_id = {self.dialect.param}", (aggregate_id,)
+        )
+        return int(rows[0][0]) if rows else None
 
     def columns(self, view: str) -> list[str]:
         return self._with_view(view, lambda s, table: table.column_names)

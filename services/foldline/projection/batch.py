@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from foldline.projection.api import Delete, Increment, Remember, RowChange, Upsert
@@ -17,6 +18,24 @@ from foldline.projection.sql import Dialect, q
 from foldline.records import now_iso
 
 _CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A record a revision passed over: where it was, whose it was (when known), and why."""
+
+    partition: int
+    offset: int
+    reason: str
+    error: str
+    aggregate_id: str | None = None
+    version: int | None = None
+
+
+def _text(value: str | None, limit: int) -> str | None:
+    if value is None:
+        return None
+    return value[:limit].replace("\x00", "\\x00").encode("utf-8", errors="replace").decode()
 
 
 class Locking(Protocol):
@@ -128,6 +147,28 @@ class WriteTx:
                 for a, (v, m) in items.items()
             ]
             self.s.executemany(self.dialect.save_version(self.table), rows)
+
+    def save_skipped(self, skips: Sequence[Skip]) -> None:
+        """A row in ``foldline_skipped`` per record passed over, with its cause (written as text any
+        database takes: a NUL or a lone surrogate in an id or a message is escaped)."""
+        if skips:
+            t, now = self.table, now_iso()
+            rows = [
+                [
+                    t.view,
+                    t.revision,
+                    t.topic,
+                    k.partition,
+                    k.offset,
+                    _text(k.aggregate_id, 512),
+                    k.version,
+                    k.reason,
+                    _text(k.error, 2000),
+                    now,
+                ]
+                for k in skips
+            ]
+            self.s.executemany(self.dialect.save_skipped(), rows)
 
     def save_positions(self, positions: Mapping[int, int]) -> None:
         """Positions only move forward: a smaller offset than the stored one is ignored."""

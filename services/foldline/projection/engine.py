@@ -28,7 +28,7 @@ from foldline.observability import metrics
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.apply import Applier, BatchResult, SourceMessage
 from foldline.projection.base import Registration, SqlStore
-from foldline.projection.errors import RevisionRetiredError
+from foldline.projection.errors import MissingTableError, ProjectionStoreError, RevisionRetiredError
 from foldline.settings import ProjectorSettings
 from foldline.topics import progress
 
@@ -213,7 +213,12 @@ class Projector:
             if p in nexts or (p in self.assigned and o > self.positions.get(p, -1)):
                 nexts[p] = max(nexts.get(p, 0), o)
         try:
-            result: BatchResult = self.applier.apply(self.store, cast(list[SourceMessage], batch), nexts)
+            try:
+                result: BatchResult = self.applier.apply(self.store, cast(list[SourceMessage], batch), nexts)
+            except MissingTableError:
+                raise
+            except ProjectionStoreError as exc:  # the database refused a statement: find the record(s) at fault
+                result = self._one_by_one(batch, nexts, exc)
         except RetryableError as exc:
             self._rewind(batch, exc)
             return
@@ -225,6 +230,39 @@ class Projector:
         self._m_rows.inc(result.rows)
         if batch:
             self._m_batch.observe(time.monotonic() - started)
+
+    def _one_by_one(self, batch: list[Message], nexts: dict[int, int], refused: ProjectionStoreError) -> BatchResult:
+        """Apply a refused batch a record at a time; a record the database refuses on its own is skipped
+        (``foldline_skipped``, the skipped metric) and the view goes on: bad data never stops a projector."""
+        self._log.warning("the database refused a batch; applying it record by record", error=str(refused))
+        total = BatchResult(self.state)
+        for msg in cast(list[SourceMessage], batch):
+            p, o = cast(int, msg.partition()), cast(int, msg.offset())
+            try:
+                one = self.applier.apply(self.store, [msg], {p: o + 1})
+            except MissingTableError:
+                raise
+            except ProjectionStoreError as exc:
+                one = self.applier.skip(self.store, msg, "refused_by_database", exc)
+            total = BatchResult(
+                one.state,
+                total.records + one.records,
+                total.applied + one.applied,
+                total.rows + one.rows,
+                total.duplicates + one.duplicates,
+                total.skipped + one.skipped,
+                {**total.positions, **one.positions},
+            )
+        tail = self.applier.apply(self.store, [], nexts)  # positions past any commit markers after the batch
+        return BatchResult(
+            tail.state,
+            total.records,
+            total.applied,
+            total.rows,
+            total.duplicates,
+            total.skipped,
+            {**total.positions, **tail.positions},
+        )
 
     def _rewind(self, batch: list[Message], exc: BaseException) -> None:
         """The transaction failed and rolled back: read the same records again after a pause."""

@@ -68,17 +68,22 @@ class _Session:
             return self.cur.fetchall() if self.cur.description else []
         except psycopg.Error as exc:
             raise _translate(exc, sql) from exc
+        except (OverflowError, UnicodeError) as exc:  # a value the driver cannot bind (an int past 64 bits)
+            raise ProjectionStoreError(f"cannot bind a value for {sql[:120]!r}: {exc}") from exc
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         try:
             self.cur.executemany(sql, rows)
         except psycopg.Error as exc:
             raise _translate(exc, sql) from exc
+        except (OverflowError, UnicodeError) as exc:  # a value the driver cannot bind (an int past 64 bits)
+            raise ProjectionStoreError(f"cannot bind a value for {sql[:120]!r}: {exc}") from exc
 
 
 class PostgresStore(SqlStore):
     dialect = PostgresDialect()
     share_lock = " FOR SHARE OF r"
+    update_lock = " FOR UPDATE OF r"
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 30.0) -> None:
         self.conninfo, self.schema = split_url(url)

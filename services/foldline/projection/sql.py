@@ -37,6 +37,19 @@ CATALOG = (
         next_offset BIGINT NOT NULL,
         updated_at TEXT NOT NULL,
         PRIMARY KEY (view, revision, topic, "partition"))""",
+    # Records a revision passed over, with the cause: undecodable, project_failed, refused_by_database.
+    """CREATE TABLE IF NOT EXISTS foldline_skipped (
+        view TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        "partition" INTEGER NOT NULL,
+        "offset" BIGINT NOT NULL,
+        aggregate_id TEXT,
+        version BIGINT,
+        reason TEXT NOT NULL,
+        error TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (view, revision, topic, "partition", "offset"))""",
 )
 
 
@@ -50,20 +63,42 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: The range of an integer column (BIGINT), and the largest exponent a numeric filter may have: values
+#: past them can match no row, and PostgreSQL would refuse them rather than answer "none".
+INT64 = (-(1 << 63), (1 << 63) - 1)
+MAX_NUMERIC_EXPONENT = 10_000
+_HINTS = {
+    "text": " (no NUL characters)",
+    "integer": " (a whole number within 64 bits)",
+    "numeric": f" (a finite decimal within {MAX_NUMERIC_EXPONENT} places of the point)",
+    "date": " (YYYY-MM-DD)",
+    "timestamp": " (ISO 8601)",
+    "boolean": " (true or false)",
+}
+
+
 def parse_filter(column: Column, raw: Any) -> Any:
     """A query value (a string from a URL) as the column's Python type, or InvalidQueryError."""
     text = str(raw).strip() if not isinstance(raw, str) else raw
     try:
+        if "\x00" in text:
+            raise ValueError("NUL")
         kind = column.type
         if kind == "text":
             return text
         if kind == "integer":
-            if isinstance(raw, bool) or not text.lstrip("-").isdigit():
+            if isinstance(raw, bool) or not text.lstrip("-").isdigit() or len(text) > 20:
                 raise ValueError(text)
-            return int(text)
+            value = int(text)
+            if not INT64[0] <= value <= INT64[1]:
+                raise ValueError(text)
+            return value
         if kind == "numeric":
             number = Decimal(text)
-            if not number.is_finite():
+            if (
+                not number.is_finite()
+                or max(abs(number.adjusted()), -int(number.as_tuple().exponent)) > MAX_NUMERIC_EXPONENT
+            ):
                 raise ValueError(text)
             return number
         if kind == "date":
@@ -78,7 +113,8 @@ def parse_filter(column: Column, raw: Any) -> Any:
         raise ValueError(text)
     except (ValueError, InvalidOperation):
         raise InvalidQueryError(
-            f"filter {column.name}={raw!r} is not a valid {column.type}", details={"field": column.name}
+            f"filter {column.name}={str(raw)[:80]!r} is not a valid {column.type}{_HINTS.get(column.type, '')}",
+            details={"field": column.name},
         ) from None
 
 
@@ -187,6 +223,14 @@ class Dialect:
             f'VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (view, revision, topic, "partition") '
             "DO UPDATE SET next_offset = excluded.next_offset, updated_at = excluded.updated_at "
             "WHERE excluded.next_offset > foldline_positions.next_offset"
+        )
+
+    def save_skipped(self) -> str:
+        p = self.param
+        return (
+            'INSERT INTO foldline_skipped (view, revision, topic, "partition", "offset", aggregate_id, version, '
+            f"reason, error, recorded_at) VALUES ({', '.join([p] * 10)}) "
+            'ON CONFLICT (view, revision, topic, "partition", "offset") DO NOTHING'
         )
 
     def converters(self, t: TableDef) -> list[Callable[[Any], Any]]:

@@ -42,12 +42,16 @@ class _Session:
             return self.conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise _translate(exc, sql) from exc
+        except (OverflowError, UnicodeError) as exc:  # a value the driver cannot bind (an int past 64 bits)
+            raise ProjectionStoreError(f"cannot bind a value for {sql[:120]!r}: {exc}") from exc
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         try:
             self.conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise _translate(exc, sql) from exc
+        except (OverflowError, UnicodeError) as exc:  # a value the driver cannot bind (an int past 64 bits)
+            raise ProjectionStoreError(f"cannot bind a value for {sql[:120]!r}: {exc}") from exc
 
 
 class SqliteStore(SqlStore):
