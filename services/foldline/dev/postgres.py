@@ -132,6 +132,9 @@ class DevPostgres:
                         f"pg_ctl start failed: {done.stdout}{done.stderr}\n"
                         f"--- {self.log_file} ---\n{tail(self.log_file)}"
                     )
+            else:  # reused: this caller's trusted networks apply from now on
+                self._write_hba()
+                self._pg_ctl(bin_dir, "reload")
             self._wait_and_create_database(time.monotonic() + timeout)
         return self.dsn
 
@@ -237,7 +240,9 @@ class DevPostgres:
             conf.write(POSTGRESQL_CONF)
 
     def _write_hba(self) -> None:
-        extra = "".join(f"host all all {cidr} trust\n" for cidr in self.clients)
+        # The extra listen address is this machine's too: connections from the host arrive from it.
+        own = () if self.host == "127.0.0.1" else (f"{self.host}/32",)
+        extra = "".join(f"host all all {cidr} trust\n" for cidr in (*own, *self.clients))
         hba = self.data_dir / "pg_hba.conf"
         hba.write_text(PG_HBA_CONF + extra)
         if self.run_as is not None:
