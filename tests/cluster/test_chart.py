@@ -69,11 +69,12 @@ def flow(cluster: Cluster) -> Iterator[Flow]:
     )
     assert IMAGE_ARCHIVE.is_file(), f"{IMAGE_ARCHIVE} is missing: `make install` builds it (scripts/image.sh build)"
     try:
+        kafka.stop()  # one left by an interrupted run listens where the last node was: start afresh
         bootstrap = kafka.start()  # a fresh data dir on every start
         # A database of this run's own: the server's data survives runs, and a catalog left by an earlier run
         # (revision 2 active) would make this run's revision 1 a superseded one.
         database = f"cluster_{uuid.uuid4().hex[:10]}"
-        postgres.stop()  # one left by an interrupted run listens where the last node was: start afresh
+        postgres.stop()
         with psycopg.connect(postgres.start(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{database}"')
         dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{database}"
