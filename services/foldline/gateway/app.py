@@ -3,6 +3,8 @@
 POST /aggregates/{aggregate}/commands              a command envelope; waits for its result
 GET  /aggregates/{aggregate}/commands/{command_id} a result by command id (any replica)
 GET  /aggregates/{aggregate}/stream                SSE: results as they arrive
+GET  /aggregates/{aggregate}/{id}/events           the aggregate's event timeline (from the event journal)
+GET  /aggregates/{aggregate}/{id}/state            its state at ?version=N or ?at=<timestamp> (a fold)
 GET  /views/{view}/rows                            rows of a projection (read-after-write: min_version)
 GET  /views/{view}/stream                          SSE: rows whenever they change (poll-based)
 GET  /aggregates, /views, /openapi.json, /healthz, /readyz, /metrics
@@ -26,7 +28,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from foldline.gateway import commands, stream
+from foldline.gateway import commands, history, stream
 from foldline.gateway.core import Gateway
 from foldline.gateway.errors import HttpError, SafeJSON, Unauthorized
 from foldline.gateway.openapi import openapi_document
@@ -205,6 +207,8 @@ def create_app(gateway: Gateway) -> ASGIApp:
         Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
         Route("/aggregates/{aggregate}/commands/{command_id}", commands.get_command),
         Route("/aggregates/{aggregate}/stream", stream.stream_results),
+        Route("/aggregates/{aggregate}/{aggregate_id}/events", history.aggregate_events),
+        Route("/aggregates/{aggregate}/{aggregate_id}/state", history.aggregate_state),
         Route("/views", list_views),
         Route("/views/{view}/rows", view_rows),
         Route("/views/{view}/stream", stream.stream_view),
