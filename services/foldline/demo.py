@@ -229,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ok = walk(url, f"inv-{time.strftime('%Y%m%d')}-{uuid.uuid4().hex[:6]}", out)
         if not args.once and ok:
             print(
-                f"\nThe gateway serves {url}  (OpenAPI: {url}/openapi.json)\n"
+                f"\nThe gateway serves {url}  (the console: {url}/ ; OpenAPI: {url}/openapi.json)\n"
                 f'  foldline submit invoices inv-42 CreateInvoice \'{{"customer": "You", "currency": "EUR", '
                 f'"issue_date": "2026-01-01", "due_date": "2026-02-01"}}\' --gateway {url}\n'
                 f"  foldline get invoice-list --gateway {url}\n"
