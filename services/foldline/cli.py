@@ -21,6 +21,7 @@ Command = Callable[[argparse.Namespace], int]
 _REGISTRARS: tuple[str, ...] = (
     "foldline.handler.cli",
     "foldline.cli_client",
+    "foldline.cli_history",
     "foldline.demo",
     "foldline.projection.cli",
 )

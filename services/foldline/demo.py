@@ -1,11 +1,12 @@
 """``foldline demo``: the whole platform on this machine, and an invoice walked through its life.
 
 Nothing to configure: it starts the development Kafka broker (or uses ``FOLDLINE_KAFKA_BOOTSTRAP``),
-creates the invoices topics, and runs a command handler, three projectors (invoice list, line items,
-customer totals) into SQLite under ``.cache/demo/`` and the gateway, each as a child process. Once all
-are ready it walks a fresh invoice from creation to paid over HTTP, printing every command, its
+creates the invoices topics, and runs a command handler, four projectors (invoice list, line items,
+customer totals, the event journal) into SQLite under ``.cache/demo/`` and the gateway, each as a child
+process. Once all are ready it walks a fresh invoice from creation to paid over HTTP, printing every command, its
 result and the view row read back with ``min_version``. Then it serves until Ctrl-C (or, with
-``--once``, stops at once) and stops every child with SIGTERM.
+``--once``, stops at once) and stops every child with SIGTERM, and the broker if it started it
+(``--keep-kafka`` leaves it running for the next run; ``make kafka-down`` stops it then).
 """
 
 from __future__ import annotations
@@ -162,6 +163,12 @@ def start_stack(bootstrap: str, run: Path, gateway_port: int, out: TextIO) -> li
             ],
             port,
         )
+    port = free_port()
+    start(
+        "projector invoices-journal",
+        ["projector", "--journal", AGGREGATE, "--database", database, "--http-port", str(port)],
+        port,
+    )
     gateway = ["gateway", "--aggregate", AGGREGATE, "--database", database, "--port", str(gateway_port)]
     for cls in VIEWS.values():
         gateway += ["--projection", f"foldline.examples.invoices.views:{cls}"]
@@ -194,13 +201,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from foldline.topics import aggregate_topics, ensure_topics
 
     out = sys.stdout
-    print("foldline demo: Kafka, a command handler, three projectors and the gateway on this machine\n", file=out)
+    print("foldline demo: Kafka, a command handler, four projectors and the gateway on this machine\n", file=out)
     bootstrap = os.environ.get("FOLDLINE_KAFKA_BOOTSTRAP", "").strip()
+    started_broker: DevKafka | None = None
     if bootstrap:
         print(f"  broker {bootstrap} (FOLDLINE_KAFKA_BOOTSTRAP)", file=out, flush=True)
     else:
         print("  starting the development Kafka broker (the first run downloads its jars) ...", file=out, flush=True)
-        bootstrap = DevKafka().start()
+        broker = DevKafka()
+        started_broker = None if broker.is_running() else broker
+        bootstrap = broker.start()
         print(f"  broker {bootstrap}", file=out, flush=True)
     ensure_topics(
         {**KafkaSettings.from_env().client_config(), "bootstrap.servers": bootstrap},
@@ -219,12 +229,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ok = walk(url, f"inv-{time.strftime('%Y%m%d')}-{uuid.uuid4().hex[:6]}", out)
         if not args.once and ok:
             print(
-                f"\nThe gateway serves {url}  (OpenAPI: {url}/openapi.json)\n"
+                f"\nThe gateway serves {url}  (the console: {url}/ ; OpenAPI: {url}/openapi.json)\n"
                 f'  foldline submit invoices inv-42 CreateInvoice \'{{"customer": "You", "currency": "EUR", '
                 f'"issue_date": "2026-01-01", "due_date": "2026-02-01"}}\' --gateway {url}\n'
                 f"  foldline get invoice-list --gateway {url}\n"
+                f"  foldline history invoices inv-42 --gateway {url}\n"
+                f"  foldline state invoices inv-42 --version 1 --gateway {url}\n"
                 f"  foldline tail invoices.command-results --from-beginning\n"
-                "Ctrl-C stops everything.",
+                "Ctrl-C stops everything"
+                + (" (the Kafka broker too)." if started_broker is not None and not args.keep_kafka else "."),
                 file=out,
                 flush=True,
             )
@@ -240,6 +253,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             signal.signal(sig, signal.SIG_IGN)
         print("\nstopping", file=out, flush=True)
         clean = stop_stack(children, out)
+        if started_broker is not None and not args.keep_kafka:
+            print("  stopping the Kafka broker this demo started", file=out, flush=True)
+            started_broker.stop()
+        elif started_broker is not None or not os.environ.get("FOLDLINE_KAFKA_BOOTSTRAP"):
+            print("  the Kafka broker keeps running (stop it with `make kafka-down`)", file=out, flush=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if ok and clean else 1
@@ -347,7 +365,31 @@ def walk(url: str, invoice_id: str, out: TextIO) -> bool:
             if not read_view(client, step.view, invoice_id, version, out):
                 return False
         print("\nTotals of the customer, from the events:", file=out, flush=True)
-        return read_view(client, "customer-totals", invoice_id, version, out, customer="ACME GmbH")
+        if not read_view(client, "customer-totals", invoice_id, version, out, customer="ACME GmbH"):
+            return False
+        return read_history(client, invoice_id, version, out)
+
+
+def read_history(client: Any, invoice_id: str, version: int, out: TextIO) -> bool:
+    """The invoice's timeline from the event journal, and its state two events in (time travel)."""
+    print(f"\nHistory: GET /aggregates/invoices/{invoice_id}/events", file=out, flush=True)
+    r = client.get(f"/aggregates/invoices/{invoice_id}/events", params={"min_version": str(version)})
+    if r.status_code != 200:
+        print(f"   -> {r.status_code} {r.text}", file=out, flush=True)
+        return False
+    for event in r.json()["events"]:
+        print(f"   v{event['version']} {event['recorded_at']} {event['type']}", file=out, flush=True)
+    r = client.get(f"/aggregates/invoices/{invoice_id}/state", params={"version": "2"})
+    if r.status_code != 200:
+        print(f"   -> {r.status_code} {r.text}", file=out, flush=True)
+        return False
+    state = r.json()["state"]
+    print(
+        f"   state at version 2: status={state['status']} lines={len(state['lines'])} (now: version {version})",
+        file=out,
+        flush=True,
+    )
+    return True
 
 
 def read_view(client: Any, view: str, invoice_id: str, version: int, out: TextIO, **filters: str) -> bool:
@@ -371,5 +413,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="broker, handler, projectors and gateway here; walk an invoice through its life")
     p.add_argument("--once", action="store_true", help="walk one invoice, then stop everything and exit")
     p.add_argument("--port", type=int, default=8000, help="gateway port if free (default 8000, else any free port)")
+    p.add_argument(
+        "--keep-kafka", action="store_true", help="leave the broker running at the end (stop it: make kafka-down)"
+    )
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every process")
     p.set_defaults(func=cmd_demo)

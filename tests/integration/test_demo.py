@@ -35,6 +35,10 @@ def test_demo_once_walks_an_invoice_and_stops_cleanly(kafka_bootstrap):
             "-> 422 rejected: payment 250.00 exceeds the balance 200.00",
             "-> 200 accepted, version 8 (PaymentRecorded, InvoicePaid)",
             "status=paid currency=EUR total=300.00 balance=0.00",
+            "v8 ",  # the timeline from the event journal
+            "state at version 2: status=draft lines=1 (now: version 8)",
+            # the broker was running before (the session's): the demo leaves it, and says so
+            "the Kafka broker keeps running (stop it with `make kafka-down`)",
         ):
             assert expected in out, (run, expected, out)
-        assert out.count("stopped (ok)") == 5, out
+        assert out.count("stopped (ok)") == 6, out

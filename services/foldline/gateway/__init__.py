@@ -12,6 +12,7 @@ from foldline.gateway.errors import (
     RequestTimeout,
     Unauthorized,
     Unavailable,
+    Unfoldable,
     UnsupportedMediaType,
 )
 from foldline.gateway.server import GatewayServer, build_gateway, serve
@@ -29,6 +30,7 @@ __all__ = [
     "RequestTimeout",
     "Unauthorized",
     "Unavailable",
+    "Unfoldable",
     "UnsupportedMediaType",
     "ViewCatalog",
     "ViewService",

@@ -3,9 +3,12 @@
 POST /aggregates/{aggregate}/commands              a command envelope; waits for its result
 GET  /aggregates/{aggregate}/commands/{command_id} a result by command id (any replica)
 GET  /aggregates/{aggregate}/stream                SSE: results as they arrive
+GET  /aggregates/{aggregate}/{id}/events           the aggregate's event timeline (from the event journal)
+GET  /aggregates/{aggregate}/{id}/state            its state at ?version=N or ?at=<timestamp> (a fold)
 GET  /views/{view}/rows                            rows of a projection (read-after-write: min_version)
 GET  /views/{view}/stream                          SSE: rows whenever they change (poll-based)
 GET  /aggregates, /views, /openapi.json, /healthz, /readyz, /metrics
+GET  /, /console/{file}                            the web console (static files; its API calls send the token)
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from foldline.gateway import commands, stream
+from foldline.gateway import commands, console, history, stream
 from foldline.gateway.core import Gateway
 from foldline.gateway.errors import HttpError, SafeJSON, Unauthorized
-from foldline.gateway.openapi import openapi_document
+from foldline.gateway.openapi import dataclass_schema, openapi_document
 from foldline.gateway.slow import BodyDeadline
 from foldline.observability import metrics
 
@@ -89,6 +92,9 @@ async def list_aggregates(request: Request) -> Response:
                 {
                     "name": name,
                     "commands": sorted(spec.commands),
+                    # the fields of each command (names and types from the codec): the console's forms
+                    "payloads": {name: dataclass_schema(kind.cls) for name, kind in sorted(spec.commands.items())},
+                    "history": gateway.views is not None and name in gateway.views.journals,
                     "topics": {"commands": gateway.topics[name].commands, "results": gateway.topics[name].results},
                 }
                 for name, spec in sorted(gateway.specs.items())
@@ -165,7 +171,8 @@ class BearerAuth:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.token and scope["path"] not in OPEN_PATHS:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if self.token and path and path not in OPEN_PATHS and not console.is_console_path(path):
             scheme, _, credentials = Headers(scope=scope).get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not credentials.strip():
                 await Unauthorized("send Authorization: Bearer <token>").response()(scope, receive, send)
@@ -197,6 +204,8 @@ def create_app(gateway: Gateway) -> ASGIApp:
             await gateway.stop()
 
     routes = [
+        Route("/", console.console_page),
+        Route("/console/{name}", console.console_file),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", prometheus),
@@ -205,6 +214,8 @@ def create_app(gateway: Gateway) -> ASGIApp:
         Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
         Route("/aggregates/{aggregate}/commands/{command_id}", commands.get_command),
         Route("/aggregates/{aggregate}/stream", stream.stream_results),
+        Route("/aggregates/{aggregate}/{aggregate_id}/events", history.aggregate_events),
+        Route("/aggregates/{aggregate}/{aggregate_id}/state", history.aggregate_state),
         Route("/views", list_views),
         Route("/views/{view}/rows", view_rows),
         Route("/views/{view}/stream", stream.stream_view),

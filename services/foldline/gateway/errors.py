@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from foldline.errors import CommandError, FoldlineError, RetryableError, WaitTimeoutError
+from foldline.errors import CommandError, FoldlineError, PermanentError, RetryableError, WaitTimeoutError
 
 
 class SafeJSON(JSONResponse):
@@ -107,6 +107,14 @@ class UnsupportedMediaType(HttpError, CommandError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class Unfoldable(HttpError, PermanentError):
+    """The event journal holds an event this code cannot decode or fold (a missing upcaster, a failing
+    evolve): a fault of the deployed code, not of the request."""
+
+    status = 500
+    code = "unfoldable_history"
 
 
 class Unavailable(HttpError, RetryableError):

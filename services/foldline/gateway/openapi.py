@@ -86,6 +86,7 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
     # With no views known (none declared and the database not listing any yet), any name may come to exist.
     view_schema: dict[str, Any] = {"type": "string", "enum": list(views)} if views else {"type": "string"}
     view_param = {"name": "view", "in": "path", "required": True, "schema": view_schema}
+    id_param = {"name": "aggregate_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
     payloads = {
         f"{agg}.{name}": dataclass_schema(kind.cls)
         for agg, spec in sorted(specs.items())
@@ -174,6 +175,57 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
                     "200": {"description": "an event stream", "content": sse},
                     "401": _error("unauthorized"),
                     "404": _error("unknown aggregate"),
+                },
+            }
+        },
+        "/aggregates/{aggregate}/{aggregate_id}/events": {
+            "get": {
+                "operationId": "aggregateEvents",
+                "summary": "An aggregate's event timeline, in version order, from the event journal projection",
+                "parameters": [
+                    aggregate_param,
+                    id_param,
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}, "page size"),
+                    _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "events to skip"),
+                    _query(
+                        "min_version",
+                        {"type": "integer", "minimum": 0},
+                        "read-after-write: wait until the journal holds this version",
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the events (payload as written, with its schema_version)",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Events"}}},
+                    },
+                    "400": _error("a bad parameter"),
+                    "404": _error("unknown aggregate, no events of this id (unknown_aggregate_id), or no journal"),
+                    "503": _error("the projection database is unavailable"),
+                    "504": _error("the journal did not reach min_version in time"),
+                },
+            }
+        },
+        "/aggregates/{aggregate}/{aggregate_id}/state": {
+            "get": {
+                "operationId": "aggregateState",
+                "summary": "The aggregate's state at a version or instant: the fold of its first events",
+                "description": "Events are read from the journal, upcast to the current schema and folded with "
+                "the aggregate's own evolve. Without version or at: the latest state in the journal.",
+                "parameters": [
+                    aggregate_param,
+                    id_param,
+                    _query("version", {"type": "integer", "minimum": 0}, "fold the first N events (0: initial)"),
+                    _query("at", {"type": "string", "format": "date-time"}, "fold the events recorded up to then"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the state",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StateAt"}}},
+                    },
+                    "400": _error("a bad version or timestamp, or both given"),
+                    "404": _error("unknown aggregate or id, or a version beyond the last (version_not_found)"),
+                    "500": _error("an event in the journal cannot be decoded or folded by this code"),
+                    "503": _error("the projection database is unavailable"),
                 },
             }
         },
@@ -337,6 +389,41 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
                         },
                         "limit": {"type": "integer"},
                         "offset": {"type": "integer"},
+                    },
+                },
+                "Events": {
+                    "type": "object",
+                    "properties": {
+                        "aggregate": {"type": "string"},
+                        "aggregate_id": {"type": "string"},
+                        "version": {"type": "integer", "description": "the last version in the journal"},
+                        "events": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "version": {"type": "integer"},
+                                    "type": {"type": "string"},
+                                    "schema_version": {"type": "integer"},
+                                    "recorded_at": {"type": "string"},
+                                    "command_id": {"type": "string"},
+                                    "payload": {"type": "object"},
+                                },
+                            },
+                        },
+                        "limit": {"type": "integer"},
+                        "offset": {"type": "integer"},
+                    },
+                },
+                "StateAt": {
+                    "type": "object",
+                    "properties": {
+                        "aggregate": {"type": "string"},
+                        "aggregate_id": {"type": "string"},
+                        "version": {"type": "integer", "description": "the version folded to"},
+                        "last_version": {"type": "integer"},
+                        "recorded_at": {"type": ["string", "null"]},
+                        "state": {"type": "object"},
                     },
                 },
                 "Error": {

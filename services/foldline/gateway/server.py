@@ -18,7 +18,7 @@ import structlog
 import uvicorn
 
 from foldline.aggregate import AggregateSpec, load_aggregate
-from foldline.errors import ConfigurationError
+from foldline.errors import ConfigurationError, FoldlineError
 from foldline.gateway.app import create_app
 from foldline.gateway.core import Gateway
 from foldline.gateway.slow import timed_http
@@ -51,12 +51,19 @@ def build_gateway(
         if catalog is None:
             raise ConfigurationError("serving views needs the projections' catalog (see foldline.cli)")
         names = dict(catalog.view_of(path) for path in projections)
+        journals = {}
+        for spec in specs:
+            try:
+                journals[spec.name] = catalog.journal_of(spec.name)
+            except FoldlineError as exc:  # a name too long for a journal: history answers 404, saying so
+                log.warning("no event journal", aggregate=spec.name, error=str(exc))
         views = ViewService(
             database,
             names,
             opener=catalog.open,
             read_timeout_s=settings.read_timeout_s,
             max_read_timeout_s=settings.max_read_timeout_s,
+            journals=journals,
         )
     return Gateway(specs, settings, views)
 

@@ -44,6 +44,10 @@ class ViewCatalog(Protocol):
         """A reader of the projection database (``ProjectionTarget``: ``read_rows``, ``aggregate_version``)."""
         ...
 
+    def journal_of(self, aggregate: str) -> str:
+        """The view of the aggregate's event journal (the built-in projection of every event)."""
+        ...
+
 
 @dataclass(frozen=True)
 class RowQuery:
@@ -83,9 +87,11 @@ class ViewService:
         read_timeout_s: float = 10.0,
         max_read_timeout_s: float = 60.0,
         threads: int = 4,
+        journals: Mapping[str, str] | None = None,
     ) -> None:
         self.database_url = database_url
         self.views = dict(views)
+        self.journals = dict(journals or {})  # aggregate -> its event journal's view
         self._opener = opener
         self.read_timeout_s = read_timeout_s
         self.max_read_timeout_s = max_read_timeout_s
@@ -217,6 +223,40 @@ class ViewService:
             limit=query.limit,
             offset=query.offset,
             order_by=query.order_by,
+        )
+        return rows
+
+    # -- event journals ----------------------------------------------------------------------------------
+    def journal_view(self, aggregate: str) -> str:
+        view = self.journals.get(aggregate)
+        if view is None:
+            raise NotFound(f"this gateway serves no event journal of {aggregate!r}", code="no_journal")
+        return view
+
+    async def journal_version(self, aggregate: str, aggregate_id: str) -> int | None:
+        """The last version of ``aggregate_id`` in the journal; None if it has no events there."""
+        view = self.journal_view(aggregate)
+        try:
+            return await self.version(view, aggregate_id)
+        except NotFound as exc:
+            if exc.code != "unknown_view":
+                raise
+            raise NotFound(
+                f"the projection database has no event journal of {aggregate!r} (view {view!r}): run "
+                f"`foldline projector --journal <import path of the aggregate>` beside the other projectors",
+                code="no_journal",
+            ) from None
+
+    async def journal_rows(self, aggregate: str, aggregate_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
+        """Events of one aggregate in version order, a page at a time (the journal's rows, as stored)."""
+        target = await self._ensure_target()
+        rows: list[dict[str, Any]] = await self._call(
+            target.read_rows,
+            self.journal_view(aggregate),
+            filters={"id": aggregate_id},
+            limit=limit,
+            offset=offset,
+            order_by="version",
         )
         return rows
 

@@ -76,6 +76,10 @@ class Event:
     event: Any
     recorded_at: str = ""
     memo: Mapping[str, Any] = field(default_factory=dict)
+    #: The record as written, before upcasting: what the event journal keeps.
+    schema_version: int = 1
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    command_id: str = ""
 
 
 Record = Snapshot | Event

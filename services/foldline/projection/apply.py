@@ -233,7 +233,18 @@ class Applier:
                 self._log.warning("events missing", aggregate_id=aggregate_id, reached=reached, got=rec.version)
             try:
                 event = decode_event(rec.type, rec.schema_version, rec.payload)
-                out = self._project(Event(aggregate_id, rec.version, rec.type, event, rec.recorded_at, memo or {}))
+                record = Event(
+                    aggregate_id,
+                    rec.version,
+                    rec.type,
+                    event,
+                    rec.recorded_at,
+                    memo or {},
+                    rec.schema_version,
+                    rec.payload,
+                    rec.command_id,
+                )
+                out = self._project(record)
             except Exception as exc:
                 plan.skips.append(self._skip(msg, "project_failed", exc, aggregate_id, rec.version))
                 out = []

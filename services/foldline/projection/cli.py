@@ -23,7 +23,12 @@ def cmd_projector(args: argparse.Namespace) -> int:
     from foldline.service import serve
     from foldline.settings import ProjectorSettings
 
-    spec = load_projection(args.projection, aggregate_name=args.aggregate_name, view_name=args.view_name)
+    if args.journal:
+        from foldline.projection.journal import journal_projection
+
+        spec = journal_projection(args.journal, aggregate_name=args.aggregate_name)
+    else:
+        spec = load_projection(args.projection, aggregate_name=args.aggregate_name, view_name=args.view_name)
     settings = ProjectorSettings.from_env()
     if args.database:
         settings = settings.with_changes(database=args.database)
@@ -69,7 +74,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``projector`` and ``projection`` to the ``foldline`` parser."""
     p = sub.add_parser("projector", help="run a projection: a view fed from an aggregate's snapshots or events")
-    p.add_argument("--projection", required=True, help="import path, e.g. foldline.examples.invoices.views:InvoiceList")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--projection", help="import path, e.g. foldline.examples.invoices.views:InvoiceList")
+    which.add_argument(
+        "--journal",
+        metavar="AGGREGATE",
+        help="run the built-in event journal of an aggregate (import path, e.g. foldline.examples.invoices:Invoices):"
+        " every event in the database, which the gateway's history and state-at-version routes read",
+    )
     p.add_argument("--database", help="sqlite:///path.db or postgresql://...; default $FOLDLINE_PROJECTION_DATABASE")
     p.add_argument("--aggregate-name", help="read the topics of this aggregate name instead of the class's")
     p.add_argument("--view-name", help="write this view instead of the class's name")

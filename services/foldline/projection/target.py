@@ -68,5 +68,10 @@ class ProjectionViews:
         spec = load_projection(projection)
         return spec.view, spec.aggregate
 
+    def journal_of(self, aggregate: str) -> str:
+        from foldline.projection.journal import journal_view
+
+        return journal_view(aggregate)
+
     def open(self, database_url: str) -> ProjectionTarget:
         return open_target(database_url)
