@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tests.scripts import ScriptTimeout, run_script, tail
 
 __all__ = ["Cluster", "ClusterError", "start_cluster", "stop_cluster", "wait_for"]
 
@@ -35,30 +36,19 @@ class ClusterError(RuntimeError):
 
 
 def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+    return tail(text, lines)
 
 
 def _script(repo_root: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     script = repo_root / "scripts" / "cluster.sh"
     if not script.is_file():
         raise ClusterError(f"cluster script not found: {script}")
-    # Own session, so a timeout ends the script together with whatever it runs.
-    proc = subprocess.Popen(
-        ["bash", str(script), *args],
-        cwd=repo_root,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        raise ClusterError(f"`cluster.sh {' '.join(args)}` timed out after {timeout:.0f}s\n{_tail(stderr)}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        return run_script(script, *args, cwd=repo_root, timeout=timeout)
+    except ScriptTimeout as exc:
+        raise ClusterError(
+            f"`cluster.sh {' '.join(args)}` timed out after {timeout:.0f}s\n{_tail(exc.stderr)}"
+        ) from None
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0, interval: float = 0.5) -> T:

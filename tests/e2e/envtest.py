@@ -10,9 +10,10 @@ this control plane, so a broken one must fail loudly, never be skipped.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
+
+from tests.scripts import ScriptTimeout, run_script, tail
 
 __all__ = ["start_control_plane", "stop_control_plane"]
 
@@ -36,7 +37,7 @@ def _log_dir(repo_root: Path) -> Path:
 
 
 def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+    return tail(text, lines)
 
 
 def _log_tails(repo_root: Path) -> str:
@@ -53,29 +54,18 @@ def _run(repo_root: Path, command: str, timeout: float) -> subprocess.CompletedP
     script = _script(repo_root)
     if not script.is_file():
         raise RuntimeError(f"control-plane script not found: {script}")
-    # Own session, so a timeout can end the script together with a `go build`
-    # it is running (the servers themselves run in sessions of their own).
-    proc = subprocess.Popen(
-        ["bash", str(script), command],
-        cwd=repo_root,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    # The script's own session: a timeout ends a `go build` it runs too (the servers have sessions of their own).
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
+        return run_script(script, command, cwd=repo_root, timeout=timeout)
+    except ScriptTimeout as exc:
         tails = _log_tails(repo_root)
         if command != "stop":  # don't leave half-started servers behind
             subprocess.run(
                 ["bash", str(script), "stop"], stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_TIMEOUT_S
             )
-        raise RuntimeError(f"`envtest.sh {command}` timed out after {timeout:.0f}s\n{_tail(stderr)}\n{tails}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        raise RuntimeError(
+            f"`envtest.sh {command}` timed out after {timeout:.0f}s\n{_tail(exc.stderr)}\n{tails}"
+        ) from None
 
 
 def start_control_plane(repo_root: Path) -> Path:
