@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="development services: a real Kafka broker, PostgreSQL")
     p.add_argument("service", choices=("kafka", "postgres"))
-    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("action", choices=("start", "stop", "status", "secure-env"), help="secure-env: kafka only")
     p.set_defaults(func=cmd_dev)
 
     import importlib

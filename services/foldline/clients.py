@@ -7,9 +7,17 @@ that ``KafkaSettings.client_config`` holds (bootstrap servers, TLS, SASL). The n
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from foldline.settings import KafkaSettings
+import structlog
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from foldline.errors import ConfigurationError, KafkaAuthenticationError
+from foldline.settings import SASL_MECHANISMS, KafkaSettings
+
+log = structlog.get_logger("foldline.kafka")
 
 
 def group_member_config(kafka: KafkaSettings, group: str, protocol: str, **extra: Any) -> dict[str, Any]:
@@ -112,3 +120,78 @@ def reader_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
     }
+
+
+# -- the start-up check -----------------------------------------------------------------------------------
+#: librdkafka's errors for a login or certificate the broker (or this client) refused.
+_REFUSALS = {KafkaError._AUTHENTICATION, KafkaError._SSL}
+
+
+def check_access(kafka: KafkaSettings, timeout: float | None = None) -> bool:
+    """Ask the broker for metadata with these settings: True when it answers, False when it stays out of
+    reach for ``timeout`` (an outage: the caller goes on and its clients retry). A refusal raises
+    ``KafkaAuthenticationError`` at once: a bad login is not an outage, and retrying would only hide it.
+
+    A broker that hangs up during the handshake again and again (a plaintext client on a TLS or SASL
+    listener, or TLS without the SASL login the listener wants) counts as a refusal too. Messages come
+    from librdkafka's errors, which name the broker and the mechanism, never a password.
+    """
+    timeout = kafka.connect_timeout_s if timeout is None else timeout
+    errors: list[KafkaError] = []
+    hangups: list[str] = []
+
+    class _Log:
+        def log(self, level: int, fmt: str, *args: Any) -> None:
+            line = fmt % args if args else fmt
+            if "closed by peer" in line:
+                hangups.append(line)
+
+    config: dict[str, Any] = {
+        **kafka.client_config(),
+        "error_cb": errors.append,
+        "logger": _Log(),
+        "log_level": 6,  # the "Disconnected ... closed by peer" lines are notices
+        "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000)),
+    }
+    try:
+        admin = AdminClient(config)
+    except KafkaException as exc:  # e.g. an unreadable CA file
+        raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=min(1.0, max(deadline - time.monotonic(), 0.1)))
+            return True
+        except KafkaException:
+            admin.poll(0)  # serves error_cb and the log callback
+        refused = next((e for e in errors if e.code() in _REFUSALS), None)
+        if refused is not None:
+            raise KafkaAuthenticationError(
+                f"Kafka at {kafka.bootstrap_servers} refused this client ({_who(kafka)}): {refused.str()}"
+            )
+        if len(hangups) >= 3:
+            raise KafkaAuthenticationError(
+                f"Kafka at {kafka.bootstrap_servers} hangs up during the handshake ({_who(kafka)}): the listener "
+                f"expects another security protocol or a login; last: {hangups[-1].split(': ', 1)[-1]}"
+            )
+        if time.monotonic() >= deadline:
+            return False
+
+
+def verify_access(kafka: KafkaSettings) -> None:
+    """What every process does before it creates its clients: a refused login stops it with
+    ``KafkaAuthenticationError``; a broker out of reach is only logged (its clients retry)."""
+    if not check_access(kafka):
+        log.warning(
+            "Kafka did not answer at start; the clients keep trying",
+            bootstrap=kafka.bootstrap_servers,
+            waited_s=kafka.connect_timeout_s,
+        )
+
+
+def _who(kafka: KafkaSettings) -> str:
+    """The client's identity for messages: protocol, mechanism and user, never the password."""
+    if kafka.uses_sasl:
+        mechanism = kafka.sasl_mechanism or SASL_MECHANISMS[0]
+        return f"{kafka.security_protocol}, {mechanism} as {kafka.sasl_username!r}"
+    return kafka.security_protocol

@@ -3,7 +3,7 @@
     FoldlineError
     ├── RetryableError      try again later: the broker or database is away, a wait timed out
     ├── CommandError        reject this one command: it can never succeed as sent
-    └── PermanentError      stop and fix something: configuration, topics, code
+    └── PermanentError      stop and fix something: configuration, credentials, topics, code
 
 Errors from client libraries (confluent-kafka, sqlite3, psycopg, lmdb) are wrapped into one of these
 with the original chained as ``__cause__``.
@@ -92,6 +92,11 @@ class PermanentError(FoldlineError):
 
 class ConfigurationError(PermanentError):
     """A setting is missing or invalid, or a required tool is absent."""
+
+
+class KafkaAuthenticationError(ConfigurationError):
+    """The broker refused this client: wrong credentials, an untrusted certificate, or a security protocol
+    the listener does not speak. The message names the cause, never a secret."""
 
 
 class TopicMismatchError(PermanentError):

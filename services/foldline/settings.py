@@ -51,9 +51,19 @@ def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[s
     return value
 
 
+#: Security protocols (librdkafka's names) and the SASL mechanisms foldline configures.
+SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
-    """How to reach Kafka. ``sasl_password`` never appears in ``repr``."""
+    """How to reach Kafka. ``sasl_password`` never appears in ``repr``.
+
+    A ``sasl_*`` protocol needs a username and a password (``FOLDLINE_KAFKA_SASL_PASSWORD``, or the path
+    of a file holding it in ``FOLDLINE_KAFKA_SASL_PASSWORD_FILE``, as a mounted Secret); the mechanism
+    defaults to SCRAM-SHA-512. Credentials with a protocol that would not send them are refused.
+    """
 
     bootstrap_servers: str = "127.0.0.1:19092"
     security_protocol: str = "plaintext"
@@ -63,36 +73,91 @@ class KafkaSettings:
     ssl_ca_location: str = ""
     # "consumer" is KIP-848; "auto" uses it when the broker offers it, else classic cooperative-sticky.
     group_protocol: str = "auto"
+    #: How long a starting process probes the broker for a refused login before going on regardless.
+    connect_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
-        return cls(
+        settings = cls(
             bootstrap_servers=env_str(env, "KAFKA_BOOTSTRAP", cls.bootstrap_servers),
-            security_protocol=env_choice(
-                env, "KAFKA_SECURITY_PROTOCOL", "plaintext", ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
-            ),
-            sasl_mechanism=env_str(env, "KAFKA_SASL_MECHANISM", ""),
+            security_protocol=env_choice(env, "KAFKA_SECURITY_PROTOCOL", "plaintext", SECURITY_PROTOCOLS),
+            sasl_mechanism=env_str(env, "KAFKA_SASL_MECHANISM", "").upper(),
             sasl_username=env_str(env, "KAFKA_SASL_USERNAME", ""),
-            sasl_password=env_str(env, "KAFKA_SASL_PASSWORD", ""),
+            sasl_password=_password(env),
             ssl_ca_location=env_str(env, "KAFKA_SSL_CA_LOCATION", ""),
             group_protocol=env_choice(env, "KAFKA_GROUP_PROTOCOL", "auto", ("auto", "classic", "consumer")),
+            connect_timeout_s=env_float(env, "KAFKA_CONNECT_TIMEOUT_S", cls.connect_timeout_s),
         )
+        settings.check()
+        if settings.ssl_ca_location and not Path(settings.ssl_ca_location).is_file():
+            raise ConfigurationError(f"{_PREFIX}KAFKA_SSL_CA_LOCATION: no file {settings.ssl_ca_location}")
+        return settings
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("sasl_")
+
+    def check(self) -> None:
+        """Refuse settings that would fail obscurely later, or send credentials nowhere (or in clear)."""
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigurationError(
+                f"{_PREFIX}KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                f"got {self.security_protocol!r}"
+            )
+        if self.sasl_mechanism and self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigurationError(
+                f"{_PREFIX}KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, "
+                f"got {self.sasl_mechanism!r}"
+            )
+        if self.uses_sasl and not (self.sasl_username and self.sasl_password):
+            raise ConfigurationError(
+                f"{_PREFIX}KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs {_PREFIX}KAFKA_SASL_USERNAME "
+                f"and {_PREFIX}KAFKA_SASL_PASSWORD (or {_PREFIX}KAFKA_SASL_PASSWORD_FILE)"
+            )
+        if not self.uses_sasl and (self.sasl_username or self.sasl_password or self.sasl_mechanism):
+            raise ConfigurationError(
+                f"SASL credentials are set but {_PREFIX}KAFKA_SECURITY_PROTOCOL is {self.security_protocol}, "
+                "which never sends them: use sasl_ssl (or sasl_plaintext)"
+            )
+        if self.ssl_ca_location and self.security_protocol not in ("ssl", "sasl_ssl"):
+            raise ConfigurationError(
+                f"{_PREFIX}KAFKA_SSL_CA_LOCATION is set but {_PREFIX}KAFKA_SECURITY_PROTOCOL is "
+                f"{self.security_protocol}, which does not use TLS: use ssl or sasl_ssl"
+            )
 
     def client_config(self) -> dict[str, Any]:
-        """The librdkafka settings shared by every client foldline creates."""
+        """The librdkafka settings shared by every client foldline creates (``foldline.clients``)."""
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
         }
-        if self.sasl_mechanism:
-            config["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
+        if self.uses_sasl:
+            config["sasl.mechanism"] = self.sasl_mechanism or SASL_MECHANISMS[0]
             config["sasl.username"] = self.sasl_username
             config["sasl.password"] = self.sasl_password
         if self.ssl_ca_location:
             config["ssl.ca.location"] = self.ssl_ca_location
         return config
+
+
+def _password(env: Mapping[str, str]) -> str:
+    """``FOLDLINE_KAFKA_SASL_PASSWORD``, or the content of the file ``..._PASSWORD_FILE`` names (not both)."""
+    inline = env.get(_PREFIX + "KAFKA_SASL_PASSWORD", "")
+    path = env_str(env, "KAFKA_SASL_PASSWORD_FILE", "")
+    if not path:
+        return inline.strip()
+    if inline:
+        raise ConfigurationError(f"set {_PREFIX}KAFKA_SASL_PASSWORD or {_PREFIX}KAFKA_SASL_PASSWORD_FILE, not both")
+    try:
+        password = Path(path).read_text(encoding="utf-8").rstrip("\r\n")  # a Secret's file has no newline
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(
+            f"{_PREFIX}KAFKA_SASL_PASSWORD_FILE: cannot read {path} ({exc.__class__.__name__})"
+        ) from exc
+    if not password:
+        raise ConfigurationError(f"{_PREFIX}KAFKA_SASL_PASSWORD_FILE: {path} is empty")
+    return password
 
 
 class _Changeable:

@@ -4,7 +4,11 @@ The broker's jars come from Maven Central through Maven (no tarball download: on
 reachable here) and are cached under ``<cache>/kafka-<version>/libs``. Each broker instance lives in
 ``<cache>/kafka-dev-<port>/``: its config, pid file, logs and a data dir that is wiped on every fresh start.
 
-    python -m foldline.dev.kafka start|stop|status
+Besides the plain listener it has a SASL_SSL listener (SCRAM-SHA-512 over TLS, port ``port + 2`` or
+``FOLDLINE_DEV_KAFKA_SASL_PORT``; ``0`` turns it off) with a fresh self-signed CA and one user
+``foldline`` whose random password is made on each fresh start (``secure/`` in the broker's dir).
+
+    python -m foldline.dev.kafka start|stop|status|secure-env
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from foldline.dev.tls import MECHANISM, USERNAME, SecureListener, make_certificates, new_password
 from foldline.errors import BrokerUnavailableError, ConfigurationError
 
 KAFKA_VERSION = "4.1.1"
@@ -93,12 +98,22 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 class DevKafka:
-    def __init__(self, cache_dir: Path | None = None, port: int | None = None, host: str | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        port: int | None = None,
+        host: str | None = None,
+        sasl_port: int | None = None,
+    ) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.port = port or int(os.environ.get("FOLDLINE_DEV_KAFKA_PORT", DEFAULT_PORT))
         # Loopback by default; the cluster tests bind a broker to the node's own address so pods reach it.
         self.host = host or os.environ.get("FOLDLINE_DEV_KAFKA_HOST", "127.0.0.1")
         self.controller_port = self.port + 1
+        # The SASL_SSL listener's port; 0 starts the broker without it.
+        self.sasl_port = (
+            sasl_port if sasl_port is not None else int(os.environ.get("FOLDLINE_DEV_KAFKA_SASL_PORT", self.port + 2))
+        )
         self.dist_dir = self.cache_dir / f"kafka-{KAFKA_VERSION}"
         self.libs_dir = self.dist_dir / "libs"
         self.home = self.cache_dir / f"kafka-dev-{self.port}"
@@ -107,6 +122,28 @@ class DevKafka:
         self.pid_file = self.home / "broker.pid"
         self.log_file = self.home / "server.log"  # log4j2 output
         self.out_file = self.home / "kafka.out"  # JVM stdout/stderr (crashes, GC warnings)
+        self.secure_dir = self.home / "secure"  # CA, broker key store, the user's password (fresh each start)
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"{self.host}:{self.sasl_port}"
+
+    def secure_listener(self) -> SecureListener:
+        """How to reach the running broker's SASL_SSL listener; ConfigurationError if it has none."""
+        config = self.config_file.read_text(encoding="utf-8") if self.config_file.is_file() else ""
+        listener = SecureListener(
+            self.sasl_bootstrap, self.secure_dir / "ca.crt", USERNAME, self.secure_dir / f"{USERNAME}.password"
+        )
+        if (
+            not self.sasl_port
+            or f"SASL_SSL://{self.sasl_bootstrap}" not in config
+            or not listener.password_file.is_file()
+        ):
+            raise ConfigurationError(
+                f"the development broker {self.bootstrap} runs without a SASL_SSL listener on {self.sasl_bootstrap}; "
+                "restart it (scripts/services.sh stop kafka) with FOLDLINE_DEV_KAFKA_SASL_PORT unset or a free port"
+            )
+        return listener
 
     @property
     def bootstrap(self) -> str:
@@ -160,8 +197,8 @@ class DevKafka:
             if self._pid() is not None:  # ours and alive: answering, or still starting up in another process
                 self._wait_ready(deadline)
                 return self.bootstrap
-            for port in (self.port, self.controller_port):
-                if port_open(port, self.host):
+            for port in (self.port, self.controller_port, self.sasl_port):
+                if port and port_open(port, self.host):
                     raise ConfigurationError(
                         f"port {port} is taken by a process foldline did not start; "
                         "set FOLDLINE_DEV_KAFKA_PORT to use another pair of ports"
@@ -169,8 +206,9 @@ class DevKafka:
             # A fresh data dir every start: tests make unique topics, and it avoids stale cluster ids.
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir.mkdir(parents=True)
+            password = self._make_secure_material()
             self._write_config()
-            self._format(libs)
+            self._format(libs, password)
             # `sh -c '... &'` detaches the JVM from us: no zombie or Popen ResourceWarning in the caller.
             java = [*self._java(libs, "-Xms256m", "-Xmx1g"), "kafka.Kafka", str(self.config_file)]
             launch = f"{shlex.join(java)} </dev/null >{shlex.quote(str(self.out_file))} 2>&1 & echo $!"
@@ -233,7 +271,8 @@ class DevKafka:
             if self._pid() is None:
                 raise BrokerUnavailableError(f"the Kafka broker exited during start-up:\n{self._log_tail()}")
             # Probe the socket first so librdkafka does not log "connection refused" while the JVM boots.
-            if port_open(self.port, self.host) and self._metadata_ok(min(5.0, max(deadline - time.monotonic(), 0.5))):
+            listening = port_open(self.port, self.host) and (not self.sasl_port or port_open(self.sasl_port, self.host))
+            if listening and self._metadata_ok(min(5.0, max(deadline - time.monotonic(), 0.5))):
                 return
             time.sleep(0.3)
         raise BrokerUnavailableError(
@@ -250,8 +289,18 @@ class DevKafka:
         ]
         return ["java", *heap, *JVM_FLAGS, *logging, "-cp", f"{libs}/*"]
 
-    def _format(self, libs: Path) -> None:
+    def _make_secure_material(self) -> str | None:
+        """The secured listener's CA, key store and user password, made afresh; None without the listener."""
+        shutil.rmtree(self.secure_dir, ignore_errors=True)
+        if not self.sasl_port:
+            return None
+        make_certificates(self.secure_dir, self.host)
+        return new_password(self.secure_dir / f"{USERNAME}.password")
+
+    def _format(self, libs: Path, password: str | None) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # SCRAM users live in the cluster metadata; formatting adds them before the first start.
+        scram = ["--add-scram", f"{MECHANISM}=[name={USERNAME},password={password}]"] if password else []
         cmd = [
             *self._java(libs, "-Xmx256m"),
             "kafka.tools.StorageTool",
@@ -261,20 +310,37 @@ class DevKafka:
             "-c",
             str(self.config_file),
             "--ignore-formatted",
+            *scram,
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=self.home)
         if done.returncode != 0:
-            raise BrokerUnavailableError(f"formatting the Kafka storage failed:\n{done.stdout}{done.stderr}")
+            output = f"{done.stdout}{done.stderr}".replace(password or "\0", "***")
+            raise BrokerUnavailableError(f"formatting the Kafka storage failed:\n{output}")
 
     def _write_config(self) -> None:
+        listeners = [f"PLAINTEXT://{self.host}:{self.port}", f"CONTROLLER://{self.host}:{self.controller_port}"]
+        advertised = [f"PLAINTEXT://{self.host}:{self.port}"]
+        secured: dict[str, str] = {}
+        if self.sasl_port:
+            listeners.append(f"SASL_SSL://{self.sasl_bootstrap}")
+            advertised.append(f"SASL_SSL://{self.sasl_bootstrap}")
+            secured = {
+                "sasl.enabled.mechanisms": MECHANISM,
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                ),
+                "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+                "listener.name.sasl_ssl.ssl.keystore.location": str(self.secure_dir / "broker.pem"),
+                "listener.name.sasl_ssl.ssl.client.auth": "none",
+            }
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             # A static single-voter quorum: simpler than a dynamic quorum and needs no --standalone format.
             "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": ",".join(listeners),
+            "advertised.listeners": ",".join(advertised),
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
             "log.dirs": str(self.data_dir),
@@ -300,6 +366,7 @@ class DevKafka:
             "group.consumer.min.heartbeat.interval.ms": "500",
             "group.consumer.heartbeat.interval.ms": "1000",
             "transaction.abort.timed.out.transaction.cleanup.interval.ms": "2000",
+            **secured,
         }
         self.config_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
         (self.home / "log4j2.properties").write_text(
@@ -321,13 +388,19 @@ class DevKafka:
         )
 
 
+ACTIONS = ("start", "stop", "status", "secure-env")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ("start", "stop", "status"):
-        print("usage: python -m foldline.dev.kafka start|stop|status", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in ACTIONS:
+        print(f"usage: python -m foldline.dev.kafka {'|'.join(ACTIONS)}", file=sys.stderr)
         return 2
     broker = DevKafka()
     if argv[0] == "start":
         print(broker.start())
+    elif argv[0] == "secure-env":  # `export $(python -m foldline.dev.kafka secure-env)`: the password stays in its file
+        for name, value in broker.secure_listener().env().items():
+            print(f"{name}={shlex.quote(value)}")
     elif argv[0] == "stop":
         broker.stop()
         print("stopped")

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import structlog
 
 from foldline.aggregate import AggregateSpec
+from foldline.clients import verify_access
 from foldline.gateway.errors import NotFound
 from foldline.gateway.producer import CommandProducer
 from foldline.gateway.results import ResultHub, ResultsReader
@@ -28,6 +29,7 @@ class Gateway:
         self, specs: Iterable[AggregateSpec], settings: GatewaySettings, views: ViewService | None = None
     ) -> None:
         self.settings = settings
+        verify_access(settings.kafka)  # a refused login stops here, with the broker's reason
         self.specs = {spec.name: spec for spec in specs}
         self.topics = {name: TopicNames(name) for name in self.specs}
         self.hub = ResultHub(settings.result_index_size)

@@ -12,6 +12,7 @@ log = structlog.get_logger("foldline.cli")
 
 def cmd_command_handler(args: argparse.Namespace) -> int:
     from foldline.aggregate import load_aggregate
+    from foldline.clients import verify_access
     from foldline.handler.wiring import build_command_handler
     from foldline.service import serve
     from foldline.settings import HandlerSettings
@@ -21,6 +22,7 @@ def cmd_command_handler(args: argparse.Namespace) -> int:
     settings = HandlerSettings.from_env()
     log.info("settings", aggregate=spec.name, settings=repr(settings))
     if args.create_topics:
+        verify_access(settings.kafka)
         ensure_topics(settings.kafka.client_config(), aggregate_topics(spec.name, args.partitions))
     return serve(build_command_handler(spec, settings), settings.http_port)
 

@@ -7,7 +7,12 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from foldline.aggregate import AggregateSpec
-from foldline.clients import group_member_config, restore_consumer_config, transactional_producer_config
+from foldline.clients import (
+    group_member_config,
+    restore_consumer_config,
+    transactional_producer_config,
+    verify_access,
+)
 from foldline.errors import ConfigurationError
 from foldline.handler.engine import CommandHandler
 from foldline.settings import HandlerSettings
@@ -25,6 +30,7 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
     def new_store(partition: int) -> StateStore:
         return open_state_store(settings.store, state_root / f"partition-{partition}")
 
+    verify_access(settings.kafka)  # a refused login stops here, with the broker's reason
     try:
         producer = Producer(
             transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaException
 
-from foldline.clients import projector_consumer_config
+from foldline.clients import projector_consumer_config, verify_access
 from foldline.errors import ConfigurationError
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.base import SqlStore
@@ -31,6 +31,7 @@ def build_projector(
         except KafkaException as exc:
             raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
 
+    verify_access(settings.kafka)  # a refused login stops here, with the broker's reason
     owns_store = store is None
     store = store or open_store(settings.database, pool_size=settings.pool_size)
     return Projector(
