@@ -52,3 +52,70 @@ def test_settings_are_frozen():
         s.store = "sqlite"  # type: ignore[misc]
     with pytest.raises(ConfigurationError):
         s.with_changes(nope=1)
+
+
+PW = "s3cr3t-pw"
+SCRAM = {
+    "FOLDLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "FOLDLINE_KAFKA_SASL_MECHANISM": "scram-sha-512",
+    "FOLDLINE_KAFKA_SASL_USERNAME": "foldline",
+}
+
+
+def test_sasl_ssl_maps_to_librdkafka_settings(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    s = KafkaSettings.from_env(
+        {**SCRAM, "FOLDLINE_KAFKA_SASL_PASSWORD": "pw", "FOLDLINE_KAFKA_SSL_CA_LOCATION": str(ca)}
+    )
+    assert s.client_config() == {
+        "bootstrap.servers": KafkaSettings.bootstrap_servers,
+        "security.protocol": "sasl_ssl",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "foldline",
+        "sasl.password": "pw",
+        "ssl.ca.location": str(ca),
+    }
+
+
+def test_the_mechanism_defaults_to_scram_sha_512():
+    s = KafkaSettings.from_env(
+        {"FOLDLINE_KAFKA_SECURITY_PROTOCOL": "sasl_plaintext", "FOLDLINE_KAFKA_SASL_USERNAME": "u",
+         "FOLDLINE_KAFKA_SASL_PASSWORD": "p"}
+    )  # fmt: skip
+    assert s.client_config()["sasl.mechanism"] == "SCRAM-SHA-512"
+
+
+def test_the_password_from_a_file(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("from-a-file\n")
+    s = KafkaSettings.from_env({**SCRAM, "FOLDLINE_KAFKA_SASL_PASSWORD_FILE": str(secret)})
+    assert s.sasl_password == "from-a-file" and "from-a-file" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (SCRAM, "needs FOLDLINE_KAFKA_SASL_USERNAME and FOLDLINE_KAFKA_SASL_PASSWORD"),
+        ({**SCRAM, "FOLDLINE_KAFKA_SASL_MECHANISM": "GSSAPI", "FOLDLINE_KAFKA_SASL_PASSWORD": PW}, "MECHANISM"),
+        ({"FOLDLINE_KAFKA_SASL_USERNAME": "u", "FOLDLINE_KAFKA_SASL_PASSWORD": PW}, "never sends them"),
+        ({"FOLDLINE_KAFKA_SSL_CA_LOCATION": "/etc/hostname"}, "does not use TLS"),
+        ({**SCRAM, "FOLDLINE_KAFKA_SASL_PASSWORD": PW, "FOLDLINE_KAFKA_SSL_CA_LOCATION": "/nope/ca.crt"}, "no file"),
+        ({**SCRAM, "FOLDLINE_KAFKA_SASL_PASSWORD_FILE": "/nope/password"}, "cannot read /nope/password"),
+        (
+            {**SCRAM, "FOLDLINE_KAFKA_SASL_PASSWORD": PW, "FOLDLINE_KAFKA_SASL_PASSWORD_FILE": "/etc/hostname"},
+            "not both",
+        ),
+    ],
+)
+def test_security_settings_that_cannot_work_are_refused(env, message):
+    with pytest.raises(ConfigurationError, match=message) as error:
+        KafkaSettings.from_env(env)
+    assert PW not in str(error.value)
+
+
+def test_an_empty_password_file_is_refused(tmp_path):
+    empty = tmp_path / "password"
+    empty.write_text("\n")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        KafkaSettings.from_env({**SCRAM, "FOLDLINE_KAFKA_SASL_PASSWORD_FILE": str(empty)})
