@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from foldline.errors import BrokerUnavailableError, TopicMismatchError
+from foldline.errors import BrokerUnavailableError, ConfigurationError, KafkaAuthenticationError, TopicMismatchError
 from foldline.topics import TopicNames, TopicReport, aggregate_topics, handler_group
 from foldline_operator import autoscale, builders
 from foldline_operator.builders import KafkaAuth, Owner
@@ -76,15 +76,17 @@ def connect(kube: Kube, namespace: str, spec: AggregateResource) -> Connection |
     """The Kafka client config and Secret keys, or a failed TopicsReady when the Secret is missing."""
     if spec.kafka_secret is None:
         return Connection(client_config(spec.kafka_bootstrap, None), KafkaAuth())
-    data = kube.secret(namespace, spec.kafka_secret.name)
+    name = spec.kafka_secret.name
+    data = kube.secret(namespace, name)
     if data is None:
         return Condition(
-            "TopicsReady",
-            False,
-            "KafkaSecretMissing",
-            f"Secret {spec.kafka_secret.name} (spec.kafka.secretRef) does not exist",
+            "TopicsReady", False, "KafkaSecretMissing", f"Secret {name} (spec.kafka.secretRef) does not exist"
         )
-    return Connection(client_config(spec.kafka_bootstrap, data), KafkaAuth(spec.kafka_secret.name, frozenset(data)))
+    try:
+        config = client_config(spec.kafka_bootstrap, data)
+    except ConfigurationError as exc:  # the message names keys and settings, never a value
+        return Condition("TopicsReady", False, "KafkaSecretInvalid", f"Secret {name}: {exc}")
+    return Connection(config, KafkaAuth(name, frozenset(data)))
 
 
 def topics_condition(report: TopicReport) -> tuple[Condition, list[tuple[str, str, str]]]:
@@ -134,7 +136,7 @@ class AggregateReconciler:
             topics = connection
         else:
             topics, events, topics_ok = self._topics(connection, spec, out)
-            if topics.reason != "KafkaUnavailable":  # each call would wait for the same timeout again
+            if topics.reason not in ("KafkaUnavailable", "KafkaAuthenticationFailed"):  # same wait again
                 out["lag"] = self._lag(connection, spec)
 
         if topics_ok and isinstance(connection, Connection):
@@ -164,6 +166,8 @@ class AggregateReconciler:
         except TopicMismatchError as exc:
             out["partitions"] = self._present_partitions(connection, spec)
             return Condition("TopicsReady", False, exc.reason, str(exc)), [], False
+        except KafkaAuthenticationError as exc:
+            return Condition("TopicsReady", False, "KafkaAuthenticationFailed", str(exc)), [], False
         except BrokerUnavailableError as exc:
             return Condition("TopicsReady", False, "KafkaUnavailable", str(exc)), [], False
         out["partitions"] = spec.partitions

@@ -9,22 +9,37 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from foldline.errors import BrokerUnavailableError
+from foldline.errors import BrokerUnavailableError, ConfigurationError, KafkaAuthenticationError
+from foldline.settings import KafkaSettings
 from foldline.topics import TopicReport, TopicSpec, delete_topics, describe_partitions, ensure_topics, progress
-from foldline_operator.builders import KAFKA_CA_KEY, KAFKA_SECRET_ENV
+from foldline_operator.builders import KAFKA_CA_KEY
 
 
 def client_config(bootstrap: str, secret: Mapping[str, str] | None) -> dict[str, str]:
-    """librdkafka settings from the resource's bootstrap servers and its (decoded) Secret."""
-    config = {"bootstrap.servers": bootstrap}
-    for key in KAFKA_SECRET_ENV:
-        if secret and secret.get(key):
-            config[key] = secret[key]
-    if secret and secret.get(KAFKA_CA_KEY):
-        config["ssl.ca.pem"] = secret[KAFKA_CA_KEY]
+    """librdkafka settings from the resource's bootstrap servers and its (decoded) Secret.
+
+    Built by ``foldline.settings.KafkaSettings``, as in the pods (which get the same keys as env vars): the
+    same defaults (SCRAM-SHA-512) and the same refusals (``ConfigurationError``, naming keys, never values).
+    The CA comes inline (``ssl.ca.pem``): the operator has no file of it.
+    """
+    secret = secret or {}
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        security_protocol=secret.get("security.protocol", "plaintext").strip().lower() or "plaintext",
+        sasl_mechanism=secret.get("sasl.mechanism", "").strip().upper(),
+        sasl_username=secret.get("sasl.username", "").strip(),
+        sasl_password=secret.get("sasl.password", "").strip(),
+    )
+    ca = secret.get(KAFKA_CA_KEY, "").strip()
+    if ca and settings.security_protocol not in ("ssl", "sasl_ssl"):
+        raise ConfigurationError(f"{KAFKA_CA_KEY} is set but security.protocol is {settings.security_protocol}")
+    settings.check()
+    config = {k: str(v) for k, v in settings.client_config().items()}
+    if ca:
+        config["ssl.ca.pem"] = ca
     return config
 
 
@@ -34,6 +49,7 @@ class KafkaPort:
     def __init__(self, timeout: float = 15.0) -> None:
         self.timeout = timeout
         self._clients: dict[tuple[tuple[str, str], ...], AdminClient] = {}
+        self._refused: dict[tuple[tuple[str, str], ...], str] = {}  # librdkafka's reason, never a secret
         self._lock = threading.Lock()
 
     def admin(self, config: Mapping[str, str]) -> AdminClient:
@@ -43,13 +59,43 @@ class KafkaPort:
             if client is None:
                 # librdkafka's own log lines (a refused connection every few ms while a broker is away)
                 # stay quiet: failures reach the resource's conditions through the calls' exceptions.
-                client = self._clients[key] = AdminClient(
-                    {**config, "socket.timeout.ms": int(self.timeout * 1000), "log_level": 2}
-                )
+                def refused(error: KafkaError, key: tuple[tuple[str, str], ...] = key) -> None:
+                    if error.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+                        self._refused[key] = error.str()
+
+                settings: dict[str, Any] = {
+                    **config,
+                    "socket.timeout.ms": int(self.timeout * 1000),
+                    "log_level": 2,
+                    "error_cb": refused,
+                }
+                client = self._clients[key] = AdminClient(settings)
             return client
 
+    def _refusal(self, config: Mapping[str, str], exc: BrokerUnavailableError) -> None:
+        """Raise ``KafkaAuthenticationError`` if the broker refused this client's login or certificate.
+
+        The refused client is dropped: the next pass (after the Secret is fixed, or not) starts afresh.
+        """
+        key = tuple(sorted(config.items()))
+        with self._lock:
+            client = self._clients.get(key)
+        if client is not None:
+            client.poll(0)  # serves error_cb
+        with self._lock:
+            reason = self._refused.pop(key, None)
+            if reason is not None:
+                self._clients.pop(key, None)
+        if reason is not None:
+            raise KafkaAuthenticationError(f"Kafka refused the operator's client: {reason}") from exc
+
     def ensure_topics(self, config: Mapping[str, str], specs: list[TopicSpec], *, allow_growth: bool) -> TopicReport:
-        return ensure_topics(self.admin(config), specs, allow_partition_growth=allow_growth, timeout=self.timeout)
+        """As ``foldline.topics.ensure_topics``; a refused login is ``KafkaAuthenticationError``."""
+        try:
+            return ensure_topics(self.admin(config), specs, allow_partition_growth=allow_growth, timeout=self.timeout)
+        except BrokerUnavailableError as exc:
+            self._refusal(config, exc)
+            raise
 
     def partitions(self, config: Mapping[str, str], names: Iterable[str]) -> dict[str, int]:
         return describe_partitions(self.admin(config), names, self.timeout)

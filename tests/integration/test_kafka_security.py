@@ -203,3 +203,30 @@ def test_the_password_file_is_read_and_never_shown(secure, tmp_path: Path):
     from foldline.clients import check_access
 
     assert check_access(kafka) is True
+
+
+def test_the_operator_reaches_kafka_with_the_secret_and_names_a_refusal(secure, unique_name, kafka_admin):
+    """The operator's Kafka side, from a Secret's keys as the EventSourcedAggregate names them: topics made
+    over SASL_SSL (CA inline); a wrong password is ``KafkaAuthenticationError`` (the status reason
+    ``KafkaAuthenticationFailed``), its message without the password."""
+    from foldline.topics import aggregate_topics
+    from foldline_operator.kafka import KafkaPort, client_config
+
+    secret = {
+        "security.protocol": "sasl_ssl",
+        "sasl.mechanism": secure.mechanism,
+        "sasl.username": secure.username,
+        "sasl.password": secure.password,
+        "ca.crt": secure.ca_location.read_text(),
+    }
+    port = KafkaPort(timeout=5.0)
+    name = unique_name("sec")
+    report = port.ensure_topics(
+        client_config(secure.bootstrap, secret), aggregate_topics(name, 2, 1), allow_growth=False
+    )
+    assert len(report.created) == 5
+    assert f"{name}.commands" in kafka_admin.list_topics(timeout=10).topics  # seen on the plain listener too
+    wrong = client_config(secure.bootstrap, {**secret, "sasl.password": WRONG})
+    with pytest.raises(KafkaAuthenticationError, match="SASL authentication error") as error:
+        port.ensure_topics(wrong, aggregate_topics(name, 2, 1), allow_growth=False)
+    assert WRONG not in str(error.value) and secure.password not in str(error.value)

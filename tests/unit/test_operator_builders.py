@@ -139,3 +139,29 @@ def test_pdb_selects_the_deployment_pods() -> None:
     pdb = builders.pdb(OWNER, d)
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": d["spec"]["selector"]["matchLabels"]}}
     assert pdb["metadata"]["ownerReferences"] == d["metadata"]["ownerReferences"]
+
+
+def test_every_workload_gets_kafka_credentials_only_as_secret_references() -> None:
+    """Handler, gateway and projector: each credential is a secretKeyRef to the aggregate's Secret, the CA a
+    mounted file; no env entry carries a Kafka setting's value except the bootstrap servers and the CA path."""
+    projection = ProjectionResource.parse(
+        "invoice-list",
+        {"aggregateRef": {"name": "invoices"}, "projector": "shop.views:InvoiceList", "revision": 1,
+         "database": {"secretRef": {"name": "views-db"}}},
+    )  # fmt: skip
+    deployments = [
+        builders.handler_deployment(OWNER, SPEC, AUTH, replicas=1),
+        builders.gateway_deployment(OWNER, SPEC, AUTH, GatewayViews()),
+        builders.projector_deployment(Owner("Projection", "invoice-list", "u", "shop"), projection, SPEC, AUTH),
+    ]
+    for d in deployments:
+        c = builders.container_of(d)
+        kafka = {e["name"]: e for e in c["env"] if e["name"].startswith("FOLDLINE_KAFKA_")}
+        for key, var in builders.KAFKA_SECRET_ENV.items():
+            assert kafka[var] == {"name": var, "valueFrom": {"secretKeyRef": {"name": "kafka-auth", "key": key}}}
+        assert set(kafka) == {*builders.KAFKA_SECRET_ENV.values(), "FOLDLINE_KAFKA_BOOTSTRAP",
+                              "FOLDLINE_KAFKA_SSL_CA_LOCATION"}  # fmt: skip
+        assert kafka["FOLDLINE_KAFKA_SSL_CA_LOCATION"]["value"] == f"{builders.KAFKA_CA_DIR}/ca.crt"
+        volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-ca"]["secret"]["secretName"] == "kafka-auth"
+        assert {"name": "kafka-ca", "mountPath": builders.KAFKA_CA_DIR, "readOnly": True} in c["volumeMounts"]

@@ -220,3 +220,18 @@ def test_permanent_errors_wait_for_a_change_the_rest_retry() -> None:
     away = kopf_error(BrokerUnavailableError("timed out"))
     assert isinstance(away, kopf.TemporaryError) and away.delay == 10
     assert isinstance(kopf_error(RuntimeError("a bug")), kopf.TemporaryError)
+
+
+def test_kafka_client_config_defaults_and_refusals() -> None:
+    secret = {"security.protocol": "SASL_SSL", "sasl.username": "u", "sasl.password": "s3cr3t-pw"}
+    config = client_config("k:9093", secret)
+    assert config["security.protocol"] == "sasl_ssl" and config["sasl.mechanism"] == "SCRAM-SHA-512"
+    for bad, reason in (
+        ({"sasl.username": "u", "sasl.password": "s3cr3t-pw"}, "never sends them"),
+        ({"security.protocol": "sasl_ssl", "sasl.password": "s3cr3t-pw"}, "needs"),
+        ({"security.protocol": "plaintext", "ca.crt": "-----BEGIN"}, "ca.crt"),
+        ({**secret, "sasl.mechanism": "GSSAPI"}, "MECHANISM"),
+    ):
+        with pytest.raises(ConfigurationError, match=reason) as error:
+            client_config("k:9093", bad)
+        assert "s3cr3t-pw" not in str(error.value)
