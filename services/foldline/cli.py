@@ -37,12 +37,15 @@ def projection_views() -> ViewCatalog:
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from foldline.aggregate import load_aggregate
+    from foldline.clients import verify_access
     from foldline.settings import KafkaSettings
     from foldline.topics import aggregate_topics, ensure_topics
 
     spec = load_aggregate(args.aggregate)
+    kafka = KafkaSettings.from_env()
+    verify_access(kafka)  # a refused login: KafkaAuthenticationError with the broker's reason
     report = ensure_topics(
-        KafkaSettings.from_env().client_config(),
+        kafka.client_config(),
         aggregate_topics(spec.name, args.partitions, args.replication_factor),
         allow_partition_growth=args.allow_partition_growth,
     )
