@@ -216,6 +216,7 @@ def run_pod_locally(kube: Kube, pod: dict[str, Any], root: Path) -> LocalPod:
                 env[key] = str(root / meta["name"] / value.lstrip("/"))
                 Path(env[key]).parent.mkdir(parents=True, exist_ok=True)
                 break
+    _write_secret_volumes(kube, pod, root / meta["name"])
     port = free_port()
     for key in ("FOLDLINE_HTTP_PORT", "FOLDLINE_GATEWAY_PORT"):
         if key in env:
@@ -232,6 +233,23 @@ def run_pod_locally(kube: Kube, pod: dict[str, Any], root: Path) -> LocalPod:
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, env={**base, **env}, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     return LocalPod(meta["name"], proc, port, argv, env, log)
+
+
+def _write_secret_volumes(kube: Kube, pod: dict[str, Any], root: Path) -> None:
+    """What the kubelet does for a ``secret`` volume: its items as files under the container's mount."""
+    meta, container = pod["metadata"], pod["spec"]["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or ()}
+    for volume in pod["spec"].get("volumes") or ():
+        source = volume.get("secret")
+        if source is None or volume["name"] not in mounts:
+            continue
+        data = kube.secret(meta["namespace"], source["secretName"])
+        assert data is not None, f"Secret {source['secretName']} missing"
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        for item in items:
+            target = root / mounts[volume["name"]].lstrip("/") / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(data[item["key"]])
 
 
 def pods_of(kube: Kube, deployment: dict[str, Any]) -> list[dict[str, Any]]:
