@@ -230,3 +230,14 @@ def test_the_operator_reaches_kafka_with_the_secret_and_names_a_refusal(secure, 
     with pytest.raises(KafkaAuthenticationError, match="SASL authentication error") as error:
         port.ensure_topics(wrong, aggregate_topics(name, 2, 1), allow_growth=False)
     assert WRONG not in str(error.value) and secure.password not in str(error.value)
+
+
+def test_secure_env_prints_the_settings_with_the_password_as_a_file(secure):
+    done = subprocess.run(
+        [sys.executable, "-m", "foldline.dev.kafka", "secure-env"], capture_output=True, text=True, check=True
+    )
+    printed = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    assert printed["FOLDLINE_KAFKA_BOOTSTRAP"] == secure.bootstrap
+    assert printed["FOLDLINE_KAFKA_SASL_PASSWORD_FILE"] == str(secure.password_file)
+    assert secure.password not in done.stdout + done.stderr
+    assert KafkaSettings.from_env(printed).sasl_password == secure.password
