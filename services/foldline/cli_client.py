@@ -200,11 +200,12 @@ def describe_record(topic: str, value: bytes | None) -> str:
 def cmd_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
-    from foldline.clients import reader_config
+    from foldline.clients import reader_config, verify_access
     from foldline.settings import KafkaSettings
     from foldline.topics import private_group
 
     kafka = KafkaSettings.from_env()
+    verify_access(kafka)  # a refused login: KafkaAuthenticationError with the broker's reason
     stop = False
 
     def on_term(signum: int, frame: FrameType | None) -> None:

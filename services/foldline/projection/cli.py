@@ -46,12 +46,14 @@ def cmd_projector(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from foldline.clients import verify_access
     from foldline.projection.api import load_projection
     from foldline.projection.status import format_table, kafka_end_offsets, view_status
     from foldline.projection.target import open_store
     from foldline.settings import ProjectorSettings
 
     settings = ProjectorSettings.from_env()
+    verify_access(settings.kafka)  # a refused login: KafkaAuthenticationError with the broker's reason
     store = open_store(args.database or settings.database)
     try:
         if args.projection:
