@@ -132,9 +132,10 @@ def check_access(kafka: KafkaSettings, timeout: float | None = None) -> bool:
     reach for ``timeout`` (an outage: the caller goes on and its clients retry). A refusal raises
     ``KafkaAuthenticationError`` at once: a bad login is not an outage, and retrying would only hide it.
 
-    A broker that hangs up during the handshake again and again (a plaintext client on a TLS or SASL
-    listener, or TLS without the SASL login the listener wants) counts as a refusal too. Messages come
-    from librdkafka's errors, which name the broker and the mechanism, never a password.
+    A broker that hangs up during the handshake again and again for the whole ``timeout`` (a plaintext
+    client on a TLS or SASL listener, or TLS without the SASL login the listener wants) counts as a
+    refusal too. Messages come from librdkafka's errors, which name the broker and the mechanism, never a
+    password.
     """
     timeout = kafka.connect_timeout_s if timeout is None else timeout
     errors: list[KafkaError] = []
@@ -169,13 +170,15 @@ def check_access(kafka: KafkaSettings, timeout: float | None = None) -> bool:
             raise KafkaAuthenticationError(
                 f"Kafka at {kafka.bootstrap_servers} refused this client ({_who(kafka)}): {refused.str()}"
             )
-        if len(hangups) >= 3:
+        if time.monotonic() < deadline:
+            continue
+        if len(hangups) >= 3:  # for the whole wait, never an answer: not an outage (that refuses or times out)
             raise KafkaAuthenticationError(
                 f"Kafka at {kafka.bootstrap_servers} hangs up during the handshake ({_who(kafka)}): the listener "
-                f"expects another security protocol or a login; last: {hangups[-1].split(': ', 1)[-1]}"
+                "expects another security protocol or a login (or a proxy in front of it has no broker); "
+                f"last: {hangups[-1].split(': ', 1)[-1]}"
             )
-        if time.monotonic() >= deadline:
-            return False
+        return False
 
 
 def verify_access(kafka: KafkaSettings) -> None:
