@@ -112,3 +112,18 @@ def reader_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
     }
+
+
+def dead_letter_reader_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
+    """The gateway's short-lived reader of a dead-letter topic: assigned by hand, told where each
+    partition ends, never committing."""
+    return {
+        **kafka.client_config(),
+        "group.id": group,  # never joins or commits; librdkafka wants an id anyway
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": 8_192,
+    }
