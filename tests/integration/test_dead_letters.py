@@ -64,7 +64,7 @@ def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]
     assert producer.flush(30) == 0
 
 
-def wait_for(client: httpx.Client, path: str, count: int, **params: object) -> dict:
+def wait_for(client: httpx.Client, path: str, count: int, **params: str) -> dict:
     deadline = time.monotonic() + 60
     while True:
         r = client.get(path, params=params)

@@ -215,10 +215,13 @@ def test_the_journal_keeps_what_it_cannot_decode_and_skips_only_unreadable_recor
     import json
 
     from foldline.examples.invoices import InvoiceCreated
+    from foldline.ids import AggregateId, CommandId
     from foldline.projection.journal import journal_projection
 
     spec = journal_projection(Invoices)
-    unknown = EventRecord("inv-1", "FromTheFuture", 2, {"x": "\x00"}, "c2", schema_version=9).to_bytes()
+    unknown = EventRecord(
+        AggregateId("inv-1"), "FromTheFuture", 2, {"x": "\x00"}, CommandId("c2"), schema_version=9
+    ).to_bytes()
     wrong = json.dumps({"aggregate_id": "inv-1", "version": 3, "type": "T", "payload": {}, "schema_version": "x"})
     result = run(
         store,
