@@ -211,3 +211,56 @@ class socket_port:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_the_read_steps_back_for_older_letters_and_stays_bounded(
+    kafka_bootstrap, kafka_admin, unique_name, monkeypatch
+):
+    """The reader alone (what the route runs in its worker thread): a filtered read finds an old letter
+    behind many newer ones by stepping back; a missing topic is said; a tiny deadline answers at once,
+    marked incomplete."""
+    from foldline.errors import BrokerUnavailableError
+    from foldline.gateway import deadletters
+    from foldline.gateway.deadletters import TopicMissing, read_dead_letters
+    from foldline.records import dead_letter
+    from foldline.topics import aggregate_topics, ensure_topics
+
+    agg = unique_name("dl")
+    ensure_topics(kafka_admin, aggregate_topics(agg, 2))
+    topic = TopicNames(agg).dead_letters
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+
+    def letter(key: str, n: int) -> tuple[str, bytes, bytes]:
+        value = json.dumps({"command_id": f"c-{key}-{n}", "aggregate_id": key}).encode()
+        record = dead_letter(
+            topic=f"{agg}.commands", partition=0, offset=n, key=key.encode(), value=value, code="x", message="m"
+        )
+        return topic, key.encode(), record
+
+    produce(kafka_bootstrap, [letter("old", 0)])
+    produce(kafka_bootstrap, [letter(f"new-{n % 7}", n) for n in range(1, 400)])
+
+    scan = read_dead_letters(kafka, topic, limit=3, aggregate_id="old", timeout_s=20)
+    assert [e["command_id"] for e in scan.entries] == ["c-old-0"] and scan.complete
+    assert scan.scanned == 400  # it read back to the start of each partition, no further
+
+    newest = read_dead_letters(kafka, topic, limit=5, aggregate_id=None, timeout_s=20)
+    assert len(newest.entries) == 5 and newest.complete
+    assert newest.scanned < 400  # only the tail of each partition
+    produced = [int(e["command_id"].rsplit("-", 1)[1]) for e in newest.entries]
+    assert all(n >= 300 for n in produced), produced  # from the tail (records of one batch may share a time)
+
+    # Bounded by records read: with a budget of 50, a filtered read stops there and says so.
+    monkeypatch.setattr(deadletters, "SCAN_BUDGET", 50)
+    budget = read_dead_letters(kafka, topic, limit=3, aggregate_id="old", timeout_s=20)
+    assert (budget.scanned, budget.complete, budget.entries) == (50, False, [])
+    # Bounded by time: a deadline too short for anything answers incomplete or as unavailable, never hangs.
+    try:
+        hurried = read_dead_letters(kafka, topic, limit=200, aggregate_id="nobody", timeout_s=0.001)
+    except BrokerUnavailableError:
+        pass
+    else:
+        assert not hurried.complete and hurried.entries == []
+
+    with pytest.raises(TopicMissing):
+        read_dead_letters(kafka, unique_name("absent") + ".dead-letters", limit=5, aggregate_id=None, timeout_s=10)

@@ -291,6 +291,9 @@ def _read_ranges(
                 if offset >= ranges[p][1]:
                     open_.discard(p)
                     continue
+                if scan.scanned >= SCAN_BUDGET:
+                    scan.complete = False
+                    return
                 scan.scanned += 1
                 entry = entry_of(msg)
                 if aggregate_id is None or matches(entry, aggregate_id):
