@@ -299,6 +299,13 @@ def test_events_the_journal_cannot_read_show_as_gaps_and_422(history_stack, kafk
     assert unknown["type"] == "Renamed\\u0000<img src=x onerror=alert(1)>"  # kept, escaped where it must be
     assert unknown["payload"] == {"to": "\x00x"} and "Renamed" in unknown["undecodable"]
 
+    # Paging: a gap shows on the page it falls in (once), never on a page past the end.
+    page = client.get(f"/aggregates/{agg}/t-gap/events", params={"offset": 1, "limit": 1}).json()["events"]
+    assert [(e["version"], bool(e.get("gap"))) for e in page] == [(2, True), (3, False)]
+    page = client.get(f"/aggregates/{agg}/t-gap/events", params={"offset": 2, "limit": 1}).json()["events"]
+    assert [(e["version"], bool(e.get("gap"))) for e in page] == [(4, False)]
+    assert client.get(f"/aggregates/{agg}/t-gap/events", params={"offset": 9}).json()["events"] == []
+
     r = client.get(f"/aggregates/{agg}/t-gap/state", params={"version": 1})
     assert r.status_code == 200 and r.json()["state"]["total"] == 1
     for version in (2, 3, None):

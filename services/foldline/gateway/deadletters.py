@@ -19,6 +19,8 @@ come along when the gateway has a database: the read side's dead letters.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import time
 from collections.abc import Mapping
@@ -32,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from foldline.clients import dead_letter_reader_config
-from foldline.errors import BrokerUnavailableError
+from foldline.errors import BrokerUnavailableError, RetryableError
 from foldline.gateway.core import Gateway
 from foldline.gateway.errors import BadRequest, HttpError, NotFound, SafeJSON, Unavailable
 from foldline.gateway.views import _int
@@ -89,9 +91,6 @@ def _original(value: Any, encoding: Any) -> tuple[str | None, Any]:
         return None, None
     text = value
     if encoding == "base64":
-        import base64
-        import binascii
-
         try:
             text = raw_text(base64.b64decode(value, validate=True))
         except (binascii.Error, ValueError):
@@ -196,8 +195,8 @@ class Scan:
     partitions: int = 0
 
 
-class TopicMissing(Exception):
-    pass
+class TopicMissing(RetryableError):
+    """The dead-letter topic does not exist (yet): a command handler creates it."""
 
 
 def read_dead_letters(

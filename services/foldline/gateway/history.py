@@ -131,8 +131,10 @@ async def aggregate_events(request: Request) -> Response:
     if offset > 0 and rows:  # the version just before this page: gaps are told only once, on their page
         previous = await views.journal_rows(spec.name, aggregate_id, 1, offset - 1)
         before = int(previous[0]["version"]) if previous else 0
-    last_page = len(rows) < limit
-    gaps = (rows and int(rows[-1]["version"]) - before != len(rows)) or (last_page and rows_end(rows, before) < last)
+    # The last page shows a missing tail up to the last version; a page past the end (no rows) shows nothing.
+    last_page = len(rows) < limit and (bool(rows) or offset == 0)
+    end = int(rows[-1]["version"]) if rows else before
+    gaps = bool(rows and end - before != len(rows)) or (last_page and end < last)
     skips = await views.journal_skips(spec.name, aggregate_id) if gaps else []
     events = await asyncio.to_thread(with_gaps, spec, rows, before, last if last_page else None, skips)
     body = {
@@ -146,10 +148,6 @@ async def aggregate_events(request: Request) -> Response:
     if gaps:
         body["unattributed_skips"] = await views.journal_unattributed_skips(spec.name)
     return SafeJSON(body)
-
-
-def rows_end(rows: list[dict[str, Any]], before: int) -> int:
-    return int(rows[-1]["version"]) if rows else before
 
 
 def _parse_at(raw: str) -> datetime:
