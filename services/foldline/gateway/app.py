@@ -97,7 +97,11 @@ async def list_aggregates(request: Request) -> Response:
                     # the fields of each command (names and types from the codec): the console's forms
                     "payloads": {name: dataclass_schema(kind.cls) for name, kind in sorted(spec.commands.items())},
                     "history": gateway.views is not None and name in gateway.views.journals,
-                    "topics": {"commands": gateway.topics[name].commands, "results": gateway.topics[name].results},
+                    "topics": {
+                        "commands": gateway.topics[name].commands,
+                        "results": gateway.topics[name].results,
+                        "dead_letters": gateway.topics[name].dead_letters,
+                    },
                 }
                 for name, spec in sorted(gateway.specs.items())
             ]
