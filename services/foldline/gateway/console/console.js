@@ -291,14 +291,15 @@
       info.className = "muted";
       info.textContent = `${body.dead_letters.length} dead letter(s) on ${body.topic}, newest first` + (body.complete ? "" : " (the read stopped early: older ones may be missing)");
       table.replaceChildren(
-        el("thead", {}, el("tr", {}, ["time", "partition/offset", "command id", "cause", "value"].map((h) => el("th", { text: h })))),
+        el("thead", {}, el("tr", {}, ["time", "partition@offset", "key", "command id", "cause", "value"].map((h) => el("th", { text: h })))),
         el("tbody", {}, body.dead_letters.length ? body.dead_letters.map((d) => el("tr", { "data-offset": d.offset },
           el("td", { text: d.timestamp || d.recorded_at || "" }),
           el("td", { text: `${d.partition}@${d.offset}` }),
+          el("td", { text: show(d.record_key !== null && d.record_key !== undefined ? d.record_key : d.key) }),
           el("td", { text: d.command_id || "" }),
           el("td", { class: d.decoded ? "" : "error", text: cause(d) }),
           el("td", { class: "payload", text: show(d.decoded ? d.value : d.raw) + (d.extra ? "\n" + JSON.stringify(d.extra) : "") }),
-        )) : [el("tr", {}, el("td", { class: "muted", text: "no dead letters" }))]));
+        )) : [el("tr", {}, el("td", { class: "muted", colspan: 6, text: "no dead letters" }))]));
       const skipped = body.projector_skips || [];
       skips.replaceChildren(
         el("thead", {}, el("tr", {}, ["time", "view", "source", "aggregate", "reason", "error"].map((h) => el("th", { text: h })))),
@@ -309,7 +310,7 @@
           el("td", { text: (k.aggregate_id || "?") + (k.version ? ` v${k.version}` : "") }),
           el("td", { text: k.reason }),
           el("td", { class: "payload", text: k.error }),
-        )) : [el("tr", {}, el("td", { class: "muted", text: body.projector_skips === null ? "no projection database" : "none" }))]));
+        )) : [el("tr", {}, el("td", { class: "muted", colspan: 6, text: body.projector_skips === null ? "no projection database" : "none" }))]));
     }
     load();
     section.reload = load;
