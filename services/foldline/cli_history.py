@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -21,10 +22,10 @@ from foldline.cli_client import _client, _error_text, _fail, _gateway_options, t
 def _get(args: argparse.Namespace, what: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
     import httpx
 
-    path = f"/aggregates/{quote(args.aggregate, safe='')}/{quote(args.aggregate_id, safe='')}/{what}"
+    path = f"/aggregates/{quote(args.aggregate, safe='')}/{what}"  # the id as a query: any id, "commands" too
     try:
         with _client(args) as client:
-            response = client.get(path, params=params)
+            response = client.get(path, params={"aggregate_id": args.aggregate_id, **params})
     except httpx.HTTPError as exc:
         return _fail(f"cannot reach the gateway at {args.gateway}: {exc}"), {}
     if response.status_code != 200:
@@ -43,19 +44,31 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    rows = [
-        {
-            "version": e["version"],
-            "recorded_at": e["recorded_at"],
-            "type": e["type"] + (f" (schema {e['schema_version']})" if e["schema_version"] != 1 else ""),
-            "command_id": e["command_id"],
-            "payload": json.dumps(e["payload"], sort_keys=True),
-        }
-        for e in data["events"]
-    ]
+    rows = [_timeline_row(e) for e in data["events"]]
     print(table(rows, max_width=args.width))
-    print(f"{len(rows)} event(s) of {data['aggregate']} {data['aggregate_id']}; last version {data['version']}")
+    events = sum(1 for e in data["events"] if not e.get("gap"))
+    print(f"{events} event(s) of {data['aggregate']} {data['aggregate_id']}; last version {data['version']}")
+    gaps = [e for e in data["events"] if e.get("gap")]
+    if gaps:
+        print(f"{len(gaps)} gap(s): versions the journal lacks (records it could not read)", file=sys.stderr)
     return 0
+
+
+def _timeline_row(e: dict[str, Any]) -> dict[str, Any]:
+    if e.get("gap"):
+        causes = "; ".join(f"{k.get('reason')}: {k.get('error')}" for k in e.get("skipped") or []) or "cause unknown"
+        span = str(e["version"]) if e["version"] == e["to_version"] else f"{e['version']}-{e['to_version']}"
+        return {"version": span, "recorded_at": "", "type": "(missing)", "command_id": "", "payload": causes}
+    kind = e["type"] + (f" (schema {e['schema_version']})" if e["schema_version"] != 1 else "")
+    if e.get("undecodable"):
+        kind += " (undecodable here)"
+    return {
+        "version": e["version"],
+        "recorded_at": e["recorded_at"],
+        "type": kind,
+        "command_id": e["command_id"],
+        "payload": json.dumps(e["payload"], sort_keys=True),
+    }
 
 
 def cmd_state(args: argparse.Namespace) -> int:

@@ -198,3 +198,18 @@ def _who(kafka: KafkaSettings) -> str:
         mechanism = kafka.sasl_mechanism or SASL_MECHANISMS[0]
         return f"{kafka.security_protocol}, {mechanism} as {kafka.sasl_username!r}"
     return kafka.security_protocol
+
+
+def dead_letter_reader_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
+    """The gateway's short-lived reader of a dead-letter topic: assigned by hand, told where each
+    partition ends, never committing."""
+    return {
+        **kafka.client_config(),
+        "group.id": group,  # never joins or commits; librdkafka wants an id anyway
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": 8_192,
+    }

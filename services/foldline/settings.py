@@ -263,6 +263,10 @@ class GatewaySettings(_Changeable):
     body_timeout_s: float = 30.0
     keep_alive_s: float = 5.0
     max_connections: int = 1000
+    #: The most one read of a dead-letter topic may take (it answers what it found by then), and how many
+    #: such reads (each a Kafka consumer of its own) run at once.
+    dead_letters_timeout_s: float = 5.0
+    dead_letter_readers: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -286,6 +290,8 @@ class GatewaySettings(_Changeable):
             body_timeout_s=env_float(env, "GATEWAY_BODY_TIMEOUT_S", cls.body_timeout_s),
             keep_alive_s=env_float(env, "GATEWAY_KEEP_ALIVE_S", cls.keep_alive_s),
             max_connections=env_int(env, "GATEWAY_MAX_CONNECTIONS", cls.max_connections, minimum=1),
+            dead_letters_timeout_s=env_float(env, "GATEWAY_DEAD_LETTERS_TIMEOUT_S", cls.dead_letters_timeout_s),
+            dead_letter_readers=env_int(env, "GATEWAY_DEAD_LETTER_READERS", cls.dead_letter_readers, minimum=1),
         )
         settings.check()
         return settings
@@ -303,7 +309,7 @@ class GatewaySettings(_Changeable):
             )
         if not 0 <= self.port <= 65535:
             raise ConfigurationError(f"{_PREFIX}GATEWAY_PORT must be a TCP port, got {self.port}")
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "dead_letters_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{_PREFIX}GATEWAY_{name.upper()} must be above 0, got {getattr(self, name)}")
 

@@ -5,6 +5,7 @@ on the real broker. Screenshots of every step go to .cache/test-artifacts/consol
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka import Producer
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -27,6 +29,7 @@ from foldline.projection import load_projection, open_target
 from foldline.projection.journal import journal_projection, journal_view
 from foldline.projection.wiring import build_projector
 from foldline.settings import GatewaySettings, KafkaSettings, ProjectorSettings
+from foldline.topics import TopicNames
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.kafka
@@ -144,6 +147,17 @@ def send(driver, command: str, fields: dict[str, str], expected: str | None = No
     driver.find_element(By.ID, "submit-command").click()
 
 
+def refresh_until(driver, css: str, text: str, timeout: float = 60) -> str:
+    """Press the panel's Refresh button until the element shows ``text``; its text then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return wait_text(driver, css, text, timeout=3)
+        except TimeoutException:
+            assert time.monotonic() < deadline, f"{css!r} never showed {text!r}"
+            driver.find_element(By.XPATH, "//button[.='Refresh']").click()
+
+
 def no_alert(driver) -> bool:
     try:
         driver.switch_to.alert  # noqa: B018 - raises when no alert is open
@@ -152,7 +166,7 @@ def no_alert(driver) -> bool:
     return False
 
 
-def test_console_in_a_real_browser(console_stack, browser):
+def test_console_in_a_real_browser(console_stack, browser, kafka_bootstrap):
     agg, url = console_stack
     steps = Steps(browser, ARTIFACTS)
 
@@ -226,6 +240,27 @@ def test_console_in_a_real_browser(console_stack, browser):
     wait_text(browser, "#command-result", "conflict")
     wait_text(browser, "#results", "rejected")  # the live results list saw them too
     steps.shot("conflict")
+
+    # Dead letters, as text: a command of no known type whose fields are markup (the handler dead-letters
+    # it), and a record on the dead-letter topic that is no dead letter at all (shown raw, escaped).
+    topics = TopicNames(agg)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "partitioner": "murmur2_random"})
+    producer.produce(topics.dead_letters, key=b"inv-ui", value=b"\xff<b>raw</b> " + XSS.encode())
+    hostile = {"command_id": "cmd-dead", "aggregate_id": "inv-ui", "type": XSS, "payload": {"customer": XSS}}
+    producer.produce(topics.commands, key=b"inv-ui", value=json.dumps(hostile).encode())
+    assert producer.flush(30) == 0
+    wait_text(browser, "#results", "failed")  # its failed result arrives live; the panel reloads
+    dead = refresh_until(browser, "#dead-letters", "cmd-dead")
+    assert "unknown_type" in dead and XSS in dead and '"customer": "' + XSS in dead
+    assert "not a dead letter" in dead and "\\xff<b>raw</b> " + XSS in dead
+    assert browser.find_elements(By.CSS_SELECTOR, "#dead-letters img, #dead-letters b") == []
+    browser.execute_script("document.getElementById('dead-letters').scrollIntoView()")
+    steps.shot("dead-letters")
+    browser.get(f"{url}/#/aggregate/{agg}")  # the aggregate's page without an id: all its dead letters
+    browser.execute_script("window.__notReloaded = true")
+    wait_text(browser, "#dead-letters", "cmd-dead")
+    steps.shot("dead-letters-of-the-aggregate")
+    assert browser.find_elements(By.TAG_NAME, "img") == [] and no_alert(browser)
 
     # The view: the row is there, the customer is text; a command from elsewhere updates it live.
     browser.find_element(By.LINK_TEXT, "invoice-list").click()

@@ -122,7 +122,11 @@ def test_unknown_aggregate_and_command_type_are_404(stack):
     r = client.get(f"/aggregates/{agg}/commands/never-sent")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_command"
     assert client.get("/no/such/route").status_code == 404
-    assert client.get(f"/aggregates/{agg}/commands").status_code == 405
+    assert client.put(f"/aggregates/{agg}/commands").status_code == 405
+    r = client.get(f"/aggregates/{agg}/commands")  # the query form of a result by id, without the id
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_query"
+    r = client.get(f"/aggregates/{agg}/commands", params={"command_id": "never-sent"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_command"
 
 
 def test_body_too_large_is_413(stack):

@@ -7,6 +7,7 @@ the topic directly, as an earlier deployment would have) are kept raw in the jou
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -214,3 +215,117 @@ def test_upcast_when_folding_old_events(history_stack, kafka_bootstrap):
     state = client.get(f"/aggregates/{agg}/t-old/state", params={"version": 1}).json()
     assert state["state"] == {"total": 3, "notes": ["(v1)"]}
     assert client.get(f"/aggregates/{agg}/t-old/state").json()["state"]["total"] == 7
+
+
+def produce_events(bootstrap, topic, records):
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def event(aggregate_id, version, type_="Added", payload=None, schema_version=2):
+    payload = {"amount": version, "note": ""} if payload is None else payload
+    record = EventRecord(
+        AggregateId(aggregate_id), type_, version, payload, CommandId(f"c-{version}"), schema_version=schema_version
+    )
+    return aggregate_id.encode(), record.to_bytes()
+
+
+def test_ids_that_collide_with_route_segments(history_stack):
+    """An aggregate named "commands" (or "stream", or holding a "/") is reachable: never another route's."""
+    cls, client, server = history_stack
+    agg = cls.name
+    for aggregate_id in ("commands", "stream", "a/b"):
+        assert add(client, agg, aggregate_id, 2, aggregate_id).status_code == 200
+        r = client.get(f"/aggregates/{agg}/{aggregate_id}/events", params={"min_version": 1})
+        assert r.status_code == 200, (aggregate_id, r.text)
+        assert r.json()["aggregate_id"] == aggregate_id and r.json()["events"][0]["payload"]["note"] == aggregate_id
+        r = client.get(f"/aggregates/{agg}/{aggregate_id}/state")
+        assert r.status_code == 200 and r.json()["state"]["notes"] == [aggregate_id], r.text
+        r = client.get(f"/aggregates/{agg}/events", params={"aggregate_id": aggregate_id})
+        assert r.status_code == 200 and r.json()["aggregate_id"] == aggregate_id
+        r = client.get(f"/aggregates/{agg}/state", params={"aggregate_id": aggregate_id, "version": 1})
+        assert r.status_code == 200 and r.json()["state"]["total"] == 2
+    assert client.get(f"/aggregates/{agg}/events").status_code == 400  # the query form needs the id
+    # Command results are still reachable, by path and (any id) by query.
+    sent = add(client, agg, "t-cmd", 1).json()
+    assert client.get(f"/aggregates/{agg}/commands/{sent['command_id']}").json()["status"] == "accepted"
+    r = client.get(f"/aggregates/{agg}/commands", params={"command_id": sent["command_id"]})
+    assert r.status_code == 200 and r.json()["command_id"] == sent["command_id"]
+    r = client.get(f"/aggregates/{agg}/commands", params={"command_id": "events"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_command"
+    done = foldline("history", agg, "commands", "--gateway", server.url)
+    assert done.returncode == 0 and "1 event(s)" in done.stdout, done.stderr
+    done = foldline("state", agg, "a/b", "--gateway", server.url)
+    assert done.returncode == 0 and '"total": 2' in done.stdout, done.stderr
+
+
+def test_events_the_journal_cannot_read_show_as_gaps_and_422(history_stack, kafka_bootstrap):
+    """The journal never stops: an event of a type this code does not know is kept (and marked); a record
+    it cannot read at all is passed over with its cause; the history shows both, folds answer 422."""
+    cls, client, server = history_stack
+    agg = cls.name
+    topic = TopicNames(agg).events
+    broken = json.dumps({"aggregate_id": "t-gap", "version": 2, "type": "Added", "payload": ["not", "an", "object"]})
+    produce_events(
+        kafka_bootstrap,
+        topic,
+        [
+            event("t-gap", 1),
+            (b"t-gap", broken.encode()),  # undecodable: skipped, its version missing from the journal
+            event("t-gap", 3),
+            event("t-gap", 4, "Renamed\x00<img src=x onerror=alert(1)>", {"to": "\x00x"}),  # unknown type, a NUL
+            (b"t-gap", b"\xff not json at all"),  # nobody's: counted
+            event("t-gap", 5),
+        ],
+    )
+    r = client.get(f"/aggregates/{agg}/t-gap/events", params={"min_version": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    entries = body["events"]
+    assert [(e["version"], bool(e.get("gap"))) for e in entries] == [
+        (1, False),
+        (2, True),
+        (3, False),
+        (4, False),
+        (5, False),
+    ]
+    gap = entries[1]
+    assert gap["to_version"] == 2 and gap["skipped"][0]["reason"] == "undecodable"
+    assert "payload" in gap["skipped"][0]["error"] and gap["skipped"][0]["topic"] == topic
+    assert body["unattributed_skips"] >= 1
+    unknown = entries[3]
+    assert unknown["type"] == "Renamed\\u0000<img src=x onerror=alert(1)>"  # kept, escaped where it must be
+    assert unknown["payload"] == {"to": "\x00x"} and "Renamed" in unknown["undecodable"]
+
+    # Paging: a gap shows on the page it falls in (once), never on a page past the end.
+    page = client.get(f"/aggregates/{agg}/t-gap/events", params={"offset": 1, "limit": 1}).json()["events"]
+    assert [(e["version"], bool(e.get("gap"))) for e in page] == [(2, True), (3, False)]
+    page = client.get(f"/aggregates/{agg}/t-gap/events", params={"offset": 2, "limit": 1}).json()["events"]
+    assert [(e["version"], bool(e.get("gap"))) for e in page] == [(4, False)]
+    assert client.get(f"/aggregates/{agg}/t-gap/events", params={"offset": 9}).json()["events"] == []
+
+    r = client.get(f"/aggregates/{agg}/t-gap/state", params={"version": 1})
+    assert r.status_code == 200 and r.json()["state"]["total"] == 1
+    for version in (2, 3, None):
+        r = client.get(f"/aggregates/{agg}/t-gap/state", params={} if version is None else {"version": version})
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "history_gap" and error["details"]["version"] == 2
+        assert "lacks version 2" in error["message"] and "Traceback" not in r.text
+
+    # A history without a gap but with an event this code cannot decode: 422 naming it, not a 500.
+    produce_events(kafka_bootstrap, topic, [event("t-new", 1), event("t-new", 2, "Renamed", {"to": "y"})])
+    assert client.get(f"/aggregates/{agg}/t-new/events", params={"min_version": 2}).status_code == 200
+    r = client.get(f"/aggregates/{agg}/t-new/state")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unfoldable_history", r.text
+    assert r.json()["error"]["details"] == {"version": 2, "type": "Renamed", "schema_version": 2}
+    assert "cannot be decoded" in r.json()["error"]["message"] and "Traceback" not in r.text
+    assert client.get(f"/aggregates/{agg}/t-new/state", params={"version": 1}).json()["state"]["total"] == 1
+
+    done = foldline("history", agg, "t-gap", "--gateway", server.url)
+    assert done.returncode == 0 and "(missing)" in done.stdout and "undecodable here" in done.stdout, done.stderr
+    assert "1 gap(s)" in done.stderr
+    done = foldline("state", agg, "t-gap", "--gateway", server.url)
+    assert done.returncode == 2 and "lacks version 2" in done.stderr

@@ -207,3 +207,44 @@ def test_a_superseded_revision_stops_writing(store):
         run(store, old, [Msg(0, 1, snap("i1", 2, invoice()))])
     with pytest.raises(RevisionRetiredError):
         store.register(old.table)
+
+
+def test_the_journal_keeps_what_it_cannot_decode_and_skips_only_unreadable_records(store):
+    """Unknown types stay rows of the journal (never a gap); a record with a field of the wrong type is
+    skipped with its aggregate id and version where they can be read, and the batch goes on."""
+    import json
+
+    from foldline.examples.invoices import InvoiceCreated
+    from foldline.ids import AggregateId, CommandId
+    from foldline.projection.journal import journal_projection
+
+    spec = journal_projection(Invoices)
+    unknown = EventRecord(
+        AggregateId("inv-1"), "FromTheFuture", 2, {"x": "\x00"}, CommandId("c2"), schema_version=9
+    ).to_bytes()
+    wrong = json.dumps({"aggregate_id": "inv-1", "version": 3, "type": "T", "payload": {}, "schema_version": "x"})
+    result = run(
+        store,
+        spec,
+        [
+            Msg(0, 0, event("inv-1", 1, InvoiceCreated("ACME", "EUR", date(2026, 1, 1), date(2026, 2, 1)))),
+            Msg(0, 1, unknown),
+            Msg(0, 2, wrong.encode()),
+            Msg(0, 3, b'{"aggregate_id": "inv-2", "version": 1}'),
+            Msg(0, 4, b"\xff"),
+        ],
+    )
+    assert (result.applied, result.skipped) == (2, 3)
+    journal = rows(store, spec.view)
+    assert [(r["id"], r["version"], r["type"]) for r in journal] == [
+        ("inv-1", 1, "InvoiceCreated"),
+        ("inv-1", 2, "FromTheFuture"),
+    ]
+    assert json.loads(journal[1]["payload"]) == {"x": "\x00"} and journal[1]["schema_version"] == 9
+    with store.session(write=False) as s:
+        skipped = s.execute('SELECT "offset", aggregate_id, version, reason FROM foldline_skipped ORDER BY "offset"')
+    assert [tuple(r) for r in skipped] == [
+        (2, "inv-1", 3, "undecodable"),
+        (3, "inv-2", 1, "undecodable"),
+        (4, None, None, "undecodable"),
+    ]

@@ -1,10 +1,12 @@
 """The gateway as an ASGI application (starlette), served by uvicorn.
 
 POST /aggregates/{aggregate}/commands              a command envelope; waits for its result
-GET  /aggregates/{aggregate}/commands/{command_id} a result by command id (any replica)
+GET  /aggregates/{aggregate}/commands/{command_id} a result by command id (any replica; or ?command_id=)
 GET  /aggregates/{aggregate}/stream                SSE: results as they arrive
+GET  /aggregates/{aggregate}/dead-letters          the newest dead letters, decoded, with their cause
 GET  /aggregates/{aggregate}/{id}/events           the aggregate's event timeline (from the event journal)
 GET  /aggregates/{aggregate}/{id}/state            its state at ?version=N or ?at=<timestamp> (a fold)
+     (both also as /aggregates/{aggregate}/events|state?aggregate_id=ID)
 GET  /views/{view}/rows                            rows of a projection (read-after-write: min_version)
 GET  /views/{view}/stream                          SSE: rows whenever they change (poll-based)
 GET  /aggregates, /views, /openapi.json, /healthz, /readyz, /metrics
@@ -29,7 +31,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from foldline.gateway import commands, console, history, stream
+from foldline.gateway import commands, console, deadletters, history, stream
 from foldline.gateway.core import Gateway
 from foldline.gateway.errors import HttpError, SafeJSON, Unauthorized
 from foldline.gateway.openapi import dataclass_schema, openapi_document
@@ -95,7 +97,11 @@ async def list_aggregates(request: Request) -> Response:
                     # the fields of each command (names and types from the codec): the console's forms
                     "payloads": {name: dataclass_schema(kind.cls) for name, kind in sorted(spec.commands.items())},
                     "history": gateway.views is not None and name in gateway.views.journals,
-                    "topics": {"commands": gateway.topics[name].commands, "results": gateway.topics[name].results},
+                    "topics": {
+                        "commands": gateway.topics[name].commands,
+                        "results": gateway.topics[name].results,
+                        "dead_letters": gateway.topics[name].dead_letters,
+                    },
                 }
                 for name, spec in sorted(gateway.specs.items())
             ]
@@ -212,10 +218,16 @@ def create_app(gateway: Gateway) -> ASGIApp:
         Route("/openapi.json", openapi),
         Route("/aggregates", list_aggregates),
         Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
-        Route("/aggregates/{aggregate}/commands/{command_id}", commands.get_command),
+        Route("/aggregates/{aggregate}/commands", commands.get_command, methods=["GET"]),
         Route("/aggregates/{aggregate}/stream", stream.stream_results),
-        Route("/aggregates/{aggregate}/{aggregate_id}/events", history.aggregate_events),
-        Route("/aggregates/{aggregate}/{aggregate_id}/state", history.aggregate_state),
+        Route("/aggregates/{aggregate}/dead-letters", deadletters.dead_letters),
+        Route("/aggregates/{aggregate}/events", history.aggregate_events),
+        Route("/aggregates/{aggregate}/state", history.aggregate_state),
+        # Before commands/{command_id}: an aggregate id is never shadowed by a fixed segment ("commands",
+        # "stream", ...), and may hold "/" (:path). A command id "events" or "state": use ?command_id=.
+        Route("/aggregates/{aggregate}/{aggregate_id:path}/events", history.aggregate_events),
+        Route("/aggregates/{aggregate}/{aggregate_id:path}/state", history.aggregate_state),
+        Route("/aggregates/{aggregate}/commands/{command_id}", commands.get_command),
         Route("/views", list_views),
         Route("/views/{view}/rows", view_rows),
         Route("/views/{view}/stream", stream.stream_view),

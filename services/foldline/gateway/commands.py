@@ -234,8 +234,11 @@ async def post_command(request: Request) -> Response:
 async def get_command(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     aggregate = request.path_params["aggregate"]
-    command_id = request.path_params["command_id"]
+    # The query form (GET .../commands?command_id=) reaches any id, "events" and "state" included.
+    command_id = request.path_params.get("command_id") or request.query_params.get("command_id", "")
     gateway.spec(aggregate)
+    if not command_id:
+        raise BadRequest("give the command's id: .../commands/{command_id} or ?command_id=", code="invalid_query")
     result = gateway.hub.get(aggregate, command_id)
     if result is None:
         raise NotFound(

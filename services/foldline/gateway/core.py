@@ -38,6 +38,8 @@ class Gateway:
         self.views = views
         self.closing = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Reads of dead-letter topics running at once (each holds a Kafka consumer for a few seconds).
+        self.dead_letter_slots = asyncio.Semaphore(settings.dead_letter_readers)
 
     def spec(self, aggregate: str) -> AggregateSpec:
         spec = self.specs.get(aggregate)

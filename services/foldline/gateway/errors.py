@@ -110,11 +110,17 @@ class UnsupportedMediaType(HttpError, CommandError):
 
 
 class Unfoldable(HttpError, PermanentError):
-    """The event journal holds an event this code cannot decode or fold (a missing upcaster, a failing
-    evolve): a fault of the deployed code, not of the request."""
+    """The history asked for cannot be folded: the journal holds an event this code cannot decode or fold
+    (a missing upcaster, a failing evolve), or lacks one (a gap). A well-formed request for a state that
+    does not exist, answered 422 with the event and the reason; retrying will not help."""
 
-    status = 500
+    status = 422
     code = "unfoldable_history"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        if code is not None:
+            self.code = code
 
 
 class Unavailable(HttpError, RetryableError):

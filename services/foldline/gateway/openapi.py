@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from foldline.aggregate import AggregateSpec
+from foldline.gateway.openapi_reads import _error, _query, command_by_query, read_paths, read_schemas
 from foldline.records import Status
 
 _SCALARS: dict[Any, dict[str, Any]] = {
@@ -59,20 +60,11 @@ def dataclass_schema(cls: type[Any]) -> dict[str, Any]:
     return schema
 
 
-def _error(description: str) -> dict[str, Any]:
-    schema = {"$ref": "#/components/schemas/Error"}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 def _result(description: str) -> dict[str, Any]:
     return {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CommandResult"}}},
     }
-
-
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
 def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *, auth: bool) -> dict[str, Any]:
@@ -155,6 +147,8 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
             "get": {
                 "operationId": "getCommandResult",
                 "summary": "A command's result by id, from this replica's bounded in-memory index",
+                "description": "A command id `events` or `state` is read as an aggregate's history (that route "
+                "comes first): use GET /aggregates/{aggregate}/commands?command_id= for those.",
                 "parameters": [
                     aggregate_param,
                     {"name": "command_id", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -175,57 +169,6 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
                     "200": {"description": "an event stream", "content": sse},
                     "401": _error("unauthorized"),
                     "404": _error("unknown aggregate"),
-                },
-            }
-        },
-        "/aggregates/{aggregate}/{aggregate_id}/events": {
-            "get": {
-                "operationId": "aggregateEvents",
-                "summary": "An aggregate's event timeline, in version order, from the event journal projection",
-                "parameters": [
-                    aggregate_param,
-                    id_param,
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}, "page size"),
-                    _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "events to skip"),
-                    _query(
-                        "min_version",
-                        {"type": "integer", "minimum": 0},
-                        "read-after-write: wait until the journal holds this version",
-                    ),
-                ],
-                "responses": {
-                    "200": {
-                        "description": "the events (payload as written, with its schema_version)",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Events"}}},
-                    },
-                    "400": _error("a bad parameter"),
-                    "404": _error("unknown aggregate, no events of this id (unknown_aggregate_id), or no journal"),
-                    "503": _error("the projection database is unavailable"),
-                    "504": _error("the journal did not reach min_version in time"),
-                },
-            }
-        },
-        "/aggregates/{aggregate}/{aggregate_id}/state": {
-            "get": {
-                "operationId": "aggregateState",
-                "summary": "The aggregate's state at a version or instant: the fold of its first events",
-                "description": "Events are read from the journal, upcast to the current schema and folded with "
-                "the aggregate's own evolve. Without version or at: the latest state in the journal.",
-                "parameters": [
-                    aggregate_param,
-                    id_param,
-                    _query("version", {"type": "integer", "minimum": 0}, "fold the first N events (0: initial)"),
-                    _query("at", {"type": "string", "format": "date-time"}, "fold the events recorded up to then"),
-                ],
-                "responses": {
-                    "200": {
-                        "description": "the state",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StateAt"}}},
-                    },
-                    "400": _error("a bad version or timestamp, or both given"),
-                    "404": _error("unknown aggregate or id, or a version beyond the last (version_not_found)"),
-                    "500": _error("an event in the journal cannot be decoded or folded by this code"),
-                    "503": _error("the projection database is unavailable"),
                 },
             }
         },
@@ -298,6 +241,8 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
             }
         },
     }
+    paths.update(read_paths(aggregate_param, id_param))
+    paths["/aggregates/{aggregate}/commands"]["get"] = command_by_query(aggregate_param, paths)
     for path, what in (
         ("/healthz", "alive"),
         ("/readyz", "ready: the results reader reached the end once"),
@@ -391,41 +336,6 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
                         "offset": {"type": "integer"},
                     },
                 },
-                "Events": {
-                    "type": "object",
-                    "properties": {
-                        "aggregate": {"type": "string"},
-                        "aggregate_id": {"type": "string"},
-                        "version": {"type": "integer", "description": "the last version in the journal"},
-                        "events": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "version": {"type": "integer"},
-                                    "type": {"type": "string"},
-                                    "schema_version": {"type": "integer"},
-                                    "recorded_at": {"type": "string"},
-                                    "command_id": {"type": "string"},
-                                    "payload": {"type": "object"},
-                                },
-                            },
-                        },
-                        "limit": {"type": "integer"},
-                        "offset": {"type": "integer"},
-                    },
-                },
-                "StateAt": {
-                    "type": "object",
-                    "properties": {
-                        "aggregate": {"type": "string"},
-                        "aggregate_id": {"type": "string"},
-                        "version": {"type": "integer", "description": "the version folded to"},
-                        "last_version": {"type": "integer"},
-                        "recorded_at": {"type": ["string", "null"]},
-                        "state": {"type": "object"},
-                    },
-                },
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -441,6 +351,7 @@ def openapi_document(specs: Mapping[str, AggregateSpec], views: Sequence[str], *
                         }
                     },
                 },
+                **read_schemas(),
                 **{f"Payload.{name}": schema for name, schema in payloads.items()},
             }
         },

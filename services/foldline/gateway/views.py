@@ -260,6 +260,24 @@ class ViewService:
         )
         return rows
 
+    async def skipped(self, **query: Any) -> list[dict[str, Any]]:
+        """Records projectors passed over, newest first (``SqlStore.skipped_records``; empty for a
+        target without a ``foldline_skipped`` table)."""
+        target = await self._ensure_target()
+        read = getattr(target, "skipped_records", None)  # not part of ProjectionTarget: SqlStore has it
+        if read is None:
+            return []
+        rows: list[dict[str, Any]] = await self._call(read, **query)
+        return rows
+
+    async def journal_skips(self, aggregate: str, aggregate_id: str) -> list[dict[str, Any]]:
+        """What the aggregate's journal passed over of this aggregate id (the causes of its gaps)."""
+        return await self.skipped(views=[self.journal_view(aggregate)], aggregate_id=aggregate_id, limit=1000)
+
+    async def journal_unattributed_skips(self, aggregate: str) -> int:
+        """How many records the journal passed over without knowing whose they were (up to 1000)."""
+        return len(await self.skipped(views=[self.journal_view(aggregate)], unattributed=True, limit=1000))
+
     async def version(self, view: str, aggregate_id: str) -> int | None:
         target = await self._ensure_target()
         version: int | None = await self._call(target.aggregate_version, view, aggregate_id)

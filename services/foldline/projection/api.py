@@ -137,6 +137,10 @@ class Projection:
     columns: ClassVar[tuple[Column, ...]]
     key: ClassVar[tuple[str, ...]]
     indexes: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    #: False: an events projection that works on the record as written (``Event.payload``), so an event
+    #: this code cannot decode (an unknown type, a missing upcaster) still reaches it; ``Event.event``
+    #: is then None. The event journal is one.
+    decode_events: ClassVar[bool] = True
 
     def __init__(
         self, *, aggregate_name: str | None = None, view_name: str | None = None, revision: int | None = None

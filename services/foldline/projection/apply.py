@@ -23,6 +23,7 @@ found by the engine and passed over with ``skip``. Every skipped record gets a r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -184,8 +185,8 @@ class Applier:
         for msg in messages:
             try:
                 snap = from_bytes(msg.value())
-            except DecodeError as exc:
-                plan.skips.append(self._skip(msg, "undecodable", exc))
+            except (DecodeError, ValueError, TypeError) as exc:
+                plan.skips.append(self._skip(msg, "undecodable", exc, *salvage(msg.value())))
                 continue
             prev = latest.get(snap.aggregate_id)
             if prev is None or snap.version >= prev[0].version:
@@ -223,6 +224,7 @@ class Applier:
         events = [(e, m) for e, m in ((self._decode(EventRecord.from_bytes, m, plan), m) for m in messages) if e]
         current: dict[str, tuple[int, Memo]] = dict(versions([e.aggregate_id for e, _ in events]))
         decode_event = self.spec.aggregate_spec.decode_event
+        decodes = type(self.spec.projection).decode_events
         for rec, msg in events:
             aggregate_id = rec.aggregate_id
             reached, memo = current.get(aggregate_id, (0, None))
@@ -232,7 +234,7 @@ class Applier:
             if rec.version != reached + 1 and reached:
                 self._log.warning("events missing", aggregate_id=aggregate_id, reached=reached, got=rec.version)
             try:
-                event = decode_event(rec.type, rec.schema_version, rec.payload)
+                event = decode_event(rec.type, rec.schema_version, rec.payload) if decodes else None
                 record = Event(
                     aggregate_id,
                     rec.version,
@@ -274,6 +276,22 @@ class Applier:
     def _decode(decode: Any, msg: SourceMessage, plan: Plan) -> Any:
         try:
             return decode(msg.value())
-        except DecodeError as exc:
-            plan.skips.append(Applier._skip(msg, "undecodable", exc))
+        except (DecodeError, ValueError, TypeError) as exc:  # TypeError/ValueError: a field of a wrong type
+            plan.skips.append(Applier._skip(msg, "undecodable", exc, *salvage(msg.value())))
             return None
+
+
+def salvage(value: bytes | None) -> tuple[str | None, int | None]:
+    """The aggregate id and version of a record that does not decode, where they can still be read: the
+    skipped row then says whose record (and which version) is missing."""
+    try:
+        data = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    aggregate_id, version = data.get("aggregate_id"), data.get("version")
+    return (
+        aggregate_id if isinstance(aggregate_id, str) else None,
+        version if isinstance(version, int) and not isinstance(version, bool) and 0 < version < 1 << 62 else None,
+    )

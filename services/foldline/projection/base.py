@@ -275,6 +275,43 @@ class SqlStore:
             raise UnknownViewError(f"no view named {view!r}", details={"view": view}) from None
         return ViewInfo(view, found[0][0], revisions)
 
+    def skipped_records(
+        self,
+        *,
+        topics: Sequence[str] = (),
+        views: Sequence[str] = (),
+        aggregate_id: str | None = None,
+        unattributed: bool = False,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest records projectors passed over (``foldline_skipped``): the read side's dead letters.
+        Filtered by source topics and/or views, by one aggregate, or (``unattributed``) to those whose
+        aggregate could not be read."""
+        self._check_page(limit, 0)
+        p = self.dialect.param
+        where, params = [], []
+        for column, values in (("topic", topics), ("view", views)):
+            if values:
+                where.append(f"{column} IN ({self._p(len(values))})")
+                params += list(values)
+        if aggregate_id is not None:
+            where.append(f"aggregate_id = {p}")
+            params.append(aggregate_id)
+        if unattributed:
+            where.append("aggregate_id IS NULL")
+        names = ("view", "revision", "topic", "partition", "offset", "aggregate_id", "version", "reason", "error")
+        sql = (
+            f"SELECT {', '.join(q(n) for n in names)}, recorded_at FROM foldline_skipped"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + f' ORDER BY recorded_at DESC, topic, "partition", "offset" DESC LIMIT {p}'
+        )
+        try:
+            with self.session(write=False) as s:
+                rows = s.execute(sql, [*params, limit])
+        except MissingTableError:
+            return []
+        return [dict(zip((*names, "recorded_at"), row, strict=True)) for row in rows]
+
     # -- the reader's interface (ProjectionTarget) -------------------------------------------------------
     def read_rows(
         self, view: str, *, filters: Mapping[str, Any], limit: int = 100, offset: int = 0, order_by: str | None = None

@@ -48,6 +48,9 @@ class EventJournal(Projection):
         Column("command_id", "text", nullable=False),
     )
     key = ("id", "version")
+    # Events are kept as written: one of a type this code does not know (or cannot upcast) is still a row
+    # of the timeline, never a gap; reading the history says it cannot be folded.
+    decode_events = False
 
     def project(self, record: Event) -> list[RowChange]:
         return [
@@ -55,14 +58,36 @@ class EventJournal(Projection):
                 {
                     "id": record.aggregate_id,
                     "version": record.version,
-                    "type": record.type,
+                    "type": storable(record.type),
                     "schema_version": record.schema_version,
-                    "payload": json.dumps(record.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-                    "recorded_at": record.recorded_at,
-                    "command_id": record.command_id,
+                    "payload": payload_text(record.payload),
+                    "recorded_at": storable(record.recorded_at),
+                    "command_id": storable(record.command_id),
                 }
             )
         ]
+
+
+def storable(text: str) -> str:
+    """Text every database keeps: a NUL (PostgreSQL refuses it) and a lone surrogate (no encoding has
+    it) are written as escapes, so an odd event is a row with a visible oddity, not a skipped record."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return text
+
+
+def payload_text(payload: object) -> str:
+    """The payload as JSON text; non-ASCII stays readable unless a lone surrogate needs JSON's escapes."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text
 
 
 def journal_projection(aggregate: type[Aggregate[Any]] | str, *, aggregate_name: str | None = None) -> ProjectionSpec:

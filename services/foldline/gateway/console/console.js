@@ -208,6 +208,8 @@
         el("section", {}, el("h2", { text: "Latest command results" }), results)) : "",
       id ? el("section", {}, el("h2", { text: "Event timeline" }), timeline) : "",
     );
+    const letters = deadLetters(name, id);
+    $("main").append(letters);
     if (!id) { current.textContent = "Open an aggregate by id, or create one with a command."; return; }
 
     let sliderRequest = 0;
@@ -215,7 +217,7 @@
       const version = Number(slider.value);
       const mine = ++sliderRequest;
       sliderLabel.textContent = `version ${version} of ${page.last}…`;
-      const r = await api(`/aggregates/${enc(name)}/${enc(id)}/state?version=${version}`);
+      const r = await api(`/aggregates/${enc(name)}/state?aggregate_id=${enc(id)}&version=${version}`);
       if (mine !== sliderRequest) return; // a later move of the slider answers instead
       if (r.status === 200) { stateAt.textContent = pretty(r.body.state); sliderLabel.textContent = `version ${r.body.version} of ${r.body.last_version}` + (r.body.recorded_at ? ` · ${r.body.recorded_at}` : ""); }
       else { stateAt.textContent = ""; sliderLabel.textContent = errorText(r.body); }
@@ -223,7 +225,7 @@
 
     async function refresh(minVersion) {
       const wait = minVersion ? `&min_version=${minVersion}` : "";
-      const events = await api(`/aggregates/${enc(name)}/${enc(id)}/events?limit=1000${wait}`);
+      const events = await api(`/aggregates/${enc(name)}/events?aggregate_id=${enc(id)}&limit=1000${wait}`);
       if (events.status === 404 && events.body.error && events.body.error.code === "unknown_aggregate_id") {
         current.textContent = "No events yet: send a command to create it.";
         page.last = 0;
@@ -236,13 +238,18 @@
       form.expected.value = String(page.last);
       timeline.replaceChildren(
         el("thead", {}, el("tr", {}, ["version", "type", "recorded at", "command id", "payload"].map((h) => el("th", { text: h })))),
-        el("tbody", {}, events.body.events.map((e) => el("tr", { "data-version": e.version },
-          el("td", { text: e.version }),
-          el("td", { text: e.type + (e.schema_version !== 1 ? ` (schema ${e.schema_version})` : "") }),
-          el("td", { text: e.recorded_at }),
-          el("td", { text: e.command_id }),
-          el("td", { class: "payload", text: JSON.stringify(e.payload) })))));
-      const state = await api(`/aggregates/${enc(name)}/${enc(id)}/state`);
+        el("tbody", {}, events.body.events.map((e) => e.gap
+          ? el("tr", { class: "gap", "data-version": e.version },
+            el("td", { text: e.version === e.to_version ? e.version : `${e.version}–${e.to_version}` }),
+            el("td", { text: "missing" }), el("td"), el("td"),
+            el("td", { class: "payload", text: (e.skipped || []).map((k) => `${k.reason}: ${k.error}`).join("\n") || "the journal lacks these versions" }))
+          : el("tr", { "data-version": e.version, class: e.undecodable ? "undecodable" : "" },
+            el("td", { text: e.version }),
+            el("td", { text: e.type + (e.schema_version !== 1 ? ` (schema ${e.schema_version})` : "") + (e.undecodable ? " · undecodable here" : "") }),
+            el("td", { text: e.recorded_at }),
+            el("td", { text: e.command_id }),
+            el("td", { class: "payload", text: JSON.stringify(e.payload) + (e.undecodable ? "\n" + e.undecodable : "") })))));
+      const state = await api(`/aggregates/${enc(name)}/state?aggregate_id=${enc(id)}`);
       current.textContent = state.status === 200 ? `version ${state.body.version}\n` + pretty(state.body.state) : errorText(state.body);
       slider.max = String(page.last);
       slider.value = String(page.last);
@@ -254,8 +261,60 @@
       results.prepend(el("li", {}, describe(data)));
       while (results.children.length > 20) results.lastChild.remove();
       if (data.status === "accepted" && data.version > page.last) refresh(data.version);
+      if (data.status === "failed") letters.reload(); // a failed command left a dead letter
     });
     refresh(0);
+  }
+
+  // Dead letters of the aggregate (of one id when given) and the projectors' skipped records: all as text.
+  function deadLetters(name, id) {
+    const info = el("div", { id: "dead-letters-info", class: "muted" });
+    const table = el("table", { id: "dead-letters" });
+    const skips = el("table", { id: "projector-skips" });
+    const reload = el("button", { type: "button", text: "Refresh", onclick: () => load() });
+    const section = el("section", {}, el("h2", { text: "Dead letters" + (id ? " of this id" : "") }), el("div", { class: "pager" }, reload, info), table,
+      el("h2", { text: "Records the projectors skipped" }), skips);
+
+    function cause(d) {
+      if (!d.decoded) return "not a dead letter: " + (d.problem || "");
+      const c = d.cause || {};
+      return [c.code, c.message].filter((x) => x !== null && x !== undefined).map(show).join(": ");
+    }
+
+    async function load() {
+      info.textContent = "reading…";
+      const params = new URLSearchParams({ limit: "50" });
+      if (id) params.set("aggregate_id", id);
+      const r = await api(`/aggregates/${enc(name)}/dead-letters?${params}`);
+      if (r.status !== 200) { info.textContent = errorText(r.body); info.className = "error"; return; }
+      const body = r.body;
+      info.className = "muted";
+      info.textContent = `${body.dead_letters.length} dead letter(s) on ${body.topic}, newest first` + (body.complete ? "" : " (the read stopped early: older ones may be missing)");
+      table.replaceChildren(
+        el("thead", {}, el("tr", {}, ["time", "partition@offset", "key", "command id", "cause", "value"].map((h) => el("th", { text: h })))),
+        el("tbody", {}, body.dead_letters.length ? body.dead_letters.map((d) => el("tr", { "data-offset": d.offset },
+          el("td", { text: d.timestamp || d.recorded_at || "" }),
+          el("td", { text: `${d.partition}@${d.offset}` }),
+          el("td", { text: show(d.record_key !== null && d.record_key !== undefined ? d.record_key : d.key) }),
+          el("td", { text: d.command_id || "" }),
+          el("td", { class: d.decoded ? "" : "error", text: cause(d) }),
+          el("td", { class: "payload", text: show(d.decoded ? d.value : d.raw) + (d.extra ? "\n" + JSON.stringify(d.extra) : "") }),
+        )) : [el("tr", {}, el("td", { class: "muted", colspan: 6, text: "no dead letters" }))]));
+      const skipped = body.projector_skips || [];
+      skips.replaceChildren(
+        el("thead", {}, el("tr", {}, ["time", "view", "source", "aggregate", "reason", "error"].map((h) => el("th", { text: h })))),
+        el("tbody", {}, skipped.length ? skipped.map((k) => el("tr", {},
+          el("td", { text: k.recorded_at }),
+          el("td", { text: `${k.view} (revision ${k.revision})` }),
+          el("td", { text: `${k.topic} ${k.partition}@${k.offset}` }),
+          el("td", { text: (k.aggregate_id || "?") + (k.version ? ` v${k.version}` : "") }),
+          el("td", { text: k.reason }),
+          el("td", { class: "payload", text: k.error }),
+        )) : [el("tr", {}, el("td", { class: "muted", colspan: 6, text: body.projector_skips === null ? "no projection database" : "none" }))]));
+    }
+    load();
+    section.reload = load;
+    return section;
   }
 
   function describe(result) {
