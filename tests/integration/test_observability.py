@@ -1,0 +1,343 @@
+"""Dashboards and alerts proven against a real Prometheus scraping real processes.
+
+A Prometheus from Debian's package (loopback, its own port, 1 s scrapes, foldline's alert rules loaded)
+scrapes a command handler and a projector (child processes) and the gateway, while the test drives
+commands, a poison record, a rebalance (a second handler joins and leaves) and a projection rebuild. Then
+every PromQL expression of every dashboard panel and every alert, read from the chart's JSON and the rules
+file, is evaluated through Prometheus' HTTP API: each must parse, each one the test exercised must return
+data, and the values the test knows must be right (one poison record: the dead-letter increase is 1 and
+the alert fires; each partition's lag is exported by exactly one handler, and sums to the true lag).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from confluent_kafka import Consumer, TopicPartition
+
+from foldline.aggregate import AggregateSpec
+from foldline.examples.invoices.views import InvoiceList
+from foldline.gateway import Gateway, GatewayServer
+from foldline.gateway.server import free_port
+from foldline.topics import TopicNames, handler_group
+from tests.conftest import REPO, aggregate_path
+from tests.integration.conftest import gateway_settings
+from tests.kafka_support import HandlerProcess, send, start_handler
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+CHART = REPO / "charts" / "foldline"
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
+VIEWS = "foldline.examples.invoices.views"
+CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
+LOOPBACK = {"FOLDLINE_HTTP_HOST": "127.0.0.1"}
+#: Panels whose metrics no process of this test exports (the operator runs under envtest/cluster tests).
+NOT_EXERCISED = re.compile(r"foldline_operator_")
+
+
+class InvoiceListR2(InvoiceList):
+    """Revision 2 of the invoice list: the projector rebuilds it from the start, then switches."""
+
+    revision = 2
+
+
+class Prometheus:
+    """A real ``prometheus`` on loopback scraping the targets written to a file_sd file."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is missing: apt-get install prometheus (scripts/bootstrap.sh does)"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.targets_file = workdir / "targets.json"
+        self.targets: dict[str, str] = {}
+        self._write_targets()
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [
+                {
+                    "job_name": "foldline",
+                    "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
+                }
+            ],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.log = workdir / "prometheus.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+        wait_until(self._ready, 60, "prometheus to be ready")
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return self.http.get("/-/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _write_targets(self) -> None:
+        groups = [
+            {"targets": [address], "labels": {"namespace": "observe-test", "pod": pod}}
+            for pod, address in sorted(self.targets.items())
+        ]
+        tmp = self.targets_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.targets_file)  # atomic: Prometheus never reads half a file
+
+    def scrape(self, pod: str, port: int) -> None:
+        self.targets[pod] = f"127.0.0.1:{port}"
+        self._write_targets()
+        wait_until(lambda: self.query(f'up{{pod="{pod}"}} == 1'), 60, f"prometheus to scrape {pod}")
+
+    def forget(self, pod: str) -> None:
+        self.targets.pop(pod)
+        self._write_targets()
+        wait_until(lambda: not self.query(f'up{{pod="{pod}"}}'), 60, f"prometheus to drop {pod}")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        body = self.http.get("/api/v1/query", params={"query": expr}).json()
+        assert body["status"] == "success", f"{expr}: {body}"
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def value(self, expr: str) -> float:
+        result = self.query(expr)
+        assert len(result) == 1, f"{expr}: {result}"
+        return float(result[0]["value"][1])
+
+    def stop(self) -> None:
+        self.http.close()
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    server = Prometheus(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def panel_queries() -> list[tuple[str, str, str]]:
+    """(dashboard, panel title, expr) of every target of every dashboard in the chart."""
+    out = []
+    for path in sorted((CHART / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            out += [(path.name, panel["title"], target["expr"]) for target in panel["targets"]]
+    return out
+
+
+def variable_queries() -> list[tuple[str, str, str]]:
+    """(dashboard, selector, label) of every ``label_values(selector, label)`` variable."""
+    out = []
+    for path in sorted((CHART / "dashboards").glob("*.json")):
+        for var in json.loads(path.read_text())["templating"]["list"]:
+            if var["type"] == "query":
+                match = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"])
+                assert match, var["query"]
+                out.append((path.name, match.group(1), match.group(2)))
+    return out
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def fill(expr: str, aggregate: str) -> str:
+    return expr.replace("$namespace", "observe-test").replace("$pod", ".*").replace("$aggregate", aggregate)
+
+
+def true_lag(bootstrap: str, aggregate: str, partitions: int) -> dict[str, int]:
+    """End offset minus the handlers' committed offset, per commands partition, straight from Kafka."""
+    topic = TopicNames(aggregate).commands
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": handler_group(aggregate)})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        out = {}
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            out[str(tp.partition)] = high - max(tp.offset, 0)
+        return out
+    finally:
+        consumer.close()
+
+
+def test_dashboards_and_alerts_against_a_real_prometheus(
+    kafka_bootstrap, invoices_aggregate, start_projector, prometheus, tmp_path
+):
+    cls = invoices_aggregate(partitions=3)
+    agg = cls.name
+    names = TopicNames(agg)
+    handlers: dict[str, HandlerProcess] = {}
+
+    def run_handler(pod: str) -> None:
+        port = free_port()
+        handlers[pod] = start_handler(
+            kafka_bootstrap, aggregate_path(cls), tmp_path / pod, pod, tmp_path, extra_env=LOOPBACK, http_port=port
+        )
+        prometheus.scrape(pod, port)
+
+    def run_projector(view: str, pod: str) -> subprocess.Popen[bytes]:
+        port = free_port()
+        proc = start_projector(
+            view,
+            f"sqlite:///{tmp_path / 'views.db'}",
+            aggregate_name=agg,
+            name=pod,
+            extra_env={**LOOPBACK, "FOLDLINE_HTTP_PORT": str(port)},
+        )
+        prometheus.scrape(pod, port)
+        return proc
+
+    gateway = Gateway(
+        [AggregateSpec(cls())], gateway_settings(kafka_bootstrap, command_timeout_s=30.0, max_command_timeout_s=60.0)
+    )
+    try:
+        with GatewayServer(gateway) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            prometheus.scrape("gateway", int(server.url.rsplit(":", 1)[1]))
+            run_handler("handler-a")
+            run_projector(f"{VIEWS}:InvoiceList", "projector-r1")
+
+            def submit(prefix: str, n: int) -> None:
+                for i in range(n):
+                    body = {"aggregate_id": f"{prefix}-{i}", "type": "CreateInvoice", "payload": CREATE}
+                    r = client.post(f"/aggregates/{agg}/commands", json=body)
+                    assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
+
+            submit("first", 12)
+
+            # Before the poison record: the dead-letter series exist at 0 (so increase() will see the first).
+            wait_until(lambda: prometheus.query(f'foldline_dead_letters_total{{aggregate="{agg}"}}'), 30, "series")
+            assert prometheus.value(f'sum(foldline_dead_letters_total{{aggregate="{agg}"}})') == 0
+            send(kafka_bootstrap, names.commands, [(b"poison-1", b"\xff this is no command")])
+            dead = f'sum(increase(foldline_dead_letters_total{{aggregate="{agg}", code="undecodable"}}[5m]))'
+            wait_until(lambda: prometheus.value(dead) >= 0.9, 60, "the dead letter to be counted")
+
+            # A rebalance: a second handler joins (each takes partitions), commands flow to both, it leaves.
+            run_handler("handler-b")
+            per_pod = f'foldline_assigned_partitions{{aggregate="{agg}"}} > 0'
+            wait_until(lambda: len(prometheus.query(per_pod)) == 2, 90, "both handlers to own partitions")
+            submit("second", 12)
+            lag_series = f'foldline_consumer_lag{{aggregate="{agg}"}}'
+
+            def every_partition_measured_once() -> bool:
+                owners = prometheus.query(f"count by (partition) ({lag_series})")
+                return len(owners) == 3 and all(float(o["value"][1]) == 1 for o in owners)
+
+            # The fix under test: a revoked partition's lag leaves its old owner, so once both handlers
+            # export lag no partition is exported twice (handler-a used to keep its pre-rebalance values).
+            def exporting() -> set[str]:
+                return {s["metric"]["pod"] for s in prometheus.query(lag_series)}
+
+            wait_until(lambda: exporting() == {"handler-a", "handler-b"}, 60, "both handlers to export lag")
+            time.sleep(2)  # two more scrapes of each
+            assert every_partition_measured_once(), prometheus.query(lag_series)
+            assert handlers["handler-b"].terminate() == 0
+            prometheus.forget("handler-b")
+            wait_until(
+                lambda: prometheus.value(f'sum(foldline_assigned_partitions{{aggregate="{agg}"}})') == 3,
+                90,
+                "handler-a to own every partition again",
+            )
+            submit("third", 6)
+
+            # A rebuild: revision 2 reads the source from the start and switches; revision 1 retires.
+            run_projector(f"tests.integration.test_observability:{InvoiceListR2.__name__}", "projector-r2")
+            progress = f'foldline_projection_rebuild_progress_ratio{{aggregate="{agg}", revision="2"}}'
+            wait_until(lambda: prometheus.query(f"{progress} == 1"), 120, "revision 2 to switch")
+
+            # After the rebalance the exported lag is the true lag, partition by partition.
+            def lag_matches() -> bool:
+                exported = {s["metric"]["partition"]: int(float(s["value"][1])) for s in prometheus.query(lag_series)}
+                return exported == true_lag(kafka_bootstrap, agg, 3)
+
+            wait_until(lag_matches, 60, "the exported lag to equal the true lag")
+            assert prometheus.value(f"sum({lag_series})") == sum(true_lag(kafka_bootstrap, agg, 3).values())
+            time.sleep(3)  # a few more scrapes and rule evaluations
+
+            check_panels(prometheus, agg)
+            check_alerts(prometheus, agg)
+            check_variables(prometheus)
+
+            # The values the test knows.
+            panel = dict(((d, t), e) for d, t, e in panel_queries() if d == "foldline-aggregates.json")
+            dead_letters = prometheus.query(fill(panel["foldline-aggregates.json", "Dead letters (last 5m)"], agg))
+            by_code = {s["metric"]["code"]: float(s["value"][1]) for s in dead_letters}
+            assert abs(by_code.pop("undecodable") - 1) < 0.1 and set(by_code.values()) == {0.0}
+            rebalances = fill(panel["foldline-aggregates.json", "Rebalances (last 5m)"], agg)
+            kinds = {s["metric"]["kind"]: float(s["value"][1]) for s in prometheus.query(rebalances)}
+            # handler-a gave partitions to b and took them back (its first assignment may precede the first
+            # scrape); b's series left with b. Each kind is there from the start, "lost" at 0.
+            assert kinds["revoked"] >= 1 and kinds["assigned"] >= 1 and kinds["lost"] == 0
+            restores = f'sum(foldline_store_restore_seconds_count{{aggregate="{agg}"}})'
+            assert prometheus.value(restores) >= 4
+            assert prometheus.value(f'sum(foldline_store_restoring_partitions{{aggregate="{agg}"}})') == 0
+    finally:
+        for proc in handlers.values():
+            if proc.alive():
+                proc.terminate()
+
+
+def check_panels(prometheus: Prometheus, agg: str) -> None:
+    empty = []
+    for board, title, expr in panel_queries():
+        result = prometheus.query(fill(expr, agg))  # asserts that it parses and evaluates
+        if not result and not NOT_EXERCISED.search(expr):
+            empty.append(f"{board} / {title}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def check_alerts(prometheus: Prometheus, agg: str) -> None:
+    rules = prometheus.http.get("/api/v1/rules").json()["data"]["groups"]
+    loaded = {rule["name"]: rule for group in rules for rule in group["rules"]}
+    assert set(loaded) == {rule["alert"] for rule in alert_rules()}
+    for rule in alert_rules():
+        assert loaded[rule["alert"]]["health"] == "ok", loaded[rule["alert"]]
+        prometheus.query(rule["expr"])  # parses and evaluates through the HTTP API
+        for metric in set(re.findall(r"\bfoldline_[a-z_]+", rule["expr"])):
+            if not NOT_EXERCISED.search(metric):
+                assert prometheus.query(f"count({metric})"), f"{rule['alert']}: no {metric} scraped"
+    firing = [
+        a["labels"]
+        for a in prometheus.http.get("/api/v1/alerts").json()["data"]["alerts"]
+        if a["state"] == "firing" and a["labels"]["alertname"] == "FoldlineDeadLetters"
+    ]
+    assert [(a["aggregate"], a["code"]) for a in firing] == [(agg, "undecodable")]
+
+
+def check_variables(prometheus: Prometheus) -> None:
+    for board, selector, label in variable_queries():
+        values = prometheus.http.get(f"/api/v1/label/{label}/values", params={"match[]": fill(selector, ".*")}).json()
+        assert values["status"] == "success" and values["data"], f"{board}: {selector} has no {label}"
