@@ -287,6 +287,7 @@ def test_dashboards_and_alerts_against_a_real_prometheus(
             assert prometheus.value(f"sum({lag_series})") == sum(true_lag(kafka_bootstrap, agg, 3).values())
             time.sleep(3)  # a few more scrapes and rule evaluations
 
+            check_metrics_lint(prometheus)
             check_panels(prometheus, agg)
             check_alerts(prometheus, agg)
             check_variables(prometheus)
@@ -308,6 +309,18 @@ def test_dashboards_and_alerts_against_a_real_prometheus(
         for proc in handlers.values():
             if proc.alive():
                 proc.terminate()
+
+
+def check_metrics_lint(prometheus: Prometheus) -> None:
+    """``promtool check metrics`` on the /metrics of every process still being scraped."""
+    up = {s["metric"]["pod"]: s["metric"]["instance"] for s in prometheus.query("up == 1")}
+    assert {"gateway", "handler-a", "projector-r2"} <= set(up)
+    for pod, address in up.items():
+        text = httpx.get(f"http://{address}/metrics", timeout=10).content
+        done = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, f"{pod}: {done.stdout.decode()}{done.stderr.decode()}"
 
 
 def check_panels(prometheus: Prometheus, agg: str) -> None:
