@@ -1,7 +1,9 @@
 """The Grafana dashboards of the Helm chart, as code: ``python -m foldline.observability.dashboards --write``.
 
-The JSON under ``charts/foldline/dashboards`` is generated from here (a unit test checks for drift), so
-every panel filters by the same ``namespace``/``pod`` variables and queries only exported metrics.
+The JSON under ``charts/foldline/dashboards`` is generated from here with Grafana's own typed builders
+(``grafana-foundation-sdk``, Grafana's dashboard schema; the ``dev`` extra: this is a build step, no
+process imports it at run time). A unit test checks for drift, so every panel filters by the same
+``namespace``/``pod`` variables and queries only exported metrics.
 Counters are shown with ``increase()`` where a person counts events (dead letters, rebalances) and with
 ``rate()`` where they read throughput.
 """
@@ -15,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_DS = {"type": "prometheus", "uid": "${datasource}"}
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as models
+
+_DS = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 _ALL_FOLDLINE = '{__name__=~"foldline_.+"'
 
 
@@ -211,67 +218,53 @@ OPERATOR = (
 )
 
 
-def _query_var(name: str, label: str, query: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "query",
-        "label": label,
-        "multi": True,
-        "includeAll": True,
-        "allValue": ".*",
-        "current": {"text": "All", "value": "$__all"},
-        "datasource": _DS,
-        "query": query,
-        "refresh": 2,
-    }
+def _query_var(name: str, label: str, query: str) -> db.QueryVariable:
+    return (
+        db.QueryVariable(name)
+        .label(label)
+        .datasource(_DS)
+        .query(query)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+    )
 
 
-def _variables(aggregate_metric: str | None) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [
-        {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
+def _variables(aggregate_metric: str | None) -> list[db.QueryVariable | db.DatasourceVariable]:
+    out: list[db.QueryVariable | db.DatasourceVariable] = [
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus"),
         _query_var("namespace", "Namespace", f"label_values({_ALL_FOLDLINE}}}, namespace)"),
         _query_var("pod", "Pod", f'label_values({_ALL_FOLDLINE}, namespace=~"$namespace"}}, pod)'),
     ]
     if aggregate_metric is not None:
-        out.append(
-            _query_var(
-                "aggregate",
-                "Aggregate",
-                f'label_values({{__name__=~"{aggregate_metric}", namespace=~"$namespace"}}, aggregate)',
-            )
-        )
+        selector = f'{{__name__=~"{aggregate_metric}", namespace=~"$namespace"}}'
+        out.append(_query_var("aggregate", "Aggregate", f"label_values({selector}, aggregate)"))
     return out
 
 
 def dashboard(uid: str, title: str, panels: Sequence[Panel], aggregate_metric: str | None) -> dict[str, Any]:
-    rendered = []
-    for i, panel in enumerate(panels):
-        rendered.append(
-            {
-                "id": i + 1,
-                "type": "timeseries",
-                "title": panel.title,
-                "datasource": _DS,
-                "gridPos": {"x": 12 * (i % 2), "y": 8 * (i // 2), "w": 12, "h": 8},
-                "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
-                "targets": [
-                    {"refId": chr(ord("A") + j), "expr": t.expr, "legendFormat": t.legend}
-                    for j, t in enumerate(panel.targets)
-                ],
-            }
-        )
-    return {
-        "uid": uid,
-        "title": title,
-        "tags": ["foldline"],
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": True,
-        "time": {"from": "now-1h", "to": "now"},
-        "refresh": "30s",
-        "templating": {"list": _variables(aggregate_metric)},
-        "panels": rendered,
-    }
+    """One dashboard as Grafana's JSON model: two panels a row, laid out by the builder."""
+    board = db.Dashboard(title).uid(uid).tags(["foldline"]).time("now-1h", "now").refresh("30s").editable()
+    for variable in _variables(aggregate_metric):
+        board = board.with_variable(variable)
+    for panel in panels:
+        built = timeseries.Panel().title(panel.title).datasource(_DS).unit(panel.unit).span(12).height(8)
+        for j, target in enumerate(panel.targets):
+            query = prometheus.Dataquery().expr(target.expr).legend_format(target.legend).ref_id(chr(ord("A") + j))
+            built = built.with_target(query)
+        board = board.with_panel(built)
+    encoded: dict[str, Any] = _without_nulls(json.loads(json.dumps(board.build(), cls=JSONEncoder)))
+    return encoded
+
+
+def _without_nulls(value: Any) -> Any:
+    """Unset fields (the SDK writes ``"options": null``) left out, so Grafana applies its defaults."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
