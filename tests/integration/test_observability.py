@@ -29,10 +29,12 @@ from foldline.aggregate import AggregateSpec
 from foldline.examples.invoices.views import InvoiceList
 from foldline.gateway import Gateway, GatewayServer
 from foldline.gateway.server import free_port
+from foldline.handler.wiring import build_command_handler
+from foldline.settings import HandlerSettings, KafkaSettings
 from foldline.topics import TopicNames, handler_group
 from tests.conftest import REPO, aggregate_path
 from tests.integration.conftest import gateway_settings
-from tests.kafka_support import HandlerProcess, send, start_handler
+from tests.kafka_support import HandlerProcess, command, send, start_handler
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -354,3 +356,34 @@ def check_variables(prometheus: Prometheus) -> None:
     for board, selector, label in variable_queries():
         values = prometheus.http.get(f"/api/v1/label/{label}/values", params={"match[]": fill(selector, ".*")}).json()
         assert values["status"] == "success" and values["data"], f"{board}: {selector} has no {label}"
+
+
+def test_a_new_owner_reports_its_whole_backlog_as_lag(kafka_bootstrap, invoices_aggregate, tmp_path):
+    """Right after an assignment, partitions this handler has not committed a batch for yet count from
+    their committed offset: the summed lag is the true lag (it used to leave such partitions out)."""
+    cls = invoices_aggregate(partitions=3)
+    send(
+        kafka_bootstrap, TopicNames(cls.name).commands, [command(f"i-{i}", "CreateInvoice", CREATE) for i in range(60)]
+    )
+    settings = HandlerSettings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        state_dir=tmp_path / "state",
+        instance_id="lag",
+        max_batch=1,  # one command a transaction: the other partitions wait with their backlog
+        commit_interval_ms=20,
+    )
+    handler = build_command_handler(AggregateSpec(cls()), settings)
+    handler.producer.init_transactions(60.0)
+    handler.group.subscribe()  # driven from this thread, which owns the consumer and the producer
+    try:
+        processed = 0
+        deadline = time.monotonic() + 60
+        while (processed == 0 or len(handler.tasks) < 3) and time.monotonic() < deadline:
+            processed += handler.poll_once()
+        assert len(handler.tasks) == 3 and 1 <= processed < 60
+        expected = {int(p): n for p, n in true_lag(kafka_bootstrap, cls.name, 3).items()}
+        assert sum(expected.values()) == 60 - processed
+        wait_until(lambda: len(handler.lag()) == 3, 30, "watermarks of every partition")
+        assert handler.lag() == expected
+    finally:
+        handler.close()

@@ -324,7 +324,11 @@ class CommandHandler:
 
     # -- lag and shutdown --------------------------------------------------------------------------------
     def lag(self) -> dict[int, int]:
-        """Records behind the end of each owned commands partition (from the last fetch)."""
+        """Records behind the end of each owned commands partition (from the last fetch).
+
+        Call from the loop's thread only (it may ask the consumer for committed offsets).
+        """
+        self._resume_positions()
         out = {}
         for p in self.tasks:
             tp = TopicPartition(self.topics.commands, p)
@@ -333,6 +337,25 @@ class CommandHandler:
             if high >= 0 and position is not None:
                 out[p] = max(0, high - position)
         return out
+
+    def _resume_positions(self) -> None:
+        """A partition with no batch committed here yet counts from where this owner resumes (its committed
+        offset, else the start): right after a rebalance its backlog shows, and the lag sums to the truth."""
+        topic = self.topics.commands
+        missing = [TopicPartition(topic, p) for p in self.tasks if p not in self._positions]
+        if not missing:
+            return
+        try:
+            committed = self.consumer.committed(missing, timeout=2.0)
+        except KafkaException:
+            return  # measured on the next round
+        for tp in committed:
+            if tp.error is not None:
+                continue
+            low, _ = self.consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), cached=True)
+            start = tp.offset if tp.offset >= 0 else low  # no committed offset: auto.offset.reset=earliest
+            if start >= 0 and tp.partition not in self._positions:
+                self._positions[tp.partition] = start
 
     def close(self) -> None:
         try:
