@@ -97,6 +97,9 @@ def test_values_validate_against_the_schema(values: dict[str, Any], schema: dict
         ({"operator": {"logFormat": "xml"}}, "$.operator.logFormat"),
         ({"surprise": True}, "unknown key surprise"),
         ({"metrics": {"port": 70000}}, "$.metrics.port"),
+        ({"metrics": {"podMonitor": {"components": ["web"]}}}, "$.metrics.podMonitor.components[0]"),
+        ({"metrics": {"prometheusRule": {"enabled": "yes"}}}, "$.metrics.prometheusRule.enabled"),
+        ({"metrics": {"release": 1}}, "$.metrics.release"),
     ],
 )
 def test_the_schema_rejects_bad_values(
