@@ -12,7 +12,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -
 KIND_CLUSTER ?= foldline
 
 .PHONY: help install lint test unit integration e2e image image-test bench demo kafka-up kafka-down postgres-up \
-        postgres-down envtest-up envtest-down cluster cluster-up cluster-down crds chart-lint kind-up deploy clean
+        postgres-down envtest-up envtest-down cluster cluster-up cluster-down crds dashboards chart-lint kind-up deploy clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ cluster: install ## the tests on real pods in the one-node cluster
 
 crds: ## regenerate manifests/crds and charts/foldline/crds from operator/foldline_operator/crds.py
 	$(PYTHON) -m foldline_operator.crds --write
+
+dashboards: ## regenerate charts/foldline/dashboards/*.json from foldline/observability/dashboards.py
+	$(PYTHON) -m foldline.observability.dashboards --write
 
 kind-up: ## a local kind cluster with foldline's image built and loaded (needs Docker and kind)
 	kind get clusters | grep -qx '$(KIND_CLUSTER)' || kind create cluster --name $(KIND_CLUSTER)

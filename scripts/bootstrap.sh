@@ -20,6 +20,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # The console's browser test drives Debian's Chromium through Selenium.
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+# promtool checks and unit-tests the alert rules; the observability test runs a real Prometheus.
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} from Debian's packages"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -18,7 +18,7 @@ import kopf
 import structlog
 
 from foldline.errors import PermanentError, RetryableError
-from foldline.observability import metrics
+from foldline.observability import metrics, series
 from foldline_operator.aggregates import AggregateReconciler, Outcome, rfc3339
 from foldline_operator.conditions import Condition, find, merge
 from foldline_operator.config import OperatorConfig
@@ -118,6 +118,7 @@ class Runner:
             try:
                 fresh = self.kube.get(API_VERSION, self.kind, str(meta.namespace), str(meta.name))
                 if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                    series.operator_resource_gone(self.kind, str(meta.namespace), str(meta.name))
                     return
                 outcome = self.reconcile(fresh)
                 current = dict(fresh.get("status") or {})
@@ -136,6 +137,17 @@ class Runner:
         ready = next((c for c in outcome.conditions if c.type == "Ready"), None)
         result = "paused" if outcome.status.get("paused") else "ready" if ready and ready.status else "not_ready"
         metrics.OPERATOR_RECONCILES.labels(self.kind, result).inc()
+        if result == "paused":  # not a fault: the not-Ready alert must not page for it
+            series.operator_resource_gone(self.kind, str(meta.namespace), str(meta.name))
+        else:
+            lag = outcome.status.get("lag")
+            series.operator_resource(
+                self.kind,
+                str(meta.namespace),
+                str(meta.name),
+                ready=result == "ready",
+                lag=lag if isinstance(lag, int) else None,
+            )
         for c in outcome.conditions:
             if c.status is False and c.type != "Ready" and c.reason not in _EXPECTED:
                 metrics.OPERATOR_ERRORS.labels(self.kind, c.reason).inc()
@@ -161,6 +173,7 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, config)
         load_config()
+        series.operator_started(["EventSourcedAggregate", "Projection"])
         kube = Kube()
         runtime["aggregates"] = AggregateReconciler(kube, kafka)
         runtime["EventSourcedAggregate"] = Runner("EventSourcedAggregate", kube, runtime["aggregates"].reconcile, locks)
@@ -197,9 +210,11 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
             kopf.event(body, type=type_, reason=reason, message=message)
             log.info("event", kind="EventSourcedAggregate", name=body.metadata.name, reason=reason, message=message)
         locks.forget(str(body.metadata.uid))
+        series.operator_resource_gone("EventSourcedAggregate", str(body.metadata.namespace), str(body.metadata.name))
 
     @kopf.on.delete(GROUP, VERSION, "projections", id="forget", optional=True, registry=registry)
     def forget(body: kopf.Body, **_: Any) -> None:
         locks.forget(str(body.metadata.uid))  # its Deployments go with it (owner references)
+        series.operator_resource_gone("Projection", str(body.metadata.namespace), str(body.metadata.name))
 
     return registry

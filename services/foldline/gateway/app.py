@@ -36,7 +36,7 @@ from foldline.gateway.core import Gateway
 from foldline.gateway.errors import HttpError, SafeJSON, Unauthorized
 from foldline.gateway.openapi import dataclass_schema, openapi_document
 from foldline.gateway.slow import BodyDeadline
-from foldline.observability import metrics
+from foldline.observability import metrics, series
 
 log = structlog.get_logger("foldline.gateway")
 
@@ -236,4 +236,6 @@ def create_app(gateway: Gateway) -> ASGIApp:
         routes=routes, lifespan=lifespan, exception_handlers={HttpError: _http_error, HTTPException: _starlette_error}
     )
     app.state.gateway = gateway
+    # The command routes' 5xx series exist at 0 from start, so an alert's rate() sees the first one.
+    series.gateway_started(gateway.specs, [commands.post_command.__name__, commands.get_command.__name__])
     return Instrumented(BodyDeadline(BearerAuth(app, gateway.settings.token), gateway.settings.body_timeout_s), gateway)

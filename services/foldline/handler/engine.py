@@ -22,7 +22,7 @@ from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
 from foldline.handler.restore import restore_partition
 from foldline.handler.task import PartitionTask
-from foldline.observability import metrics
+from foldline.observability import metrics, series
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
@@ -65,6 +65,7 @@ class CommandHandler:
         self._lag_updated = 0.0
         self.stop_event = threading.Event()
         agg = spec.name
+        series.handler_started(agg)
         self._m_status = {s: metrics.COMMANDS.labels(agg, s.value) for s in Status}
         self._m_latency = metrics.COMMAND_LATENCY.labels(agg)
         self._m_txn = metrics.TRANSACTION_DURATION.labels(agg)
@@ -121,6 +122,7 @@ class CommandHandler:
         for tp in partitions:
             task = self.tasks.pop(tp.partition, None)
             self._positions.pop(tp.partition, None)
+            series.handler_partition_gone(self.spec.name, handler_group(self.spec.name), tp.partition)
             if task is not None:
                 task.close()
         self._m_assigned.set(len(self.tasks))
@@ -131,7 +133,15 @@ class CommandHandler:
 
     def _restore(self, task: PartitionTask) -> None:
         started = time.monotonic()
-        count = restore_partition(self.restore_consumer, self.topics.snapshots, task.partition, task.store)
+        remaining = metrics.RESTORE_REMAINING.labels(self.spec.name, str(task.partition))
+        restoring = metrics.RESTORING_PARTITIONS.labels(self.spec.name)
+        restoring.inc()
+        try:
+            count = restore_partition(
+                self.restore_consumer, self.topics.snapshots, task.partition, task.store, on_progress=remaining.set
+            )
+        finally:
+            restoring.dec()
         task.forget_all()
         if count > 10_000:
             task.store.release_memory()
@@ -314,7 +324,11 @@ class CommandHandler:
 
     # -- lag and shutdown --------------------------------------------------------------------------------
     def lag(self) -> dict[int, int]:
-        """Records behind the end of each owned commands partition (from the last fetch)."""
+        """Records behind the end of each owned commands partition (from the last fetch).
+
+        Call from the loop's thread only (it may ask the consumer for committed offsets).
+        """
+        self._resume_positions()
         out = {}
         for p in self.tasks:
             tp = TopicPartition(self.topics.commands, p)
@@ -323,6 +337,25 @@ class CommandHandler:
             if high >= 0 and position is not None:
                 out[p] = max(0, high - position)
         return out
+
+    def _resume_positions(self) -> None:
+        """A partition with no batch committed here yet counts from where this owner resumes (its committed
+        offset, else the start): right after a rebalance its backlog shows, and the lag sums to the truth."""
+        topic = self.topics.commands
+        missing = [TopicPartition(topic, p) for p in self.tasks if p not in self._positions]
+        if not missing:
+            return
+        try:
+            committed = self.consumer.committed(missing, timeout=2.0)
+        except KafkaException:
+            return  # measured on the next round
+        for tp in committed:
+            if tp.error is not None:
+                continue
+            low, _ = self.consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), cached=True)
+            start = tp.offset if tp.offset >= 0 else low  # no committed offset: auto.offset.reset=earliest
+            if start >= 0 and tp.partition not in self._positions:
+                self._positions[tp.partition] = start
 
     def close(self) -> None:
         try:

@@ -8,6 +8,7 @@ of a new partition arrives - by then the group coordinator has settled that tran
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -18,19 +19,30 @@ from foldline.store.base import StateStore
 _CHUNK = 20_000
 
 
-def restore_partition(consumer: Consumer, topic: str, partition: int, store: StateStore, timeout: float = 300.0) -> int:
+def restore_partition(
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    store: StateStore,
+    timeout: float = 300.0,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
     """Copy snapshot bytes into ``store`` until the end of the partition; returns how many were read.
 
     The bytes go in as they are (no decoding), so restore runs at the speed of the store and the fetch.
+    ``on_progress`` hears how many changelog records are left to read, after every fetch.
     """
+    progress = on_progress or (lambda remaining: None)
     start = store.changelog_offset()
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30.0, cached=False)
     except KafkaException as exc:
         raise BrokerUnavailableError(f"cannot read the end of {topic}[{partition}]: {exc}") from exc
     if start >= high:
+        progress(0)
         return 0
     start = max(start, low)
+    progress(high - start)
     consumer.assign([TopicPartition(topic, partition, start)])
     restored = 0
     pending: list[tuple[bytes, bytes]] = []
@@ -58,9 +70,11 @@ def restore_partition(consumer: Consumer, topic: str, partition: int, store: Sta
                     store.write(pending, last + 1)
                     restored += len(pending)
                     pending = []
+            progress(max(0, high - last - 1))
         if pending or last >= start:
             store.write(pending, last + 1)
             restored += len(pending)
     finally:
         consumer.unassign()
+    progress(0)
     return restored

@@ -6,6 +6,7 @@ take traffic, so a pod restoring a large store is not sent work (or counted as a
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 class HealthServer:
     def __init__(
-        self, port: int, *, live: Callable[[], bool], ready: Callable[[], bool], host: str = "0.0.0.0"
+        self, port: int, *, live: Callable[[], bool], ready: Callable[[], bool], host: str | None = None
     ) -> None:
+        # Pods listen on every interface; FOLDLINE_HTTP_HOST=127.0.0.1 keeps a local process on loopback.
+        host = host or os.environ.get("FOLDLINE_HTTP_HOST") or "0.0.0.0"
         checks = {"/healthz": live, "/readyz": ready}
 
         class Handler(BaseHTTPRequestHandler):

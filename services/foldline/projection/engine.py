@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, RetryableError
-from foldline.observability import metrics
+from foldline.observability import metrics, series
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.apply import Applier, BatchResult, SourceMessage
 from foldline.projection.base import Registration, SqlStore
@@ -90,6 +90,7 @@ class Projector:
         self._next_lag = 0.0
         self._lag: int | None = None
         labels = (spec.aggregate, spec.view)
+        series.projector_started(*labels)
         self._m_rows = metrics.PROJECTION_ROWS.labels(*labels)
         self._m_records = metrics.PROJECTION_RECORDS.labels(*labels)
         self._m_lag = metrics.PROJECTION_LAG.labels(*labels)
@@ -119,6 +120,7 @@ class Projector:
         for tp in partitions:
             self.assigned.discard(tp.partition)
             self.positions.pop(tp.partition, None)
+            series.projector_partition_gone(self.spec.aggregate, self.spec.view, tp.partition)
         self._log.info("partitions revoked", partitions=[tp.partition for tp in partitions])
 
     def _retrying(self, call: Callable[[], T]) -> T:
@@ -344,7 +346,12 @@ class Projector:
             position = self.positions.get(p, low)
             if high >= 0 and position >= 0:
                 behind += max(0, high - position)
+                if self.state == "active":  # as the total: a rebuilding revision reports progress instead
+                    self._m_partition_lag(p).set(max(0, high - position))
         return behind
+
+    def _m_partition_lag(self, partition: int) -> Any:
+        return metrics.PROJECTION_PARTITION_LAG.labels(self.spec.aggregate, self.spec.view, str(partition))
 
     def _update_lag(self) -> None:
         now = time.monotonic()
