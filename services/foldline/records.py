@@ -433,8 +433,8 @@ def _letter(
     code: str,
     message: str,
 ) -> bytes:
-    key_text, key_encoding = _as_text(_whole_chars(key_cut)) if key_cut is not None else (None, None)
-    text, encoding = _as_text(_whole_chars(value_cut)) if value_cut is not None else (None, "utf-8")
+    key_text, key_encoding = _as_text(_whole_chars(key_cut, key)) if key_cut is not None else (None, None)
+    text, encoding = _as_text(_whole_chars(value_cut, value)) if value_cut is not None else (None, "utf-8")
     return dumps_text_safe(
         {
             "source": {"topic": topic, "partition": partition, "offset": offset},
@@ -452,8 +452,10 @@ def _letter(
     )
 
 
-def _whole_chars(raw: bytes) -> bytes:
+def _whole_chars(raw: bytes, whole: bytes | None) -> bytes:
     """A prefix cut inside a UTF-8 character would turn valid text into base64: drop the partial tail."""
+    if raw == whole:
+        return raw
     for back in range(1, min(4, len(raw)) + 1):
         byte = raw[-back]
         if byte < 0x80:
