@@ -146,7 +146,14 @@ def test_huge_values_get_a_dead_letter_within_the_limit(task, value):
 def test_dead_letter_cuts_utf8_between_characters():
     letter = json.loads(
         dead_letter(
-            topic="t", partition=0, offset=0, key=b"k", value="é".encode() * 100_000, code="c", message="m", max_bytes=70_000
+            topic="t",
+            partition=0,
+            offset=0,
+            key=b"k",
+            value="é".encode() * 100_000,
+            code="c",
+            message="m",
+            max_bytes=70_000,
         )
     )
     assert letter["value_encoding"] == "utf-8" and set(letter["value"]) == {"é"} and letter["truncated"]
@@ -226,7 +233,9 @@ def test_a_domain_that_raises_anything_fails_only_its_command(tmp_path):
 
     task = task_for(tmp_path, Broken(), partitions=None)
     out = task.handle(b"n", CommandEnvelope("n1", "n", "Append", {"text": "a"}).to_bytes(), 0)
-    assert out.result is not None and out.result.code == "decide_failed" and "RecursionError" in (out.result.reason or "")
+    assert (
+        out.result is not None and out.result.code == "decide_failed" and "RecursionError" in (out.result.reason or "")
+    )
     task.close()
 
 

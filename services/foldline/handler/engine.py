@@ -30,6 +30,11 @@ from foldline.topics import TopicNames, handler_group
 
 log = structlog.get_logger("foldline.handler")
 
+#: Seconds of command processing one transaction may take; the batch's other records wait for the next.
+#: Far under the transaction timeout (10 s), past which the broker would fence the producer: a batch of
+#: commands on huge aggregates (each measured against FOLDLINE_MAX_RECORD_BYTES) can take that long.
+BATCH_BUDGET_S = 2.0
+
 
 class CommandHandler:
     def __init__(
@@ -212,7 +217,11 @@ class CommandHandler:
             owned.begin_batch()
         try:
             self._call(self.producer.begin_transaction)
-            for msg in batch:
+            for i, msg in enumerate(batch):
+                if i and time.monotonic() - started > BATCH_BUDGET_S:
+                    self._put_back(batch[i:])
+                    batch = batch[:i]
+                    break
                 p = cast(int, msg.partition())
                 task = self.tasks.get(p)
                 if task is None:  # revoked between fetch and now: its records will be redelivered
@@ -288,6 +297,15 @@ class CommandHandler:
                     raise
                 log.error("record too large to write: dropped", topic=topic, partition=partition, size=len(value))
                 return
+
+    def _put_back(self, rest: list[Message]) -> None:
+        """Records left out of this transaction: seek back so that the next batch starts with them."""
+        first: dict[int, int] = {}
+        for msg in rest:
+            first.setdefault(cast(int, msg.partition()), cast(int, msg.offset()))
+        for p, offset in first.items():
+            if p in self.tasks:
+                self.consumer.seek(TopicPartition(self.topics.commands, p, offset))
 
     def _on_snapshot(self, error: KafkaError | None, msg: Message) -> None:
         if error is None:
