@@ -154,7 +154,7 @@ def test_every_poison_record_gets_its_outcome_and_the_partition_goes_on(kafka_bo
         kcat(kafka_bootstrap, names.commands, partition, ok.encode(), envelope(f"ok-{n}", ok), tmp_path)
         follow_ups[f"ok-{n}"] = partition
     expected = [c for c in cases() if c.command_id is not None]
-    got = {r.command_id: r for r in wait_for_results(kafka_bootstrap, cls.name, len(follow_ups) + len(expected))}
+    got = {str(r.command_id): r for r in wait_for_results(kafka_bootstrap, cls.name, len(follow_ups) + len(expected))}
     assert proc.alive(), proc.log.read_text()[-3000:]
     for command_id in follow_ups:
         assert got[command_id].status == "accepted", command_id
@@ -224,10 +224,12 @@ def test_an_invoice_past_the_record_size_limit_is_refused_not_written(kafka_boot
         check=True,
         timeout=60,
     )
-    got: dict[str, CommandResult] = {r.command_id: r for r in wait_for_results(kafka_bootstrap, cls.name, 4302, 600)}
+    got: dict[str, CommandResult] = {
+        str(r.command_id): r for r in wait_for_results(kafka_bootstrap, cls.name, 4302, 600)
+    }
     assert proc.alive(), proc.log.read_text()[-3000:]
     assert got["after"].status == "accepted" and got["create"].status == "accepted"
-    outcomes = [(got[f"add-{n}"].status, got[f"add-{n}"].code) for n in range(4300)]
+    outcomes = [(str(got[f"add-{n}"].status), got[f"add-{n}"].code) for n in range(4300)]
     accepted = outcomes.count(("accepted", None))
     assert outcomes == [("accepted", None)] * accepted + [("failed", "too_large")] * (4300 - accepted)
     assert 2500 < accepted < 4300

@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from foldline import Aggregate, AggregateSpec, CommandEnvelope, CommandResult, HandlerSettings, SnapshotRecord
+from foldline import (
+    Aggregate,
+    AggregateId,
+    AggregateSpec,
+    CommandEnvelope,
+    CommandId,
+    CommandResult,
+    HandlerSettings,
+    SnapshotRecord,
+)
 from foldline.errors import AggregateDefinitionError, DecodeError
 from foldline.examples.invoices import Invoices
 from foldline.handler.intake import MAX_KEY_BYTES, Refusal, read_command, salvage_command_id
@@ -24,6 +33,10 @@ CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "du
 PARTITIONS = 3
 KEY = b"inv-1"
 HOME = partition_for(KEY, PARTITIONS)
+
+
+def command(command_id: str, aggregate_id: str, type_: str, payload: dict[str, Any]) -> bytes:
+    return CommandEnvelope(CommandId(command_id), AggregateId(aggregate_id), type_, payload).to_bytes()
 
 
 def envelope(**fields: Any) -> bytes:
@@ -92,13 +105,13 @@ def test_each_poison_record_fails_with_its_cause_and_the_partition_goes_on(task,
     if value is not None:
         raw = value if letter["value_encoding"] == "utf-8" else None
         assert letter["value"] == (raw.decode() if raw is not None else base64.b64encode(value).decode())
-    ok = task.handle(KEY, CommandEnvelope("c-ok", "inv-1", "CreateInvoice", CREATE).to_bytes(), 8)
+    ok = task.handle(KEY, command("c-ok", "inv-1", "CreateInvoice", CREATE), 8)
     assert ok.result is not None and ok.result.status == "accepted" and ok.result.version == 1
 
 
 def test_a_record_on_another_partition_than_its_keys_is_not_processed(task):
     other = next(k for k in (f"inv-{n}".encode() for n in range(100)) if partition_for(k, PARTITIONS) != HOME)
-    value = CommandEnvelope("c-w", other.decode(), "CreateInvoice", CREATE).to_bytes()
+    value = command("c-w", other.decode(), "CreateInvoice", CREATE)
     out = task.handle(other, value, 3)
     assert out.result is not None and out.result.code == "wrong_partition" and not out.events
     assert f"belongs on partition {partition_for(other, PARTITIONS)}" in (out.result.reason or "")
@@ -215,8 +228,8 @@ class NotesAggregate(Aggregate[Notes]):
 
 def test_an_event_over_the_limit_is_refused(tmp_path):
     task = task_for(tmp_path, NotesAggregate(), partitions=None, max_record_bytes=65_536)
-    small = CommandEnvelope("n1", "n", "Append", {"text": "hello"}).to_bytes()
-    big = CommandEnvelope("n2", "n", "Append", {"text": "x" * 70_000}).to_bytes()
+    small = command("n1", "n", "Append", {"text": "hello"})
+    big = command("n2", "n", "Append", {"text": "x" * 70_000})
     assert task.handle(b"n", small, 0).result.status == "accepted"  # type: ignore[union-attr]
     out = task.handle(b"n", big, 1)
     assert out.result is not None and out.result.code == "too_large" and "an event" in (out.result.reason or "")
@@ -232,7 +245,7 @@ def test_a_domain_that_raises_anything_fails_only_its_command(tmp_path):
             raise RecursionError("deep")
 
     task = task_for(tmp_path, Broken(), partitions=None)
-    out = task.handle(b"n", CommandEnvelope("n1", "n", "Append", {"text": "a"}).to_bytes(), 0)
+    out = task.handle(b"n", command("n1", "n", "Append", {"text": "a"}), 0)
     assert (
         out.result is not None and out.result.code == "decide_failed" and "RecursionError" in (out.result.reason or "")
     )
@@ -247,11 +260,12 @@ def test_max_record_bytes_setting():
 # -- decoding -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["x", None, 1.5, 0, -1, True, "1"])
 def test_schema_version_must_be_a_positive_integer(bad):
-    for parse, data in [
+    parsers: list[tuple[Any, dict[str, Any]]] = [
         (CommandEnvelope.from_bytes, json.loads(envelope())),
         (EventRecord.from_bytes, {"aggregate_id": "a", "type": "T", "version": 1, "payload": {}}),
         (SnapshotRecord.from_bytes, {"aggregate_id": "a", "version": 1, "state": {}}),
-    ]:
+    ]
+    for parse, data in parsers:
         assert parse(json.dumps(data).encode()).schema_version == 1  # absent: 1
         with pytest.raises(DecodeError, match="schema_version"):
             parse(json.dumps({**data, "schema_version": bad}).encode())
