@@ -32,6 +32,8 @@ pytestmark = pytest.mark.kafka
 PARTITIONS = 3
 CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
 LIMIT = HandlerSettings.max_record_bytes
+#: Idempotent, so that a retried request cannot reorder a stream of records (a create behind its line items).
+KCAT = ["kcat", "-P", "-X", "enable.idempotence=true"]
 
 
 def key_on(partition: int, prefix: str) -> str:
@@ -42,7 +44,7 @@ def key_on(partition: int, prefix: str) -> str:
 def kcat(bootstrap: str, topic: str, partition: int, key: bytes | None, value: bytes | None, tmp: Path) -> None:
     """One record with kcat: the value from a file (one file, one message). kcat skips an empty file, so an
     empty or null value goes as a ``key<TAB>`` line (``-K``), null with ``-Z``."""
-    args: list[str | bytes] = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-p", str(partition)]
+    args: list[str | bytes] = [*KCAT, "-b", bootstrap, "-t", topic, "-p", str(partition)]
     if not value:
         assert key is not None and b"\t" not in key and b"\n" not in key
         flags = ["-K", "\t", *(["-Z"] if value is None else [])]
@@ -213,13 +215,13 @@ def test_an_invoice_past_the_record_size_limit_is_refused_not_written(kafka_boot
     after = key_on(partition, "after")
     lines.append(envelope("after", after).decode())
     subprocess.run(
-        ["kcat", "-P", "-b", kafka_bootstrap, "-t", names.commands, "-p", str(partition), "-k", key],
+        [*KCAT, "-b", kafka_bootstrap, "-t", names.commands, "-p", str(partition), "-k", key],
         input="\n".join(lines[:-1]).encode(),
         check=True,
         timeout=120,
     )
     subprocess.run(
-        ["kcat", "-P", "-b", kafka_bootstrap, "-t", names.commands, "-p", str(partition), "-k", after],
+        [*KCAT, "-b", kafka_bootstrap, "-t", names.commands, "-p", str(partition), "-k", after],
         input=lines[-1].encode(),
         check=True,
         timeout=60,
