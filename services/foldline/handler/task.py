@@ -54,10 +54,10 @@ class Entry:
     version: int
     state: Any
     recent: list[dict[str, Any]] = field(default_factory=list)
-    #: Bytes of the aggregate's snapshot without its ``recent`` list (an upper bound once loaded).
-    size: int = 0
     #: The encoded state, measured when a command changed it; the batch's snapshot reuses it.
     state_json: bytes | None = None
+    #: Bytes of the snapshot around its state and results (0: not measured yet).
+    bare: int = 0
 
     def find(self, command_id: str) -> dict[str, Any] | None:
         for item in reversed(self.recent):
@@ -130,7 +130,7 @@ class PartitionTask:
             )
         except Exception as exc:
             raise StoreCorruptedError(f"partition {self.partition}: cannot read a stored snapshot: {exc}") from exc
-        return Entry(snap.version, state, list(snap.recent), len(raw) - len(dumps(list(snap.recent))))
+        return Entry(snap.version, state, list(snap.recent))
 
     # -- processing ----------------------------------------------------------------------------------
     def begin_batch(self) -> None:
@@ -202,11 +202,13 @@ class PartitionTask:
             log.warning("decide failed", command_id=env.command_id, aggregate_id=env.aggregate_id, error=message)
             return self._failed(env, entry, key, value, offset, "decide_failed", message)
         if state_json is not None:
-            size = self._bare_snapshot_size(env.aggregate_id, version) + len(state_json)
+            if not entry.bare:
+                entry.bare = self._bare_snapshot_size(env.aggregate_id)
+            size = entry.bare + len(state_json)
             too_large = self._too_large(sizes, size)
             if too_large is not None:
                 return self._failed(env, entry, key, value, offset, "too_large", too_large)
-            entry.size, entry.state_json = size, state_json
+            entry.state_json = state_json
         entry.state, entry.version = state, version
         result = self._result(env, Status.ACCEPTED, version, None, None, tuple(e.type for e in events))
         outcome = self._record(env, entry, result)
@@ -238,9 +240,10 @@ class PartitionTask:
             )
         return None
 
-    def _bare_snapshot_size(self, aggregate_id: str, version: int) -> int:
-        """The bytes of a snapshot without its state and results (the key, the version, the timestamp)."""
-        record = SnapshotRecord(AggregateId(aggregate_id), version, None, self.spec.state.version, (), self._now)
+    def _bare_snapshot_size(self, aggregate_id: str) -> int:
+        """At least the bytes of a snapshot without its state and results (the key, the longest version,
+        the timestamp): measured once per aggregate."""
+        record = SnapshotRecord(AggregateId(aggregate_id), 1 << 62, None, self.spec.state.version, (), self._now)
         return len(record.to_bytes())
 
     def _record(self, env: CommandEnvelope, entry: Entry, result: CommandResult) -> Outcome:
@@ -248,20 +251,8 @@ class PartitionTask:
         entry.recent.append(result.compact())
         if len(entry.recent) > self.dedup_window:
             del entry.recent[: len(entry.recent) - self.dedup_window]
-        self._fit_recent(env.aggregate_id, entry)
         self._dirty[env.aggregate_id] = entry
         return Outcome(result)
-
-    def _fit_recent(self, aggregate_id: str, entry: Entry) -> None:
-        """Keep the snapshot within the record size limit: results much longer than ``RESULT_ROOM`` on an
-        aggregate at the limit would push it over, so the oldest ones are forgotten first."""
-        while len(entry.recent) > 1 and entry.size + len(dumps(entry.recent)) > self.max_record_bytes:
-            dropped = entry.recent.pop(0)
-            log.warning(
-                "snapshot at the size limit: an old result forgotten",
-                aggregate_id=aggregate_id,
-                command_id=dropped.get("command_id"),
-            )
 
     def _failed(
         self,
@@ -325,7 +316,10 @@ class PartitionTask:
                 raw = record.to_bytes()
                 if len(raw) <= self.max_record_bytes or len(entry.recent) <= 1:
                     break
-                entry.recent.pop(0)  # only results far longer than RESULT_ROOM get here (see _fit_recent)
+                # Only results far longer than RESULT_ROOM on an aggregate at the limit get here: the
+                # snapshot must fit, so the oldest results are forgotten first.
+                dropped = entry.recent.pop(0)
+                log.warning("snapshot at the size limit: an old result forgotten", command_id=dropped.get("command_id"))
             out.append((aggregate_id.encode(), raw))
         return out
 
