@@ -244,3 +244,41 @@ def test_an_invoice_past_the_record_size_limit_is_refused_not_written(kafka_boot
     last = SnapshotRecord.from_bytes(snapshots[-1].value())
     assert last.version == accepted + 1 and len(last.state["lines"]) == accepted
     assert proc.alive() and proc.terminate() == 0
+
+
+def test_a_dead_letter_the_producer_refuses_for_its_size_is_dropped_not_fatal(
+    kafka_bootstrap, invoices_aggregate, tmp_path
+):
+    """Should the producer still refuse a dead letter (MSG_SIZE_TOO_LARGE: here a producer whose
+    message.max.bytes is below FOLDLINE_MAX_RECORD_BYTES), the handler drops it and goes on."""
+    import threading
+    import uuid
+
+    from confluent_kafka import Producer
+
+    from foldline.aggregate import AggregateSpec
+    from foldline.clients import transactional_producer_config
+    from foldline.handler.wiring import build_command_handler
+    from foldline.settings import KafkaSettings
+    from tests.kafka_support import command, send
+
+    cls = invoices_aggregate(partitions=1)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    settings = HandlerSettings(
+        kafka=kafka, state_dir=tmp_path / "state", instance_id=uuid.uuid4().hex[:8], max_record_bytes=65_536
+    )
+    handler = build_command_handler(AggregateSpec(cls()), settings)
+    tid = f"foldline.{cls.name}.{settings.instance_id}-small"
+    handler.producer = Producer({**transactional_producer_config(kafka, tid), "message.max.bytes": 20_000})
+    names = TopicNames(cls.name)
+    ok = command("inv-after", "CreateInvoice", CREATE)
+    send(kafka_bootstrap, names.commands, [(b"inv-big", b"\x00garbage" * 5_000), ok])  # a ~60 KB dead letter
+    thread = threading.Thread(target=handler.run, daemon=True)
+    thread.start()
+    try:
+        got = {r.command_id: r for r in wait_for_results(kafka_bootstrap, cls.name, 1)}
+        assert got[ok.command_id].status == "accepted" and thread.is_alive()
+        assert read_topic(kafka_bootstrap, names.dead_letters) == []  # dropped, not written
+    finally:
+        handler.stop()
+        thread.join(60)
