@@ -329,3 +329,19 @@ def test_command_upcasters_must_name_an_older_version_of_a_declared_command():
 
     with pytest.raises(AggregateDefinitionError, match="command upcaster"):
         AggregateSpec(Wrong())
+
+
+def test_a_rejection_reason_with_a_lone_surrogate_still_encodes(tmp_path):
+    class Odd(NotesAggregate):
+        def decide(self, state: Notes, command: Any) -> Any:
+            from foldline import Rejection
+
+            return Rejection("no \ud800 thanks " + "x" * 2000)
+
+    task = task_for(tmp_path, Odd(), partitions=None)
+    out = task.handle(b"n", command("n1", "n", "Append", {"text": "a"}), 0)
+    assert out.result is not None and out.result.status == "rejected"
+    assert "\ufffd" in (out.result.reason or "") and len(out.result.reason or "") <= 500
+    (_, raw), *_ = task.snapshots()  # the snapshot keeps the reason: it must encode
+    assert SnapshotRecord.from_bytes(raw).recent[0]["reason"] == out.result.reason
+    task.close()

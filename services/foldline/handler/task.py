@@ -34,6 +34,7 @@ from foldline.records import (
     dead_letter,
     dumps,
     now_iso,
+    scrub,
 )
 from foldline.store.base import StateStore
 
@@ -224,7 +225,7 @@ class PartitionTask:
         code: str | None,
         events: tuple[str, ...] = (),
     ) -> CommandResult:
-        reason = None if reason is None else clip(reason, MAX_REASON)
+        reason = None if reason is None else scrub(clip(reason, MAX_REASON))  # the snapshot keeps it too
         return CommandResult(env.command_id, env.aggregate_id, status, version, events, reason, code, False, self._now)
 
     def _too_large(self, event_sizes: list[int], snapshot_size: int) -> str | None:
