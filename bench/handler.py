@@ -296,7 +296,7 @@ def handler_memory(bootstrap: str, aggregate: str, aggregates: int, kind: str, t
     proc = handler_process(bootstrap, aggregate, tmp / f"rss-{kind}", port, FOLDLINE_STORE=kind)
     try:
         wait_until(lambda: commands_done(port, proc) >= 0, 600)
-        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"})
         for n in range(20_000):
             aggregate_id = f"inv-{random.randrange(aggregates)}"
             envelope = CommandEnvelope(uuid.uuid4().hex, aggregate_id, "AddLineItem", line(100 + n))  # type: ignore[arg-type]

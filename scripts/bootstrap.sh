@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks: Java and Maven (for the Kafka broker's jars), PostgreSQL, Go and
-# openssl from Debian's packages; foldline and its development tools into this checkout's own virtual
-# environment (.venv), never into the machine's Python; then the builds the tests need (the control
+# Installs what a fresh machine lacks: Java and Maven (for the Kafka broker's jars), PostgreSQL, Go,
+# openssl, Chromium and kcat from Debian's packages; foldline and its development tools into this
+# checkout's own virtual environment (.venv), never into the machine's Python; then the builds the tests need (the control
 # plane from Go modules; the one-node cluster's binaries, Helm and images), with progress output, so
 # that no test ever waits on a build.
 # Safe to run again: it only installs and builds what is missing or stale.
@@ -22,6 +22,8 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 # promtool checks and unit-tests the alert rules; the observability test runs a real Prometheus.
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need_apt+=(prometheus)
+# The poison suite produces bad records with a client foldline did not write.
+command -v kcat >/dev/null || need_apt+=(kcat)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} from Debian's packages"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

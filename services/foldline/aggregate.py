@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from foldline.codec import check_command_values, converters
-from foldline.errors import AggregateDefinitionError, UnknownTypeError, ValidationError
+from foldline.errors import AggregateDefinitionError, UnknownTypeError, UnsupportedVersionError, ValidationError
 
 S = TypeVar("S")
 
@@ -66,8 +66,11 @@ class Aggregate(Generic[S]):
     state_type: ClassVar[type[Any]]
     commands: ClassVar[tuple[type[Any], ...]]
     events: ClassVar[tuple[type[Any], ...]]
-    #: ``{(type name, from_version): upcaster}``; use ``STATE`` as the type name for the state.
+    #: ``{(type name, from_version): upcaster}`` for events; use ``STATE`` as the type name for the state.
     upcasters: ClassVar[Mapping[tuple[str, int], Upcaster]] = {}
+    #: ``{(command type name, from_version): upcaster}``: a command sent at an older ``schema_version``
+    #: is brought up to its class's ``__schema_version__`` one step at a time before it is decoded.
+    command_upcasters: ClassVar[Mapping[tuple[str, int], Upcaster]] = {}
 
     def initial_state(self) -> S:
         raise NotImplementedError
@@ -113,6 +116,12 @@ class AggregateSpec:
         self.events = self._kinds(cls.events, "event")
         self.state = self._kind(cls.state_type, "state")
         self.upcasters = dict(cls.upcasters)
+        self.command_upcasters = dict(cls.command_upcasters)
+        for name, version in self.command_upcasters:
+            if name not in self.commands or not 1 <= version < self.commands[name].version:
+                raise AggregateDefinitionError(
+                    f"command upcaster ({name!r}, {version}) names no older schema version of a declared command"
+                )
         self._event_names = {kind.cls: kind for kind in self.events.values()}
 
     def _kinds(self, classes: Sequence[type[Any]], what: str) -> dict[str, _Kind]:
@@ -133,16 +142,45 @@ class AggregateSpec:
         return _Kind(cls, type_name(cls), schema_version(cls), encode, decode)
 
     # -- commands ------------------------------------------------------------------------------------
-    def decode_command(self, type_: str, payload: Any) -> Any:
+    def decode_command(self, type_: str, payload: Any, version: int | None = None) -> Any:
+        """A command's payload decoded and checked; ``version`` (its envelope's ``schema_version``, the
+        current one when None) below the class's is upcast through ``command_upcasters`` first."""
         kind = self.commands.get(type_)
         if kind is None:
             raise UnknownTypeError(
                 f"{self.name} has no command type {type_!r}; known: {', '.join(sorted(self.commands))}",
                 details={"type": type_},
             )
+        if version is not None and version != kind.version:
+            payload = self._upcast_command(kind, version, payload)
         command = kind.decode(payload, "")
         check_command_values(command)  # values every store and view can hold: the command boundary
         return command
+
+    def _upcast_command(self, kind: _Kind, version: int, payload: Any) -> Any:
+        details = {"type": kind.name, "schema_version": version, "current": kind.version}
+        if version > kind.version:
+            raise UnsupportedVersionError(
+                f"{kind.name} has schema version {version}, newer than this code's {kind.version}: deploy newer code",
+                details=details,
+            )
+        while version < kind.version:
+            step = self.command_upcasters.get((kind.name, version))
+            if step is None:
+                raise UnsupportedVersionError(
+                    f"{kind.name} at schema version {version} is no longer accepted (no upcaster to version "
+                    f"{version + 1}; this code reads {kind.version})",
+                    details=details,
+                )
+            try:
+                payload = step(payload)
+            except Exception as exc:  # the upcaster met a payload it cannot convert: the command's fault
+                raise ValidationError(
+                    f"{kind.name}: upcasting from schema version {version} failed: {type(exc).__name__}: {exc}",
+                    details=details,
+                ) from exc
+            version += 1
+        return payload
 
     def encode_command(self, command: Any) -> tuple[str, dict[str, Any]]:
         kind = self.commands.get(type_name(type(command)))

@@ -68,6 +68,12 @@ class ValidationError(CommandError):
     code = "invalid_payload"
 
 
+class UnsupportedVersionError(CommandError):
+    """The command's ``schema_version`` is newer than the deployed code, or older without an upcaster."""
+
+    code = "unsupported_version"
+
+
 class VersionConflictError(CommandError):
     """``expected_version`` did not match the aggregate's current version."""
 

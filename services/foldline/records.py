@@ -38,6 +38,9 @@ ENVELOPE_FIELDS = frozenset({"aggregate_id", "type", "payload", "expected_versio
 #: What a submitted command id may look like (ids read back from Kafka are only required to be non-empty).
 COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 MAX_AGGREGATE_ID = 256
+#: The longest command id a record read from Kafka may carry (results and snapshots echo it).
+MAX_RECORD_ID = 256
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # orjson: several times faster than the stdlib on the per-command path, and byte-for-byte compact JSON.
 _dumps = orjson.dumps
@@ -63,6 +66,42 @@ def loads(raw: bytes | str | None, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DecodeError(f"{what} must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def schema_version_of(data: dict[str, Any], what: str) -> int:
+    """A record's ``schema_version``: a positive integer, 1 when absent (never ``int()`` of anything)."""
+    value = data.get("schema_version", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DecodeError(f"{what} needs schema_version as a positive integer, got {value!r}")
+    return value
+
+
+def scrub(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so that UTF-8 can encode it."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {scrub(str(k)): _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
+def dumps_text_safe(value: Any) -> bytes:
+    """``dumps``, with lone surrogates replaced when the value holds any (they have no UTF-8 form)."""
+    try:
+        return _dumps(value)
+    except orjson.JSONEncodeError:
+        return _dumps(_scrubbed(value))
 
 
 def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -140,7 +179,12 @@ class CommandEnvelope:
         command_id = data.get("command_id")
         if submitted and command_id is None:
             command_id = new_command_id()
-        elif not isinstance(command_id, str) or not command_id or (submitted and not COMMAND_ID.match(command_id)):
+        elif (
+            not isinstance(command_id, str)
+            or not command_id
+            or len(command_id) > MAX_RECORD_ID
+            or (submitted and not COMMAND_ID.match(command_id))
+        ):
             raise DecodeError(
                 "command_id must be 1-128 characters of letters, digits and . _ : - (starting with a letter or digit)"
             )
@@ -152,7 +196,7 @@ class CommandEnvelope:
             type_,
             payload,
             expected,
-            schema_version=int(data.get("schema_version", 1)),
+            schema_version=schema_version_of(data, what),
             issued_at=str(data.get("issued_at", "")),
         )
 
@@ -199,7 +243,8 @@ class CommandResult:
         }
 
     def to_bytes(self) -> bytes:
-        return dumps(self.to_json())
+        """Always encodable: a lone surrogate salvaged from a broken record becomes U+FFFD."""
+        return dumps_text_safe(self.to_json())
 
     def compact(self) -> dict[str, Any]:
         """The form a snapshot's ``recent`` list keeps, for deduplication."""
@@ -281,7 +326,7 @@ class EventRecord:
             version=_field(data, "version", int, what),
             payload=_field(data, "payload", dict, what),
             command_id=CommandId(str(data.get("command_id", ""))),
-            schema_version=int(data.get("schema_version", 1)),
+            schema_version=schema_version_of(data, what),
             recorded_at=str(data.get("recorded_at", "")),
         )
 
@@ -323,28 +368,99 @@ class SnapshotRecord:
             aggregate_id=AggregateId(_field(data, "aggregate_id", str, what)),
             version=_field(data, "version", int, what),
             state=data.get("state"),
-            schema_version=int(data.get("schema_version", 1)),
+            schema_version=schema_version_of(data, what),
             recent=tuple(data.get("recent") or ()),
             updated_at=str(data.get("updated_at", "")),
         )
 
 
-def dead_letter(
-    *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, code: str, message: str
-) -> bytes:
-    """A record for ``<agg>.dead-letters``: the original bytes, where they came from, and why."""
+#: At most this many characters of an error message go into a dead letter.
+MAX_MESSAGE = 2000
+
+
+def _as_text(raw: bytes) -> tuple[str, str]:
     try:
-        text, encoding = (value.decode() if value is not None else None), "utf-8"
+        return raw.decode(), "utf-8"
     except UnicodeDecodeError:
-        text, encoding = base64.b64encode(value or b"").decode(), "base64"
-    return dumps(
+        return base64.b64encode(raw).decode(), "base64"
+
+
+def dead_letter(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    code: str,
+    message: str,
+    max_bytes: int | None = None,
+) -> bytes:
+    """A record for ``<agg>.dead-letters``: the original bytes, where they came from, and why.
+
+    Key and value are kept as text when they are UTF-8, else as base64 (``key_encoding``,
+    ``value_encoding``), so no byte is lost. With ``max_bytes`` the record is cut to fit: the value (then
+    the key) keeps only its first bytes, ``truncated`` is true and ``key_bytes``/``value_bytes`` give the
+    original lengths.
+    """
+    key_cut, value_cut = key, value
+    while True:
+        letter = _letter(topic, partition, offset, key, value, key_cut, value_cut, code, message)
+        if max_bytes is None or len(letter) <= max_bytes:
+            return letter
+        # Base64 and JSON escapes make the output longer than the input: shrink in proportion.
+        if value_cut:
+            value_cut = value_cut[: _shrunk(len(value_cut), len(letter), max_bytes)]
+        elif key_cut:
+            key_cut = key_cut[: _shrunk(len(key_cut), len(letter), max_bytes)]
+        else:
+            return letter  # only the source and error are left: as small as it gets
+
+
+def _shrunk(length: int, size: int, max_bytes: int) -> int:
+    """A shorter length for a part of ``length`` bytes, so that a record of ``size`` bytes fits."""
+    return min(length - 1, int(length * max(0, max_bytes - 1024) / size))
+
+
+def _letter(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    key_cut: bytes | None,
+    value_cut: bytes | None,
+    code: str,
+    message: str,
+) -> bytes:
+    key_text, key_encoding = _as_text(_whole_chars(key_cut, key)) if key_cut is not None else (None, None)
+    text, encoding = _as_text(_whole_chars(value_cut, value)) if value_cut is not None else (None, "utf-8")
+    return dumps_text_safe(
         {
             "source": {"topic": topic, "partition": partition, "offset": offset},
-            "key": key.decode(errors="replace") if key is not None else None,
+            "key": key_text,
+            "key_encoding": key_encoding,
+            "key_bytes": None if key is None else len(key),
             "value": text,
             "value_encoding": encoding,
-            "error": {"code": code, "message": message},
+            "value_bytes": None if value is None else len(value),
+            "truncated": key_cut != key or value_cut != value,
+            "error": {"code": code, "message": clip(message, MAX_MESSAGE)},
             "recorded_at": now_iso(),
             "schema_version": FORMAT_VERSION,
         }
     )
+
+
+def _whole_chars(raw: bytes, whole: bytes | None) -> bytes:
+    """A prefix cut inside a UTF-8 character would turn valid text into base64: drop the partial tail."""
+    if raw == whole:
+        return raw
+    for back in range(1, min(4, len(raw)) + 1):
+        byte = raw[-back]
+        if byte < 0x80:
+            return raw  # ASCII: the cut was between characters
+        if byte >= 0xC0:  # the lead byte of the last character: is that character complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return raw if need <= back else raw[:-back]
+    return raw

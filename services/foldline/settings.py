@@ -182,6 +182,9 @@ class HandlerSettings(_Changeable):
     max_batch: int = 2000
     cache_size: int = 20_000
     dedup_window: int = 16
+    #: The largest record the handler writes (an event, a snapshot, a dead letter): a command whose events
+    #: or snapshot would be larger fails with ``too_large``. Under the broker's default 1 MiB message size.
+    max_record_bytes: int = 900_000
     http_port: int = 8080
     instance_id: str = field(default_factory=socket.gethostname)
 
@@ -196,6 +199,7 @@ class HandlerSettings(_Changeable):
             max_batch=env_int(env, "MAX_BATCH", cls.max_batch, minimum=1),
             cache_size=env_int(env, "CACHE_SIZE", cls.cache_size, minimum=0),
             dedup_window=env_int(env, "DEDUP_WINDOW", cls.dedup_window, minimum=1),
+            max_record_bytes=env_int(env, "MAX_RECORD_BYTES", cls.max_record_bytes, minimum=65_536),
             http_port=env_int(env, "HTTP_PORT", cls.http_port),
             instance_id=env_str(env, "INSTANCE_ID", socket.gethostname()),
         )

@@ -86,6 +86,32 @@ def test_a_valid_envelope_becomes_a_command_record():
     assert again.command_id == "client-1" and again.payload == {}
 
 
+def test_the_gateway_stamps_the_command_schema_version_it_checked():
+    """A command checked against ``__schema_version__ = 3`` travels as schema version 3, so a handler that
+    runs newer code upcasts it instead of reading it as its own current version."""
+    from dataclasses import dataclass
+
+    from foldline.records import CommandEnvelope
+
+    @dataclass(frozen=True)
+    class SendInvoice:
+        __foldline_type__ = "SendInvoice"
+        __schema_version__ = 3
+
+    class Newer(Invoices):
+        commands = (*[c for c in Invoices.commands if c.__name__ != "SendInvoice"], SendInvoice)  # type: ignore[assignment]
+        command_upcasters = {("SendInvoice", 1): lambda p: p, ("SendInvoice", 2): lambda p: p}
+
+    class Gateway(OneAggregate):
+        def __init__(self) -> None:
+            self.invoices = AggregateSpec(Newer())
+
+    env = parse_envelope(Gateway(), "invoices", {"aggregate_id": "inv-1", "type": "SendInvoice"})
+    assert env.schema_version == 3
+    assert CommandEnvelope.from_bytes(env.to_bytes()).schema_version == 3
+    assert parse_envelope(OneAggregate(), "invoices", {"aggregate_id": "i", "type": "SendInvoice"}).schema_version == 1
+
+
 @pytest.mark.parametrize(
     ("body", "error", "code"),
     [

@@ -7,6 +7,7 @@ invalid command never reaches Kafka: the client learns at once (400, or 404 for 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 from typing import Any, Protocol
@@ -182,7 +183,9 @@ def parse_envelope(gateway: Aggregates, aggregate: str, data: Any) -> CommandEnv
     except Exception as exc:  # a codec surprise is still the client's bad input, never a 500
         log.warning("payload check raised", aggregate=aggregate, type=envelope.type, error=repr(exc))
         raise BadRequest(f"invalid payload: {exc}", code="invalid_payload") from exc
-    return envelope
+    # The payload was checked against the deployed command class: its schema version says so, so that a
+    # handler running newer code upcasts it instead of reading it as the current version.
+    return dataclasses.replace(envelope, schema_version=spec.commands[envelope.type].version)
 
 
 def location(aggregate: str, command_id: str) -> str:

@@ -30,6 +30,11 @@ from foldline.topics import TopicNames, handler_group
 
 log = structlog.get_logger("foldline.handler")
 
+#: Seconds of command processing one transaction may take; the batch's other records wait for the next.
+#: Far under the transaction timeout (10 s), past which the broker would fence the producer: a batch of
+#: commands on huge aggregates (each measured against FOLDLINE_MAX_RECORD_BYTES) can take that long.
+BATCH_BUDGET_S = 2.0
+
 
 class CommandHandler:
     def __init__(
@@ -72,6 +77,8 @@ class CommandHandler:
         self._m_batch = metrics.BATCH_SIZE.labels(agg)
         self._m_events = metrics.EVENTS_WRITTEN.labels(agg)
         self._m_assigned = metrics.ASSIGNED_PARTITIONS.labels(agg)
+        self._droppable = frozenset({self.topics.results, self.topics.dead_letters})
+        self._partitions: int | None = None
 
     @property
     def consumer(self) -> Consumer:
@@ -90,6 +97,9 @@ class CommandHandler:
     # -- rebalance callbacks (called inside consume(), never while a transaction is open) --------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.spec.name, "assigned").inc(len(partitions))
+        count = self._partition_count(consumer)
+        for owned in self.tasks.values():
+            owned.partitions = count
         for tp in partitions:
             if tp.partition in self.tasks:
                 continue
@@ -103,6 +113,8 @@ class CommandHandler:
                     cache_size=self._cache_share(len(partitions)),
                     dedup_window=self.settings.dedup_window,
                     topic=self.topics.commands,
+                    partitions=count,
+                    max_record_bytes=self.settings.max_record_bytes,
                 )
                 self._restore(task)
                 self.tasks[tp.partition] = task
@@ -110,6 +122,17 @@ class CommandHandler:
                 self._restoring -= 1
         self._m_assigned.set(len(self.tasks))
         log.info("partitions assigned", aggregate=self.spec.name, partitions=[tp.partition for tp in partitions])
+
+    def _partition_count(self, consumer: Consumer) -> int | None:
+        """The commands topic's partitions now: a command is processed only on its key's partition. If the
+        metadata cannot be read, the last count known (none at first: no placement check until it is)."""
+        try:
+            topic = consumer.list_topics(self.topics.commands, timeout=10.0).topics[self.topics.commands]
+            if topic.error is None and topic.partitions:
+                self._partitions = len(topic.partitions)
+        except (KafkaException, KeyError) as exc:
+            log.warning("cannot read the commands topic's partitions", topic=self.topics.commands, error=str(exc))
+        return self._partitions
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drop(partitions, "revoked")
@@ -204,7 +227,11 @@ class CommandHandler:
             owned.begin_batch()
         try:
             self._call(self.producer.begin_transaction)
-            for msg in batch:
+            for i, msg in enumerate(batch):
+                if i and time.monotonic() - started > BATCH_BUDGET_S:
+                    self._put_back(batch[i:])
+                    batch = batch[:i]
+                    break
                 p = cast(int, msg.partition())
                 task = self.tasks.get(p)
                 if task is None:  # revoked between fetch and now: its records will be redelivered
@@ -215,8 +242,8 @@ class CommandHandler:
                 offset = cast(int, msg.offset())
                 first_offsets.setdefault(p, offset)
                 next_offsets[p] = offset + 1
-                key = msg.key()
-                outcome = task.handle(key, msg.value(), offset)
+                outcome = task.handle(msg.key(), msg.value(), offset)
+                key = outcome.key
                 result = outcome.result
                 if result is not None:
                     counts[result.status] += 1
@@ -226,7 +253,7 @@ class CommandHandler:
                 events += len(outcome.events)
                 if outcome.dead_letter is not None:
                     self._send(produce, topics.dead_letters, key, outcome.dead_letter, p)
-                    metrics.DEAD_LETTERS.labels(self.spec.name, result.code if result else "undecodable").inc()
+                    metrics.DEAD_LETTERS.labels(self.spec.name, outcome.code or "undecodable").inc()
             snapshots = {p: self.tasks[p].snapshots() for p in next_offsets}
             for p, items in snapshots.items():
                 for key, value in items:
@@ -273,6 +300,22 @@ class CommandHandler:
                 return
             except BufferError:  # local queue full: let librdkafka deliver, then try again
                 self.producer.poll(0.05)
+            except KafkaException as exc:
+                # The task keeps every record within FOLDLINE_MAX_RECORD_BYTES; should a result or a dead
+                # letter still be refused for its size, it is dropped (logged), never the process.
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or topic not in self._droppable:
+                    raise
+                log.error("record too large to write: dropped", topic=topic, partition=partition, size=len(value))
+                return
+
+    def _put_back(self, rest: list[Message]) -> None:
+        """Records left out of this transaction: seek back so that the next batch starts with them."""
+        first: dict[int, int] = {}
+        for msg in rest:
+            first.setdefault(cast(int, msg.partition()), cast(int, msg.offset()))
+        for p, offset in first.items():
+            if p in self.tasks:
+                self.consumer.seek(TopicPartition(self.topics.commands, p, offset))
 
     def _on_snapshot(self, error: KafkaError | None, msg: Message) -> None:
         if error is None:

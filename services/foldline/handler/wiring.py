@@ -32,9 +32,10 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
 
     verify_access(settings.kafka)  # a refused login stops here, with the broker's reason
     try:
-        producer = Producer(
-            transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")
-        )
+        config = transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")
+        # librdkafka refuses records over message.max.bytes (1,000,000) itself: room for a raised limit.
+        config["message.max.bytes"] = max(1_000_000, settings.max_record_bytes + 65_536)
+        producer = Producer(config)
         restore = Consumer(restore_consumer_config(settings.kafka, restore_group(spec.name)))
     except KafkaException as exc:
         raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
