@@ -50,6 +50,23 @@ def test_binary_values_are_shown_escaped_and_base64_is_undone():
     assert entry["key"] is None and entry["command_id"] is None
 
 
+def test_a_non_utf8_key_and_a_cut_value_are_shown_with_their_sizes():
+    record = dead_letter(
+        topic="t",
+        partition=0,
+        offset=3,
+        key=b"\xffk<b>",
+        value=b"x" * 5_000,
+        code="too_large",
+        message="cut",
+        max_bytes=2_000,
+    )
+    entry = decode_dead_letter(record)
+    assert entry["key"] == "\\xffk<b>" and entry["key_encoding"] == "base64"  # the raw key, escaped text
+    assert entry["truncated"] is True and entry["value_bytes"] == 5_000 and entry["key_bytes"] == 5
+    assert len(entry["value"]) < 5_000 and "extra" not in entry
+
+
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [

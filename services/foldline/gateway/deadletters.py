@@ -53,7 +53,22 @@ MAX_TEXT = 8192
 #: Items of one list or object kept before the rest are dropped (with a marker).
 MAX_ITEMS = 64
 #: Fields of a dead letter this code reads itself; any other field is shown under ``extra``.
-KNOWN = frozenset({"source", "key", "value", "value_encoding", "error", "recorded_at", "schema_version", "command_id"})
+KNOWN = frozenset(
+    {
+        "source",
+        "key",
+        "key_encoding",
+        "key_bytes",
+        "value",
+        "value_encoding",
+        "value_bytes",
+        "truncated",
+        "error",
+        "recorded_at",
+        "schema_version",
+        "command_id",
+    }
+)
 
 
 # -- decoding (pure) ---------------------------------------------------------------------------------------
@@ -134,7 +149,8 @@ def decode_dead_letter(value: bytes | None) -> dict[str, Any]:
         "cause": cause,
         "command_id": clip(command_id),
         "source": clip(source) if isinstance(source, dict) else None,
-        "key": clip(data.get("key")),
+        "key": clip(_original(data.get("key"), data.get("key_encoding"))[0]),
+        "key_encoding": clip(data.get("key_encoding")),
         "value": clip(text),
         "value_encoding": clip(data.get("value_encoding")),
         "recorded_at": clip(data.get("recorded_at")),
@@ -142,6 +158,12 @@ def decode_dead_letter(value: bytes | None) -> dict[str, Any]:
     }
     if text is not None and len(text) > MAX_TEXT:
         out["value_length"] = len(text)
+    # The handler's size facts: the original's lengths, and whether the dead letter kept only a prefix.
+    for name in ("key_bytes", "value_bytes"):
+        if isinstance(data.get(name), int):
+            out[name] = data[name]
+    if isinstance(data.get("truncated"), bool):
+        out["truncated"] = data["truncated"]
     extra = {k: v for k, v in data.items() if k not in KNOWN}
     if extra:  # a newer handler's fields (raw keys, truncation markers, ...): shown as they are
         out["extra"] = clip(extra)
