@@ -18,11 +18,13 @@ from foldline_operator import autoscale, builders
 from foldline_operator.builders import KafkaAuth, Owner
 from foldline_operator.conditions import Condition, deployment_condition, from_status, ready
 from foldline_operator.kafka import KafkaPort, client_config
-from foldline_operator.kube import Kube
+from foldline_operator.kube import Kube, KubeError
 from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "EventSourcedAggregate"
 PAUSED = "foldline.io/paused"
+#: What the API server says when an update touches a StatefulSet field that cannot change.
+IMMUTABLE = "updates to statefulset spec for fields other than"
 
 Obj = dict[str, Any]
 
@@ -130,6 +132,8 @@ class AggregateReconciler:
 
         connection = connect(self.kube, owner.namespace, spec)
         topics_ok = False
+        # Unknown until read this pass: a lag from before Kafka went away would be a stale 0 (None removes it).
+        out["lag"] = None
         if isinstance(connection, Condition):
             topics = connection
         else:
@@ -137,19 +141,30 @@ class AggregateReconciler:
             if topics.reason != "KafkaUnavailable":  # each call would wait for the same timeout again
                 out["lag"] = self._lag(connection, spec)
 
+        rejected: Condition | None = None
+        out["suspended"] = spec.suspend
         if topics_ok and isinstance(connection, Connection):
-            desired = self._desired_replicas(spec, status, out.get("lag"), now, out)
-            events += self._apply_workloads(owner, spec, connection.auth, desired)
+            if spec.suspend:  # the count to come back to stays in desiredReplicas
+                desired = int(status.get("desiredReplicas", spec.replicas))
+            else:
+                desired = self._desired_replicas(spec, status, out.get("lag"), now, out)
+            applied_events, rejected = self._apply_workloads(owner, spec, connection.auth, desired)
+            events += applied_events
         else:  # nothing changes while the topics are refused or unreachable
             desired = int(status.get("desiredReplicas", spec.replicas))
         out["desiredReplicas"] = desired
 
-        deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.handler_name(owner.name))
-        dstatus = (deployment or {}).get("status") or {}
-        out["replicas"] = int(dstatus.get("replicas") or 0)
-        out["readyReplicas"] = int(dstatus.get("readyReplicas") or 0)
-        wanted = int(((deployment or {}).get("spec") or {}).get("replicas", desired))
-        parts = [topics, deployment_condition("HandlersReady", "command-handler", deployment, wanted)]
+        handler = self.kube.get("apps/v1", "StatefulSet", owner.namespace, builders.handler_name(owner.name))
+        hstatus = (handler or {}).get("status") or {}
+        out["replicas"] = int(hstatus.get("replicas") or 0)
+        out["readyReplicas"] = int(hstatus.get("readyReplicas") or 0)
+        wanted = int(((handler or {}).get("spec") or {}).get("replicas", desired))
+        handlers = rejected or deployment_condition("HandlersReady", "command-handler", handler, wanted, "StatefulSet")
+        if spec.suspend and rejected is None and wanted == 0:
+            handlers = Condition(
+                "HandlersReady", False, "Suspended", "spec.suspend: the command handlers are scaled to zero"
+            )
+        parts = [topics, handlers]
         if spec.gateway_enabled:
             gateway = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.gateway_name(owner.name))
             parts.append(deployment_condition("GatewayReady", "gateway", gateway, spec.gateway_replicas))
@@ -197,11 +212,51 @@ class AggregateReconciler:
             out["lastScaleTime"] = rfc3339(now)
         return decision.replicas
 
+    def _apply_handlers(
+        self, owner: Owner, spec: AggregateResource, auth: KafkaAuth, replicas: int
+    ) -> tuple[list[tuple[str, str, str]], Condition | None]:
+        """The handlers' Service, StatefulSet and PDB; a Deployment of an older operator is replaced.
+
+        A StatefulSet's claim templates (storage size, class, emptyDir or not) and selector cannot change
+        in place: when the API server refuses the change for that, the StatefulSet is deleted with its pods
+        orphaned and created anew on the next pass; the new one adopts the running pods and rolls them
+        onto the new template one at a time, each keeping its existing claim.
+        """
+        name = builders.handler_name(owner.name)
+        events = [e for e in [applied(self.kube, builders.handler_service(owner, spec))] if e]
+        statefulset = builders.handler_statefulset(owner, spec, auth, 0 if spec.suspend else replicas)
+        current = self.kube.get("apps/v1", "StatefulSet", owner.namespace, name)
+        if current is not None and current["metadata"].get("deletionTimestamp"):
+            return events, Condition(
+                "HandlersReady", False, "Progressing", f"StatefulSet {name} is being replaced (orphaning its pods)"
+            )
+        try:
+            event = applied(self.kube, statefulset)
+        except KubeError as exc:
+            if exc.status != 422:
+                raise
+            if IMMUTABLE in str(exc):
+                self.kube.delete("apps/v1", "StatefulSet", owner.namespace, name, propagation="Orphan")
+                message = (
+                    f"replacing StatefulSet {name}: its storage or selector changed (pods and claims are kept; "
+                    "existing claims keep their size)"
+                )
+                return [*events, ("Normal", "StatefulSetReplaced", message)], Condition(
+                    "HandlersReady", False, "Progressing", message
+                )
+            return events, Condition("HandlersReady", False, "WorkloadRejected", f"StatefulSet {name}: {exc}")
+        events += [e for e in [event, applied(self.kube, builders.pdb(owner, statefulset))] if e]
+        if self.kube.delete("apps/v1", "Deployment", owner.namespace, name):
+            events.append(
+                ("Normal", "DeploymentReplaced", f"deleted Deployment {name}: StatefulSet {name} replaces it")
+            )
+        return events, None
+
     def _apply_workloads(
         self, owner: Owner, spec: AggregateResource, auth: KafkaAuth, replicas: int
-    ) -> list[tuple[str, str, str]]:
-        handler = builders.handler_deployment(owner, spec, auth, replicas)
-        wanted: list[Obj] = [handler, builders.pdb(owner, handler)]
+    ) -> tuple[list[tuple[str, str, str]], Condition | None]:
+        events, rejected = self._apply_handlers(owner, spec, auth, replicas)
+        wanted: list[Obj] = []
         gone: list[tuple[str, str, str]] = []
         gateway_name = builders.gateway_name(owner.name)
         if spec.gateway_enabled:
@@ -213,11 +268,11 @@ class AggregateReconciler:
                 ("v1", "Service", gateway_name),
                 ("policy/v1", "PodDisruptionBudget", gateway_name),
             ]
-        events = [event for obj in wanted if (event := applied(self.kube, obj))]
+        events += [event for obj in wanted if (event := applied(self.kube, obj))]
         for api_version, kind, name in gone:
             if self.kube.delete(api_version, kind, owner.namespace, name):
                 events.append(("Normal", f"{kind}Deleted", f"deleted {kind} {name}"))
-        return events
+        return events, rejected
 
     def _views(self, owner: Owner, spec: AggregateResource) -> builders.GatewayViews:
         """The Projections of this aggregate that share the first one's database, for the gateway."""
@@ -242,8 +297,12 @@ class AggregateReconciler:
         spec = AggregateResource.parse(meta["name"], body["spec"])
         if spec.deletion_policy != "Delete":
             return [("Normal", "TopicsRetained", f"deletionPolicy Retain: kept the topics of {spec.name}")]
-        for name in (builders.handler_name(meta["name"]), builders.gateway_name(meta["name"])):
-            self.kube.delete("apps/v1", "Deployment", meta["namespace"], name, propagation="Foreground")
+        self.kube.delete(
+            "apps/v1", "StatefulSet", meta["namespace"], builders.handler_name(meta["name"]), propagation="Foreground"
+        )
+        self.kube.delete(
+            "apps/v1", "Deployment", meta["namespace"], builders.gateway_name(meta["name"]), propagation="Foreground"
+        )
         connection = connect(self.kube, meta["namespace"], spec)
         if isinstance(connection, Condition):
             raise BrokerUnavailableError(connection.message)

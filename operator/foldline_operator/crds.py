@@ -84,7 +84,7 @@ def aggregate_crd() -> dict[str, Any]:
         aggregate_schema(),
         [
             _column("Ready", "string", _READY),
-            _column("Partitions", "integer", ".spec.partitions"),
+            _column("Partitions", "integer", ".status.partitions", "Partitions the topics have"),
             _column("Replicas", "integer", ".status.replicas", "Command-handler pods"),
             _column("Lag", "integer", ".status.lag", "Commands not yet handled"),
             _column("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', priority=1),

@@ -30,7 +30,9 @@ from foldline_operator.projections import ProjectionReconciler
 log = structlog.get_logger("foldline.operator")
 
 #: Reasons that are expected states rather than faults; other False conditions count as errors.
-_EXPECTED = frozenset({"Progressing", "DeploymentMissing", "Paused", "Rebuilding", "Registering"})
+_EXPECTED = frozenset(
+    {"Progressing", "DeploymentMissing", "StatefulSetMissing", "Paused", "Suspended", "Rebuilding", "Registering"}
+)
 
 
 class Locks:

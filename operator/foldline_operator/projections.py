@@ -108,9 +108,12 @@ class ProjectionReconciler:
         deployment = builders.projector_deployment(owner, spec, aggregate, connection.auth)
         events = [e for obj in (deployment, builders.pdb(owner, deployment)) if (e := applied(self.kube, obj))]
         current = self.kube.get("apps/v1", "Deployment", owner.namespace, deployment["metadata"]["name"])
+        out["suspended"] = spec.suspend
         projector = deployment_condition(
-            "ProjectorReady", f"revision {spec.revision} projector", current, spec.replicas
+            "ProjectorReady", f"revision {spec.revision} projector", current, 0 if spec.suspend else spec.replicas
         )
+        if spec.suspend and projector.status is True:
+            projector = Condition("ProjectorReady", False, "Suspended", "spec.suspend: the projector is scaled to zero")
 
         try:
             found_status = self.catalogs.status(

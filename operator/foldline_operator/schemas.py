@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from foldline_operator.spec import DEFAULT_STORE
+
 Schema = dict[str, Any]
 
 # Kubernetes' own pattern for resource.Quantity strings ("500m", "1Gi", "2").
@@ -92,17 +94,162 @@ def _resources() -> Schema:
     )
 
 
+def _key_ref(what: str) -> Schema:
+    return _obj(
+        {
+            "name": _str(f"Name of the {what}.", pattern=DNS_NAME, maxLength=253),
+            "key": _str(f"Key in the {what}.", minLength=1),
+            "optional": {"type": "boolean"},
+        },
+        required=["name", "key"],
+    )
+
+
 def _env() -> Schema:
+    value_from = _obj(
+        {
+            "secretKeyRef": _key_ref("Secret"),
+            "configMapKeyRef": _key_ref("ConfigMap"),
+            "fieldRef": _obj(
+                {"fieldPath": _str("e.g. metadata.name, status.podIP."), "apiVersion": _str("Default v1.")},
+                required=["fieldPath"],
+            ),
+            "resourceFieldRef": _obj(
+                {
+                    "resource": _str("e.g. limits.memory."),
+                    "containerName": _str("Default: this container."),
+                    "divisor": {"x-kubernetes-int-or-string": True, "pattern": QUANTITY},
+                },
+                required=["resource"],
+            ),
+        },
+        description="A value from a Secret, ConfigMap or the pod, as in a Pod spec.",
+        rules=[_rule("self.size() == 1", "valueFrom takes exactly one source")],
+    )
     return {
         "type": "array",
-        "description": "Extra environment variables (e.g. FOLDLINE_COMMIT_INTERVAL_MS).",
+        "description": "Extra environment variables (e.g. FOLDLINE_COMMIT_INTERVAL_MS), with value or valueFrom.",
         "items": _obj(
-            {"name": _str("Variable name.", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"), "value": _str("Value.")},
+            {
+                "name": _str("Variable name.", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+                "value": _str("Value."),
+                "valueFrom": value_from,
+            },
             required=["name"],
+            rules=[_rule("!(has(self.value) && has(self.valueFrom))", "an env entry has value or valueFrom, not both")],
         ),
+        "maxItems": 256,
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["name"],
     }
+
+
+def _strings(description: str) -> Schema:
+    return {"type": "object", "description": description, "additionalProperties": {"type": "string"}}
+
+
+def _open(description: str, **properties: Schema) -> Schema:
+    """An object whose known fields are typed and whose others pass to the Pod API as they are."""
+    s: Schema = {"type": "object", "description": description, "x-kubernetes-preserve-unknown-fields": True}
+    if properties:
+        s["properties"] = properties
+    return s
+
+
+#: Volume names the operator's pods use themselves (``pods.RESERVED_VOLUMES``).
+RESERVED_VOLUMES = ("tmp", "state", "kafka-ca")
+
+
+def _pod_template() -> Schema:
+    """``spec.podTemplate``: placement and decoration of the pods, typed where a mistake is common."""
+    toleration = _obj(
+        {
+            "key": _str("Taint key (empty with Exists: every taint)."),
+            "operator": _str("How key and value match.", enum=["Exists", "Equal"]),
+            "value": _str("Taint value."),
+            "effect": _str(
+                "Taint effect (empty: every effect).", enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"]
+            ),
+            "tolerationSeconds": {"type": "integer", "format": "int64"},
+        }
+    )
+    spread = _obj(
+        {
+            "maxSkew": _int("Largest allowed difference of pod counts between domains.", minimum=1),
+            "topologyKey": _str("Node label naming the domains, e.g. topology.kubernetes.io/zone.", minLength=1),
+            "whenUnsatisfiable": _str("What to do when no domain fits.", enum=["DoNotSchedule", "ScheduleAnyway"]),
+            "labelSelector": _open("Pods counted; usually the workload's own labels."),
+            "matchLabelKeys": {"type": "array", "items": {"type": "string"}},
+            "minDomains": _int("Domains to spread over at least.", minimum=1),
+            "nodeAffinityPolicy": _str("Honor or Ignore.", enum=["Honor", "Ignore"]),
+            "nodeTaintsPolicy": _str("Honor or Ignore.", enum=["Honor", "Ignore"]),
+        },
+        required=["maxSkew", "topologyKey", "whenUnsatisfiable"],
+    )
+    volume = _open(
+        "A volume as in a Pod spec (name and one source).", name=_str("Volume name.", pattern=DNS_NAME, maxLength=63)
+    )
+    volume["required"] = ["name"]
+    mount = _obj(
+        {
+            "name": _str("A volume of podTemplate.spec.volumes."),
+            "mountPath": _str("Where in the container.", pattern=r"^/.*"),
+            "readOnly": {"type": "boolean"},
+            "subPath": _str("Path within the volume."),
+        },
+        required=["name", "mountPath"],
+    )
+    reserved = ", ".join(RESERVED_VOLUMES)
+    spec = _obj(
+        {
+            "nodeSelector": _strings("Node labels the pods must run on."),
+            "tolerations": {"type": "array", "items": toleration, "maxItems": 64},
+            "affinity": _obj(
+                {
+                    "nodeAffinity": _open("As in a Pod spec."),
+                    "podAffinity": _open("As in a Pod spec."),
+                    "podAntiAffinity": _open("As in a Pod spec."),
+                },
+                description="Replaces the default (command handlers: one per node where possible).",
+            ),
+            "topologySpreadConstraints": {
+                "type": "array",
+                "description": "Replaces the default (command handlers: spread over zones).",
+                "items": spread,
+                "maxItems": 16,
+            },
+            "priorityClassName": _str("PriorityClass of the pods."),
+            "env": _env(),
+            "volumes": {
+                "type": "array",
+                "items": volume,
+                "maxItems": 64,
+                "x-kubernetes-validations": [
+                    _rule(
+                        f"self.all(v, !(v.name in {list(RESERVED_VOLUMES)!r}))".replace("'", '"'),
+                        f"volume names {reserved} are the operator's own",
+                    )
+                ],
+            },
+            "volumeMounts": {"type": "array", "items": mount, "maxItems": 64},
+        },
+        description="Added to every pod's spec (and its container, for env and volumeMounts).",
+    )
+    return _obj(
+        {
+            "metadata": _obj(
+                {"labels": _strings("Added to the pods' labels."), "annotations": _strings("Added to the pods.")},
+                description="The pods' labels and annotations (foldline's own labels win on a clash).",
+            ),
+            "spec": spec,
+        },
+        description="Where and how the pods run: labels, annotations, node selection, tolerations, affinity, "
+        "spread, priority, env (valueFrom too) and extra volumes.",
+    )
+
+
+def _suspend() -> Schema:
+    return _bool("Scale the workers (command handlers, projectors) to zero; false brings them back.", False)
 
 
 def _conditions() -> Schema:
@@ -135,6 +282,7 @@ def _pod_options() -> dict[str, Schema]:
         },
         "serviceAccountName": _str("Service account of the pods (default: the namespace's default)."),
         "env": _env(),
+        "podTemplate": _pod_template(),
     }
 
 
@@ -160,21 +308,29 @@ def aggregate_schema() -> Schema:
             "resources": _resources(),
             "storage": _obj(
                 {
+                    "volume": _str(
+                        "persistentVolumeClaim: a claim per pod, kept across restarts and rolling updates (only "
+                        "the changelog's tail is restored). emptyDir: gone with the pod (a full restore).",
+                        enum=["persistentVolumeClaim", "emptyDir"],
+                        default="persistentVolumeClaim",
+                    ),
                     "size": {
                         "anyOf": [{"type": "integer"}, {"type": "string"}],
                         "x-kubernetes-int-or-string": True,
                         "pattern": QUANTITY,
                         "default": "1Gi",
-                        "description": "Size limit of the local state-store volume (an emptyDir: the snapshots "
-                        "topic restores it).",
+                        "description": "Size of each pod's claim (or the emptyDir's size limit).",
                     },
-                    "storeKind": _str("Local state store engine.", enum=["lmdb", "sqlite", "rocksdb"], default="lmdb"),
+                    "storageClassName": _str("StorageClass of the claims (default: the cluster's default)."),
+                    "storeKind": _str(
+                        "Local state store engine.", enum=["rocksdb", "lmdb", "sqlite"], default=DEFAULT_STORE
+                    ),
                 },
                 description="The local state store of each handler pod.",
                 default={},
             ),
         },
-        description="The command-handler Deployment.",
+        description="The command-handler StatefulSet.",
         default={},
     )
     retention = _obj(
@@ -222,7 +378,14 @@ def aggregate_schema() -> Schema:
             "image": _str("Container image holding foldline and the aggregate's code.", minLength=1),
             **_pod_options(),
             "partitions": _int(
-                "Partitions of every topic of the aggregate; they can never shrink.", minimum=1, maximum=10000
+                "Partitions of every topic of the aggregate; they can never shrink.",
+                minimum=1,
+                maximum=10000,
+                **{
+                    "x-kubernetes-validations": [
+                        _rule("self >= oldSelf", "spec.partitions can never shrink: Kafka cannot remove partitions")
+                    ]
+                },
             ),
             "replicationFactor": _int("Replication factor of the topics.", minimum=1, maximum=32, default=3),
             "allowPartitionGrowth": _bool(
@@ -237,6 +400,7 @@ def aggregate_schema() -> Schema:
             "deletionPolicy": _str(
                 "What deleting this resource does to its topics.", enum=["Retain", "Delete"], default="Retain"
             ),
+            "suspend": _suspend(),
         },
         required=["aggregate", "image", "partitions", "kafka"],
         rules=[
@@ -265,13 +429,18 @@ def aggregate_schema() -> Schema:
             "aggregateName": _str("The topic prefix in use."),
             "topics": {"type": "array", "items": {"type": "string"}},
             "partitions": _int("Partitions the topics have."),
-            "replicas": _int("Command-handler pods (from the Deployment)."),
+            "replicas": _int("Command-handler pods (from the StatefulSet)."),
             "readyReplicas": _int("Command-handler pods that are ready."),
             "desiredReplicas": _int("Replicas the operator asks for (autoscaling included)."),
             "selector": _str("Label selector of the command-handler pods (for the scale subresource)."),
-            "lag": {"type": "integer", "format": "int64", "description": "Commands not yet handled."},
+            "lag": {
+                "type": "integer",
+                "format": "int64",
+                "description": "Commands not yet handled; absent while unknown (Kafka out of reach).",
+            },
             "lastScaleTime": _str("When autoscaling last changed the replicas.", format="date-time"),
             "paused": {"type": "boolean"},
+            "suspended": {"type": "boolean", "description": "spec.suspend is in effect."},
         }
     )
     return _root(spec, status)
@@ -316,6 +485,7 @@ def projection_schema() -> Schema:
                 },
             ),
             "resources": _resources(),
+            "suspend": _suspend(),
         },
         required=["aggregateRef", "projector", "database"],
         rules=[
@@ -347,6 +517,7 @@ def projection_schema() -> Schema:
             "progress": {"type": "number", "description": "Share of the source spec.revision has read (0..1)."},
             "lag": {"type": "integer", "format": "int64", "description": "Records the active revision is behind."},
             "paused": {"type": "boolean"},
+            "suspended": {"type": "boolean", "description": "spec.suspend is in effect."},
         }
     )
     return _root(spec, status)

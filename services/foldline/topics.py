@@ -147,6 +147,19 @@ def _admin(admin_or_config: AdminClient | Mapping[str, Any]) -> AdminClient:
     return AdminClient(dict(admin_or_config))
 
 
+#: Broker answers that retrying cannot fix: the declaration itself is refused (``TopicMismatchError``
+#: with this reason), not an unreachable Kafka.
+_REFUSED = {
+    29: "KafkaAuthorizationFailed",  # TOPIC_AUTHORIZATION_FAILED
+    31: "KafkaAuthorizationFailed",  # CLUSTER_AUTHORIZATION_FAILED
+    37: "InvalidPartitions",
+    38: "InvalidReplicationFactor",  # e.g. more replicas than brokers
+    39: "InvalidReplicaAssignment",
+    40: "InvalidTopicConfig",
+    44: "PolicyViolation",
+}
+
+
 def _wait(futures: Mapping[Any, Any], what: str, timeout: float) -> list[Any]:
     """Wait for admin futures; returns the keys whose topic already existed (another caller won)."""
     existed = []
@@ -155,9 +168,12 @@ def _wait(futures: Mapping[Any, Any], what: str, timeout: float) -> list[Any]:
             future.result(timeout=timeout)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            if error is not None and error.code() == 36:  # TOPIC_ALREADY_EXISTS
+            code = error.code() if error is not None else None
+            if code == 36:  # TOPIC_ALREADY_EXISTS
                 existed.append(key)
                 continue
+            if code in _REFUSED:
+                raise TopicMismatchError(f"{what} {key} refused by Kafka: {exc}", reason=_REFUSED[code]) from exc
             raise BrokerUnavailableError(f"{what} {key} failed: {exc}") from exc
     return existed
 

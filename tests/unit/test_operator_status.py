@@ -33,6 +33,17 @@ def test_deployment_condition() -> None:
     assert deployment_condition("HandlersReady", "h", deployment(available=2), 3).status is False
     assert deployment_condition("HandlersReady", "h", deployment(), 3).status is True
     assert deployment_condition("HandlersReady", "h", deployment(available=0), 0).reason == "ScaledToZero"
+    missing = deployment_condition("HandlersReady", "h", None, 1, "StatefulSet")
+    assert (missing.reason, missing.message) == ("StatefulSetMissing", "the h StatefulSet does not exist yet")
+    sts = {**deployment(observed=1), "kind": "StatefulSet"}
+    assert "StatefulSet's newest spec" in deployment_condition("HandlersReady", "h", sts, 3).message
+
+
+def test_suspended_is_its_own_ready_reason() -> None:
+    suspended = Condition("HandlersReady", False, "Suspended", "scaled to zero")
+    assert ready([Condition("TopicsReady", True, "Verified"), suspended]).reason == "Suspended"
+    [(kind, reason, _)] = transition_events({}, [suspended])
+    assert (kind, reason) == ("Normal", "Suspended")  # an expected state, not a fault
 
 
 def test_ready_is_the_conjunction_and_names_the_first_failure() -> None:
@@ -51,6 +62,12 @@ def test_merge_keeps_transition_times_while_the_status_holds() -> None:
     flipped = merge(same, [Condition("TopicsReady", False, "PartitionShrinkRefused")], "t3", 3)
     assert [c["lastTransitionTime"] for c in (first[0], same[0], flipped[0])] == ["t1", "t1", "t3"]
     assert same[0]["observedGeneration"] == 2 and flipped[0]["status"] == "False"
+
+
+def test_unknown_lag_removes_a_stale_one() -> None:
+    outcome = Outcome({"observedGeneration": 4, "lag": None}, [Condition("Ready", True, "Ready", "fine")])
+    assert status_patch({"lag": 0, "observedGeneration": 4}, outcome, 4, NOW)["lag"] is None  # merge patch: delete
+    assert "lag" not in status_patch({"observedGeneration": 4}, outcome, 4, NOW)
 
 
 def test_status_patch_writes_only_differences() -> None:
