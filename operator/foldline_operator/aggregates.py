@@ -100,6 +100,14 @@ def topics_condition(report: TopicReport) -> tuple[Condition, list[tuple[str, st
         for name in names
     ]
     total = len(report.created) + len(report.grown) + len(report.reconfigured) + len(report.unchanged)
+    if report.replication:
+        # Usable, so still True; the reason (and its one Warning Event, on the change) says what is off.
+        found = ", ".join(f"{name}: {factor}" for name, factor in sorted(report.replication.items()))
+        message = (
+            f"{total} topics usable, but their replication factor differs from spec.replicationFactor ({found}); "
+            "Kafka keeps it for existing topics: reassign their partitions, or declare what they have"
+        )
+        return Condition("TopicsReady", True, "ReplicationFactorDiffers", message), events
     return Condition("TopicsReady", True, "Verified", f"{total} topics match the spec"), events
 
 

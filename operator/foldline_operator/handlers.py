@@ -30,6 +30,8 @@ from foldline_operator.projections import ProjectionReconciler
 log = structlog.get_logger("foldline.operator")
 
 #: Reasons that are expected states rather than faults; other False conditions count as errors.
+#: Reasons of conditions that are True (the part works) but need a person's attention.
+_WARNINGS = frozenset({"ReplicationFactorDiffers"})
 _EXPECTED = frozenset(
     {"Progressing", "DeploymentMissing", "StatefulSetMissing", "Paused", "Suspended", "Rebuilding", "Registering"}
 )
@@ -84,7 +86,7 @@ def transition_events(current: Mapping[str, Any], conditions: list[Condition]) -
     for c in conditions:
         before = find(current.get("conditions"), c.type)
         if before is None or before.get("status") != c.status_word or before.get("reason") != c.reason:
-            normal = c.status is True or c.reason in _EXPECTED or c.type == "Ready"
+            normal = (c.status is True and c.reason not in _WARNINGS) or c.reason in _EXPECTED or c.type == "Ready"
             out.append(("Normal" if normal else "Warning", c.reason or c.type, f"{c.type}: {c.message}"))
     return out
 

@@ -110,6 +110,9 @@ class TopicReport:
     grown: list[str] = field(default_factory=list)
     reconfigured: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    #: Existing topics whose replication factor differs from the declared one, with the one they have:
+    #: reported, never changed here (that is a partition reassignment, an operator's decision).
+    replication: dict[str, int] = field(default_factory=dict)
 
 
 def aggregate_topics(
@@ -178,6 +181,20 @@ def _wait(futures: Mapping[Any, Any], what: str, timeout: float) -> list[Any]:
     return existed
 
 
+def describe_replication(admin: AdminClient, names: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
+    """The replication factor (the fewest replicas of any partition) of the named topics that exist."""
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailableError(f"cannot read topic metadata: {exc}") from exc
+    wanted = set(names)
+    return {
+        name: min((len(p.replicas) for p in topic.partitions.values()), default=0)
+        for name, topic in metadata.topics.items()
+        if name in wanted and topic.error is None
+    }
+
+
 def describe_partitions(admin: AdminClient, names: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
     """Partition counts of the named topics that exist."""
     try:
@@ -232,6 +249,11 @@ def ensure_topics(
             report.reconfigured.append(spec.name)
         elif spec.name not in report.grown:
             report.unchanged.append(spec.name)
+    if existing:
+        factors = describe_replication(admin, existing, timeout)
+        report.replication = {
+            s.name: factors[s.name] for s in specs if s.name in factors and factors[s.name] != s.replication_factor
+        }
     return report
 
 

@@ -1,7 +1,7 @@
 """Command handlers as a StatefulSet against the real API server and controllers: a rollout keeps the claim
 and the instance id (the restarted pod restores nothing), a storage change replaces the StatefulSet without
 touching its pods, a Deployment of an older operator is replaced, ``spec.suspend`` scales to zero and
-back, and the status tells Kafka's refusals and absence apart."""
+back, and the status tells Kafka's refusals, a replication factor it keeps, and its absence apart."""
 
 from __future__ import annotations
 
@@ -260,10 +260,18 @@ def test_kafka_refusals_and_absence_are_told_apart(
     refused = settled(kube, namespace, wide, "TopicsReady", "False", "InvalidReplicationFactor")
     assert "replication factor" in condition(refused, "TopicsReady")["message"].lower()
 
-    # A lag that was known is removed, not left at its last value, while Kafka is out of reach.
+    # A replication factor Kafka keeps for existing topics is reported, not silently ignored.
     name = aggregate_name()
     create(kube, manifest(ESA, name, namespace, spec_for(name, kafka_bootstrap)))
     wait_for("lag known", lambda: esa(kube, namespace, name)["status"].get("lag") == 0)
+    patch(kube, ESA, namespace, name, {"spec": {"replicationFactor": 2}})
+    differs = settled(kube, namespace, name, "TopicsReady", "True", "ReplicationFactorDiffers")
+    assert f"{name}.commands: 1" in condition(differs, "TopicsReady")["message"]
+    assert "ReplicationFactorDiffers" in {r for r, _ in events_of(kube, namespace, name)}
+    patch(kube, ESA, namespace, name, {"spec": {"replicationFactor": 1}})
+    settled(kube, namespace, name, "TopicsReady", "True", "Verified")
+
+    # A lag that was known is removed, not left at its last value, while Kafka is out of reach.
     patch(kube, ESA, namespace, name, {"spec": {"kafka": {"bootstrapServers": "127.0.0.1:1"}}})
     away = settled(kube, namespace, name, "TopicsReady", "False", "KafkaUnavailable", timeout=90)
     assert "lag" not in away["status"]

@@ -64,6 +64,18 @@ def test_merge_keeps_transition_times_while_the_status_holds() -> None:
     assert same[0]["observedGeneration"] == 2 and flipped[0]["status"] == "False"
 
 
+def test_a_replication_factor_difference_is_reported_once_as_a_warning() -> None:
+    from foldline.topics import TopicReport
+    from foldline_operator.aggregates import topics_condition
+
+    condition, _ = topics_condition(TopicReport(unchanged=["a.commands"], replication={"a.commands": 1}))
+    assert (condition.status, condition.reason) == (True, "ReplicationFactorDiffers")
+    assert "a.commands: 1" in condition.message
+    [(kind, reason, _)] = transition_events({}, [condition])
+    assert (kind, reason) == ("Warning", "ReplicationFactorDiffers")
+    assert topics_condition(TopicReport(unchanged=["a.commands"]))[0].reason == "Verified"
+
+
 def test_unknown_lag_removes_a_stale_one() -> None:
     outcome = Outcome({"observedGeneration": 4, "lag": None}, [Condition("Ready", True, "Ready", "fine")])
     assert status_patch({"lag": 0, "observedGeneration": 4}, outcome, 4, NOW)["lag"] is None  # merge patch: delete
