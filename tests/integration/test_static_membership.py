@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -16,11 +18,12 @@ from tests.conftest import aggregate_path
 from tests.kafka_support import HandlerProcess, command, send, start_handler, wait_for_results
 
 pytestmark = pytest.mark.kafka
+T = TypeVar("T")
 
 CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
 
 
-def log_events(log: Path, since: int = 0) -> list[dict[str, object]]:
+def log_events(log: Path, since: int = 0) -> list[dict[str, Any]]:
     out = []
     for line in log.read_text(errors="replace").splitlines()[since:]:
         try:
@@ -32,10 +35,7 @@ def log_events(log: Path, since: int = 0) -> list[dict[str, object]]:
 
 def assigned(log: Path, since: int = 0) -> list[int]:
     return sorted(
-        p
-        for e in log_events(log, since)
-        if e.get("event") == "partitions assigned"
-        for p in e.get("partitions", [])  # type: ignore[union-attr]
+        p for e in log_events(log, since) if e.get("event") == "partitions assigned" for p in e.get("partitions", [])
     )
 
 
@@ -48,7 +48,7 @@ def members(admin: AdminClient, group: str) -> dict[str, list[int]]:
     }
 
 
-def wait(what: str, probe, timeout: float = 90.0):  # type: ignore[no-untyped-def]
+def wait(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from foldline.settings import HandlerSettings
-from foldline_operator import builders, schemas
+from foldline_operator import builders, pods, schemas
 from foldline_operator.builders import GatewayViews, KafkaAuth, Owner
 from foldline_operator.spec import DEFAULT_STORE, AggregateResource, ProjectionResource
 
@@ -221,7 +221,7 @@ def test_recommended_labels_and_default_requests() -> None:
     [("shop:1.2", "1.2"), ("registry:5000/shop", None), ("shop@sha256:abc", None), ("shop:v1+build", None)],
 )
 def test_version_label_from_the_image_tag(image: str, version: str | None) -> None:
-    assert builders.labels("x", "gateway", "x", builders.version_of(image)).get("app.kubernetes.io/version") == version
+    assert pods.labels("x", "gateway", "x", pods.version_of(image)).get("app.kubernetes.io/version") == version
 
 
 def test_handlers_spread_by_default() -> None:
@@ -238,7 +238,7 @@ def test_handlers_spread_by_default() -> None:
     assert "affinity" not in gateway and "topologySpreadConstraints" not in gateway
 
 
-POD_TEMPLATE = {
+POD_TEMPLATE: dict[str, Any] = {
     "metadata": {
         "labels": {"team": "billing", "app.kubernetes.io/component": "mine"},
         "annotations": {"sidecar.istio.io/inject": "false", "prometheus.io/port": "9999"},
