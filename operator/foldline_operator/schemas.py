@@ -94,6 +94,9 @@ def _resources() -> Schema:
     )
 
 
+VALUE_SOURCES = ("secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef")
+
+
 def _key_ref(what: str) -> Schema:
     return _obj(
         {
@@ -124,7 +127,12 @@ def _env() -> Schema:
             ),
         },
         description="A value from a Secret, ConfigMap or the pod, as in a Pod spec.",
-        rules=[_rule("self.size() == 1", "valueFrom takes exactly one source")],
+        rules=[
+            _rule(
+                " + ".join(f"(has(self.{k}) ? 1 : 0)" for k in VALUE_SOURCES) + " == 1",
+                "valueFrom takes exactly one source",
+            )
+        ],
     )
     return {
         "type": "array",
