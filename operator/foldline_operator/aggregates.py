@@ -23,8 +23,18 @@ from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "EventSourcedAggregate"
 PAUSED = "foldline.io/paused"
-#: What the API server says when an update touches a StatefulSet field that cannot change.
-IMMUTABLE = "updates to statefulset spec for fields other than"
+#: The StatefulSet fields that cannot change in place, as the API server names them when it refuses an
+#: update ("spec.volumeClaimTemplates: ... field is immutable"; older servers: "spec: Forbidden: updates to
+#: statefulset spec for fields other than ...").
+IMMUTABLE_FIELDS = ("spec.volumeClaimTemplates", "spec.selector", "spec.serviceName", "spec.podManagementPolicy")
+
+
+def immutable_change(message: str) -> bool:
+    """Whether a 422 for a StatefulSet says a field that cannot change was changed."""
+    if "updates to statefulset spec for fields other than" in message:
+        return True
+    return "field is immutable" in message and any(f"{field}:" in message for field in IMMUTABLE_FIELDS)
+
 
 Obj = dict[str, Any]
 
@@ -243,7 +253,7 @@ class AggregateReconciler:
         except KubeError as exc:
             if exc.status != 422:
                 raise
-            if IMMUTABLE in str(exc):
+            if immutable_change(str(exc)):
                 self.kube.delete("apps/v1", "StatefulSet", owner.namespace, name, propagation="Orphan")
                 message = (
                     f"replacing StatefulSet {name}: its storage or selector changed (pods and claims are kept; "

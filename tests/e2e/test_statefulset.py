@@ -20,6 +20,7 @@ from tests.e2e.support import (
     OperatorProcess,
     condition,
     create,
+    dump,
     events_of,
     http_ok,
     manifest,
@@ -126,9 +127,16 @@ def test_a_storage_change_replaces_the_statefulset_and_keeps_its_pods(
         found = kube.get("apps/v1", "StatefulSet", namespace, handler)
         return found if found and found["metadata"]["uid"] != before["metadata"]["uid"] else None
 
-    after = wait_for("a new StatefulSet", replaced, 90)
+    try:
+        after = wait_for("a new StatefulSet", replaced, 90)
+    except AssertionError:
+        raise AssertionError(
+            f"{dump(esa(kube, namespace, name)['status'])}\n{events_of(kube, namespace, name)}"
+        ) from None
     assert after["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "5Gi"
-    assert "StatefulSetReplaced" in {r for r, _ in events_of(kube, namespace, name)}
+    wait_for(
+        "Event StatefulSetReplaced", lambda: "StatefulSetReplaced" in {r for r, _ in events_of(kube, namespace, name)}
+    )
 
     def adopted() -> dict[str, Any] | None:
         found = pod(kube, namespace, f"{handler}-0")
@@ -185,7 +193,9 @@ def test_a_handler_deployment_of_an_older_operator_is_replaced(
         lambda: kube.get("apps/v1", "Deployment", namespace, f"{name}-command-handler") is None,
         60,
     )
-    assert "DeploymentReplaced" in {r for r, _ in events_of(kube, namespace, name)}
+    wait_for(
+        "Event DeploymentReplaced", lambda: "DeploymentReplaced" in {r for r, _ in events_of(kube, namespace, name)}
+    )
 
 
 def test_suspend_scales_handlers_and_projectors_to_zero_and_back(
@@ -263,11 +273,11 @@ def test_kafka_refusals_and_absence_are_told_apart(
     # A replication factor Kafka keeps for existing topics is reported, not silently ignored.
     name = aggregate_name()
     create(kube, manifest(ESA, name, namespace, spec_for(name, kafka_bootstrap)))
-    wait_for("lag known", lambda: esa(kube, namespace, name)["status"].get("lag") == 0)
+    wait_for("lag known", lambda: (esa(kube, namespace, name).get("status") or {}).get("lag") == 0)
     patch(kube, ESA, namespace, name, {"spec": {"replicationFactor": 2}})
     differs = settled(kube, namespace, name, "TopicsReady", "True", "ReplicationFactorDiffers")
     assert f"{name}.commands: 1" in condition(differs, "TopicsReady")["message"]
-    assert "ReplicationFactorDiffers" in {r for r, _ in events_of(kube, namespace, name)}
+    wait_for("a Warning Event", lambda: "ReplicationFactorDiffers" in {r for r, _ in events_of(kube, namespace, name)})
     patch(kube, ESA, namespace, name, {"spec": {"replicationFactor": 1}})
     settled(kube, namespace, name, "TopicsReady", "True", "Verified")
 
@@ -276,4 +286,4 @@ def test_kafka_refusals_and_absence_are_told_apart(
     away = settled(kube, namespace, name, "TopicsReady", "False", "KafkaUnavailable", timeout=90)
     assert "lag" not in away["status"]
     patch(kube, ESA, namespace, name, {"spec": {"kafka": {"bootstrapServers": kafka_bootstrap}}})
-    wait_for("lag known again", lambda: esa(kube, namespace, name)["status"].get("lag") == 0, 90)
+    wait_for("lag known again", lambda: (esa(kube, namespace, name).get("status") or {}).get("lag") == 0, 90)

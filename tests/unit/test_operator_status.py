@@ -76,6 +76,15 @@ def test_a_replication_factor_difference_is_reported_once_as_a_warning() -> None
     assert topics_condition(TopicReport(unchanged=["a.commands"]))[0].reason == "Verified"
 
 
+def test_immutable_statefulset_changes_are_told_from_other_refusals() -> None:
+    from foldline_operator.aggregates import immutable_change
+
+    claim = 'StatefulSet.apps "x" is invalid: spec.volumeClaimTemplates: Invalid value: [...]: field is immutable'
+    assert immutable_change(claim)
+    assert immutable_change("spec: Forbidden: updates to statefulset spec for fields other than 'replicas' ...")
+    assert not immutable_change('StatefulSet.apps "x" is invalid: spec.template.spec.priorityClassName: Invalid value')
+
+
 def test_unknown_lag_removes_a_stale_one() -> None:
     outcome = Outcome({"observedGeneration": 4, "lag": None}, [Condition("Ready", True, "Ready", "fine")])
     assert status_patch({"lag": 0, "observedGeneration": 4}, outcome, 4, NOW)["lag"] is None  # merge patch: delete
