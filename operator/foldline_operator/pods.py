@@ -25,7 +25,7 @@ __all__ = ["RESERVED_VOLUMES", "container", "labels", "pod_spec", "resources_wit
 #: Requests a container gets for what its resources leave unset (no limits by default: a limit that is
 #: too low kills a pod, a missing request only lets it be scheduled too densely).
 DEFAULT_REQUESTS: dict[str, dict[str, str]] = {
-    "command-handler": {"cpu": "100m", "memory": "384Mi"},
+    "command-handler": {"cpu": "100m", "memory": "256Mi"},
     "gateway": {"cpu": "50m", "memory": "128Mi"},
     "projector": {"cpu": "50m", "memory": "192Mi"},
 }

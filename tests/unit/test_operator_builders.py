@@ -57,7 +57,7 @@ def test_handler_statefulset() -> None:
     c = builders.container_of(d)
     assert c["command"] == ["foldline", "command-handler", "--aggregate", "shop.domain:Invoices"]
     assert c["image"] == "registry/shop:1.2"
-    assert c["resources"] == {"requests": {"cpu": "250m", "memory": "384Mi"}}  # the default fills the gap
+    assert c["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"}}  # the default fills the gap
     env = env_of(c)
     assert env["FOLDLINE_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["FOLDLINE_KAFKA_SASL_PASSWORD"] == {"secretKeyRef": {"name": "kafka-auth", "key": "sasl.password"}}
@@ -207,7 +207,7 @@ def test_recommended_labels_and_default_requests() -> None:
     assert expected.items() <= sts["metadata"]["labels"].items()
     assert expected.items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert "app.kubernetes.io/version" not in sts["spec"]["selector"]["matchLabels"]  # selectors never change
-    assert builders.container_of(sts)["resources"] == {"requests": {"cpu": "100m", "memory": "384Mi"}}
+    assert builders.container_of(sts)["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}}
     # A limit alone is the request already; a given request is kept.
     limited = aggregate(handlers={"resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "2"}}})
     resources = builders.container_of(builders.handler_statefulset(OWNER, limited, KafkaAuth(), 1))["resources"]
