@@ -18,6 +18,11 @@ pytestmark = pytest.mark.e2e
 PAUSED = {"annotations": {"foldline.io/paused": "true"}}
 
 
+@pytest.fixture(autouse=True)
+def _installed(crds: list[dict[str, Any]]) -> None:
+    """Every test here needs the CRDs, whichever runs first (``-k`` picks any)."""
+
+
 def esa_spec(**overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "aggregate": "foldline.examples.invoices:Invoices",
