@@ -46,6 +46,8 @@ class Outcome:
     status: Obj
     conditions: list[Condition]
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The spec reached the workloads this pass (not refused before them): it becomes the last applied one.
+    applied: bool = False
 
 
 def is_paused(meta: Mapping[str, Any]) -> bool:
@@ -186,7 +188,7 @@ class AggregateReconciler:
         if spec.gateway_enabled:
             gateway = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.gateway_name(owner.name))
             parts.append(deployment_condition("GatewayReady", "gateway", gateway, spec.gateway_replicas))
-        return Outcome(out, [*parts, ready(parts)], events)
+        return Outcome(out, [*parts, ready(parts)], events, applied=topics_ok and rejected is None)
 
     def _topics(
         self, connection: Connection, spec: AggregateResource, out: Obj

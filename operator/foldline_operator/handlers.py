@@ -7,6 +7,7 @@ recomputes everything. A per-object lock keeps the timer and an event from runni
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -80,6 +81,18 @@ def status_patch(current: Mapping[str, Any], outcome: Outcome, generation: int, 
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
+def spec_records(outcome: Outcome, spec: Mapping[str, Any], generation: int) -> dict[str, Any]:
+    """``lastAppliedSpec`` (the spec the workloads were last built from) and ``lastGoodSpec`` (the last one
+    that was Ready), as the Flink operator keeps them: what runs, and what to go back to."""
+    record = {"generation": generation, "spec": json.dumps(spec, sort_keys=True, separators=(",", ":"))}
+    out: dict[str, Any] = {}
+    if outcome.applied:
+        out["lastAppliedSpec"] = record
+        if any(c.type == "Ready" and c.status is True for c in outcome.conditions):
+            out["lastGoodSpec"] = record
+    return out
+
+
 def transition_events(current: Mapping[str, Any], conditions: list[Condition]) -> list[tuple[str, str, str]]:
     """One Event per condition whose status or reason changed."""
     out = []
@@ -124,6 +137,8 @@ class Runner:
                 if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                     return
                 outcome = self.reconcile(fresh)
+                generation = int(fresh["metadata"].get("generation") or 0)
+                outcome.status.update(spec_records(outcome, fresh.get("spec") or {}, generation))
                 current = dict(fresh.get("status") or {})
                 changes = status_patch(
                     current, outcome, int(fresh["metadata"].get("generation") or 0), rfc3339(datetime.now(UTC))

@@ -121,11 +121,11 @@ class ProjectionReconciler:
             )
         except FoldlineError as exc:
             active = Condition("RevisionActive", False, "CatalogUnavailable", f"{type(exc).__name__}: {exc}")
-            return Outcome(out, [projector, active, ready([projector, active])], events)
+            return Outcome(out, [projector, active, ready([projector, active])], events, applied=True)
         active, retire = revision_state(spec, found_status, status, now, out)
         if retire:
             events += self._retire(owner, keep=spec.revision)
-        return Outcome(out, [projector, active, ready([projector, active])], events)
+        return Outcome(out, [projector, active, ready([projector, active])], events, applied=True)
 
     def _aggregate(self, owner: Owner, spec: ProjectionResource) -> tuple[AggregateResource, Connection] | Condition:
         esa = self.kube.get(API_VERSION, "EventSourcedAggregate", owner.namespace, spec.aggregate_ref)

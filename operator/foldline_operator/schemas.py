@@ -256,6 +256,23 @@ def _pod_template() -> Schema:
     )
 
 
+def _spec_record(description: str) -> Schema:
+    return _obj(
+        {
+            "generation": {"type": "integer", "format": "int64"},
+            "spec": _str("The spec, as JSON with sorted keys."),
+        },
+        description=description,
+    )
+
+
+def _records() -> dict[str, Schema]:
+    return {
+        "lastAppliedSpec": _spec_record("The spec the workloads were last built from."),
+        "lastGoodSpec": _spec_record("The last spec that was Ready: what to go back to."),
+    }
+
+
 def _suspend() -> Schema:
     return _bool("Scale the workers (command handlers, projectors) to zero; false brings them back.", False)
 
@@ -449,6 +466,7 @@ def aggregate_schema() -> Schema:
             "lastScaleTime": _str("When autoscaling last changed the replicas.", format="date-time"),
             "paused": {"type": "boolean"},
             "suspended": {"type": "boolean", "description": "spec.suspend is in effect."},
+            **_records(),
         }
     )
     return _root(spec, status)
@@ -526,6 +544,7 @@ def projection_schema() -> Schema:
             "lag": {"type": "integer", "format": "int64", "description": "Records the active revision is behind."},
             "paused": {"type": "boolean"},
             "suspended": {"type": "boolean", "description": "spec.suspend is in effect."},
+            **_records(),
         }
     )
     return _root(spec, status)

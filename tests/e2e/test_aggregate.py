@@ -3,6 +3,7 @@ command handler the operator declares, run as a local process from its pod spec.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,9 @@ def test_aggregate_lifecycle(
 
         ready = settled(kube, namespace, name, "Ready", "True")
         assert ready["status"]["replicas"] == 1 and ready["status"]["readyReplicas"] == 1
+        good = ready["status"]["lastGoodSpec"]
+        assert good == ready["status"]["lastAppliedSpec"]
+        assert good["generation"] == ready["metadata"]["generation"] and json.loads(good["spec"]) == ready["spec"]
         assert condition(ready, "HandlersReady")["reason"] == "Available"
         wait_for("lag 0 in status", lambda: esa(kube, namespace, name)["status"].get("lag") == 0, 30)
 
@@ -199,7 +203,11 @@ def test_aggregate_lifecycle(
         assert all(topic_state(kafka_admin, t)[0] == 3 for t in names.all())  # type: ignore[index]
         after = statefulset(kube, namespace, f"{name}-command-handler")
         assert (after["metadata"]["generation"], after["spec"]["replicas"]) == (before["metadata"]["generation"], 3)
-        assert esa(kube, namespace, name)["status"]["partitions"] == 3
+        status = refused["status"]
+        assert status["partitions"] == 3
+        # What runs is still the last applied spec: the refused one never reached the workloads.
+        assert status["lastAppliedSpec"]["generation"] < refused["metadata"]["generation"]
+        assert json.loads(status["lastAppliedSpec"]["spec"])["partitions"] == 3
 
         # With the opt-in, every topic grows, and the replicas asked for meanwhile are applied.
         patch(kube, ESA, namespace, name, {"spec": {"allowPartitionGrowth": True}})

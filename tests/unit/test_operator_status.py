@@ -85,6 +85,26 @@ def test_immutable_statefulset_changes_are_told_from_other_refusals() -> None:
     assert not immutable_change('StatefulSet.apps "x" is invalid: spec.template.spec.priorityClassName: Invalid value')
 
 
+def test_spec_records_follow_what_was_applied_and_what_was_ready() -> None:
+    from foldline_operator.handlers import spec_records
+
+    spec = {"partitions": 3, "image": "x"}
+    good = Outcome({}, [Condition("Ready", True, "Ready")], applied=True)
+    records = spec_records(good, spec, 7)
+    assert (
+        records["lastAppliedSpec"]
+        == records["lastGoodSpec"]
+        == {
+            "generation": 7,
+            "spec": '{"image":"x","partitions":3}',
+        }
+    )
+    progressing = Outcome({}, [Condition("Ready", False, "HandlersNotReady")], applied=True)
+    assert set(spec_records(progressing, spec, 8)) == {"lastAppliedSpec"}
+    refused = Outcome({}, [Condition("Ready", False, "TopicsNotReady")])
+    assert spec_records(refused, spec, 9) == {}
+
+
 def test_unknown_lag_removes_a_stale_one() -> None:
     outcome = Outcome({"observedGeneration": 4, "lag": None}, [Condition("Ready", True, "Ready", "fine")])
     assert status_patch({"lag": 0, "observedGeneration": 4}, outcome, 4, NOW)["lag"] is None  # merge patch: delete
