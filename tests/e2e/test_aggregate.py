@@ -278,6 +278,22 @@ def test_autoscaling_follows_lag(
     scaled = wait_for("lag 9", lambda: (o := esa(kube, namespace, name))["status"].get("lag") == 9 and o)
     wait_for("3 replicas", lambda: handler_replicas(kube, namespace, name) == 3)
     assert scaled["status"]["lastScaleTime"]
+    assert condition(esa(kube, namespace, name), "Autoscaling")["reason"] == "Active"
+    # `kubectl scale` (or an HPA) while autoscaling is on: the lag still decides, and the status says so.
+    kube.request(
+        "PATCH",
+        f"/apis/{API}/namespaces/{namespace}/eventsourcedaggregates/{name}/scale",
+        body={"spec": {"replicas": 2}},  # a change (1 is the default: the same value would record no writer)
+        content_type="application/merge-patch+json",
+        query={"fieldManager": "kubectl-scale"},
+    )
+    ignored = wait_for(
+        "ScaleIgnored",
+        lambda: (c := condition(esa(kube, namespace, name), "Autoscaling")).get("reason") == "ScaleIgnored" and c,
+    )
+    assert "kubectl-scale" in ignored["message"] and "autoscaling wins" in ignored["message"]
+    assert handler_replicas(kube, namespace, name) == 3
+    wait_for("a Warning Event", lambda: "ScaleIgnored" in {r for r, _ in events_of(kube, namespace, name)})
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])

@@ -105,6 +105,22 @@ def test_spec_records_follow_what_was_applied_and_what_was_ready() -> None:
     assert spec_records(refused, spec, 9) == {}
 
 
+def test_a_scale_write_under_autoscaling_is_named_and_ignored() -> None:
+    from foldline_operator.aggregates import autoscaling_condition
+
+    raw = {"aggregate": "a:B", "image": "i", "partitions": 6, "kafka": {"bootstrapServers": "k:1"}}
+    auto = AggregateResource.parse("x", {**raw, "handlers": {"replicas": 5, "autoscaling": {"maxReplicas": 3}}})
+    scaled = {"managedFields": [{"manager": "kubectl", "operation": "Update", "subresource": "scale"}]}
+    ignored = autoscaling_condition(auto, scaled, 2)
+    assert ignored is not None and ignored.reason == "ScaleIgnored"
+    assert "by kubectl" in ignored.message and "2 replicas from the lag" in ignored.message
+    [(kind, _, _)] = transition_events({}, [ignored])
+    assert kind == "Warning"
+    plain = autoscaling_condition(auto, {"managedFields": [{"manager": "kubectl", "operation": "Update"}]}, 2)
+    assert plain is not None and plain.reason == "Active"
+    assert autoscaling_condition(AggregateResource.parse("x", raw), scaled, 1) is None  # by hand: the scale wins
+
+
 def test_unknown_lag_removes_a_stale_one() -> None:
     outcome = Outcome({"observedGeneration": 4, "lag": None}, [Condition("Ready", True, "Ready", "fine")])
     assert status_patch({"lag": 0, "observedGeneration": 4}, outcome, 4, NOW)["lag"] is None  # merge patch: delete
