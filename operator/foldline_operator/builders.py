@@ -16,19 +16,15 @@ from typing import Any
 
 from foldline_operator.crds import API_VERSION
 from foldline_operator.pods import (
-    MANAGED_BY,
-    RUN_AS,
     container,
-    labels,
     pod_spec,
     resources_with_defaults,
-    selector,
     template_metadata,
     version_of,
 )
+from foldline_operator.pods import labels as labels
+from foldline_operator.pods import selector as selector
 from foldline_operator.spec import AggregateResource, ProjectionResource
-
-__all__ = ["MANAGED_BY", "RUN_AS", "labels", "selector"]  # re-exported for callers that build selectors
 
 Obj = dict[str, Any]
 

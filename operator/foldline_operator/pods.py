@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from foldline_operator.schemas import RESERVED_VOLUMES
+from foldline_operator.pod_schemas import RESERVED_VOLUMES
 from foldline_operator.spec import PodOptions, PodTemplate
 
 Obj = dict[str, Any]
@@ -20,7 +20,6 @@ Obj = dict[str, Any]
 RUN_AS = 10001
 MANAGED_BY = "foldline-operator"
 PART_OF = "foldline"
-__all__ = ["RESERVED_VOLUMES", "container", "labels", "pod_spec", "resources_with_defaults", "selector"]
 
 #: Requests a container gets for what its resources leave unset (no limits by default: a limit that is
 #: too low kills a pod, a missing request only lets it be scheduled too densely).
