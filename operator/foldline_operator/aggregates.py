@@ -18,11 +18,23 @@ from foldline_operator import autoscale, builders
 from foldline_operator.builders import KafkaAuth, Owner
 from foldline_operator.conditions import Condition, deployment_condition, from_status, ready
 from foldline_operator.kafka import KafkaPort, client_config
-from foldline_operator.kube import Kube
+from foldline_operator.kube import Kube, KubeError
 from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "EventSourcedAggregate"
 PAUSED = "foldline.io/paused"
+#: The StatefulSet fields that cannot change in place, as the API server names them when it refuses an
+#: update ("spec.volumeClaimTemplates: ... field is immutable"; older servers: "spec: Forbidden: updates to
+#: statefulset spec for fields other than ...").
+IMMUTABLE_FIELDS = ("spec.volumeClaimTemplates", "spec.selector", "spec.serviceName", "spec.podManagementPolicy")
+
+
+def immutable_change(message: str) -> bool:
+    """Whether a 422 for a StatefulSet says a field that cannot change was changed."""
+    if "updates to statefulset spec for fields other than" in message:
+        return True
+    return "field is immutable" in message and any(f"{field}:" in message for field in IMMUTABLE_FIELDS)
+
 
 Obj = dict[str, Any]
 
@@ -34,6 +46,8 @@ class Outcome:
     status: Obj
     conditions: list[Condition]
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The spec reached the workloads this pass (not refused before them): it becomes the last applied one.
+    applied: bool = False
 
 
 def is_paused(meta: Mapping[str, Any]) -> bool:
@@ -58,6 +72,30 @@ def applied(kube: Kube, obj: Obj) -> tuple[str, str, str] | None:
         return None
     kind, name = obj["kind"], obj["metadata"]["name"]
     return ("Normal", f"{kind}{change.capitalize()}", f"{change} {kind} {name}")
+
+
+def scale_writers(meta: Mapping[str, Any]) -> list[str]:
+    """Field managers that set the replicas through the scale subresource (``kubectl scale``, an HPA, KEDA)."""
+    entries = meta.get("managedFields") or ()
+    return sorted({str(e.get("manager") or "?") for e in entries if e.get("subresource") == "scale"})
+
+
+def autoscaling_condition(spec: AggregateResource, meta: Mapping[str, Any], desired: int) -> Condition | None:
+    """With autoscaling on, who decides the replicas: the lag, always; a scale-subresource write is ignored,
+    and this says so (its reason is a Warning)."""
+    if spec.autoscaling is None:
+        return None
+    writers = scale_writers(meta)
+    if writers:
+        return Condition(
+            "Autoscaling",
+            True,
+            "ScaleIgnored",
+            f"spec.handlers.replicas ({spec.replicas}) was set through the scale subresource by "
+            f"{', '.join(writers)}, but spec.handlers.autoscaling wins: {desired} replicas from the lag. Remove "
+            "autoscaling to scale by hand, and aim no HPA or KEDA ScaledObject at this resource.",
+        )
+    return Condition("Autoscaling", True, "Active", f"{desired} replicas from the lag")
 
 
 def paused_outcome(status: Mapping[str, Any]) -> Outcome:
@@ -100,6 +138,14 @@ def topics_condition(report: TopicReport) -> tuple[Condition, list[tuple[str, st
         for name in names
     ]
     total = len(report.created) + len(report.grown) + len(report.reconfigured) + len(report.unchanged)
+    if report.replication:
+        # Usable, so still True; the reason (and its one Warning Event, on the change) says what is off.
+        found = ", ".join(f"{name}: {factor}" for name, factor in sorted(report.replication.items()))
+        message = (
+            f"{total} topics usable, but their replication factor differs from spec.replicationFactor ({found}); "
+            "Kafka keeps it for existing topics: reassign their partitions, or declare what they have"
+        )
+        return Condition("TopicsReady", True, "ReplicationFactorDiffers", message), events
     return Condition("TopicsReady", True, "Verified", f"{total} topics match the spec"), events
 
 
@@ -132,6 +178,8 @@ class AggregateReconciler:
 
         connection = connect(self.kube, owner.namespace, spec)
         topics_ok = False
+        # Unknown until read this pass: a lag from before Kafka went away would be a stale 0 (None removes it).
+        out["lag"] = None
         if isinstance(connection, Condition):
             topics = connection
         else:
@@ -139,23 +187,36 @@ class AggregateReconciler:
             if topics.reason not in ("KafkaUnavailable", "KafkaAuthenticationFailed"):  # same wait again
                 out["lag"] = self._lag(connection, spec)
 
+        rejected: Condition | None = None
+        out["suspended"] = spec.suspend
         if topics_ok and isinstance(connection, Connection):
-            desired = self._desired_replicas(spec, status, out.get("lag"), now, out)
-            events += self._apply_workloads(owner, spec, connection.auth, desired)
+            if spec.suspend:  # the count to come back to stays in desiredReplicas
+                desired = int(status.get("desiredReplicas", spec.replicas))
+            else:
+                desired = self._desired_replicas(spec, status, out.get("lag"), now, out)
+            applied_events, rejected = self._apply_workloads(owner, spec, connection.auth, desired)
+            events += applied_events
         else:  # nothing changes while the topics are refused or unreachable
             desired = int(status.get("desiredReplicas", spec.replicas))
         out["desiredReplicas"] = desired
 
-        deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.handler_name(owner.name))
-        dstatus = (deployment or {}).get("status") or {}
-        out["replicas"] = int(dstatus.get("replicas") or 0)
-        out["readyReplicas"] = int(dstatus.get("readyReplicas") or 0)
-        wanted = int(((deployment or {}).get("spec") or {}).get("replicas", desired))
-        parts = [topics, deployment_condition("HandlersReady", "command-handler", deployment, wanted)]
+        handler = self.kube.get("apps/v1", "StatefulSet", owner.namespace, builders.handler_name(owner.name))
+        hstatus = (handler or {}).get("status") or {}
+        out["replicas"] = int(hstatus.get("replicas") or 0)
+        out["readyReplicas"] = int(hstatus.get("readyReplicas") or 0)
+        wanted = int(((handler or {}).get("spec") or {}).get("replicas", desired))
+        handlers = rejected or deployment_condition("HandlersReady", "command-handler", handler, wanted, "StatefulSet")
+        if spec.suspend and rejected is None and wanted == 0:
+            handlers = Condition(
+                "HandlersReady", False, "Suspended", "spec.suspend: the command handlers are scaled to zero"
+            )
+        parts = [topics, handlers]
         if spec.gateway_enabled:
             gateway = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.gateway_name(owner.name))
             parts.append(deployment_condition("GatewayReady", "gateway", gateway, spec.gateway_replicas))
-        return Outcome(out, [*parts, ready(parts)], events)
+        scaling = autoscaling_condition(spec, meta, desired)
+        extra = [scaling] if scaling is not None else []
+        return Outcome(out, [*parts, *extra, ready(parts)], events, applied=topics_ok and rejected is None)
 
     def _topics(
         self, connection: Connection, spec: AggregateResource, out: Obj
@@ -201,11 +262,51 @@ class AggregateReconciler:
             out["lastScaleTime"] = rfc3339(now)
         return decision.replicas
 
+    def _apply_handlers(
+        self, owner: Owner, spec: AggregateResource, auth: KafkaAuth, replicas: int
+    ) -> tuple[list[tuple[str, str, str]], Condition | None]:
+        """The handlers' Service, StatefulSet and PDB; a Deployment of an older operator is replaced.
+
+        A StatefulSet's claim templates (storage size, class, emptyDir or not) and selector cannot change
+        in place: when the API server refuses the change for that, the StatefulSet is deleted with its pods
+        orphaned and created anew on the next pass; the new one adopts the running pods and rolls them
+        onto the new template one at a time, each keeping its existing claim.
+        """
+        name = builders.handler_name(owner.name)
+        events = [e for e in [applied(self.kube, builders.handler_service(owner, spec))] if e]
+        statefulset = builders.handler_statefulset(owner, spec, auth, 0 if spec.suspend else replicas)
+        current = self.kube.get("apps/v1", "StatefulSet", owner.namespace, name)
+        if current is not None and current["metadata"].get("deletionTimestamp"):
+            return events, Condition(
+                "HandlersReady", False, "Progressing", f"StatefulSet {name} is being replaced (orphaning its pods)"
+            )
+        try:
+            event = applied(self.kube, statefulset)
+        except KubeError as exc:
+            if exc.status != 422:
+                raise
+            if immutable_change(str(exc)):
+                self.kube.delete("apps/v1", "StatefulSet", owner.namespace, name, propagation="Orphan")
+                message = (
+                    f"replacing StatefulSet {name}: its storage or selector changed (pods and claims are kept; "
+                    "existing claims keep their size)"
+                )
+                return [*events, ("Normal", "StatefulSetReplaced", message)], Condition(
+                    "HandlersReady", False, "Progressing", message
+                )
+            return events, Condition("HandlersReady", False, "WorkloadRejected", f"StatefulSet {name}: {exc}")
+        events += [e for e in [event, applied(self.kube, builders.pdb(owner, statefulset))] if e]
+        if self.kube.delete("apps/v1", "Deployment", owner.namespace, name):
+            events.append(
+                ("Normal", "DeploymentReplaced", f"deleted Deployment {name}: StatefulSet {name} replaces it")
+            )
+        return events, None
+
     def _apply_workloads(
         self, owner: Owner, spec: AggregateResource, auth: KafkaAuth, replicas: int
-    ) -> list[tuple[str, str, str]]:
-        handler = builders.handler_deployment(owner, spec, auth, replicas)
-        wanted: list[Obj] = [handler, builders.pdb(owner, handler)]
+    ) -> tuple[list[tuple[str, str, str]], Condition | None]:
+        events, rejected = self._apply_handlers(owner, spec, auth, replicas)
+        wanted: list[Obj] = []
         gone: list[tuple[str, str, str]] = []
         gateway_name = builders.gateway_name(owner.name)
         if spec.gateway_enabled:
@@ -217,11 +318,11 @@ class AggregateReconciler:
                 ("v1", "Service", gateway_name),
                 ("policy/v1", "PodDisruptionBudget", gateway_name),
             ]
-        events = [event for obj in wanted if (event := applied(self.kube, obj))]
+        events += [event for obj in wanted if (event := applied(self.kube, obj))]
         for api_version, kind, name in gone:
             if self.kube.delete(api_version, kind, owner.namespace, name):
                 events.append(("Normal", f"{kind}Deleted", f"deleted {kind} {name}"))
-        return events
+        return events, rejected
 
     def _views(self, owner: Owner, spec: AggregateResource) -> builders.GatewayViews:
         """The Projections of this aggregate that share the first one's database, for the gateway."""
@@ -246,8 +347,12 @@ class AggregateReconciler:
         spec = AggregateResource.parse(meta["name"], body["spec"])
         if spec.deletion_policy != "Delete":
             return [("Normal", "TopicsRetained", f"deletionPolicy Retain: kept the topics of {spec.name}")]
-        for name in (builders.handler_name(meta["name"]), builders.gateway_name(meta["name"])):
-            self.kube.delete("apps/v1", "Deployment", meta["namespace"], name, propagation="Foreground")
+        self.kube.delete(
+            "apps/v1", "StatefulSet", meta["namespace"], builders.handler_name(meta["name"]), propagation="Foreground"
+        )
+        self.kube.delete(
+            "apps/v1", "Deployment", meta["namespace"], builders.gateway_name(meta["name"]), propagation="Foreground"
+        )
         connection = connect(self.kube, meta["namespace"], spec)
         if isinstance(connection, Condition):
             raise BrokerUnavailableError(connection.message)

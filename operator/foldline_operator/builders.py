@@ -1,8 +1,11 @@
 """The objects the operator owns, built as plain dicts from a spec: no API calls, unit-tested as is.
 
 Every pod runs the one foldline image and CLI (``foldline command-handler|projector|gateway``), non-root
-with a read-only root filesystem; writable paths are emptyDir volumes. Kafka credentials come from the
-aggregate's Secret through ``secretKeyRef`` (values never appear in a Deployment).
+with a read-only root filesystem. Command handlers are a StatefulSet: each pod keeps its stores on a
+PersistentVolumeClaim of its own (or, chosen explicitly, an emptyDir) and has a stable name, which is its
+instance id, so its transactional id and its static group membership survive restarts. Gateways and
+projectors keep no state and are Deployments. Kafka credentials come from the aggregate's Secret through
+``secretKeyRef`` (values never appear in a workload).
 """
 
 from __future__ import annotations
@@ -12,7 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from foldline_operator.crds import API_VERSION
-from foldline_operator.spec import AggregateResource, PodOptions, ProjectionResource
+from foldline_operator.pods import (
+    container,
+    pod_spec,
+    resources_with_defaults,
+    template_metadata,
+    version_of,
+)
+from foldline_operator.pods import labels as labels
+from foldline_operator.pods import selector as selector
+from foldline_operator.spec import AggregateResource, ProjectionResource
 
 Obj = dict[str, Any]
 
@@ -20,8 +32,6 @@ STATE_DIR = "/var/lib/foldline/state"
 KAFKA_CA_DIR = "/etc/foldline/kafka"
 HTTP_PORT = 8080
 GATEWAY_PORT = 8000
-RUN_AS = 10001
-MANAGED_BY = "foldline-operator"
 
 #: Keys of the Kafka Secret (librdkafka's own names) and the variables foldline's settings read.
 KAFKA_SECRET_ENV = {
@@ -59,26 +69,6 @@ class Owner:
             "controller": True,
             "blockOwnerDeletion": True,
         }
-
-
-def labels(instance: str, component: str, aggregate: str, **extra: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "foldline",
-        "app.kubernetes.io/instance": instance,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "foldline.io/aggregate": aggregate,
-        **extra,
-    }
-
-
-def selector(instance: str, component: str, **extra: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "foldline",
-        "app.kubernetes.io/instance": instance,
-        "app.kubernetes.io/component": component,
-        **extra,
-    }
 
 
 def selector_string(match: Mapping[str, str]) -> str:
@@ -126,77 +116,14 @@ def _kafka_volume(auth: KafkaAuth) -> tuple[list[Obj], list[Obj]]:
     return [volume], [{"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}]
 
 
-def _probe(path: str, port: str, period: int, failures: int) -> Obj:
-    return {
-        "httpGet": {"path": path, "port": port},
-        "periodSeconds": period,
-        "timeoutSeconds": 2,
-        "failureThreshold": failures,
-    }
-
-
-def _container(
-    name: str,
-    pod: PodOptions,
-    command: list[str],
-    env: list[Obj],
-    port: int,
-    resources: Mapping[str, Any],
-    mounts: list[Obj],
-) -> Obj:
-    container: Obj = {
-        "name": name,
-        "image": pod.image,
-        "imagePullPolicy": pod.image_pull_policy,
-        "command": command,
-        "env": env + [{"name": k, "value": v} for k, v in pod.env],
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        # Liveness says the loop still turns; readiness waits for restored stores. A restore may be long:
-        # the startup probe gives it up to 10 minutes before liveness counts.
-        "startupProbe": _probe("/healthz", "http", 5, 120),
-        "livenessProbe": _probe("/healthz", "http", 10, 3),
-        "readinessProbe": _probe("/readyz", "http", 5, 3),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
-    }
-    if resources:
-        container["resources"] = dict(resources)
-    return container
-
-
-def _pod_spec(pod: PodOptions, container: Obj, volumes: list[Obj], grace: int) -> Obj:
-    spec: Obj = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "terminationGracePeriodSeconds": grace,
-        "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
-    }
-    if pod.service_account:
-        spec["serviceAccountName"] = pod.service_account
-    if pod.image_pull_secrets:
-        spec["imagePullSecrets"] = [{"name": s} for s in pod.image_pull_secrets]
-    return spec
-
-
 def _deployment(
     name: str,
     owner: Owner,
     object_labels: Mapping[str, str],
     match: Mapping[str, str],
     replicas: int,
-    pod_spec: Obj,
-    port: int,
+    metadata: Obj,
+    spec: Obj,
 ) -> Obj:
     return {
         "apiVersion": "apps/v1",
@@ -206,53 +133,94 @@ def _deployment(
             "replicas": replicas,
             "selector": {"matchLabels": dict(match)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {
-                    "labels": dict(object_labels),
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(port),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": pod_spec,
-            },
+            "template": {"metadata": metadata, "spec": spec},
         },
     }
 
 
-def handler_deployment(owner: Owner, spec: AggregateResource, auth: KafkaAuth, replicas: int) -> Obj:
-    """``foldline command-handler``: one pod per share of the partitions, its store on an emptyDir."""
+#: The handler pods' store volume: a claim per pod from the StatefulSet's template.
+STATE_VOLUME = "state"
+
+
+def handler_statefulset(owner: Owner, spec: AggregateResource, auth: KafkaAuth, replicas: int) -> Obj:
+    """``foldline command-handler``: one pod per share of the partitions, named ``<name>-<ordinal>``.
+
+    The pod name is the instance id: the transactional id (``foldline.<agg>.<pod>``) and the static group
+    membership (``group.instance.id``) stay the pod's across restarts, so a restarted pod fences its
+    predecessor at once and gets its partitions back without a rebalance, its store (on its claim) restored
+    only from its changelog offset. Pods start and stop in parallel (no ordering is needed); claims are kept
+    when scaling down (a scale-up finds them) and deleted with the StatefulSet (they only cache the
+    snapshots topic).
+    """
     name = handler_name(owner.name)
+    storage = spec.storage
     env = [
         *kafka_env(spec, auth),
         {"name": "FOLDLINE_STATE_DIR", "value": STATE_DIR},
-        {"name": "FOLDLINE_STORE", "value": spec.store_kind},
+        {"name": "FOLDLINE_STORE", "value": storage.store_kind},
         {"name": "FOLDLINE_HTTP_PORT", "value": str(HTTP_PORT)},
         {"name": "FOLDLINE_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "FOLDLINE_STATIC_MEMBERSHIP", "value": "true"},
         {"name": "FOLDLINE_LOG_FORMAT", "value": "json"},
     ]
     ca_volumes, ca_mounts = _kafka_volume(auth)
-    container = _container(
+    main = container(
         "command-handler",
         spec.pod,
         ["foldline", "command-handler", "--aggregate", spec.aggregate_path],
         env,
         HTTP_PORT,
-        spec.resources,
-        [{"name": "state", "mountPath": STATE_DIR}, *ca_mounts],
+        resources_with_defaults("command-handler", spec.resources),
+        [{"name": STATE_VOLUME, "mountPath": STATE_DIR}, *ca_mounts],
     )
-    volumes = [{"name": "state", "emptyDir": {"sizeLimit": spec.storage_size}}, *ca_volumes]
-    object_labels = labels(owner.name, "command-handler", spec.name)
-    return _deployment(
-        name,
-        owner,
-        object_labels,
-        selector(owner.name, "command-handler"),
-        replicas,
-        _pod_spec(spec.pod, container, volumes, grace=60),
-        HTTP_PORT,
-    )
+    match = selector(owner.name, "command-handler")
+    volumes = list(ca_volumes)
+    claims: list[Obj] = []
+    if storage.persistent:
+        claim_spec: Obj = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage.size}}}
+        if storage.storage_class is not None:
+            claim_spec["storageClassName"] = storage.storage_class
+        # Only the selector's labels: a claim template can never change (an image tag in it would).
+        claims.append({"metadata": {"name": STATE_VOLUME, "labels": dict(match)}, "spec": claim_spec})
+    else:
+        volumes.insert(0, {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": storage.size}})
+    object_labels = labels(owner.name, "command-handler", spec.name, version_of(spec.pod.image))
+    body: Obj = {
+        "serviceName": name,
+        "replicas": replicas,
+        "selector": {"matchLabels": match},
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate"},
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+        "template": {
+            "metadata": template_metadata(spec.pod, object_labels, HTTP_PORT),
+            "spec": pod_spec(spec.pod, main, volumes, grace=60, spread=match),
+        },
+    }
+    if claims:
+        body["volumeClaimTemplates"] = claims
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(name, owner, object_labels),
+        "spec": body,
+    }
+
+
+def handler_service(owner: Owner, spec: AggregateResource) -> Obj:
+    """The StatefulSet's governing Service: headless, so each pod has a stable DNS name."""
+    name = handler_name(owner.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, owner, labels(owner.name, "command-handler", spec.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector(owner.name, "command-handler"),
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -283,16 +251,17 @@ def gateway_deployment(owner: Owner, spec: AggregateResource, auth: KafkaAuth, v
         env.append(_database_env(*views.database))
         command += ["--database", f"$({DATABASE_ENV})"]  # expanded by the kubelet from the env
     ca_volumes, ca_mounts = _kafka_volume(auth)
-    container = _container("gateway", spec.pod, command, env, GATEWAY_PORT, spec.gateway_resources, ca_mounts)
-    object_labels = labels(owner.name, "gateway", spec.name)
+    resources = resources_with_defaults("gateway", spec.gateway_resources)
+    main = container("gateway", spec.pod, command, env, GATEWAY_PORT, resources, ca_mounts)
+    object_labels = labels(owner.name, "gateway", spec.name, version_of(spec.pod.image))
     return _deployment(
         gateway_name(owner.name),
         owner,
         object_labels,
         selector(owner.name, "gateway"),
         spec.gateway_replicas,
-        _pod_spec(spec.pod, container, ca_volumes, grace=30),
-        GATEWAY_PORT,
+        template_metadata(spec.pod, object_labels, GATEWAY_PORT),
+        pod_spec(spec.pod, main, ca_volumes, grace=30, spread=None),
     )
 
 
@@ -338,22 +307,24 @@ def projector_deployment(owner: Owner, spec: ProjectionResource, aggregate: Aggr
         {"name": "FOLDLINE_LOG_FORMAT", "value": "json"},
     ]
     ca_volumes, ca_mounts = _kafka_volume(auth)
-    container = _container("projector", pod, command, env, HTTP_PORT, spec.resources, ca_mounts)
+    main = container(
+        "projector", pod, command, env, HTTP_PORT, resources_with_defaults("projector", spec.resources), ca_mounts
+    )
     extra = {"foldline.io/projection": owner.name, "foldline.io/revision": revision}
-    object_labels = labels(owner.name, "projector", aggregate.name, **extra)
+    object_labels = labels(owner.name, "projector", aggregate.name, version_of(pod.image), **extra)
     return _deployment(
         projector_name(owner.name, spec.revision),
         owner,
         object_labels,
         selector(owner.name, "projector", **{"foldline.io/revision": revision}),
-        spec.replicas,
-        _pod_spec(pod, container, ca_volumes, grace=30),
-        HTTP_PORT,
+        0 if spec.suspend else spec.replicas,
+        template_metadata(pod, object_labels, HTTP_PORT),
+        pod_spec(pod, main, ca_volumes, grace=30, spread=None),
     )
 
 
 def pdb(owner: Owner, deployment: Obj) -> Obj:
-    """At most one pod of a Deployment voluntarily disrupted at a time (drains, node upgrades)."""
+    """At most one pod of a workload voluntarily disrupted at a time (drains, node upgrades)."""
     meta = deployment["metadata"]
     return {
         "apiVersion": "policy/v1",

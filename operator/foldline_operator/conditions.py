@@ -60,16 +60,20 @@ def find(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[
     return next((c for c in conditions or () if c.get("type") == type_), None)
 
 
-def deployment_condition(type_: str, what: str, deployment: Mapping[str, Any] | None, desired: int) -> Condition:
-    """Available when the Deployment's controller has seen the newest spec and enough pods are ready."""
+def deployment_condition(
+    type_: str, what: str, deployment: Mapping[str, Any] | None, desired: int, kind: str = "Deployment"
+) -> Condition:
+    """Available when the workload's controller (a Deployment's or a StatefulSet's: their status has the
+    same fields) has seen the newest spec and enough pods are ready."""
+    kind = str((deployment or {}).get("kind") or kind)
     if deployment is None:
-        return Condition(type_, False, "DeploymentMissing", f"the {what} Deployment does not exist yet")
+        return Condition(type_, False, f"{kind}Missing", f"the {what} {kind} does not exist yet")
     status = deployment.get("status") or {}
     generation = (deployment.get("metadata") or {}).get("generation", 0)
     if status.get("observedGeneration", 0) < generation:
-        return Condition(type_, False, "Progressing", f"the {what} Deployment's newest spec is being rolled out")
+        return Condition(type_, False, "Progressing", f"the {what} {kind}'s newest spec is being rolled out")
     if desired == 0:
-        return Condition(type_, True, "ScaledToZero", f"the {what} Deployment is scaled to zero")
+        return Condition(type_, True, "ScaledToZero", f"the {what} {kind} is scaled to zero")
     updated = int(status.get("updatedReplicas") or 0)
     available = int(status.get("availableReplicas") or 0)
     if available >= desired and updated >= desired:
@@ -84,5 +88,7 @@ def ready(parts: Sequence[Condition], *, paused: bool = False) -> Condition:
     for part in parts:
         if part.status is not True:
             reason = part.type.replace("Ready", "NotReady") if part.status is False else f"{part.type}Unknown"
+            if part.reason == "Suspended":
+                reason = "Suspended"
             return Condition("Ready", False, reason, f"{part.type}: {part.message}")
     return Condition("Ready", True, "Ready", "all parts are ready")

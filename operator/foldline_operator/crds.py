@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from foldline_operator.schemas import Schema, aggregate_schema, projection_schema
+from foldline_operator.schema_types import Schema
+from foldline_operator.schemas import aggregate_schema, projection_schema
 
 GROUP = "foldline.io"
 VERSION = "v1alpha1"
@@ -84,7 +85,7 @@ def aggregate_crd() -> dict[str, Any]:
         aggregate_schema(),
         [
             _column("Ready", "string", _READY),
-            _column("Partitions", "integer", ".spec.partitions"),
+            _column("Partitions", "integer", ".status.partitions", "Partitions the topics have"),
             _column("Replicas", "integer", ".status.replicas", "Command-handler pods"),
             _column("Lag", "integer", ".status.lag", "Commands not yet handled"),
             _column("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', priority=1),

@@ -7,6 +7,7 @@ recomputes everything. A per-object lock keeps the timer and an event from runni
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -30,7 +31,11 @@ from foldline_operator.projections import ProjectionReconciler
 log = structlog.get_logger("foldline.operator")
 
 #: Reasons that are expected states rather than faults; other False conditions count as errors.
-_EXPECTED = frozenset({"Progressing", "DeploymentMissing", "Paused", "Rebuilding", "Registering"})
+#: Reasons of conditions that are True (the part works) but need a person's attention.
+_WARNINGS = frozenset({"ReplicationFactorDiffers", "ScaleIgnored"})
+_EXPECTED = frozenset(
+    {"Progressing", "DeploymentMissing", "StatefulSetMissing", "Paused", "Suspended", "Rebuilding", "Registering"}
+)
 
 
 class Locks:
@@ -76,13 +81,25 @@ def status_patch(current: Mapping[str, Any], outcome: Outcome, generation: int, 
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
+def spec_records(outcome: Outcome, spec: Mapping[str, Any], generation: int) -> dict[str, Any]:
+    """``lastAppliedSpec`` (the spec the workloads were last built from) and ``lastGoodSpec`` (the last one
+    that was Ready), as the Flink operator keeps them: what runs, and what to go back to."""
+    record = {"generation": generation, "spec": json.dumps(spec, sort_keys=True, separators=(",", ":"))}
+    out: dict[str, Any] = {}
+    if outcome.applied:
+        out["lastAppliedSpec"] = record
+        if any(c.type == "Ready" and c.status is True for c in outcome.conditions):
+            out["lastGoodSpec"] = record
+    return out
+
+
 def transition_events(current: Mapping[str, Any], conditions: list[Condition]) -> list[tuple[str, str, str]]:
     """One Event per condition whose status or reason changed."""
     out = []
     for c in conditions:
         before = find(current.get("conditions"), c.type)
         if before is None or before.get("status") != c.status_word or before.get("reason") != c.reason:
-            normal = c.status is True or c.reason in _EXPECTED or c.type == "Ready"
+            normal = (c.status is True and c.reason not in _WARNINGS) or c.reason in _EXPECTED or c.type == "Ready"
             out.append(("Normal" if normal else "Warning", c.reason or c.type, f"{c.type}: {c.message}"))
     return out
 
@@ -121,6 +138,8 @@ class Runner:
                     series.operator_resource_gone(self.kind, str(meta.namespace), str(meta.name))
                     return
                 outcome = self.reconcile(fresh)
+                generation = int(fresh["metadata"].get("generation") or 0)
+                outcome.status.update(spec_records(outcome, fresh.get("spec") or {}, generation))
                 current = dict(fresh.get("status") or {})
                 changes = status_patch(
                     current, outcome, int(fresh["metadata"].get("generation") or 0), rfc3339(datetime.now(UTC))

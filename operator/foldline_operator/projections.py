@@ -108,9 +108,12 @@ class ProjectionReconciler:
         deployment = builders.projector_deployment(owner, spec, aggregate, connection.auth)
         events = [e for obj in (deployment, builders.pdb(owner, deployment)) if (e := applied(self.kube, obj))]
         current = self.kube.get("apps/v1", "Deployment", owner.namespace, deployment["metadata"]["name"])
+        out["suspended"] = spec.suspend
         projector = deployment_condition(
-            "ProjectorReady", f"revision {spec.revision} projector", current, spec.replicas
+            "ProjectorReady", f"revision {spec.revision} projector", current, 0 if spec.suspend else spec.replicas
         )
+        if spec.suspend and projector.status is True:
+            projector = Condition("ProjectorReady", False, "Suspended", "spec.suspend: the projector is scaled to zero")
 
         try:
             found_status = self.catalogs.status(
@@ -118,11 +121,11 @@ class ProjectionReconciler:
             )
         except FoldlineError as exc:
             active = Condition("RevisionActive", False, "CatalogUnavailable", f"{type(exc).__name__}: {exc}")
-            return Outcome(out, [projector, active, ready([projector, active])], events)
+            return Outcome(out, [projector, active, ready([projector, active])], events, applied=True)
         active, retire = revision_state(spec, found_status, status, now, out)
         if retire:
             events += self._retire(owner, keep=spec.revision)
-        return Outcome(out, [projector, active, ready([projector, active])], events)
+        return Outcome(out, [projector, active, ready([projector, active])], events, applied=True)
 
     def _aggregate(self, owner: Owner, spec: ProjectionResource) -> tuple[AggregateResource, Connection] | Condition:
         esa = self.kube.get(API_VERSION, "EventSourcedAggregate", owner.namespace, spec.aggregate_ref)

@@ -1,108 +1,49 @@
 """The OpenAPI schemas of foldline's custom resources: structural, with defaults and CEL rules.
 
 ``crds.py`` wraps them into CustomResourceDefinitions; the API server validates every resource with them,
-so a bad spec is refused at admission with the schema's message.
+so a bad spec is refused at admission with the schema's message. The building blocks are in
+``schema_types.py``, the pod fields (``env``, ``podTemplate``) in ``pod_schemas.py``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-Schema = dict[str, Any]
-
-# Kubernetes' own pattern for resource.Quantity strings ("500m", "1Gi", "2").
-QUANTITY = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+from foldline_operator.pod_schemas import _env, _pod_template
+from foldline_operator.schema_types import (
+    DURATION,
+    IMPORT_PATH,
+    QUANTITY,
+    TOPIC_PREFIX,
+    Schema,
+    _bool,
+    _int,
+    _obj,
+    _resources,
+    _rule,
+    _secret_ref,
+    _str,
 )
-DURATION = r"^[0-9]+(ms|s|m|h|d)$"
-IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
-TOPIC_PREFIX = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"
-DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+from foldline_operator.spec import DEFAULT_STORE
 
 
-def _obj(
-    properties: dict[str, Schema],
-    *,
-    description: str = "",
-    required: list[str] | None = None,
-    default: dict[str, Any] | None = None,
-    rules: list[dict[str, str]] | None = None,
-) -> Schema:
-    s: Schema = {"type": "object"}
-    if description:
-        s["description"] = description
-    s["properties"] = properties
-    if required:
-        s["required"] = required
-    if default is not None:
-        s["default"] = default
-    if rules:
-        s["x-kubernetes-validations"] = rules
-    return s
-
-
-def _str(description: str, **extra: Any) -> Schema:
-    return {"type": "string", "description": description, **extra}
-
-
-def _int(description: str, **extra: Any) -> Schema:
-    return {"type": "integer", "format": "int32", "description": description, **extra}
-
-
-def _bool(description: str, default: bool) -> Schema:
-    return {"type": "boolean", "description": description, "default": default}
-
-
-def _rule(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    out = {"rule": rule, "message": message}
-    if field_path:
-        out["fieldPath"] = field_path
-    return out
-
-
-def _secret_ref(description: str, default_key: str | None = None) -> Schema:
-    props: dict[str, Schema] = {
-        "name": _str("Name of a Secret in the resource's namespace.", pattern=DNS_NAME, maxLength=253)
-    }
-    if default_key is not None:
-        props["key"] = _str("Key in the Secret.", default=default_key, minLength=1)
-    return _obj(props, description=description, required=["name"])
-
-
-def _quantities(description: str) -> Schema:
-    return {
-        "type": "object",
-        "description": description,
-        "additionalProperties": {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY,
-            "x-kubernetes-int-or-string": True,
-        },
-    }
-
-
-def _resources() -> Schema:
+def _spec_record(description: str) -> Schema:
     return _obj(
         {
-            "requests": _quantities("Minimum resources, e.g. cpu: 100m, memory: 256Mi."),
-            "limits": _quantities("Maximum resources."),
+            "generation": {"type": "integer", "format": "int64"},
+            "spec": _str("The spec, as JSON with sorted keys."),
         },
-        description="Container resources, as in a Pod spec.",
+        description=description,
     )
 
 
-def _env() -> Schema:
+def _records() -> dict[str, Schema]:
     return {
-        "type": "array",
-        "description": "Extra environment variables (e.g. FOLDLINE_COMMIT_INTERVAL_MS).",
-        "items": _obj(
-            {"name": _str("Variable name.", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"), "value": _str("Value.")},
-            required=["name"],
-        ),
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["name"],
+        "lastAppliedSpec": _spec_record("The spec the workloads were last built from."),
+        "lastGoodSpec": _spec_record("The last spec that was Ready: what to go back to."),
     }
+
+
+def _suspend() -> Schema:
+    return _bool("Scale the workers (command handlers, projectors) to zero; false brings them back.", False)
 
 
 def _conditions() -> Schema:
@@ -135,6 +76,7 @@ def _pod_options() -> dict[str, Schema]:
         },
         "serviceAccountName": _str("Service account of the pods (default: the namespace's default)."),
         "env": _env(),
+        "podTemplate": _pod_template(),
     }
 
 
@@ -160,21 +102,29 @@ def aggregate_schema() -> Schema:
             "resources": _resources(),
             "storage": _obj(
                 {
+                    "volume": _str(
+                        "persistentVolumeClaim: a claim per pod, kept across restarts and rolling updates (only "
+                        "the changelog's tail is restored). emptyDir: gone with the pod (a full restore).",
+                        enum=["persistentVolumeClaim", "emptyDir"],
+                        default="persistentVolumeClaim",
+                    ),
                     "size": {
                         "anyOf": [{"type": "integer"}, {"type": "string"}],
                         "x-kubernetes-int-or-string": True,
                         "pattern": QUANTITY,
                         "default": "1Gi",
-                        "description": "Size limit of the local state-store volume (an emptyDir: the snapshots "
-                        "topic restores it).",
+                        "description": "Size of each pod's claim (or the emptyDir's size limit).",
                     },
-                    "storeKind": _str("Local state store engine.", enum=["lmdb", "sqlite", "rocksdb"], default="lmdb"),
+                    "storageClassName": _str("StorageClass of the claims (default: the cluster's default)."),
+                    "storeKind": _str(
+                        "Local state store engine.", enum=["rocksdb", "lmdb", "sqlite"], default=DEFAULT_STORE
+                    ),
                 },
                 description="The local state store of each handler pod.",
                 default={},
             ),
         },
-        description="The command-handler Deployment.",
+        description="The command-handler StatefulSet.",
         default={},
     )
     retention = _obj(
@@ -222,7 +172,14 @@ def aggregate_schema() -> Schema:
             "image": _str("Container image holding foldline and the aggregate's code.", minLength=1),
             **_pod_options(),
             "partitions": _int(
-                "Partitions of every topic of the aggregate; they can never shrink.", minimum=1, maximum=10000
+                "Partitions of every topic of the aggregate; they can never shrink.",
+                minimum=1,
+                maximum=10000,
+                **{
+                    "x-kubernetes-validations": [
+                        _rule("self >= oldSelf", "spec.partitions can never shrink: Kafka cannot remove partitions")
+                    ]
+                },
             ),
             "replicationFactor": _int("Replication factor of the topics.", minimum=1, maximum=32, default=3),
             "allowPartitionGrowth": _bool(
@@ -237,6 +194,7 @@ def aggregate_schema() -> Schema:
             "deletionPolicy": _str(
                 "What deleting this resource does to its topics.", enum=["Retain", "Delete"], default="Retain"
             ),
+            "suspend": _suspend(),
         },
         required=["aggregate", "image", "partitions", "kafka"],
         rules=[
@@ -265,13 +223,19 @@ def aggregate_schema() -> Schema:
             "aggregateName": _str("The topic prefix in use."),
             "topics": {"type": "array", "items": {"type": "string"}},
             "partitions": _int("Partitions the topics have."),
-            "replicas": _int("Command-handler pods (from the Deployment)."),
+            "replicas": _int("Command-handler pods (from the StatefulSet)."),
             "readyReplicas": _int("Command-handler pods that are ready."),
             "desiredReplicas": _int("Replicas the operator asks for (autoscaling included)."),
             "selector": _str("Label selector of the command-handler pods (for the scale subresource)."),
-            "lag": {"type": "integer", "format": "int64", "description": "Commands not yet handled."},
+            "lag": {
+                "type": "integer",
+                "format": "int64",
+                "description": "Commands not yet handled; absent while unknown (Kafka out of reach).",
+            },
             "lastScaleTime": _str("When autoscaling last changed the replicas.", format="date-time"),
             "paused": {"type": "boolean"},
+            "suspended": {"type": "boolean", "description": "spec.suspend is in effect."},
+            **_records(),
         }
     )
     return _root(spec, status)
@@ -316,6 +280,7 @@ def projection_schema() -> Schema:
                 },
             ),
             "resources": _resources(),
+            "suspend": _suspend(),
         },
         required=["aggregateRef", "projector", "database"],
         rules=[
@@ -347,6 +312,8 @@ def projection_schema() -> Schema:
             "progress": {"type": "number", "description": "Share of the source spec.revision has read (0..1)."},
             "lag": {"type": "integer", "format": "int64", "description": "Records the active revision is behind."},
             "paused": {"type": "boolean"},
+            "suspended": {"type": "boolean", "description": "spec.suspend is in effect."},
+            **_records(),
         }
     )
     return _root(spec, status)

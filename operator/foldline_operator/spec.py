@@ -41,6 +41,63 @@ class SecretRef:
         return cls(str(raw["name"]), str(raw.get("key") or default_key))
 
 
+def _env_list(raw: Any) -> tuple[Mapping[str, Any], ...]:
+    """EnvVar objects as the Pod API has them (``value`` or ``valueFrom``)."""
+    out = []
+    for e in raw or ():
+        if not isinstance(e, Mapping) or not e.get("name"):
+            continue
+        var: dict[str, Any] = {"name": str(e["name"])}
+        if "valueFrom" in e:
+            var["valueFrom"] = dict(_dict(e["valueFrom"]))
+        else:
+            var["value"] = str(e.get("value", ""))
+        out.append(var)
+    return tuple(out)
+
+
+def _objects(raw: Any) -> tuple[Mapping[str, Any], ...]:
+    return tuple(dict(item) for item in raw or () if isinstance(item, Mapping))
+
+
+def _strings(raw: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _dict(raw).items()}
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    """``spec.podTemplate``: what a platform team sets to place and decorate pods (all optional)."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    topology_spread: tuple[Mapping[str, Any], ...] = ()
+    priority_class: str = ""
+    env: tuple[Mapping[str, Any], ...] = ()
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Any) -> PodTemplate | None:
+        if not isinstance(raw, Mapping):
+            return None
+        meta, spec = _dict(raw.get("metadata")), _dict(raw.get("spec"))
+        return cls(
+            labels=_strings(meta.get("labels")),
+            annotations=_strings(meta.get("annotations")),
+            node_selector=_strings(spec.get("nodeSelector")),
+            tolerations=_objects(spec.get("tolerations")),
+            affinity=dict(_dict(spec.get("affinity"))),
+            topology_spread=_objects(spec.get("topologySpreadConstraints")),
+            priority_class=str(spec.get("priorityClassName") or ""),
+            env=_env_list(spec.get("env")),
+            volumes=_objects(spec.get("volumes")),
+            volume_mounts=_objects(spec.get("volumeMounts")),
+        )
+
+
 @dataclass(frozen=True)
 class PodOptions:
     """What every foldline pod of one resource shares."""
@@ -49,7 +106,8 @@ class PodOptions:
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
     service_account: str = ""
-    env: tuple[tuple[str, str], ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    template: PodTemplate | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], image: str) -> PodOptions:
@@ -58,7 +116,8 @@ class PodOptions:
             image_pull_policy=str(spec.get("imagePullPolicy") or "IfNotPresent"),
             image_pull_secrets=tuple(str(s["name"]) for s in spec.get("imagePullSecrets") or () if s.get("name")),
             service_account=str(spec.get("serviceAccountName") or ""),
-            env=tuple((str(e["name"]), str(e.get("value", ""))) for e in spec.get("env") or ()),
+            env=_env_list(spec.get("env")),
+            template=PodTemplate.parse(spec.get("podTemplate")),
         )
 
 
@@ -82,6 +141,26 @@ class Autoscaling:
         )
 
 
+#: The state store the handlers use unless the resource names another: the one the benchmarks chose, and
+#: ``foldline.settings.HandlerSettings``' default (a unit test keeps the two and the CRD equal).
+DEFAULT_STORE = "rocksdb"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Each handler pod's local store: on a PersistentVolumeClaim of its own (kept across restarts and
+    rolling updates, so only the changelog's tail is restored) or, chosen explicitly, an emptyDir."""
+
+    volume: str = "persistentVolumeClaim"
+    size: str = "1Gi"
+    storage_class: str | None = None  # None: the cluster's default StorageClass
+    store_kind: str = DEFAULT_STORE
+
+    @property
+    def persistent(self) -> bool:
+        return self.volume != "emptyDir"
+
+
 @dataclass(frozen=True)
 class AggregateResource:
     """An EventSourcedAggregate's spec; ``name`` is the aggregate's name, the prefix of its topics."""
@@ -98,13 +177,13 @@ class AggregateResource:
     replicas: int = 1
     autoscaling: Autoscaling | None = None
     resources: Mapping[str, Any] = field(default_factory=dict)
-    storage_size: str = "1Gi"
-    store_kind: str = "lmdb"
+    storage: Storage = field(default_factory=Storage)
     gateway_enabled: bool = False
     gateway_replicas: int = 1
     gateway_token: SecretRef | None = None
     gateway_resources: Mapping[str, Any] = field(default_factory=dict)
     deletion_policy: str = "Retain"
+    suspend: bool = False
 
     @classmethod
     def parse(cls, resource_name: str, spec: Mapping[str, Any]) -> AggregateResource:
@@ -130,13 +209,18 @@ class AggregateResource:
             replicas=int(handlers.get("replicas", 1)),
             autoscaling=Autoscaling.parse(handlers.get("autoscaling")),
             resources=dict(_dict(handlers.get("resources"))),
-            storage_size=str(storage.get("size", "1Gi")),
-            store_kind=str(storage.get("storeKind", "lmdb")),
+            storage=Storage(
+                volume=str(storage.get("volume", "persistentVolumeClaim")),
+                size=str(storage.get("size", "1Gi")),
+                storage_class=storage.get("storageClassName"),
+                store_kind=str(storage.get("storeKind", DEFAULT_STORE)),
+            ),
             gateway_enabled=bool(gateway.get("enabled", False)),
             gateway_replicas=int(gateway.get("replicas", 1)),
             gateway_token=SecretRef.parse(gateway.get("tokenSecretRef"), "token"),
             gateway_resources=dict(_dict(gateway.get("resources"))),
             deletion_policy=str(spec.get("deletionPolicy", "Retain")),
+            suspend=bool(spec.get("suspend", False)),
         )
 
 
@@ -152,6 +236,7 @@ class ProjectionResource:
     replicas: int = 1
     revision: int = 1
     resources: Mapping[str, Any] = field(default_factory=dict)
+    suspend: bool = False
 
     @classmethod
     def parse(cls, resource_name: str, spec: Mapping[str, Any]) -> ProjectionResource:
@@ -169,13 +254,16 @@ class ProjectionResource:
             replicas=int(spec.get("replicas", 1)),
             revision=int(spec.get("revision", 1)),
             resources=dict(_dict(spec.get("resources"))),
+            suspend=bool(spec.get("suspend", False)),
         )
 
     def pod(self, aggregate: AggregateResource) -> PodOptions:
-        """The projector's pod options: its own where given, else the aggregate's (env is its own)."""
+        """The projector's pod options: its own where given, else the aggregate's (env is its own; the
+        podTemplate is the aggregate's when the Projection has none, so one placement covers both)."""
         own = PodOptions.parse(self.pod_spec, self.image or aggregate.pod.image)
         return replace(
             own,
             image_pull_secrets=own.image_pull_secrets or aggregate.pod.image_pull_secrets,
             service_account=own.service_account or aggregate.pod.service_account,
+            template=own.template or aggregate.pod.template,
         )

@@ -109,7 +109,9 @@ class TopicMismatchError(PermanentError):
     """Existing topics disagree with what was declared (partitions, cleanup policy, ...).
 
     ``reason`` is a stable CamelCase word for the operator's conditions: ``PartitionShrinkRefused``,
-    ``PartitionGrowthRefused``, ``ConfigMismatch``, or ``TopicMismatch`` for a declaration that cannot be.
+    ``PartitionGrowthRefused``, ``ConfigMismatch``, what the broker refused to create (``InvalidReplicationFactor``,
+    ``InvalidTopicConfig``, ``KafkaAuthorizationFailed``, ...), or ``TopicMismatch`` for a declaration that
+    cannot be.
     """
 
     def __init__(self, message: str, *, reason: str = "TopicMismatch") -> None:

@@ -44,6 +44,15 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env_str(env, name, "true" if default else "false").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{_PREFIX}{name} must be true or false, got {raw!r}")
+
+
 def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env_str(env, name, default).lower()
     if value not in choices:
@@ -187,6 +196,11 @@ class HandlerSettings(_Changeable):
     max_record_bytes: int = 900_000
     http_port: int = 8080
     instance_id: str = field(default_factory=socket.gethostname)
+    #: Static group membership (KIP-345): ``instance_id`` becomes the consumer's ``group.instance.id``, so a
+    #: pod that comes back within the session timeout keeps its partitions without a rebalance. Only for
+    #: ids that are unique and stable per pod (a StatefulSet's pod names); two live members with one id fence
+    #: each other.
+    static_membership: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -202,6 +216,7 @@ class HandlerSettings(_Changeable):
             max_record_bytes=env_int(env, "MAX_RECORD_BYTES", cls.max_record_bytes, minimum=65_536),
             http_port=env_int(env, "HTTP_PORT", cls.http_port),
             instance_id=env_str(env, "INSTANCE_ID", socket.gethostname()),
+            static_membership=env_bool(env, "STATIC_MEMBERSHIP", False),
         )
 
 

@@ -110,6 +110,9 @@ class TopicReport:
     grown: list[str] = field(default_factory=list)
     reconfigured: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    #: Existing topics whose replication factor differs from the declared one, with the one they have:
+    #: reported, never changed here (that is a partition reassignment, an operator's decision).
+    replication: dict[str, int] = field(default_factory=dict)
 
 
 def aggregate_topics(
@@ -147,6 +150,19 @@ def _admin(admin_or_config: AdminClient | Mapping[str, Any]) -> AdminClient:
     return AdminClient(dict(admin_or_config))
 
 
+#: Broker answers that retrying cannot fix: the declaration itself is refused (``TopicMismatchError``
+#: with this reason), not an unreachable Kafka.
+_REFUSED = {
+    29: "KafkaAuthorizationFailed",  # TOPIC_AUTHORIZATION_FAILED
+    31: "KafkaAuthorizationFailed",  # CLUSTER_AUTHORIZATION_FAILED
+    37: "InvalidPartitions",
+    38: "InvalidReplicationFactor",  # e.g. more replicas than brokers
+    39: "InvalidReplicaAssignment",
+    40: "InvalidTopicConfig",
+    44: "PolicyViolation",
+}
+
+
 def _wait(futures: Mapping[Any, Any], what: str, timeout: float) -> list[Any]:
     """Wait for admin futures; returns the keys whose topic already existed (another caller won)."""
     existed = []
@@ -155,11 +171,28 @@ def _wait(futures: Mapping[Any, Any], what: str, timeout: float) -> list[Any]:
             future.result(timeout=timeout)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            if error is not None and error.code() == 36:  # TOPIC_ALREADY_EXISTS
+            code = error.code() if error is not None else None
+            if code == 36:  # TOPIC_ALREADY_EXISTS
                 existed.append(key)
                 continue
+            if code in _REFUSED:
+                raise TopicMismatchError(f"{what} {key} refused by Kafka: {exc}", reason=_REFUSED[code]) from exc
             raise BrokerUnavailableError(f"{what} {key} failed: {exc}") from exc
     return existed
+
+
+def describe_replication(admin: AdminClient, names: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
+    """The replication factor (the fewest replicas of any partition) of the named topics that exist."""
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailableError(f"cannot read topic metadata: {exc}") from exc
+    wanted = set(names)
+    return {
+        name: min((len(p.replicas) for p in topic.partitions.values()), default=0)
+        for name, topic in metadata.topics.items()
+        if name in wanted and topic.error is None
+    }
 
 
 def describe_partitions(admin: AdminClient, names: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
@@ -216,6 +249,11 @@ def ensure_topics(
             report.reconfigured.append(spec.name)
         elif spec.name not in report.grown:
             report.unchanged.append(spec.name)
+    if existing:
+        factors = describe_replication(admin, existing, timeout)
+        report.replication = {
+            s.name: factors[s.name] for s in specs if s.name in factors and factors[s.name] != s.replication_factor
+        }
     return report
 
 

@@ -10,11 +10,14 @@ read_committed and the view through the gateway, as a user would.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,6 +43,9 @@ RELEASE, OPERATOR_NS, APP_NS = "foldline", "foldline-system", "invoices"
 # Ports of their own: the other suites' broker and database run beside these on loopback.
 KAFKA_PORT, POSTGRES_PORT = 19392, 15632
 CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
+#: The node has no volume provisioner: the handlers' claims bind to local PersistentVolumes made here.
+STORAGE_CLASS = "foldline-cluster-test"
+VOLUMES = 4  # three handler pods at most (the scale test), one spare
 
 
 class Flow:
@@ -68,6 +74,7 @@ def flow(cluster: Cluster) -> Iterator[Flow]:
         port=POSTGRES_PORT, host=cluster.node_ip, clients=(cluster.env["FOLDLINE_CLUSTER_POD_CIDR"],)
     )
     assert IMAGE_ARCHIVE.is_file(), f"{IMAGE_ARCHIVE} is missing: `make install` builds it (scripts/image.sh build)"
+    volumes_dir: Path | None = None
     try:
         kafka.stop()  # one left by an interrupted run listens where the last node was: start afresh
         bootstrap = kafka.start()  # a fresh data dir on every start
@@ -79,13 +86,63 @@ def flow(cluster: Cluster) -> Iterator[Flow]:
             conn.execute(f'CREATE DATABASE "{database}"')
         dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{database}"
         cluster.load_image(IMAGE_ARCHIVE)
+        volumes_dir = _local_volumes(cluster)
         state = Flow(cluster, bootstrap, dsn)
         yield state
         print("\ncluster figures: " + ", ".join(f"{k} {v:.1f} s" for k, v in state.figures.items()))
     finally:
         _uninstall_everything(cluster)
+        cluster.kubectl("delete", "pv", "-l", f"foldline.io/test={STORAGE_CLASS}", "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "storageclass", STORAGE_CLASS, "--ignore-not-found", check=False)
+        if volumes_dir is not None:
+            shutil.rmtree(volumes_dir, ignore_errors=True)
         kafka.stop()
         postgres.stop()
+
+
+def _local_volumes(cluster: Cluster) -> Path:
+    """A StorageClass without a provisioner and ``VOLUMES`` local PersistentVolumes on the node's disk.
+
+    The directories are world-writable: the pods run as uid 10001 (the kubelet also applies fsGroup to
+    local volumes, this does not depend on it)."""
+    root = Path(tempfile.mkdtemp(prefix="foldline-pv-", dir="/var/tmp"))
+    root.chmod(0o755)
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": STORAGE_CLASS},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }
+    ]
+    for i in range(VOLUMES):
+        path = root / f"pv-{i}"
+        path.mkdir()
+        path.chmod(0o777)
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{STORAGE_CLASS}-{i}", "labels": {"foldline.io/test": STORAGE_CLASS}},
+                "spec": {
+                    "capacity": {"storage": "2Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": STORAGE_CLASS,
+                    "local": {"path": str(path)},
+                    "nodeAffinity": {
+                        "required": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "Exists"}]}
+                            ]
+                        }
+                    },
+                },
+            }
+        )
+    cluster.apply(*objects)
+    return root
 
 
 def _uninstall_everything(cluster: Cluster) -> None:
@@ -99,7 +156,7 @@ def example_objects(bootstrap: str, dsn: str) -> list[dict[str, Any]]:
     """manifests/examples/invoices.yaml with this machine's Kafka and database, as its comment says to do.
 
     One broker here: replication factor 1. Fixed handler replicas instead of autoscaling, so that
-    `kubectl scale` is what changes them.
+    `kubectl scale` is what changes them. The handlers' claims use the local volumes of this test.
     """
     objects = [o for o in yaml.safe_load_all(EXAMPLE.read_text()) if o]
     for obj in objects:
@@ -112,6 +169,7 @@ def example_objects(bootstrap: str, dsn: str) -> list[dict[str, Any]]:
             spec["partitions"] = 6
             spec["handlers"].pop("autoscaling", None)
             spec["handlers"]["replicas"] = 2
+            spec["handlers"]["storage"]["storageClassName"] = STORAGE_CLASS
             spec["gateway"]["replicas"] = 1
     return objects
 
@@ -212,11 +270,18 @@ def test_a_handler_pod_deleted_while_commands_flow_loses_and_duplicates_nothing(
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
         time.sleep(2)
-        victim = _ready_pods(cluster, APP_NS, selector)[0]["metadata"]["name"]
-        cluster.kubectl("delete", "pod", victim, "-n", APP_NS, "--wait=false")
+        victim = _ready_pods(cluster, APP_NS, selector)[0]["metadata"]
+        cluster.kubectl("delete", "pod", victim["name"], "-n", APP_NS, "--wait=false")
         sender.join(timeout=300)
     assert not sender.is_alive() and not errors, errors[:5]
-    wait_for("two handler pods Ready again", lambda: len(_ready_pods(cluster, APP_NS, selector)) == 2, timeout=300)
+
+    def back() -> bool:
+        pods = _ready_pods(cluster, APP_NS, selector)
+        return len(pods) == 2 and victim["uid"] not in {p["metadata"]["uid"] for p in pods}
+
+    # A StatefulSet pod comes back under its own name, on its own claim (with its store).
+    wait_for("two handler pods Ready again, the deleted one replaced", back, timeout=300)
+    assert victim["name"] in {p["metadata"]["name"] for p in _ready_pods(cluster, APP_NS, selector)}
     assert_exactly_once(flow)
 
 

@@ -1,7 +1,8 @@
 """What the e2e tests share: waiting, the operator as a real process, and playing the kubelet's part.
 
 There is no kubelet and no scheduler in the test control plane (etcd, kube-apiserver and
-kube-controller-manager only), so Deployments get ReplicaSets and Pods that never run. The tests do
+kube-controller-manager only), so Deployments get ReplicaSets and Pods that never run, and StatefulSets
+get Pods and PersistentVolumeClaims that stay Pending (no provisioner). The tests do
 what a kubelet would: they run a pod's container command with its environment as a local process
 (resolving ``fieldRef`` and ``secretKeyRef`` from the API server, expanding ``$(VAR)``) and, once its
 ``/readyz`` answers, mark the Pod Ready, so the real controllers make the Deployment available.
@@ -253,7 +254,7 @@ def _write_secret_volumes(kube: Kube, pod: dict[str, Any], root: Path) -> None:
 
 
 def pods_of(kube: Kube, deployment: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Deployment's live pods (from its current ReplicaSet's template hash or any, newest first)."""
+    """The workload's live pods, newest first."""
     match = deployment["spec"]["selector"]["matchLabels"]
     selector = ",".join(f"{k}={v}" for k, v in match.items())
     items = kube.list("v1", "Pod", deployment["metadata"]["namespace"], selector)
@@ -277,17 +278,26 @@ def mark_ready(kube: Kube, pod: dict[str, Any]) -> None:
     )
 
 
-def start_pods(
-    kube: Kube, deployment_name: str, namespace: str, root: Path, count: int = 1, timeout: float = 90.0
-) -> list[LocalPod]:
-    """Run ``count`` of the Deployment's pods locally; mark each Ready once its /readyz says so."""
+def workload(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Deployment or StatefulSet of that name (gateways and projectors, or command handlers)."""
+    return kube.get("apps/v1", "Deployment", namespace, name) or kube.get("apps/v1", "StatefulSet", namespace, name)
 
-    def deployment_pods() -> list[dict[str, Any]] | None:
-        deployment = kube.get("apps/v1", "Deployment", namespace, deployment_name)
-        found = pods_of(kube, deployment) if deployment else []
+
+def start_pods(
+    kube: Kube, workload_name: str, namespace: str, root: Path, count: int = 1, timeout: float = 90.0
+) -> list[LocalPod]:
+    """Run ``count`` of the workload's pods locally; mark each Ready once its /readyz says so.
+
+    A StatefulSet pod's mounts land under ``root/<pod name>``: a pod recreated with the same name finds
+    them again, as it would its PersistentVolumeClaim.
+    """
+
+    def workload_pods() -> list[dict[str, Any]] | None:
+        found_workload = workload(kube, namespace, workload_name)
+        found = pods_of(kube, found_workload) if found_workload else []
         return found if len(found) >= count else None
 
-    pods = wait_for(f"{count} pods of {deployment_name}", deployment_pods, 60)[:count]
+    pods = wait_for(f"{count} pods of {workload_name}", workload_pods, 60)[:count]
     started = [run_pod_locally(kube, pod, root) for pod in pods]
     for pod, local in zip(pods, started, strict=True):
 

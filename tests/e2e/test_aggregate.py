@@ -3,6 +3,7 @@ command handler the operator declares, run as a local process from its pod spec.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from foldline.topics import DAY_MS, TopicNames
-from foldline_operator.kube import Kube
+from foldline_operator.kube import Kube, KubeError
 from tests.e2e.support import (
     API,
     ESA,
@@ -65,8 +66,12 @@ def settled(
     return wait_for(f"{name}: {type_}={status} {reason or ''}", probe, timeout)
 
 
-def deployment(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    return wait_for(f"Deployment {name}", lambda: kube.get("apps/v1", "Deployment", namespace, name))
+def statefulset(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return wait_for(f"StatefulSet {name}", lambda: kube.get("apps/v1", "StatefulSet", namespace, name))
+
+
+def handler_replicas(kube: Kube, namespace: str, name: str) -> int:
+    return int(statefulset(kube, namespace, f"{name}-command-handler")["spec"]["replicas"])
 
 
 def test_aggregate_lifecycle(
@@ -113,10 +118,15 @@ def test_aggregate_lifecycle(
     events = topic_state(kafka_admin, names.events)
     assert events is not None and events[1]["retention.ms"] == "-1"
 
-    # The command-handler Deployment, owned by the resource.
-    handler = deployment(kube, namespace, f"{name}-command-handler")
+    # The command-handler StatefulSet, owned by the resource: a claim per pod, a headless Service.
+    handler = statefulset(kube, namespace, f"{name}-command-handler")
     owner = esa(kube, namespace, name)
     assert handler["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
+    [claim] = handler["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state" and claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert handler["spec"]["serviceName"] == f"{name}-command-handler"
+    service = kube.get("v1", "Service", namespace, f"{name}-command-handler")
+    assert service is not None and service["spec"]["clusterIP"] == "None"
     pod = handler["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["foldline", "command-handler", "--aggregate", spec["aggregate"]]
@@ -129,65 +139,87 @@ def test_aggregate_lifecycle(
         "name": "FOLDLINE_KAFKA_SECURITY_PROTOCOL",
         "valueFrom": {"secretKeyRef": {"name": "kafka", "key": "security.protocol"}},
     } in container["env"]
-    assert {"name": "state", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
+    assert {"name": "FOLDLINE_STATIC_MEMBERSHIP", "value": "true"} in container["env"]
+    assert "state" not in {v["name"] for v in pod["volumes"]}
     assert kube.get("policy/v1", "PodDisruptionBudget", namespace, f"{name}-command-handler") is not None
+    # The StatefulSet controller made pod 0 and its claim (Pending here: no provisioner).
+    pvc = wait_for(
+        "the claim of pod 0",
+        lambda: kube.get("v1", "PersistentVolumeClaim", namespace, f"state-{name}-command-handler-0"),
+    )
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
 
     # The pod spec's command and environment, run here: it handles a command.
     local = start_pods(kube, f"{name}-command-handler", namespace, tmp_path)
     try:
-        assert local[0].env["FOLDLINE_INSTANCE_ID"] == local[0].name  # the downward API, resolved
+        # The downward API, resolved: the stable pod name <statefulset>-<ordinal> is the instance id.
+        assert local[0].env["FOLDLINE_INSTANCE_ID"] == local[0].name == f"{name}-command-handler-0"
         send(kafka_bootstrap, names.commands, [command("inv-1", "CreateInvoice", CREATE, command_id="c-1")])
         [result] = wait_for_results(kafka_bootstrap, name, 1, timeout=60)
         assert (result.command_id, result.status, result.version) == ("c-1", "accepted", 1)
 
         ready = settled(kube, namespace, name, "Ready", "True")
         assert ready["status"]["replicas"] == 1 and ready["status"]["readyReplicas"] == 1
+        good = ready["status"]["lastGoodSpec"]
+        assert good == ready["status"]["lastAppliedSpec"]
+        assert good["generation"] == ready["metadata"]["generation"] and json.loads(good["spec"]) == ready["spec"]
         assert condition(ready, "HandlersReady")["reason"] == "Available"
         wait_for("lag 0 in status", lambda: esa(kube, namespace, name)["status"].get("lag") == 0, 30)
 
-        # Scaling: the spec, and the scale subresource, reach the Deployment.
+        # Scaling: the spec, and the scale subresource, reach the StatefulSet.
         patch(kube, ESA, namespace, name, {"spec": {"handlers": {"replicas": 2}}})
-        wait_for("2 replicas", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 2)
+        wait_for("2 replicas", lambda: handler_replicas(kube, namespace, name) == 2)
         kube.request(
             "PATCH",
             f"/apis/{API}/namespaces/{namespace}/eventsourcedaggregates/{name}/scale",
             body={"spec": {"replicas": 3}},
             content_type="application/merge-patch+json",
         )
-        wait_for("3 replicas", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 3)
-        before = deployment(kube, namespace, f"{name}-command-handler")
+        wait_for("3 replicas", lambda: handler_replicas(kube, namespace, name) == 3)
+        before = statefulset(kube, namespace, f"{name}-command-handler")
 
-        # Fewer partitions: refused, explained, nothing changed (not even the replicas asked for with it).
-        patch(kube, ESA, namespace, name, {"spec": {"partitions": 2, "handlers": {"replicas": 1}}})
-        refused = settled(kube, namespace, name, "TopicsReady", "False", "PartitionShrinkRefused")
+        # Fewer partitions: refused at admission, by the CRD's transition rule.
+        with pytest.raises(KubeError, match=r"spec\.partitions can never shrink"):
+            patch(kube, ESA, namespace, name, {"spec": {"partitions": 2}})
+        # A second resource declaring fewer partitions for the same topics gets past admission (it is new):
+        # the operator refuses it, says why, and creates nothing for it.
+        other = f"{name}-b"
+        create(kube, manifest(ESA, other, namespace, {**spec, "aggregateName": name, "partitions": 2}))
+        refused = settled(kube, namespace, other, "TopicsReady", "False", "PartitionShrinkRefused")
         assert "cannot shrink" in condition(refused, "TopicsReady")["message"]
         assert condition(refused, "Ready")["status"] == "False"
-        assert refused["status"]["partitions"] == 3
+        assert refused["status"]["partitions"] == 3  # what the topics have (the Partitions column)
         assert topic_state(kafka_admin, names.commands)[0] == 3  # type: ignore[index]
-        after = deployment(kube, namespace, f"{name}-command-handler")
-        assert (after["metadata"]["generation"], after["spec"]["replicas"]) == (before["metadata"]["generation"], 3)
+        assert kube.get("apps/v1", "StatefulSet", namespace, f"{other}-command-handler") is None
+        assert "PartitionShrinkRefused" in {reason for reason, _ in events_of(kube, namespace, other)}
+        kube.delete(API, ESA, namespace, other)  # Retain: the topics stay
+        wait_for("the second resource gone", lambda: kube.get(API, ESA, namespace, other) is None)
 
-        # More partitions without the opt-in: refused the same way.
-        patch(kube, ESA, namespace, name, {"spec": {"partitions": 4}})
+        # More partitions without the opt-in: refused by the operator, nothing changed (not even the replicas
+        # asked for with it).
+        patch(kube, ESA, namespace, name, {"spec": {"partitions": 4, "handlers": {"replicas": 1}}})
         refused = settled(kube, namespace, name, "TopicsReady", "False", "PartitionGrowthRefused")
         assert "allowPartitionGrowth" in condition(refused, "TopicsReady")["message"]
         assert all(topic_state(kafka_admin, t)[0] == 3 for t in names.all())  # type: ignore[index]
-        assert (
-            deployment(kube, namespace, f"{name}-command-handler")["metadata"]["generation"]
-            == before["metadata"]["generation"]
-        )
+        after = statefulset(kube, namespace, f"{name}-command-handler")
+        assert (after["metadata"]["generation"], after["spec"]["replicas"]) == (before["metadata"]["generation"], 3)
+        status = refused["status"]
+        assert status["partitions"] == 3
+        # What runs is still the last applied spec: the refused one never reached the workloads.
+        assert status["lastAppliedSpec"]["generation"] < refused["metadata"]["generation"]
+        assert json.loads(status["lastAppliedSpec"]["spec"])["partitions"] == 3
 
         # With the opt-in, every topic grows, and the replicas asked for meanwhile are applied.
         patch(kube, ESA, namespace, name, {"spec": {"allowPartitionGrowth": True}})
-        settled(kube, namespace, name, "TopicsReady", "True")
+        grown = settled(kube, namespace, name, "TopicsReady", "True")
+        assert grown["status"]["partitions"] == 4
         assert all(topic_state(kafka_admin, t)[0] == 4 for t in names.all())  # type: ignore[index]
-        wait_for("1 replica", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 1)
+        wait_for("1 replica", lambda: handler_replicas(kube, namespace, name) == 1)
         reasons = {reason for reason, _ in events_of(kube, namespace, name)}
         assert {
             "TopicCreated",
-            "DeploymentCreated",
-            "DeploymentUpdated",
-            "PartitionShrinkRefused",
+            "StatefulSetCreated",
+            "StatefulSetUpdated",
             "PartitionGrowthRefused",
             "TopicGrown",
         } <= reasons
@@ -210,7 +242,7 @@ def test_pause_annotation_stops_reconciliation(
     }
     create(kube, manifest(ESA, name, namespace, spec))
     settled(kube, namespace, name, "TopicsReady", "True")
-    deployment(kube, namespace, f"{name}-command-handler")
+    statefulset(kube, namespace, f"{name}-command-handler")
     patch(
         kube,
         ESA,
@@ -221,11 +253,9 @@ def test_pause_annotation_stops_reconciliation(
     paused = wait_for("paused", lambda: (o := esa(kube, namespace, name))["status"].get("paused") and o)
     assert condition(paused, "Ready")["reason"] == "Paused"
     assert paused["status"]["observedGeneration"] < paused["metadata"]["generation"]
-    assert deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 1
+    assert handler_replicas(kube, namespace, name) == 1
     patch(kube, ESA, namespace, name, {"metadata": {"annotations": {"foldline.io/paused": None}}})
-    wait_for(
-        "unpaused: 2 replicas", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 2
-    )
+    wait_for("unpaused: 2 replicas", lambda: handler_replicas(kube, namespace, name) == 2)
 
 
 def test_autoscaling_follows_lag(
@@ -242,14 +272,28 @@ def test_autoscaling_follows_lag(
     }
     create(kube, manifest(ESA, name, namespace, spec))
     settled(kube, namespace, name, "TopicsReady", "True")
-    wait_for(
-        "1 replica at no lag", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 1
-    )
+    wait_for("1 replica at no lag", lambda: handler_replicas(kube, namespace, name) == 1)
     # No handler runs, so every command is lag: 9 / 4 per replica -> 3 replicas (= partitions).
     send(kafka_bootstrap, TopicNames(name).commands, [command(f"inv-{i}", "CreateInvoice", CREATE) for i in range(9)])
     scaled = wait_for("lag 9", lambda: (o := esa(kube, namespace, name))["status"].get("lag") == 9 and o)
-    wait_for("3 replicas", lambda: deployment(kube, namespace, f"{name}-command-handler")["spec"]["replicas"] == 3)
+    wait_for("3 replicas", lambda: handler_replicas(kube, namespace, name) == 3)
     assert scaled["status"]["lastScaleTime"]
+    assert condition(esa(kube, namespace, name), "Autoscaling")["reason"] == "Active"
+    # `kubectl scale` (or an HPA) while autoscaling is on: the lag still decides, and the status says so.
+    kube.request(
+        "PATCH",
+        f"/apis/{API}/namespaces/{namespace}/eventsourcedaggregates/{name}/scale",
+        body={"spec": {"replicas": 2}},  # a change (1 is the default: the same value would record no writer)
+        content_type="application/merge-patch+json",
+        query={"fieldManager": "kubectl-scale"},
+    )
+    ignored = wait_for(
+        "ScaleIgnored",
+        lambda: (c := condition(esa(kube, namespace, name), "Autoscaling")).get("reason") == "ScaleIgnored" and c,
+    )
+    assert "kubectl-scale" in ignored["message"] and "autoscaling wins" in ignored["message"]
+    assert handler_replicas(kube, namespace, name) == 3
+    wait_for("a Warning Event", lambda: "ScaleIgnored" in {r for r, _ in events_of(kube, namespace, name)})
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])

@@ -18,6 +18,11 @@ pytestmark = pytest.mark.e2e
 PAUSED = {"annotations": {"foldline.io/paused": "true"}}
 
 
+@pytest.fixture(autouse=True)
+def _installed(crds: list[dict[str, Any]]) -> None:
+    """Every test here needs the CRDs, whichever runs first (``-k`` picks any)."""
+
+
 def esa_spec(**overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "aggregate": "foldline.examples.invoices:Invoices",
@@ -52,8 +57,9 @@ def test_crds_are_established_with_short_names_and_columns(kube: Kube, crds: lis
     assert {"eventsourcedaggregates/status", "eventsourcedaggregates/scale", "projections/status"} <= set(resources)
     crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", "eventsourcedaggregates.foldline.io")
     assert crd is not None
-    columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Ready", "Partitions", "Replicas", "Lag", "Reason", "Age"]
+    columns = {c["name"]: c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert list(columns) == ["Ready", "Partitions", "Replicas", "Lag", "Reason", "Age"]
+    assert columns["Partitions"] == ".status.partitions"
 
 
 def test_defaults_are_applied(kube: Kube, namespace: str) -> None:
@@ -63,7 +69,8 @@ def test_defaults_are_applied(kube: Kube, namespace: str) -> None:
     assert spec["allowPartitionGrowth"] is False
     assert spec["replicationFactor"] == 3
     assert spec["handlers"]["replicas"] == 1
-    assert spec["handlers"]["storage"] == {"size": "1Gi", "storeKind": "lmdb"}
+    assert spec["handlers"]["storage"] == {"size": "1Gi", "storeKind": "rocksdb", "volume": "persistentVolumeClaim"}
+    assert spec["suspend"] is False
     assert spec["retention"] == {"commands": "7d", "results": "1h", "deadLetters": "30d"}
     assert spec["gateway"] == {"enabled": False, "replicas": 1}
 
@@ -81,7 +88,41 @@ def test_defaults_are_applied(kube: Kube, namespace: str) -> None:
         ({"partitions": 0}, "should be greater than or equal to 1"),
         ({"aggregate": "no-colon"}, "spec.aggregate"),
         ({"retention": {"commands": "7 days"}}, "spec.retention.commands"),
-        ({"handlers": {"storage": {"storeKind": "redis"}}}, 'supported values: "lmdb", "sqlite", "rocksdb"'),
+        ({"handlers": {"storage": {"storeKind": "redis"}}}, 'supported values: "rocksdb", "lmdb", "sqlite"'),
+        ({"handlers": {"storage": {"volume": "hostPath"}}}, 'supported values: "persistentVolumeClaim", "emptyDir"'),
+        # podTemplate: wrong types are refused by the schema, not found later in a failing pod.
+        ({"podTemplate": {"spec": {"nodeSelector": {"pool": 1}}}}, "spec.podTemplate.spec.nodeSelector.pool"),
+        ({"podTemplate": {"spec": {"tolerations": "all"}}}, "spec.podTemplate.spec.tolerations"),
+        ({"podTemplate": {"spec": {"priorityClassName": 5}}}, "spec.podTemplate.spec.priorityClassName"),
+        ({"podTemplate": {"metadata": {"labels": {"team": ["a"]}}}}, "spec.podTemplate.metadata.labels.team"),
+        (
+            {"podTemplate": {"spec": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]}}},
+            "whenUnsatisfiable: Required value",
+        ),
+        (
+            {"podTemplate": {"spec": {"tolerations": [{"key": "k", "effect": "Sometimes"}]}}},
+            'supported values: "", "NoSchedule", "PreferNoSchedule", "NoExecute"',
+        ),
+        ({"podTemplate": {"spec": {"volumes": [{"name": "state", "emptyDir": {}}]}}}, "are the operator's own"),
+        (
+            {
+                "podTemplate": {
+                    "spec": {
+                        "env": [
+                            {
+                                "name": "X",
+                                "valueFrom": {
+                                    "secretKeyRef": {"name": "s", "key": "k"},
+                                    "fieldRef": {"fieldPath": "metadata.name"},
+                                },
+                            }
+                        ]
+                    }
+                }
+            },
+            "valueFrom takes exactly one source",
+        ),
+        ({"env": [{"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}, "not both"),
     ],
 )
 def test_invalid_aggregates_are_rejected_with_the_schema_message(
@@ -89,6 +130,58 @@ def test_invalid_aggregates_are_rejected_with_the_schema_message(
 ) -> None:
     error = rejected(kube, manifest(ESA, "bad", namespace, esa_spec(**overrides), **PAUSED))
     assert message in error
+
+
+POD_TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"team": "billing"}, "annotations": {"sidecar.istio.io/inject": "false"}},
+    "spec": {
+        "nodeSelector": {"pool": "stateful"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "kafka", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}]
+                }
+            }
+        },
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "command-handler"}},
+            }
+        ],
+        "priorityClassName": "business-critical",
+        "env": [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+        "volumes": [{"name": "tuning", "configMap": {"name": "tuning", "items": [{"key": "a", "path": "a"}]}}],
+        "volumeMounts": [{"name": "tuning", "mountPath": "/etc/tuning", "readOnly": True}],
+    },
+}
+
+
+def test_a_pod_template_is_accepted_as_written(kube: Kube, namespace: str) -> None:
+    """Nested pod API fields the schema does not spell out (affinity terms, volume sources) are kept."""
+    created = create(kube, manifest(ESA, "placed", namespace, esa_spec(podTemplate=POD_TEMPLATE), **PAUSED))
+    assert created["spec"]["podTemplate"] == POD_TEMPLATE
+    projection = {
+        "aggregateRef": {"name": "placed"},
+        "projector": "foldline.examples.invoices.views:InvoiceList",
+        "database": {"secretRef": {"name": "db"}},
+        "podTemplate": {"spec": {"nodeSelector": {"pool": "cheap"}}},
+        "suspend": True,
+    }
+    accepted = create(kube, manifest("Projection", "placed", namespace, projection, **PAUSED))
+    assert accepted["spec"]["podTemplate"] == projection["podTemplate"] and accepted["spec"]["suspend"] is True
+
+
+def test_partitions_never_shrink_at_admission(kube: Kube, namespace: str) -> None:
+    create(kube, manifest(ESA, "grows", namespace, esa_spec(partitions=3), **PAUSED))
+    with pytest.raises(KubeError, match=re.escape("spec.partitions can never shrink")) as info:
+        patch(kube, ESA, namespace, "grows", {"spec": {"partitions": 2}})
+    assert info.value.status == 422
+    grown = patch(kube, ESA, namespace, "grows", {"spec": {"partitions": 4}})  # growth is the operator's call
+    assert grown["spec"]["partitions"] == 4
 
 
 def test_long_names_and_immutable_fields(kube: Kube, namespace: str) -> None:

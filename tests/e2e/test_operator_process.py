@@ -20,7 +20,8 @@ from tests.e2e.test_aggregate import topic_state
 pytestmark = pytest.mark.e2e
 
 OWNED = [
-    ("apps/v1", "Deployment", "command-handler"),
+    ("apps/v1", "StatefulSet", "command-handler"),
+    ("v1", "Service", "command-handler"),
     ("policy/v1", "PodDisruptionBudget", "command-handler"),
     ("apps/v1", "Deployment", "gateway"),
     ("v1", "Service", "gateway"),
@@ -69,7 +70,7 @@ def converged(kube: Kube, namespace: str, name: str) -> bool:
         status.get("observedGeneration") == obj["metadata"]["generation"]
         and condition(obj, "TopicsReady").get("status") == "True"
         and kube.get("policy/v1", "PodDisruptionBudget", namespace, f"{name}-gateway") is not None
-        and (kube.get("apps/v1", "Deployment", namespace, f"{name}-command-handler") or {})
+        and (kube.get("apps/v1", "StatefulSet", namespace, f"{name}-command-handler") or {})
         .get("spec", {})
         .get("replicas")
         == 2
@@ -87,7 +88,9 @@ def test_sigkilled_operator_converges_to_the_same_end_state(
     # Reference: one resource reconciled by an operator that is never interrupted.
     reference = aggregate_name()
     create(kube, manifest(ESA, reference, namespace, spec_for(reference, kafka_bootstrap)))
-    wait_for("reference deployed", lambda: kube.get("apps/v1", "Deployment", namespace, f"{reference}-command-handler"))
+    wait_for(
+        "reference deployed", lambda: kube.get("apps/v1", "StatefulSet", namespace, f"{reference}-command-handler")
+    )
     patch(kube, ESA, namespace, reference, CHANGE)
     wait_for("reference converged", lambda: converged(kube, namespace, reference), 60)
 
@@ -136,7 +139,7 @@ def test_a_second_replica_with_lower_priority_stays_paused(
         create(kube, manifest(ESA, name, namespace, spec_for(name, kafka_bootstrap)))
         wait_for(
             "deployed by the active replica",
-            lambda: kube.get("apps/v1", "Deployment", namespace, f"{name}-command-handler"),
+            lambda: kube.get("apps/v1", "StatefulSet", namespace, f"{name}-command-handler"),
         )
         wait_for("a few resyncs", lambda: condition(kube.get(API, ESA, namespace, name), "TopicsReady"), 30)
         assert reconciles(operator.metrics()) > 0

@@ -48,6 +48,19 @@ def test_shrink_and_silent_growth_are_refused_growth_with_opt_in_works(kafka_adm
     assert {partitions(kafka_admin, t) for t in TopicNames(name).all()} == {5}
 
 
+def test_what_the_broker_refuses_is_not_unavailability_and_a_replication_change_is_reported(kafka_admin, unique_name):
+    name = unique_name("top")
+    # One broker: three replicas cannot be placed. The broker refuses; Kafka is reachable.
+    with pytest.raises(TopicMismatchError, match="refused by Kafka") as refused:
+        ensure_topics(kafka_admin, aggregate_topics(name, 1, replication_factor=3))
+    assert refused.value.reason == "InvalidReplicationFactor"
+    assert ensure_topics(kafka_admin, aggregate_topics(name, 1)).replication == {}
+    # Existing topics keep their replication factor; a different declared one is reported, not applied.
+    report = ensure_topics(kafka_admin, aggregate_topics(name, 1, replication_factor=3))
+    assert report.replication == {t: 1 for t in TopicNames(name).all()}
+    delete_topics(kafka_admin, TopicNames(name).all())
+
+
 def test_drifted_retention_is_put_back(kafka_admin, unique_name):
     from foldline.topics import Retention
 

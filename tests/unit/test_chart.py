@@ -125,6 +125,7 @@ def test_chart_metadata_and_rbac() -> None:
     granted = {(group, resource) for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
     owned = {
         ("apps", "deployments"),
+        ("apps", "statefulsets"),
         ("", "services"),
         ("policy", "poddisruptionbudgets"),
         ("", "secrets"),

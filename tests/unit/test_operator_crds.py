@@ -66,7 +66,11 @@ def test_aggregate_crd_has_scale_columns_and_rules() -> None:
         "Reason",
         "Age",
     ]
+    partitions = next(c for c in version["additionalPrinterColumns"] if c["name"] == "Partitions")
+    assert partitions["jsonPath"] == ".status.partitions"  # what the topics have, not what was asked
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["properties"]["partitions"]["x-kubernetes-validations"][0]["rule"] == "self >= oldSelf"
+    assert spec["properties"]["suspend"]["default"] is False
     rules = " ".join(r["rule"] for r in spec["x-kubernetes-validations"])
     assert "self.handlers.replicas <= self.partitions" in rules
     assert "self.handlers.autoscaling.maxReplicas <= self.partitions" in rules

@@ -33,6 +33,17 @@ def test_deployment_condition() -> None:
     assert deployment_condition("HandlersReady", "h", deployment(available=2), 3).status is False
     assert deployment_condition("HandlersReady", "h", deployment(), 3).status is True
     assert deployment_condition("HandlersReady", "h", deployment(available=0), 0).reason == "ScaledToZero"
+    missing = deployment_condition("HandlersReady", "h", None, 1, "StatefulSet")
+    assert (missing.reason, missing.message) == ("StatefulSetMissing", "the h StatefulSet does not exist yet")
+    sts = {**deployment(observed=1), "kind": "StatefulSet"}
+    assert "StatefulSet's newest spec" in deployment_condition("HandlersReady", "h", sts, 3).message
+
+
+def test_suspended_is_its_own_ready_reason() -> None:
+    suspended = Condition("HandlersReady", False, "Suspended", "scaled to zero")
+    assert ready([Condition("TopicsReady", True, "Verified"), suspended]).reason == "Suspended"
+    [(kind, reason, _)] = transition_events({}, [suspended])
+    assert (kind, reason) == ("Normal", "Suspended")  # an expected state, not a fault
 
 
 def test_ready_is_the_conjunction_and_names_the_first_failure() -> None:
@@ -51,6 +62,69 @@ def test_merge_keeps_transition_times_while_the_status_holds() -> None:
     flipped = merge(same, [Condition("TopicsReady", False, "PartitionShrinkRefused")], "t3", 3)
     assert [c["lastTransitionTime"] for c in (first[0], same[0], flipped[0])] == ["t1", "t1", "t3"]
     assert same[0]["observedGeneration"] == 2 and flipped[0]["status"] == "False"
+
+
+def test_a_replication_factor_difference_is_reported_once_as_a_warning() -> None:
+    from foldline.topics import TopicReport
+    from foldline_operator.aggregates import topics_condition
+
+    condition, _ = topics_condition(TopicReport(unchanged=["a.commands"], replication={"a.commands": 1}))
+    assert (condition.status, condition.reason) == (True, "ReplicationFactorDiffers")
+    assert "a.commands: 1" in condition.message
+    [(kind, reason, _)] = transition_events({}, [condition])
+    assert (kind, reason) == ("Warning", "ReplicationFactorDiffers")
+    assert topics_condition(TopicReport(unchanged=["a.commands"]))[0].reason == "Verified"
+
+
+def test_immutable_statefulset_changes_are_told_from_other_refusals() -> None:
+    from foldline_operator.aggregates import immutable_change
+
+    claim = 'StatefulSet.apps "x" is invalid: spec.volumeClaimTemplates: Invalid value: [...]: field is immutable'
+    assert immutable_change(claim)
+    assert immutable_change("spec: Forbidden: updates to statefulset spec for fields other than 'replicas' ...")
+    assert not immutable_change('StatefulSet.apps "x" is invalid: spec.template.spec.priorityClassName: Invalid value')
+
+
+def test_spec_records_follow_what_was_applied_and_what_was_ready() -> None:
+    from foldline_operator.handlers import spec_records
+
+    spec = {"partitions": 3, "image": "x"}
+    good = Outcome({}, [Condition("Ready", True, "Ready")], applied=True)
+    records = spec_records(good, spec, 7)
+    assert (
+        records["lastAppliedSpec"]
+        == records["lastGoodSpec"]
+        == {
+            "generation": 7,
+            "spec": '{"image":"x","partitions":3}',
+        }
+    )
+    progressing = Outcome({}, [Condition("Ready", False, "HandlersNotReady")], applied=True)
+    assert set(spec_records(progressing, spec, 8)) == {"lastAppliedSpec"}
+    refused = Outcome({}, [Condition("Ready", False, "TopicsNotReady")])
+    assert spec_records(refused, spec, 9) == {}
+
+
+def test_a_scale_write_under_autoscaling_is_named_and_ignored() -> None:
+    from foldline_operator.aggregates import autoscaling_condition
+
+    raw = {"aggregate": "a:B", "image": "i", "partitions": 6, "kafka": {"bootstrapServers": "k:1"}}
+    auto = AggregateResource.parse("x", {**raw, "handlers": {"replicas": 5, "autoscaling": {"maxReplicas": 3}}})
+    scaled = {"managedFields": [{"manager": "kubectl", "operation": "Update", "subresource": "scale"}]}
+    ignored = autoscaling_condition(auto, scaled, 2)
+    assert ignored is not None and ignored.reason == "ScaleIgnored"
+    assert "by kubectl" in ignored.message and "2 replicas from the lag" in ignored.message
+    [(kind, _, _)] = transition_events({}, [ignored])
+    assert kind == "Warning"
+    plain = autoscaling_condition(auto, {"managedFields": [{"manager": "kubectl", "operation": "Update"}]}, 2)
+    assert plain is not None and plain.reason == "Active"
+    assert autoscaling_condition(AggregateResource.parse("x", raw), scaled, 1) is None  # by hand: the scale wins
+
+
+def test_unknown_lag_removes_a_stale_one() -> None:
+    outcome = Outcome({"observedGeneration": 4, "lag": None}, [Condition("Ready", True, "Ready", "fine")])
+    assert status_patch({"lag": 0, "observedGeneration": 4}, outcome, 4, NOW)["lag"] is None  # merge patch: delete
+    assert "lag" not in status_patch({"observedGeneration": 4}, outcome, 4, NOW)
 
 
 def test_status_patch_writes_only_differences() -> None:

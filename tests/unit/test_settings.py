@@ -13,10 +13,13 @@ def test_reads_foldline_environment():
         "FOLDLINE_STATE_DIR": "/data",
         "FOLDLINE_INSTANCE_ID": "pod-1",
         "FOLDLINE_KAFKA_GROUP_PROTOCOL": "classic",
+        "FOLDLINE_STATIC_MEMBERSHIP": "true",
     }
     s = HandlerSettings.from_env(env)
     assert s.kafka.bootstrap_servers == "k:9092" and s.store == "sqlite" and s.commit_interval_ms == 5
     assert s.state_dir == Path("/data") and s.instance_id == "pod-1" and s.kafka.group_protocol == "classic"
+    assert s.static_membership is True
+    assert HandlerSettings.from_env({}).static_membership is False  # host names need not be unique
 
 
 def test_secret_never_in_repr():
@@ -39,6 +42,7 @@ def test_secret_never_in_repr():
         ("FOLDLINE_COMMIT_INTERVAL_MS", "0"),
         ("FOLDLINE_MAX_BATCH", "many"),
         ("FOLDLINE_KAFKA_SECURITY_PROTOCOL", "carrier-pigeon"),
+        ("FOLDLINE_STATIC_MEMBERSHIP", "maybe"),
     ],
 )
 def test_bad_values_are_clear_errors(name, value):

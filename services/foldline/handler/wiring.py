@@ -24,8 +24,11 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
     group = handler_group(spec.name)
     state_root = Path(settings.state_dir) / spec.name
 
+    # A stable id per pod (a StatefulSet's) makes the member static: a restart keeps its partitions.
+    static = {"group.instance.id": settings.instance_id} if settings.static_membership else {}
+
     def new_consumer(protocol: str) -> Consumer:
-        return Consumer(group_member_config(settings.kafka, group, protocol))
+        return Consumer(group_member_config(settings.kafka, group, protocol, **static))
 
     def new_store(partition: int) -> StateStore:
         return open_state_store(settings.store, state_root / f"partition-{partition}")

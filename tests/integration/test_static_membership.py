@@ -1,0 +1,110 @@
+"""Static group membership, as the operator's StatefulSet pods run it: a handler that restarts with its
+instance id and its store gets its own partitions back, the other member sees no rebalance, and the store
+it kept means no restore. Real handler processes, real broker, both group protocols."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from foldline.topics import TopicNames, handler_group
+from tests.conftest import aggregate_path
+from tests.kafka_support import HandlerProcess, command, send, start_handler, wait_for_results
+
+pytestmark = pytest.mark.kafka
+T = TypeVar("T")
+
+CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
+
+
+def log_events(log: Path, since: int = 0) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines()[since:]:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def assigned(log: Path, since: int = 0) -> list[int]:
+    return sorted(
+        p for e in log_events(log, since) if e.get("event") == "partitions assigned" for p in e.get("partitions", [])
+    )
+
+
+def members(admin: AdminClient, group: str) -> dict[str, list[int]]:
+    """group.instance.id → partitions, from the broker's own view of the group."""
+    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    return {
+        str(m.group_instance_id): sorted(tp.partition for tp in m.assignment.topic_partitions)
+        for m in description.members
+    }
+
+
+def wait(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_a_restarted_static_member_keeps_its_partitions_and_its_store(
+    kafka_bootstrap: str, kafka_admin: AdminClient, invoices_aggregate, tmp_path: Path, protocol: str
+) -> None:
+    cls = invoices_aggregate(partitions=2)
+    path, group = aggregate_path(cls), handler_group(cls.name)
+    env = {"FOLDLINE_STATIC_MEMBERSHIP": "true", "FOLDLINE_KAFKA_GROUP_PROTOCOL": protocol}
+
+    def handler(instance: str) -> HandlerProcess:
+        return start_handler(kafka_bootstrap, path, tmp_path / instance, instance, tmp_path, extra_env=env)
+
+    first, other = handler("h-0"), handler("h-1")
+    restarted: HandlerProcess | None = None
+    try:
+
+        def one_each() -> dict[str, list[int]] | None:
+            found = members(kafka_admin, group)
+            return found if len(found) == 2 and all(found.values()) else None
+
+        spread = wait("one partition each", one_each)
+        assert set(spread) == {"h-0", "h-1"}  # the instance ids are the members' group.instance.id
+        ids = [f"inv-{i}" for i in range(20)]  # both partitions get some
+        send(kafka_bootstrap, TopicNames(cls.name).commands, [command(i, "CreateInvoice", CREATE) for i in ids])
+        wait_for_results(kafka_bootstrap, cls.name, len(ids))
+
+        # A rolling update's restart: SIGTERM, then the same instance id and state directory (the claim).
+        other_lines = len(other.log.read_text().splitlines())
+        first_lines = len(first.log.read_text().splitlines())
+        assert first.terminate() == 0
+        restarted = handler("h-0")
+        wait("h-0 assigned again", lambda: assigned(first.log, first_lines))
+        assert assigned(first.log, first_lines) == spread["h-0"]  # its own partitions, no others
+        assert members(kafka_admin, group) == spread
+        later = log_events(other.log, other_lines)
+        assert not [e for e in later if str(e.get("event", "")).startswith("partitions ")], later  # no rebalance
+        # Its store survived: nothing to restore (a restore logs "store restored" with the snapshot count).
+        assert not [e for e in log_events(first.log, first_lines) if e.get("event") == "store restored"]
+
+        more = [
+            command(i, "AddLineItem", {"line_id": "x", "description": "d", "quantity": 1, "unit_price": "1.00"})
+            for i in ids
+        ]
+        send(kafka_bootstrap, TopicNames(cls.name).commands, more)
+        results = wait_for_results(kafka_bootstrap, cls.name, 2 * len(ids))
+        assert sorted(r.version for r in results if r.command_id in {c.command_id for c in more}) == [2] * len(ids)
+    finally:
+        for proc in (restarted, other, first):
+            if proc is not None and proc.alive():
+                proc.terminate()
