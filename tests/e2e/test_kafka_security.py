@@ -16,7 +16,7 @@ import pytest
 from foldline.dev.kafka import DevKafka
 from foldline_operator.kube import Kube
 from tests.e2e.support import ESA, OperatorProcess, condition, create, events_of, manifest, patch, start_pods, wait_for
-from tests.e2e.test_aggregate import CREATE, deployment, esa, settled
+from tests.e2e.test_aggregate import CREATE, esa, settled, statefulset
 from tests.kafka_support import command, send, wait_for_results
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +59,7 @@ def test_credentials_from_a_secret_never_leak(
     create(kube, manifest(ESA, name, namespace, spec))
     settled(kube, namespace, name, "TopicsReady", "True", "Verified")  # made over SASL_SSL by the operator
 
-    handler = deployment(kube, namespace, f"{name}-command-handler")
+    handler = statefulset(kube, namespace, f"{name}-command-handler")
     env = {e["name"]: e for e in handler["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FOLDLINE_KAFKA_SASL_PASSWORD"] == {
         "name": "FOLDLINE_KAFKA_SASL_PASSWORD",
@@ -91,7 +91,7 @@ def test_credentials_from_a_secret_never_leak(
     seen = json.dumps(
         [
             esa(kube, namespace, name),
-            deployment(kube, namespace, f"{name}-command-handler"),
+            statefulset(kube, namespace, f"{name}-command-handler"),
             events_of(kube, namespace, name),
         ]
     )

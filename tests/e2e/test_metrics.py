@@ -1,5 +1,5 @@
 """The operator's dashboard and alerts against a real Prometheus: it scrapes the operator (against the real
-API server) and the command handler its Deployment describes, run here, while an aggregate goes from not
+API server) and the command handler its StatefulSet describes, run here, while an aggregate goes from not
 Ready to Ready, a second one waits for a missing Secret, and the first is deleted."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from foldline.observability import dashboards, series
-from foldline_operator import builders
+from foldline_operator import pods
 from tests.unit.test_chart import CHART, _exported
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,8 +93,8 @@ def test_the_pod_monitor_selects_the_pods_the_operator_builds() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]
     assert values["podMonitor"]["enabled"] is False and values["prometheusRule"]["enabled"] is False
     assert "kind: PodMonitor" in template and "- port: http" in template
-    assert f'values: ["{builders.MANAGED_BY}"]' in template
-    built = {builders.labels("x", c, "agg")["app.kubernetes.io/component"] for c in values["podMonitor"]["components"]}
+    assert f'values: ["{pods.MANAGED_BY}"]' in template
+    built = {pods.labels("x", c, "agg")["app.kubernetes.io/component"] for c in values["podMonitor"]["components"]}
     assert built == {"command-handler", "projector", "gateway"}
     for name in ("podmonitor.yaml", "servicemonitor.yaml", "prometheusrule.yaml"):
         text = (CHART / "templates" / name).read_text()
@@ -102,7 +102,7 @@ def test_the_pod_monitor_selects_the_pods_the_operator_builds() -> None:
 
 
 def test_the_workload_pods_name_their_metrics_port_http() -> None:
-    source = (REPO / "operator" / "foldline_operator" / "builders.py").read_text()
+    source = (REPO / "operator" / "foldline_operator" / "pods.py").read_text()
     assert '"ports": [{"name": "http", "containerPort": port' in source
 
 
