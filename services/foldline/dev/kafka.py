@@ -2,9 +2,11 @@
 
 The broker's jars come from Maven Central through Maven (no tarball download: only package registries are
 reachable here) and are cached under ``<cache>/kafka-<version>/libs``. Each broker instance lives in
-``<cache>/kafka-dev-<port>/``: its config, pid file, logs and a data dir that is wiped on every fresh start.
+``<cache>/kafka-dev-<port>/``: its config, pid file, logs and a data dir that is wiped on every fresh start
+unless ``keep_data`` is set (``restart`` stops the broker and starts it again on the same data, as a
+broker outage would: the fault tests rely on it).
 
-    python -m foldline.dev.kafka start|stop|status
+    python -m foldline.dev.kafka start|stop|restart|status
 """
 
 from __future__ import annotations
@@ -150,8 +152,12 @@ class DevKafka:
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def start(self, timeout: float = 90.0) -> str:
-        """Start the broker, or reuse the one this cache dir already runs; returns the bootstrap address."""
+    def start(self, timeout: float = 90.0, *, keep_data: bool = False) -> str:
+        """Start the broker, or reuse the one this cache dir already runs; returns the bootstrap address.
+
+        ``keep_data`` starts on the topics, offsets and transactions of the previous run (if it left a
+        formatted data dir) instead of a fresh, empty cluster.
+        """
         if shutil.which("java") is None:
             raise ConfigurationError(f"java is not on PATH. {INSTALL_HINT}")
         libs = self.ensure_jars()
@@ -166,11 +172,12 @@ class DevKafka:
                         f"port {port} is taken by a process foldline did not start; "
                         "set FOLDLINE_DEV_KAFKA_PORT to use another pair of ports"
                     )
-            # A fresh data dir every start: tests make unique topics, and it avoids stale cluster ids.
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-            self.data_dir.mkdir(parents=True)
-            self._write_config()
-            self._format(libs)
+            if not (keep_data and self._formatted()):
+                # A fresh data dir by default: tests make unique topics, and it avoids stale cluster ids.
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                self.data_dir.mkdir(parents=True)
+                self._write_config()
+                self._format(libs)
             # `sh -c '... &'` detaches the JVM from us: no zombie or Popen ResourceWarning in the caller.
             java = [*self._java(libs, "-Xms256m", "-Xmx1g"), "kafka.Kafka", str(self.config_file)]
             launch = f"{shlex.join(java)} </dev/null >{shlex.quote(str(self.out_file))} 2>&1 & echo $!"
@@ -189,6 +196,21 @@ class DevKafka:
                 self._terminate()  # a half-started broker would only make the next start wait for it again
                 raise
         return self.bootstrap
+
+    def restart(self, timeout: float = 90.0) -> str:
+        """Stop the broker (cleanly) and start it again on the same data: a broker outage, not a new cluster."""
+        self.stop()
+        return self.start(timeout, keep_data=True)
+
+    def kill(self) -> None:
+        """SIGKILL the broker at once (a crash: no controlled shutdown); the data stays for ``start(keep_data=True)``."""
+        with file_lock(self.home / ".lock"):
+            if (pid := self._pid()) is not None:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+                deadline = time.monotonic() + 30.0
+                while self._pid() is not None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            self.pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """SIGTERM the broker's process group (a clean shutdown), SIGKILL it after 30 s."""
@@ -211,6 +233,10 @@ class DevKafka:
         return self._pid() is not None and port_open(self.port, self.host) and self._metadata_ok(5.0)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _formatted(self) -> bool:
+        """A data dir ``_format`` prepared, and the config that goes with it (same ports, same dirs)."""
+        return (self.data_dir / "meta.properties").is_file() and self.config_file.is_file()
+
     def _pid(self) -> int | None:
         """The pid from our pid file if that process is alive and is our broker, else None."""
         try:
@@ -322,12 +348,14 @@ class DevKafka:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ("start", "stop", "status"):
-        print("usage: python -m foldline.dev.kafka start|stop|status", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in ("start", "stop", "restart", "status"):
+        print("usage: python -m foldline.dev.kafka start|stop|restart|status", file=sys.stderr)
         return 2
     broker = DevKafka()
     if argv[0] == "start":
         print(broker.start())
+    elif argv[0] == "restart":  # keeps the data: topics, committed offsets and transactions survive
+        print(broker.restart())
     elif argv[0] == "stop":
         broker.stop()
         print("stopped")
