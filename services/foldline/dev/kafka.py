@@ -203,7 +203,7 @@ class DevKafka:
         return self.start(timeout, keep_data=True)
 
     def kill(self) -> None:
-        """SIGKILL the broker at once (a crash: no controlled shutdown); the data stays for ``start(keep_data=True)``."""
+        """SIGKILL the broker at once (a crash, no controlled shutdown); ``start(keep_data=True)`` goes on."""
         with file_lock(self.home / ".lock"):
             if (pid := self._pid()) is not None:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)

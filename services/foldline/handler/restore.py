@@ -8,6 +8,7 @@ of a new partition arrives - by then the group coordinator has settled that tran
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -18,10 +19,19 @@ from foldline.store.base import StateStore
 _CHUNK = 20_000
 
 
-def restore_partition(consumer: Consumer, topic: str, partition: int, store: StateStore, timeout: float = 300.0) -> int:
+def restore_partition(
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    store: StateStore,
+    timeout: float = 300.0,
+    abandon: Callable[[], bool] | None = None,
+) -> int:
     """Copy snapshot bytes into ``store`` until the end of the partition; returns how many were read.
 
     The bytes go in as they are (no decoding), so restore runs at the speed of the store and the fetch.
+    ``abandon`` (asked between fetches) ends it early with ``BrokerUnavailableError``: the broker went away.
+    What was written stays, with its offset: the next restore goes on from there.
     """
     start = store.changelog_offset()
     try:
@@ -41,6 +51,8 @@ def restore_partition(consumer: Consumer, topic: str, partition: int, store: Sta
         while not done:
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(f"restoring {topic}[{partition}] took longer than {timeout:.0f}s")
+            if abandon is not None and abandon():
+                raise BrokerUnavailableError(f"restoring {topic}[{partition}] abandoned: the broker is away")
             for msg in consumer.consume(10_000, 0.05):  # returns early only when full: keep it short
                 error = msg.error()
                 if error is not None:

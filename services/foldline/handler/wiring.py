@@ -10,6 +10,7 @@ from foldline.aggregate import AggregateSpec
 from foldline.clients import group_member_config, restore_consumer_config, transactional_producer_config
 from foldline.errors import ConfigurationError
 from foldline.handler.engine import CommandHandler
+from foldline.outage import KafkaWatch
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore, open_state_store
 from foldline.topics import handler_group, restore_group
@@ -18,25 +19,32 @@ from foldline.topics import handler_group, restore_group
 def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> CommandHandler:
     group = handler_group(spec.name)
     state_root = Path(settings.state_dir) / spec.name
+    # The consumers report "all brokers down" through error_cb, in the handler's own thread (inside consume).
+    watch = KafkaWatch(f"command-handler {spec.name}")
 
     def new_consumer(protocol: str) -> Consumer:
-        return Consumer(group_member_config(settings.kafka, group, protocol))
+        return Consumer({**group_member_config(settings.kafka, group, protocol), "error_cb": watch.on_error})
+
+    def new_producer() -> Producer:
+        return Producer(transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}"))
+
+    def new_restore_consumer() -> Consumer:
+        return Consumer(
+            {**restore_consumer_config(settings.kafka, restore_group(spec.name)), "error_cb": watch.on_error}
+        )
 
     def new_store(partition: int) -> StateStore:
         return open_state_store(settings.store, state_root / f"partition-{partition}")
 
-    try:
-        producer = Producer(
-            transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")
+    try:  # the first clients are made here: a bad setting is a configuration error, before anything runs
+        return CommandHandler(
+            spec,
+            settings,
+            consumer_factory=new_consumer,
+            producer_factory=new_producer,
+            restore_consumer_factory=new_restore_consumer,
+            open_partition_store=new_store,
+            watch=watch,
         )
-        restore = Consumer(restore_consumer_config(settings.kafka, restore_group(spec.name)))
     except KafkaException as exc:
         raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
-    return CommandHandler(
-        spec,
-        settings,
-        consumer_factory=new_consumer,
-        producer=producer,
-        restore_consumer=restore,
-        open_partition_store=new_store,
-    )

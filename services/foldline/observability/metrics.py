@@ -41,6 +41,11 @@ RESTORED_RECORDS = Counter("foldline_store_restored_records_total", "Snapshots r
 STORE_KEYS = Gauge("foldline_store_keys", "Aggregates held in the local store", ["aggregate", "partition"])
 ASSIGNED_PARTITIONS = Gauge("foldline_assigned_partitions", "Command partitions owned by this process", ["aggregate"])
 REBALANCES = Counter("foldline_rebalances_total", "Partitions assigned, revoked or lost", ["aggregate", "kind"])
+KAFKA_RECOVERIES = Counter(
+    "foldline_kafka_recoveries_total",
+    "Times an engine rebuilt its Kafka clients after a broker outage or a failed client",
+    ["engine", "aggregate", "cause"],
+)
 CONSUMER_LAG = Gauge(
     "foldline_consumer_lag", "Records behind the end of the input partition", ["aggregate", "group", "partition"]
 )
