@@ -103,12 +103,12 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 
 def handler(
-    bootstrap: str, cls: type[Invoices], name: str, tmp: Path, port: int = 0, state: str | None = None
+    bootstrap: str, cls: type[Invoices], name: str, tmp: Path, port: int = 0, instance: str | None = None
 ) -> subprocess.Popen[bytes]:
     env = {
         "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap,
-        "FOLDLINE_STATE_DIR": str(tmp / f"state-{state or name}"),
-        "FOLDLINE_INSTANCE_ID": name,
+        "FOLDLINE_STATE_DIR": str(tmp / f"state-{name}"),
+        "FOLDLINE_INSTANCE_ID": instance or name,
         "FOLDLINE_HTTP_PORT": str(port),
         "FOLDLINE_COMMIT_INTERVAL_MS": "20",
     }

@@ -98,3 +98,38 @@ def test_broker_outage_handlers_and_projector_wait_and_resume(tmp_path):
         assert "command handler stopped" in events, name
     events = [e.get("event") for e in log_events(tmp_path / "projector-view.log")]
     assert "kafka unavailable" in events and "kafka available again" in events
+
+
+def test_a_fenced_handler_gives_up_its_partitions_and_stays_up(kafka_bootstrap, tmp_path):
+    """Two handlers with one instance id (so one transactional id): each fences the other in turn. The
+    fenced one gives its partitions up, waits and rejoins - no exit, no crash loop - and exactly-once holds."""
+    cls = make_aggregate(kafka_bootstrap, aggregate_name("fenced"), partitions=3)
+    ports = {"one": free_port(), "two": free_port()}
+    procs = [handler(kafka_bootstrap, cls, "one", tmp_path, ports["one"], instance="same")]
+    try:
+        wait_until(lambda: get(ports["one"], "/readyz") == 200, 180, "the first handler ready")
+        cmds = workload("f", aggregates=40, per_aggregate=10)
+        sender = Sender(kafka_bootstrap, TopicNames(cls.name).commands, cmds, chunk=10, pause=0.1)
+        sender.start()
+        wait_until(lambda: sender.handed >= 100, 120, "traffic")
+        procs.append(handler(kafka_bootstrap, cls, "two", tmp_path, ports["two"], instance="same"))
+        sender.join(600)
+        assert not sender.failed, sender.failed
+
+        def all_answered() -> bool:
+            from tests.kafka_support import results
+
+            return len({r.command_id for r in results(kafka_bootstrap, cls.name)}) >= len(cmds)
+
+        wait_until(all_answered, 600, "a result for every command", step=1.0)
+        assert_exactly_once(kafka_bootstrap, cls, cmds)
+        assert all(p.poll() is None for p in procs), "a fenced handler exited"
+    finally:
+        stop(procs)
+    recoveries = [
+        e
+        for name in ("one", "two")
+        for e in log_events(tmp_path / f"handler-{name}.log")
+        if e.get("event") == "kafka clients failed; waiting for the broker to rebuild them"
+    ]
+    assert any(e["fenced"] for e in recoveries), recoveries

@@ -208,7 +208,7 @@ class CommandHandler:
         this transactional id took over, or the coordinator bumped its epoch) waits longer before rejoining.
         """
         self._connected = False
-        fenced = _fenced(cause)
+        fenced = _fenced(cause) or _fenced(_producer_error(self.producer))
         self.watch.mark_down(str(cause))
         metrics.KAFKA_RECOVERIES.labels("command-handler", self.spec.name, "fenced" if fenced else "failed").inc()
         log.warning(
@@ -468,6 +468,16 @@ def _fenced(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or (exc.cause if isinstance(exc, (_Abort, _Recover)) else None)
     return False
+
+
+def _producer_error(producer: Producer) -> KafkaException | None:
+    """The producer's fatal error, if it has one: a call that failed with ``_FATAL`` hides the cause, and
+    a purge (the producer is about to be replaced anyway) reports it."""
+    try:
+        producer.purge()
+    except KafkaException as exc:
+        return exc
+    return None
 
 
 def _discard(client: Producer | Consumer) -> None:
