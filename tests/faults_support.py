@@ -269,6 +269,20 @@ def workload(prefix: str, aggregates: int, per_aggregate: int) -> list[CommandEn
     return out
 
 
+def steady_workload(prefix: str, aggregates: int, total: int) -> list[CommandEnvelope]:
+    """A steady state for a soak: a fixed set of invoices, then a line item added and removed again, so
+    no state grows with time (what grows memory then is the process, not the data)."""
+    ids = [f"{prefix}-{i}" for i in range(aggregates)]
+    out = [command(a, "CreateInvoice", {**CREATE, "customer": f"customer-{i % 7}"}) for i, a in enumerate(ids)]
+    n = 0
+    while len(out) < total:
+        item = {"line_id": f"l{n}", "description": "work", "quantity": 1, "unit_price": "1.50"}
+        out += [command(a, "AddLineItem", item) for a in ids]
+        out += [command(a, "RemoveLineItem", {"line_id": f"l{n}"}) for a in ids]
+        n += 1
+    return out
+
+
 def aggregate_name(prefix: str) -> str:
     import uuid
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from foldline.examples.invoices import Invoices
 from foldline.projection.status import kafka_end_offsets, view_status
 from foldline.settings import KafkaSettings
 from foldline.topics import TopicNames
@@ -32,6 +33,7 @@ from tests.faults_support import (
     handler,
     make_aggregate,
     projector,
+    steady_workload,
     stop,
     view_matches,
     wait_until,
@@ -45,7 +47,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 class Fleet:
     """Two handlers and two projectors as real processes, each restartable under its own name."""
 
-    def __init__(self, bootstrap: str, cls: type, database: str, tmp: Path, rng: random.Random) -> None:
+    def __init__(self, bootstrap: str, cls: type[Invoices], database: str, tmp: Path, rng: random.Random) -> None:
         self.bootstrap, self.cls, self.database, self.tmp, self.rng = bootstrap, cls, database, tmp, rng
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
@@ -95,7 +97,7 @@ def views_caught_up(bootstrap: str, database: str) -> bool:
         return False
 
 
-def check_everything(bootstrap: str, cls: type, cmds: list, database: str) -> None:
+def check_everything(bootstrap: str, cls: type[Invoices], cmds: list, database: str) -> None:
     wait_until(lambda: len({r.command_id for r in results(bootstrap, cls.name)}) >= len(cmds), 600, "results", 1.0)
     folded = assert_exactly_once(bootstrap, cls, cmds)
     wait_until(lambda: views_caught_up(bootstrap, database), 300, "the views to reach the topics' ends", 1.0)
@@ -149,15 +151,13 @@ def rss_kib(pid: int) -> int:
 
 @pytest.mark.chaos
 def test_soak(kafka_bootstrap, postgres_url, tmp_path):
-    """A fixed rate for ``FOLDLINE_SOAK_MINUTES`` (default 5): the handler's RSS is sampled and printed
-    (flat or not is for the reader: a figure, not a pass/fail); the lag goes back to 0 and the results
-    and views are exact."""
+    """A fixed rate for ``FOLDLINE_SOAK_MINUTES`` (default 5) over a steady state (500 invoices, a line
+    item added and removed again): the handler's RSS is sampled and printed (flat or not is for the
+    reader: a figure, not a pass/fail); the lag goes back to 0 and the results and views are exact."""
     minutes = float(os.environ.get("FOLDLINE_SOAK_MINUTES", "5"))
     rate = int(os.environ.get("FOLDLINE_SOAK_RATE", "100"))  # commands per second
     cls = make_aggregate(kafka_bootstrap, aggregate_name("soak"), partitions=4)
-    per = 20
-    aggregates = max(1, int(minutes * 60 * rate) // per)
-    cmds = workload("s", aggregates=aggregates, per_aggregate=per)
+    cmds = steady_workload("s", aggregates=500, total=int(minutes * 60 * rate))
     procs = [
         handler(kafka_bootstrap, cls, "soak", tmp_path),
         projector(kafka_bootstrap, cls, "InvoiceList", postgres_url, "list", tmp_path),
