@@ -72,6 +72,7 @@ class CommandHandler:
         self.restore_consumer = restore_consumer_factory()
         self._connected = False
         self._backoff = Backoff()
+        self._fenced_backoff = Backoff(first=5.0, cap=30.0)  # rejoining at once would fence the other again
         self._next_probe = 0.0
         self._open_store = open_partition_store
         self.tasks: dict[int, PartitionTask] = {}
@@ -217,11 +218,10 @@ class CommandHandler:
             cause=f"{type(cause).__name__}: {cause}",
             fenced=fenced,
         )
-        if fenced:
-            self._backoff = Backoff(first=5.0, cap=30.0)
+        backoff = self._fenced_backoff if fenced else self._backoff
         while not self.stop_event.is_set():
             self._last_loop = time.monotonic()  # waiting on purpose is not a hung loop
-            self.stop_event.wait(self._backoff.next())
+            self.stop_event.wait(backoff.next())
             if not self.stop_event.is_set() and self._probe():
                 break
         if self.stop_event.is_set():
@@ -344,6 +344,7 @@ class CommandHandler:
                 self._m_status[status].inc(n)
         self._m_events.inc(events)
         self._backoff.reset()
+        self._fenced_backoff.reset()
         self._m_batch.observe(len(batch))
         self._m_txn.observe(time.monotonic() - started)
 

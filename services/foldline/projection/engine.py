@@ -338,8 +338,9 @@ class Projector:
             if p in self.assigned:
                 try:
                     self.consumer.seek(TopicPartition(self.topic, p, offset))
-                except KafkaException as error:
-                    raise BrokerUnavailableError(f"cannot rewind partition {p}: {error}") from error
+                except KafkaException as error:  # going on would skip the batch: a new consumer starts
+                    # from the positions in the database instead (``run`` replaces it)
+                    raise KafkaFatalError(f"cannot rewind partition {p}: {error}") from error
         self.stop_event.wait(1.0)
 
     # -- rebuild ---------------------------------------------------------------------------------------
