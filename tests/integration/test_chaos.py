@@ -137,6 +137,7 @@ def test_kill_loop_short(kafka_bootstrap, postgres_url, tmp_path):
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(3600)
 def test_kill_loop_long(kafka_bootstrap, postgres_url, tmp_path):
     kills = int(os.environ.get("FOLDLINE_CHAOS_KILLS", "40"))
     kill_loop(kafka_bootstrap, postgres_url, tmp_path, kills=kills, aggregates=500, per=20)  # 10,000 commands
@@ -149,12 +150,16 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+SOAK_MINUTES = float(os.environ.get("FOLDLINE_SOAK_MINUTES", "5"))
+
+
 @pytest.mark.chaos
+@pytest.mark.timeout(int(SOAK_MINUTES * 60) + 1200)  # the soak itself, then the catch-up and the checks
 def test_soak(kafka_bootstrap, postgres_url, tmp_path):
     """A fixed rate for ``FOLDLINE_SOAK_MINUTES`` (default 5) over a steady state (500 invoices, a line
     item added and removed again): the handler's RSS is sampled and printed (flat or not is for the
     reader: a figure, not a pass/fail); the lag goes back to 0 and the results and views are exact."""
-    minutes = float(os.environ.get("FOLDLINE_SOAK_MINUTES", "5"))
+    minutes = SOAK_MINUTES
     rate = int(os.environ.get("FOLDLINE_SOAK_RATE", "100"))  # commands per second
     cls = make_aggregate(kafka_bootstrap, aggregate_name("soak"), partitions=4)
     cmds = steady_workload("s", aggregates=500, total=int(minutes * 60 * rate))

@@ -38,6 +38,12 @@ log = structlog.get_logger("foldline.handler")
 # Bounds on the transactional calls: librdkafka's own timeouts, so the loop never blocks for long.
 _TXN_TIMEOUT = 20.0
 _COMMIT_ATTEMPTS = 3
+# A loop that has not turned for this long is stuck in a client call: not ready. librdkafka 2.16's
+# send_offsets_to_transaction can wait past its own timeout while the coordinator is away (seen in
+# test_broker_outage.py with gdb: rd_kafka_txn_op_req0 in an untimed cnd_wait); it returns once the
+# broker is back, and only this thread may touch the producer, so readiness is all that can say so.
+_STALLED = 30.0
+_HUNG = 120.0
 # librdkafka's codes for "another producer with this transactional id took over" (or bumped our epoch).
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
@@ -98,12 +104,13 @@ class CommandHandler:
 
     # -- health --------------------------------------------------------------------------------------
     def live(self) -> bool:
-        # A loop stuck for longer than a rebalance could take means the process should be restarted;
-        # a long restore is progress, not a hang.
-        return self._restoring > 0 or time.monotonic() - self._last_loop < 300.0
+        # A loop stuck in a client call this long will not come back by itself (see _STALLED): restart
+        # the process. A long restore is progress, not a hang.
+        return self._restoring > 0 or time.monotonic() - self._last_loop < _HUNG
 
     def ready(self) -> bool:
-        return self._started and self._connected and self._restoring == 0 and self.watch.up
+        stalled = time.monotonic() - self._last_loop > _STALLED
+        return self._started and self._connected and self._restoring == 0 and self.watch.up and not stalled
 
     # -- rebalance callbacks (called inside consume(), never while a transaction is open) --------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -317,6 +324,8 @@ class CommandHandler:
                 for key, value in items:
                     self._send(produce, topics.snapshots, key, value, p, self._on_snapshot)
             offsets = [TopicPartition(topics.commands, p, o) for p, o in next_offsets.items()]
+            if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
+                raise _Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
             self._call(
                 self.producer.send_offsets_to_transaction,
                 offsets,
