@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def own_broker() -> Iterator[DevKafka]:
         yield broker
     finally:
         broker.stop()
+        shutil.rmtree(broker.home, ignore_errors=True)  # one dir per random port: do not pile them up
 
 
 def make_aggregate(bootstrap: str, name: str, partitions: int = 3) -> type[Invoices]:
