@@ -11,7 +11,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n1)
 KIND_CLUSTER ?= foldline
 
-.PHONY: help install lint test unit integration e2e image image-test bench demo kafka-up kafka-down postgres-up \
+.PHONY: help install lint test unit integration e2e image image-test chaos bench demo kafka-up kafka-down postgres-up \
         postgres-down envtest-up envtest-down cluster cluster-up cluster-down crds dashboards chart-lint kind-up deploy clean
 
 help: ## list the targets
@@ -44,6 +44,9 @@ image: ## build the image (and the team example) from Containerfile without a da
 
 image-test: install ## run the built images with podman: entry points, user, read-only root, labels
 	$(PYTEST) tests/image
+
+chaos: install ## the long kill loop and the soak (FOLDLINE_CHAOS_KILLS, FOLDLINE_SOAK_MINUTES, FOLDLINE_SOAK_RATE)
+	$(PYTEST) -m chaos -s tests/integration/test_chaos.py
 
 bench: install ## benchmarks; they print figures and never fail on a time
 	$(PYTHON) -m bench

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from foldline.errors import KafkaFatalError
 
@@ -80,6 +80,15 @@ class GroupMember:
 
     def subscribe(self) -> None:
         self.consumer.subscribe(self._topics, **self._callbacks)
+
+    def renew(self) -> None:
+        """Close this member (its partitions are revoked or lost through the callbacks) and make a new one,
+        not yet subscribed: how an engine starts over after its client failed."""
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:  # already closed, or failed beyond use: a new one follows
+            log.info("closing the failed consumer", error=str(exc))
+        self.consumer = self._factory(self.protocol)
 
     def next_batch(self, max_batch: int, wait: float) -> list[Message]:
         try:

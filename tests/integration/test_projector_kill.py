@@ -168,7 +168,17 @@ def test_projectors_killed_mid_stream_and_restarted_give_exact_views(
     procs = start_both(0)
     sender = stream(kafka_bootstrap, names.commands, cmds, seconds=20)
     behind_at_kill = []
+
+    def running(round_: int) -> bool:
+        """Both projectors of this round have their partitions (a fast earlier round may already have met
+        the next progress target: killing them before they started would test nothing)."""
+        return all(
+            '"partitions assigned"' in (tmp_path / f"projector-{view}-{round_}.log").read_text()
+            for view in ("list", "totals")
+        )
+
     for round_ in (1, 2):
+        wait_until(lambda r=round_ - 1: running(r), 120, f"round {round_ - 1} assigned")
         wait_until(lambda r=round_: progressed(300 * r), 60, f"progress before kill {round_}")
         assert sender.is_alive(), "the commands were all sent before the kill: make the stream longer"
         for proc in procs:

@@ -2,13 +2,15 @@
 
 The broker's jars come from Maven Central through Maven (no tarball download: only package registries are
 reachable here) and are cached under ``<cache>/kafka-<version>/libs``. Each broker instance lives in
-``<cache>/kafka-dev-<port>/``: its config, pid file, logs and a data dir that is wiped on every fresh start.
+``<cache>/kafka-dev-<port>/``: its config, pid file, logs and a data dir that is wiped on every fresh start
+unless ``keep_data`` is set (``restart`` stops the broker and starts it again on the same data, as a
+broker outage would: the fault tests rely on it).
 
 Besides the plain listener it has a SASL_SSL listener (SCRAM-SHA-512 over TLS, port ``port + 2`` or
 ``FOLDLINE_DEV_KAFKA_SASL_PORT``; ``0`` turns it off) with a fresh self-signed CA and one user
 ``foldline`` whose random password is made on each fresh start (``secure/`` in the broker's dir).
 
-    python -m foldline.dev.kafka start|stop|status|secure-env
+    python -m foldline.dev.kafka start|stop|restart|status|secure-env
 """
 
 from __future__ import annotations
@@ -187,8 +189,12 @@ class DevKafka:
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def start(self, timeout: float = 90.0) -> str:
-        """Start the broker, or reuse the one this cache dir already runs; returns the bootstrap address."""
+    def start(self, timeout: float = 90.0, *, keep_data: bool = False) -> str:
+        """Start the broker, or reuse the one this cache dir already runs; returns the bootstrap address.
+
+        ``keep_data`` starts on the topics, offsets and transactions of the previous run (if it left a
+        formatted data dir) instead of a fresh, empty cluster.
+        """
         if shutil.which("java") is None:
             raise ConfigurationError(f"java is not on PATH. {INSTALL_HINT}")
         libs = self.ensure_jars()
@@ -203,12 +209,13 @@ class DevKafka:
                         f"port {port} is taken by a process foldline did not start; "
                         "set FOLDLINE_DEV_KAFKA_PORT to use another pair of ports"
                     )
-            # A fresh data dir every start: tests make unique topics, and it avoids stale cluster ids.
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-            self.data_dir.mkdir(parents=True)
-            password = self._make_secure_material()
-            self._write_config()
-            self._format(libs, password)
+            if not (keep_data and self._formatted()):
+                # A fresh data dir by default: tests make unique topics, and it avoids stale cluster ids.
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                self.data_dir.mkdir(parents=True)
+                password = self._make_secure_material()
+                self._write_config()
+                self._format(libs, password)
             # `sh -c '... &'` detaches the JVM from us: no zombie or Popen ResourceWarning in the caller.
             java = [*self._java(libs, "-Xms256m", "-Xmx1g"), "kafka.Kafka", str(self.config_file)]
             launch = f"{shlex.join(java)} </dev/null >{shlex.quote(str(self.out_file))} 2>&1 & echo $!"
@@ -227,6 +234,21 @@ class DevKafka:
                 self._terminate()  # a half-started broker would only make the next start wait for it again
                 raise
         return self.bootstrap
+
+    def restart(self, timeout: float = 90.0) -> str:
+        """Stop the broker (cleanly) and start it again on the same data: a broker outage, not a new cluster."""
+        self.stop()
+        return self.start(timeout, keep_data=True)
+
+    def kill(self) -> None:
+        """SIGKILL the broker at once (a crash, no controlled shutdown); ``start(keep_data=True)`` goes on."""
+        with file_lock(self.home / ".lock"):
+            if (pid := self._pid()) is not None:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+                deadline = time.monotonic() + 30.0
+                while self._pid() is not None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            self.pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """SIGTERM the broker's process group (a clean shutdown), SIGKILL it after 30 s."""
@@ -249,6 +271,10 @@ class DevKafka:
         return self._pid() is not None and port_open(self.port, self.host) and self._metadata_ok(5.0)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _formatted(self) -> bool:
+        """A data dir ``_format`` prepared, and the config that goes with it (same ports, same dirs)."""
+        return (self.data_dir / "meta.properties").is_file() and self.config_file.is_file()
+
     def _pid(self) -> int | None:
         """The pid from our pid file if that process is alive and is our broker, else None."""
         try:
@@ -388,7 +414,7 @@ class DevKafka:
         )
 
 
-ACTIONS = ("start", "stop", "status", "secure-env")
+ACTIONS = ("start", "stop", "restart", "status", "secure-env")
 
 
 def main(argv: list[str]) -> int:
@@ -401,6 +427,8 @@ def main(argv: list[str]) -> int:
     elif argv[0] == "secure-env":  # `export $(python -m foldline.dev.kafka secure-env)`: the password stays in its file
         for name, value in broker.secure_listener().env().items():
             print(f"{name}={shlex.quote(value)}")
+    elif argv[0] == "restart":  # keeps the data: topics, committed offsets and transactions survive
+        print(broker.restart())
     elif argv[0] == "stop":
         broker.stop()
         print("stopped")

@@ -267,11 +267,14 @@ class DevPostgres:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ("start", "stop", "status"):
-        print("usage: python -m foldline.dev.postgres start|stop|status", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in ("start", "stop", "restart", "status"):
+        print("usage: python -m foldline.dev.postgres start|stop|restart|status", file=sys.stderr)
         return 2
     server = DevPostgres()
     if argv[0] == "start":
+        print(server.start())
+    elif argv[0] == "restart":  # the cluster in data/ always survives a restart
+        server.stop()
         print(server.start())
     elif argv[0] == "stop":
         server.stop()

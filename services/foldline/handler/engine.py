@@ -5,6 +5,10 @@ Kafka Streams' ``exactly_once_v2``). One ``PartitionTask`` per assigned commands
 its own local store. Batches form by themselves: the loop takes whatever is queued (up to
 ``max_batch``), waiting at most ``commit_interval`` for the first record, so an idle handler answers in
 one transaction's time and a busy one amortises the commit over thousands of commands.
+
+A broker outage never ends the process: it reports not-ready, waits (bounded, jittered backoff) until
+the broker answers, then closes and rebuilds its Kafka clients and starts over from what Kafka
+committed - the same path as a restarted process, so exactly-once holds the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from foldline.errors import BrokerUnavailableError, KafkaFatalError
 from foldline.handler.restore import restore_partition
 from foldline.handler.task import PartitionTask
 from foldline.observability import metrics, series
+from foldline.outage import Backoff, KafkaWatch
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
@@ -34,6 +39,17 @@ log = structlog.get_logger("foldline.handler")
 #: Far under the transaction timeout (10 s), past which the broker would fence the producer: a batch of
 #: commands on huge aggregates (each measured against FOLDLINE_MAX_RECORD_BYTES) can take that long.
 BATCH_BUDGET_S = 2.0
+# Bounds on the transactional calls: librdkafka's own timeouts, so the loop never blocks for long.
+_TXN_TIMEOUT = 20.0
+_COMMIT_ATTEMPTS = 3
+# A loop that has not turned for this long is stuck in a client call: not ready. librdkafka 2.16's
+# send_offsets_to_transaction can wait past its own timeout while the coordinator is away (seen in
+# test_broker_outage.py with gdb: rd_kafka_txn_op_req0 in an untimed cnd_wait); it returns once the
+# broker is back, and only this thread may touch the producer, so readiness is all that can say so.
+_STALLED = 30.0
+_HUNG = 120.0
+# librdkafka's codes for "another producer with this transactional id took over" (or bumped our epoch).
+_FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
 class CommandHandler:
@@ -43,9 +59,10 @@ class CommandHandler:
         settings: HandlerSettings,
         *,
         consumer_factory: ConsumerFactory,
-        producer: Producer,
-        restore_consumer: Consumer,
+        producer_factory: Callable[[], Producer],
+        restore_consumer_factory: Callable[[], Consumer],
         open_partition_store: Callable[[int], StateStore],
+        watch: KafkaWatch | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -58,8 +75,15 @@ class CommandHandler:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        self.producer = producer
-        self.restore_consumer = restore_consumer
+        self.watch = watch or KafkaWatch(f"command-handler {spec.name}")
+        self._new_producer = producer_factory
+        self._new_restore_consumer = restore_consumer_factory
+        self.producer = producer_factory()
+        self.restore_consumer = restore_consumer_factory()
+        self._connected = False
+        self._backoff = Backoff()
+        self._fenced_backoff = Backoff(first=5.0, cap=30.0)  # rejoining at once would fence the other again
+        self._next_probe = 0.0
         self._open_store = open_partition_store
         self.tasks: dict[int, PartitionTask] = {}
         self._snapshot_offsets: dict[int, int] = {}
@@ -87,12 +111,13 @@ class CommandHandler:
 
     # -- health --------------------------------------------------------------------------------------
     def live(self) -> bool:
-        # A loop stuck for longer than a rebalance could take means the process should be restarted;
-        # a long restore is progress, not a hang.
-        return self._restoring > 0 or time.monotonic() - self._last_loop < 300.0
+        # A loop stuck in a client call this long will not come back by itself (see _STALLED): restart
+        # the process. A long restore is progress, not a hang.
+        return self._restoring > 0 or time.monotonic() - self._last_loop < _HUNG
 
     def ready(self) -> bool:
-        return self._started and self._restoring == 0
+        stalled = time.monotonic() - self._last_loop > _STALLED
+        return self._started and self._connected and self._restoring == 0 and self.watch.up and not stalled
 
     # -- rebalance callbacks (called inside consume(), never while a transaction is open) --------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -116,7 +141,11 @@ class CommandHandler:
                     partitions=count,
                     max_record_bytes=self.settings.max_record_bytes,
                 )
-                self._restore(task)
+                try:
+                    self._restore(task)
+                except BaseException:
+                    task.close()
+                    raise
                 self.tasks[tp.partition] = task
             finally:
                 self._restoring -= 1
@@ -161,7 +190,12 @@ class CommandHandler:
         restoring.inc()
         try:
             count = restore_partition(
-                self.restore_consumer, self.topics.snapshots, task.partition, task.store, on_progress=remaining.set
+                self.restore_consumer,
+                self.topics.snapshots,
+                task.partition,
+                task.store,
+                on_progress=remaining.set,
+                abandon=lambda: self.stop_event.is_set() or (not self.watch.up and not self._probe()),
             )
         finally:
             restoring.dec()
@@ -184,16 +218,78 @@ class CommandHandler:
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> None:
-        """Process commands until ``stop()``; leaves no transaction open."""
-        self._call(self.producer.init_transactions, 60.0)
-        self.group.subscribe()
-        self._started = True
-        log.info("command handler started", aggregate=self.spec.name, group_protocol=self.group.protocol)
+        """Process commands until ``stop()``; leaves no transaction open. A broker outage or a failed
+        Kafka client never ends it: see ``_recover``."""
         try:
             while not self.stop_event.is_set():
-                self.poll_once()
+                try:
+                    if not self._connected:
+                        self._connect()
+                    self.poll_once()
+                except (BrokerUnavailableError, KafkaFatalError, KafkaException, _Abort, _Recover) as exc:
+                    self._recover(exc)
         finally:
             self.close()
+
+    def _connect(self) -> None:
+        self._call(self.producer.init_transactions, _TXN_TIMEOUT)
+        self.group.subscribe()
+        self._connected = self._started = True
+        log.info("command handler started", aggregate=self.spec.name, group_protocol=self.group.protocol)
+
+    def _recover(self, cause: BaseException) -> None:
+        """Kafka failed us: wait until the broker answers, then start over with new clients.
+
+        Closing the group member gives the partitions up cleanly (their tasks and stores close); the new
+        clients begin from what Kafka committed, as a restarted process would: the open transaction is
+        aborted by the new producer's ``init_transactions``, positions come from the group's committed
+        offsets and states from the stores and the snapshots topic. A fenced producer (another one with
+        this transactional id took over, or the coordinator bumped its epoch) waits longer before rejoining.
+        """
+        self._connected = False
+        fenced = _fenced(cause) or _fenced(_producer_error(self.producer))
+        self.watch.mark_down(str(cause))
+        metrics.KAFKA_RECOVERIES.labels("command-handler", self.spec.name, "fenced" if fenced else "failed").inc()
+        log.warning(
+            "kafka clients failed; waiting for the broker to rebuild them",
+            aggregate=self.spec.name,
+            cause=f"{type(cause).__name__}: {cause}",
+            fenced=fenced,
+        )
+        backoff = self._fenced_backoff if fenced else self._backoff
+        while not self.stop_event.is_set():
+            self._last_loop = time.monotonic()  # waiting on purpose is not a hung loop
+            self.stop_event.wait(backoff.next())
+            if not self.stop_event.is_set() and self._probe():
+                break
+        if self.stop_event.is_set():
+            return
+        self._rebuild()
+
+    def _probe(self) -> bool:
+        """Does the broker answer a metadata request for the commands topic? (from this thread, bounded)"""
+        try:
+            meta = self.restore_consumer.list_topics(self.topics.commands, timeout=5.0)
+            ok = bool(meta.brokers) and meta.topics[self.topics.commands].error is None
+        except (KafkaException, KeyError, RuntimeError):
+            ok = False
+        if ok:
+            self.watch.mark_up()
+        return ok
+
+    def _rebuild(self) -> None:
+        self.group.renew()  # revokes or loses the partitions: their tasks close
+        for task in self.tasks.values():
+            task.close()
+        self.tasks.clear()
+        self._positions.clear()
+        self._snapshot_offsets.clear()
+        self._m_assigned.set(0)
+        for old in (self.restore_consumer, self.producer):
+            _discard(old)
+        self.producer = self._new_producer()
+        self.restore_consumer = self._new_restore_consumer()
+        log.info("kafka clients rebuilt", aggregate=self.spec.name)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -202,6 +298,10 @@ class CommandHandler:
         """Take one batch and process it in one transaction; returns the number of commands."""
         now = time.monotonic()
         self._last_loop = now
+        if not self.watch.up and now >= self._next_probe:  # librdkafka said the brokers are away: ask again
+            self._next_probe = now + self._backoff.next()
+            if self._probe():
+                self._backoff.reset()
         if now - self._lag_updated > 5.0:
             self._lag_updated = now
             group = handler_group(self.spec.name)
@@ -259,8 +359,16 @@ class CommandHandler:
                 for key, value in items:
                     self._send(produce, topics.snapshots, key, value, p, self._on_snapshot)
             offsets = [TopicPartition(topics.commands, p, o) for p, o in next_offsets.items()]
-            self._call(self.producer.send_offsets_to_transaction, offsets, self.consumer.consumer_group_metadata())
-            self._call(self.producer.flush)
+            if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
+                raise _Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
+            self._call(
+                self.producer.send_offsets_to_transaction,
+                offsets,
+                self.consumer.consumer_group_metadata(),
+                _TXN_TIMEOUT,
+            )
+            if self.producer.flush(_TXN_TIMEOUT) > 0:
+                raise _Abort(BrokerUnavailableError("records not delivered in time"))
             self._commit()
         except _Abort as abort:
             self._abort(first_offsets, abort.cause)
@@ -279,6 +387,8 @@ class CommandHandler:
             if n:
                 self._m_status[status].inc(n)
         self._m_events.inc(events)
+        self._backoff.reset()
+        self._fenced_backoff.reset()
         self._m_batch.observe(len(batch))
         self._m_txn.observe(time.monotonic() - started)
 
@@ -324,32 +434,38 @@ class CommandHandler:
                 self._snapshot_offsets[p] = offset
 
     def _commit(self) -> None:
-        for _ in range(10):
+        """Commit, retrying a retriable failure (as librdkafka allows); if it keeps failing, the outcome is
+        unknown and only ``_recover`` (new clients, state from what Kafka committed) is safe."""
+        for _ in range(_COMMIT_ATTEMPTS):
             try:
-                self.producer.commit_transaction(60.0)
+                self.producer.commit_transaction(_TXN_TIMEOUT)
                 return
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.txn_requires_abort():
                     raise _Abort(exc) from exc
                 if error.retriable():
+                    self.watch.mark_down(f"commit: {error.str()}")
                     continue
                 raise KafkaFatalError(f"commit failed: {error.str()}") from exc
-        raise _Abort(BrokerUnavailableError("commit kept failing with retriable errors"))
+        raise _Recover(BrokerUnavailableError("commit kept failing with retriable errors"))
 
     def _abort(self, first_offsets: dict[int, int], cause: BaseException) -> None:
         """Abort, forget in-memory changes, and rewind so the same commands run again."""
         log.warning("transaction aborted", aggregate=self.spec.name, cause=str(cause))
         metrics.TRANSACTIONS_ABORTED.labels(self.spec.name).inc()
         try:
-            self.producer.abort_transaction(60.0)
-        except KafkaException as exc:
-            raise KafkaFatalError(f"abort failed: {exc}") from exc
+            self.producer.abort_transaction(_TXN_TIMEOUT)
+        except KafkaException as exc:  # the broker is away or the producer failed: start over from Kafka
+            raise _Recover(KafkaFatalError(f"abort failed: {exc}")) from exc
         for p, offset in first_offsets.items():
             task = self.tasks.get(p)
             if task is not None:
                 task.discard()
-                self.consumer.seek(TopicPartition(self.topics.commands, p, offset))
+                try:
+                    self.consumer.seek(TopicPartition(self.topics.commands, p, offset))
+                except KafkaException as exc:
+                    raise _Recover(BrokerUnavailableError(f"cannot rewind partition {p}: {exc}")) from exc
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call a transactional API, sorting its errors into abort, retry and fatal."""
@@ -403,6 +519,8 @@ class CommandHandler:
     def close(self) -> None:
         try:
             self.consumer.close()  # revokes, which closes every task and its store
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the consumer failed", aggregate=self.spec.name, error=str(exc))
         finally:
             for task in self.tasks.values():
                 task.close()
@@ -416,3 +534,43 @@ class _Abort(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class _Recover(Exception):
+    """Only new Kafka clients can go on (see ``CommandHandler._recover``)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _fenced(exc: BaseException | None) -> bool:
+    """Whether a fenced producer is somewhere in the exception's cause chain."""
+    while exc is not None:
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if isinstance(error, KafkaError) and error.code() in _FENCED:
+            return True
+        exc = exc.__cause__ or (exc.cause if isinstance(exc, (_Abort, _Recover)) else None)
+    return False
+
+
+def _producer_error(producer: Producer) -> KafkaException | None:
+    """The producer's fatal error, if it has one: a call that failed with ``_FATAL`` hides the cause, and
+    a purge (the producer is about to be replaced anyway) reports it."""
+    try:
+        producer.purge()
+    except KafkaException as exc:
+        return exc
+    return None
+
+
+def _discard(client: Producer | Consumer) -> None:
+    """Let go of a failed client without waiting on the broker: purge a producer's queue, close a consumer."""
+    try:
+        if isinstance(client, Producer):
+            client.purge()
+            client.flush(0)
+        else:
+            client.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.info("discarding a failed client", error=str(exc))

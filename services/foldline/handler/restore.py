@@ -26,11 +26,14 @@ def restore_partition(
     store: StateStore,
     timeout: float = 300.0,
     on_progress: Callable[[int], None] | None = None,
+    abandon: Callable[[], bool] | None = None,
 ) -> int:
     """Copy snapshot bytes into ``store`` until the end of the partition; returns how many were read.
 
     The bytes go in as they are (no decoding), so restore runs at the speed of the store and the fetch.
     ``on_progress`` hears how many changelog records are left to read, after every fetch.
+    ``abandon`` (asked between fetches) ends it early with ``BrokerUnavailableError``: the broker went away.
+    What was written stays, with its offset: the next restore goes on from there.
     """
     progress = on_progress or (lambda remaining: None)
     start = store.changelog_offset()
@@ -53,6 +56,8 @@ def restore_partition(
         while not done:
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(f"restoring {topic}[{partition}] took longer than {timeout:.0f}s")
+            if abandon is not None and abandon():
+                raise BrokerUnavailableError(f"restoring {topic}[{partition}] abandoned: the broker is away")
             for msg in consumer.consume(10_000, 0.05):  # returns early only when full: keep it short
                 error = msg.error()
                 if error is not None:

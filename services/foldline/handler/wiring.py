@@ -15,6 +15,7 @@ from foldline.clients import (
 )
 from foldline.errors import ConfigurationError
 from foldline.handler.engine import CommandHandler
+from foldline.outage import KafkaWatch
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore, open_state_store
 from foldline.topics import handler_group, restore_group
@@ -23,30 +24,39 @@ from foldline.topics import handler_group, restore_group
 def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> CommandHandler:
     group = handler_group(spec.name)
     state_root = Path(settings.state_dir) / spec.name
+    # The consumers report "all brokers down" through error_cb, in the handler's own thread (inside consume).
+    watch = KafkaWatch(f"command-handler {spec.name}")
 
     # A stable id per pod (a StatefulSet's) makes the member static: a restart keeps its partitions.
     static = {"group.instance.id": settings.instance_id} if settings.static_membership else {}
 
     def new_consumer(protocol: str) -> Consumer:
-        return Consumer(group_member_config(settings.kafka, group, protocol, **static))
+        return Consumer({**group_member_config(settings.kafka, group, protocol, **static), "error_cb": watch.on_error})
+
+    def new_producer() -> Producer:
+        config = transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")
+        # librdkafka refuses records over message.max.bytes (1,000,000) itself: room for a raised limit.
+        config["message.max.bytes"] = max(1_000_000, settings.max_record_bytes + 65_536)
+        return Producer(config)
+
+    def new_restore_consumer() -> Consumer:
+        return Consumer(
+            {**restore_consumer_config(settings.kafka, restore_group(spec.name)), "error_cb": watch.on_error}
+        )
 
     def new_store(partition: int) -> StateStore:
         return open_state_store(settings.store, state_root / f"partition-{partition}")
 
     verify_access(settings.kafka)  # a refused login stops here, with the broker's reason
-    try:
-        config = transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")
-        # librdkafka refuses records over message.max.bytes (1,000,000) itself: room for a raised limit.
-        config["message.max.bytes"] = max(1_000_000, settings.max_record_bytes + 65_536)
-        producer = Producer(config)
-        restore = Consumer(restore_consumer_config(settings.kafka, restore_group(spec.name)))
+    try:  # the first clients are made here: a bad setting is a configuration error, before anything runs
+        return CommandHandler(
+            spec,
+            settings,
+            consumer_factory=new_consumer,
+            producer_factory=new_producer,
+            restore_consumer_factory=new_restore_consumer,
+            open_partition_store=new_store,
+            watch=watch,
+        )
     except KafkaException as exc:
         raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
-    return CommandHandler(
-        spec,
-        settings,
-        consumer_factory=new_consumer,
-        producer=producer,
-        restore_consumer=restore,
-        open_partition_store=new_store,
-    )

@@ -57,6 +57,11 @@ RESTORE_REMAINING = Gauge(
     ["aggregate", "partition"],
 )
 REBALANCES = Counter("foldline_rebalances_total", "Partitions assigned, revoked or lost", ["aggregate", "kind"])
+KAFKA_RECOVERIES = Counter(
+    "foldline_kafka_recoveries_total",
+    "Times an engine rebuilt its Kafka clients after a broker outage or a failed client",
+    ["engine", "aggregate", "cause"],
+)
 CONSUMER_LAG = Gauge(
     "foldline_consumer_lag", "Records behind the end of the input partition", ["aggregate", "group", "partition"]
 )

@@ -9,6 +9,10 @@ A new revision builds its own table from the start of the topic while the old on
 the positions stored for every partition reach the end offsets (read_committed, i.e. last stable
 offsets) measured at most ``catchup_window`` earlier, ``switch`` makes it active in one transaction
 and drops the old tables. A projector whose revision was superseded stops by itself.
+
+Neither a database nor a broker outage ends it: a failed batch rolls back and is read again, /readyz
+says not-ready while either is away, and a consumer that failed beyond use is replaced (after the broker
+answers again) by a new one, which resumes from the positions in the database.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from foldline.consumer import ConsumerFactory, GroupMember
-from foldline.errors import BrokerUnavailableError, RetryableError
+from foldline.errors import BrokerUnavailableError, KafkaFatalError, RetryableError
 from foldline.observability import metrics, series
+from foldline.outage import Backoff, KafkaWatch
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.apply import Applier, BatchResult, SourceMessage
 from foldline.projection.base import Registration, SqlStore
@@ -58,6 +63,7 @@ class Projector:
         consumer_factory: ConsumerFactory,
         on_switch: Callable[[SwitchInfo], None] | None = None,
         owns_store: bool = False,
+        watch: KafkaWatch | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -78,6 +84,10 @@ class Projector:
             on_fallback=self.assigned.clear,
         )
         self.stop_event = threading.Event()
+        self.watch = watch or KafkaWatch(f"projector {spec.aggregate}/{spec.view}")
+        self.database_up = True
+        self._backoff = Backoff()
+        self._next_probe = 0.0
         self.state = "starting"  # then active | building | retired
         self.retired = False
         self.positions: dict[int, int] = {}
@@ -102,8 +112,19 @@ class Projector:
         return time.monotonic() - self._last_loop < 300.0
 
     def ready(self) -> bool:
-        """Ready once this revision serves the view: a rebuilding pod is not ready until it switched."""
-        return self._started and self.state == "active"
+        """Ready once this revision serves the view (a rebuilding pod is not ready until it switched),
+        and while both its database and Kafka answer."""
+        return self._started and self.state == "active" and self.database_up and self.watch.up
+
+    def _database_away(self, exc: BaseException) -> None:
+        if self.database_up:
+            self._log.warning("projection database unavailable", error=str(exc))
+        self.database_up = False
+
+    def _database_back(self) -> None:
+        if not self.database_up:
+            self._log.info("projection database available again")
+        self.database_up = True
 
     # -- rebalance -----------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -128,11 +149,14 @@ class Projector:
         delay = 0.2
         while True:
             try:
-                return call()
+                out = call()
+                self._database_back()
+                return out
             except RetryableError as exc:
                 if self.stop_event.is_set():
                     raise
-                self._log.warning("projection database unavailable; retrying", error=str(exc))
+                self._database_away(exc)
+                self._last_loop = time.monotonic()  # waiting on purpose is not a hung loop
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -162,15 +186,51 @@ class Projector:
             if not self._started:
                 self.start()
             while not self.stop_event.is_set():
-                self.poll_once()
+                try:
+                    self.poll_once()
+                except (KafkaFatalError, KafkaException) as exc:
+                    self._renew_consumer(exc)
         finally:
             self.close()
+
+    def _renew_consumer(self, cause: BaseException) -> None:
+        """The consumer failed beyond use: once the broker answers, a new one joins the group and resumes
+        from the positions in the database (what a restarted process would do)."""
+        self.watch.mark_down(str(cause))
+        metrics.KAFKA_RECOVERIES.labels("projector", self.spec.aggregate, "failed").inc()
+        self._log.warning("kafka consumer failed; waiting for the broker to replace it", cause=str(cause))
+        while not self.stop_event.is_set():
+            self._last_loop = time.monotonic()
+            self.stop_event.wait(self._backoff.next())
+            if self._probe():
+                break
+        if self.stop_event.is_set():
+            return
+        self.group.renew()  # its partitions are revoked or lost through the callbacks
+        self.assigned.clear()
+        self.positions.clear()
+        self.group.subscribe()
+
+    def _probe(self) -> bool:
+        """Does the broker answer a metadata request for the source topic? (from this thread, bounded)"""
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=5.0)
+            ok = bool(meta.brokers) and meta.topics[self.topic].error is None
+        except (KafkaException, KeyError, RuntimeError):
+            ok = False
+        if ok:
+            self.watch.mark_up()
+            self._backoff.reset()
+        return ok
 
     def stop(self) -> None:
         self.stop_event.set()
 
     def poll_once(self) -> int:
-        self._last_loop = time.monotonic()
+        self._last_loop = now = time.monotonic()
+        if not self.watch.up and now >= self._next_probe:  # librdkafka said the brokers are away: ask again
+            self._next_probe = now + self._backoff.next()
+            self._probe()
         batch = self._next_batch()
         try:
             if batch or self._markers_passed():
@@ -180,8 +240,9 @@ class Projector:
             elif time.monotonic() >= self._next_state_check:  # an idle projector learns of a switch too
                 self._next_state_check = time.monotonic() + 2.0
                 self.state = self.store.revision_state(self.table)
+                self._database_back()
         except RetryableError as exc:
-            self._log.warning("projection database unavailable", error=str(exc))
+            self._database_away(exc)
         except RevisionRetiredError as exc:
             self._retire(str(exc))
         self._update_lag()
@@ -224,6 +285,7 @@ class Projector:
         except RetryableError as exc:
             self._rewind(batch, exc)
             return
+        self._database_back()
         self.state = result.state
         for p, o in result.positions.items():
             if p in self.assigned:
@@ -269,6 +331,8 @@ class Projector:
     def _rewind(self, batch: list[Message], exc: BaseException) -> None:
         """The transaction failed and rolled back: read the same records again after a pause."""
         self._log.warning("batch failed; it will be read again", error=str(exc), records=len(batch))
+        if isinstance(exc, RetryableError) and not isinstance(exc, BrokerUnavailableError):
+            self._database_away(exc)
         firsts: dict[int, int] = {}
         for msg in batch:
             firsts.setdefault(cast(int, msg.partition()), cast(int, msg.offset()))
@@ -276,8 +340,9 @@ class Projector:
             if p in self.assigned:
                 try:
                     self.consumer.seek(TopicPartition(self.topic, p, offset))
-                except KafkaException as error:
-                    raise BrokerUnavailableError(f"cannot rewind partition {p}: {error}") from error
+                except KafkaException as error:  # going on would skip the batch: a new consumer starts
+                    # from the positions in the database instead (``run`` replaces it)
+                    raise KafkaFatalError(f"cannot rewind partition {p}: {error}") from error
         self.stop_event.wait(1.0)
 
     # -- rebuild ---------------------------------------------------------------------------------------

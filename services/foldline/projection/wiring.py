@@ -8,6 +8,7 @@ from confluent_kafka import Consumer, KafkaException
 
 from foldline.clients import projector_consumer_config, verify_access
 from foldline.errors import ConfigurationError
+from foldline.outage import KafkaWatch
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.base import SqlStore
 from foldline.projection.engine import Projector, SwitchInfo
@@ -24,10 +25,12 @@ def build_projector(
     on_switch: Callable[[SwitchInfo], None] | None = None,
 ) -> Projector:
     group = projector_group(spec.aggregate, spec.view, spec.revision)
+    # The consumer reports "all brokers down" through error_cb, in the projector's own thread (inside consume).
+    watch = KafkaWatch(f"projector {spec.aggregate}/{spec.view}")
 
     def new_consumer(protocol: str) -> Consumer:
         try:
-            return Consumer(projector_consumer_config(settings.kafka, group, protocol))
+            return Consumer({**projector_consumer_config(settings.kafka, group, protocol), "error_cb": watch.on_error})
         except KafkaException as exc:
             raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
 
@@ -35,5 +38,11 @@ def build_projector(
     owns_store = store is None
     store = store or open_store(settings.database, pool_size=settings.pool_size)
     return Projector(
-        spec, settings, store=store, consumer_factory=new_consumer, on_switch=on_switch, owns_store=owns_store
+        spec,
+        settings,
+        store=store,
+        consumer_factory=new_consumer,
+        on_switch=on_switch,
+        owns_store=owns_store,
+        watch=watch,
     )

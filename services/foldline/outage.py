@@ -1,0 +1,85 @@
+"""Living through a broker or database outage: jittered backoff and what librdkafka says about the brokers.
+
+The engines never exit because Kafka or the database went away: they report not-ready, wait with a
+bounded, jittered backoff, and resume. ``KafkaWatch`` turns librdkafka's ``error_cb`` reports into a
+flag the engine's own thread acts upon; the callback runs inside ``poll``/``consume`` of the client
+that reports it, i.e. in the engine's thread, and it touches no client (a client is only ever called
+from the thread that owns it).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import structlog
+from confluent_kafka import KafkaError
+
+log = structlog.get_logger("foldline.outage")
+
+# What librdkafka reports when it cannot reach the cluster (it keeps retrying by itself meanwhile).
+_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT)
+
+_STALE = 2.0
+
+
+class Backoff:
+    """Exponential backoff from ``first`` up to ``cap`` seconds, each wait drawn in [d/2, d] ("equal jitter"):
+    bounded, never zero, and replicas that lost the broker together do not come back in lockstep."""
+
+    def __init__(self, first: float = 0.5, cap: float = 10.0, rng: Callable[[], float] = random.random) -> None:
+        self.first = first
+        self.cap = cap
+        self._rng = rng
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.first * 2.0 ** min(self._attempt, 30))
+        self._attempt += 1
+        return ceiling / 2 + self._rng() * ceiling / 2
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    @property
+    def attempts(self) -> int:
+        return self._attempt
+
+
+class KafkaWatch:
+    """Whether the Kafka cluster answered lately, as seen by one engine.
+
+    ``on_error`` is the ``error_cb`` of the engine's clients: a report that the brokers are down marks
+    Kafka away. Only the engine marks it back, after a request of its own succeeded (``mark_up``).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.down_since: float | None = None
+        self.reason = ""
+        self._up_at = 0.0
+
+    @property
+    def up(self) -> bool:
+        return self.down_since is None
+
+    def on_error(self, error: KafkaError) -> None:
+        # Reports queued before the engine's own request succeeded arrive just after it: not news.
+        if error.code() in _DOWN and time.monotonic() - self._up_at > _STALE:
+            self.mark_down(error.str())
+
+    def mark_down(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("kafka unavailable", engine=self.name, reason=reason)
+        self.reason = reason
+
+    def mark_up(self) -> None:
+        if self.down_since is not None:
+            log.info(
+                "kafka available again", engine=self.name, away_seconds=round(time.monotonic() - self.down_since, 1)
+            )
+        self.down_since = None
+        self.reason = ""
+        self._up_at = time.monotonic()

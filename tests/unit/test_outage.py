@@ -1,0 +1,52 @@
+"""The backoff the engines wait with during an outage, and how librdkafka's reports mark Kafka away."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaError
+
+from foldline.outage import Backoff, KafkaWatch
+
+
+def test_backoff_doubles_up_to_its_cap_and_jitters_within_the_upper_half():
+    low = Backoff(first=0.5, cap=10.0, rng=lambda: 0.0)
+    high = Backoff(first=0.5, cap=10.0, rng=lambda: 1.0)
+    lows = [low.next() for _ in range(10)]
+    highs = [high.next() for _ in range(10)]
+    assert highs[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0] and set(highs[5:]) == {10.0}
+    assert lows == [h / 2 for h in highs]  # never zero: replicas do not retry in a tight loop
+    high.reset()
+    assert high.next() == 0.5 and high.attempts == 1
+
+
+def test_backoff_never_overflows_after_many_attempts():
+    backoff = Backoff(first=0.5, cap=3.0)
+    waits = [backoff.next() for _ in range(5000)]
+    assert all(0.25 <= w <= 3.0 for w in waits) and all(w >= 1.5 for w in waits[3:])
+
+
+def up(watch: KafkaWatch) -> bool:
+    return watch.up  # read fresh each time (mypy would narrow a repeated ``watch.up``)
+
+
+def test_watch_marks_kafka_away_on_brokers_down_and_back_only_when_told():
+    watch = KafkaWatch("test")
+    watch.on_error(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))  # not about reaching the cluster
+    assert up(watch)
+    watch.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    assert not up(watch) and watch.down_since is not None
+    watch.on_error(KafkaError(KafkaError._TRANSPORT))
+    assert not up(watch)
+    watch.mark_up()
+    assert up(watch)
+    watch.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))  # queued before the probe succeeded: stale
+    assert up(watch)
+
+
+def test_watch_takes_a_report_after_the_grace_period():
+    watch = KafkaWatch("test")
+    watch.mark_up()
+    watch._up_at = time.monotonic() - 5.0  # as if the probe succeeded five seconds ago
+    watch.on_error(KafkaError(KafkaError._TRANSPORT))
+    assert not up(watch)
