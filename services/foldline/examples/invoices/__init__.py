@@ -1,5 +1,16 @@
-"""The invoices example: an invoice from draft to paid, with the rules an invoicing service enforces."""
+"""The invoices example: an invoice from draft to paid, with the rules an invoicing service enforces;
+its customers, whose open balance the invoices policies charge and settle."""
 
+from foldline.examples.invoices.customers import (
+    ChargeInvoice,
+    Customer,
+    CustomerRegistered,
+    Customers,
+    InvoiceCharged,
+    InvoiceSettled,
+    RegisterCustomer,
+    SettleInvoice,
+)
 from foldline.examples.invoices.domain import (
     AddLineItem,
     CreateInvoice,
@@ -18,22 +29,34 @@ from foldline.examples.invoices.domain import (
     RemoveLineItem,
     SendInvoice,
 )
+from foldline.examples.invoices.policies import ChargeOnSend, InvoiceLink, SettleOnPayment
 
 __all__ = [
     "AddLineItem",
+    "ChargeInvoice",
+    "ChargeOnSend",
     "CreateInvoice",
+    "Customer",
+    "CustomerRegistered",
+    "Customers",
     "DeleteInvoice",
     "Invoice",
+    "InvoiceCharged",
     "InvoiceCreated",
     "InvoiceDeleted",
+    "InvoiceLink",
     "InvoicePaid",
     "InvoiceSent",
+    "InvoiceSettled",
     "Invoices",
     "LineItem",
     "LineItemAdded",
     "LineItemRemoved",
     "PaymentRecorded",
     "RecordPayment",
+    "RegisterCustomer",
     "RemoveLineItem",
     "SendInvoice",
+    "SettleInvoice",
+    "SettleOnPayment",
 ]
