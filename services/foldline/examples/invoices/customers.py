@@ -1,7 +1,9 @@
 """Customers: who is invoiced, their credit limit, and the open balance of their sent, unpaid invoices.
 
 The open balance moves only through the invoices policies (``policies.py``): a sent invoice charges it,
-a paid one settles it. Each invoice is charged and settled at most once, by its id, whatever arrives.
+a paid one settles it. Each invoice is charged at most once and settled at most once, by its id. The two
+policies run independently, so a settlement may arrive before its charge: charge and settle commute
+(the balance may dip below zero meanwhile), and the balance ends as the sum over charged, unsettled invoices.
 """
 
 from __future__ import annotations
@@ -81,9 +83,13 @@ class Customer:
     email: str = ""
     credit_limit: Decimal = Decimal("0")
     open_balance: Decimal = Decimal("0")
-    #: Invoices charged and not settled yet, and those settled: each moves the balance once.
-    open_invoices: tuple[str, ...] = ()
-    settled_invoices: tuple[str, ...] = ()
+    #: Invoices charged, and invoices settled: each moves the balance once.
+    charged: tuple[str, ...] = ()
+    settled: tuple[str, ...] = ()
+
+    @property
+    def open_invoices(self) -> tuple[str, ...]:
+        return tuple(i for i in self.charged if i not in self.settled)
 
     @property
     def over_limit(self) -> bool:
@@ -108,15 +114,15 @@ class Customers(Aggregate[Customer]):
             case ChargeInvoice():
                 if state.status == "none":
                     return Rejection("the customer does not exist")
-                if command.invoice_id in state.open_invoices or command.invoice_id in state.settled_invoices:
+                if command.invoice_id in state.charged:
                     return Rejection(f"invoice {command.invoice_id!r} was already charged")
                 # A sent invoice is a fact: it is charged even past the credit limit (``over_limit`` shows it).
                 return [InvoiceCharged(command.invoice_id, command.amount, state.open_balance + command.amount)]
             case SettleInvoice():
                 if state.status == "none":
                     return Rejection("the customer does not exist")
-                if command.invoice_id not in state.open_invoices:
-                    return Rejection(f"invoice {command.invoice_id!r} is not open")
+                if command.invoice_id in state.settled:
+                    return Rejection(f"invoice {command.invoice_id!r} was already settled")
                 return [InvoiceSettled(command.invoice_id, command.amount, state.open_balance - command.amount)]
         raise TypeError(f"not a customers command: {type(command).__name__}")
 
@@ -125,14 +131,7 @@ class Customers(Aggregate[Customer]):
             case CustomerRegistered():
                 return Customer("active", event.name, event.email, event.credit_limit)
             case InvoiceCharged():
-                return replace(
-                    state, open_balance=event.open_balance, open_invoices=(*state.open_invoices, event.invoice_id)
-                )
+                return replace(state, open_balance=event.open_balance, charged=(*state.charged, event.invoice_id))
             case InvoiceSettled():
-                return replace(
-                    state,
-                    open_balance=event.open_balance,
-                    open_invoices=tuple(i for i in state.open_invoices if i != event.invoice_id),
-                    settled_invoices=(*state.settled_invoices, event.invoice_id),
-                )
+                return replace(state, open_balance=event.open_balance, settled=(*state.settled, event.invoice_id))
         raise TypeError(f"not a customers event: {type(event).__name__}")
