@@ -109,6 +109,11 @@ def policy_group(policy: str) -> str:
     return f"foldline.policy.{policy}"
 
 
+def policy_restore_group(policy: str) -> str:
+    """The group id of a policy worker's restore consumer: never joined, never committed."""
+    return policy_group(policy) + ".restore"
+
+
 def restore_group(aggregate: str) -> str:
     """The group id of the handlers' restore consumers: never joined, never committed."""
     return handler_group(aggregate) + ".restore"

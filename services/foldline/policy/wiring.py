@@ -12,7 +12,7 @@ from foldline.policies import PolicySpec
 from foldline.policy.engine import PolicyWorker
 from foldline.settings import PolicySettings
 from foldline.store.base import StateStore, open_state_store
-from foldline.topics import policy_group
+from foldline.topics import policy_group, policy_restore_group
 
 
 def build_policy_worker(spec: PolicySpec, settings: PolicySettings) -> PolicyWorker:
@@ -29,7 +29,7 @@ def build_policy_worker(spec: PolicySpec, settings: PolicySettings) -> PolicyWor
         producer = Producer(
             transactional_producer_config(settings.kafka, f"foldline.policy.{spec.name}.{settings.instance_id}")
         )
-        restore = Consumer(restore_consumer_config(settings.kafka, group + ".restore"))
+        restore = Consumer(restore_consumer_config(settings.kafka, policy_restore_group(spec.name)))
     except KafkaException as exc:
         raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
     return PolicyWorker(
