@@ -158,6 +158,7 @@ def start_policy(
     instance: str,
     log_dir: Path,
     extra_env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> HandlerProcess:
     """``foldline policy`` as a real child process."""
     env = {
@@ -174,7 +175,7 @@ def start_policy(
     log = log_dir / f"policy-{instance}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "foldline.cli", "policy", "--policy", policy_path],
+            [sys.executable, "-m", "foldline.cli", "policy", "--policy", policy_path, *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

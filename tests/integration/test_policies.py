@@ -297,3 +297,29 @@ def test_poison_events_and_a_failing_react_become_dead_letters_and_the_partition
     assert "NoSuchEvent" in letters[1]["error"]["message"]
     # INV-BOOM's later events (it was never linked to a customer) emit nothing; nothing stops the partition.
     assert worker.dead_letters == 3 and worker.emitted == 1
+
+
+def test_the_cli_creates_the_policy_topics_and_refuses_missing_sources(
+    kafka_bootstrap, kafka_admin, unique_name, tmp_path
+):
+    from foldline.topics import describe_partitions
+
+    invoices, customers, policy = unique_name("inv"), unique_name("cust"), unique_name("charge")
+    path = named_policies.path("charge", policy, invoices, customers)
+    early = start_policy(kafka_bootstrap, path, tmp_path / "s", "early", tmp_path, args=("--create-topics",))
+    assert early.proc.wait(60) == 2  # a PermanentError: the source events topic does not exist yet
+    assert "source events topics do not exist" in early.log.read_text()
+    ensure_topics(kafka_admin, aggregate_topics(invoices, 5))
+    worker = start_policy(kafka_bootstrap, path, tmp_path / "s", "w", tmp_path, args=("--create-topics",))
+    try:
+        names = PolicyTopics(policy)
+        deadline = time.monotonic() + 60
+        while "policy worker started" not in worker.log.read_text():
+            assert worker.alive() and time.monotonic() < deadline, worker.log.read_text()
+            time.sleep(0.2)
+        assert describe_partitions(kafka_admin, [names.state(invoices), names.dead_letters]) == {
+            names.state(invoices): 5,
+            names.dead_letters: 5,
+        }
+    finally:
+        assert worker.terminate() == 0
