@@ -28,7 +28,17 @@ from foldline.errors import (
 )
 from foldline.ids import AggregateId, CommandId, Version
 from foldline.partitioner import murmur2, partition_for
-from foldline.policies import Emit, Happened, Policy, PolicySpec, Reaction, load_policy, policy_command_id
+from foldline.policies import (
+    Cancel,
+    Emit,
+    Happened,
+    Policy,
+    PolicySpec,
+    Reaction,
+    Schedule,
+    load_policy,
+    policy_command_id,
+)
 from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord, Status
 from foldline.settings import HandlerSettings, KafkaSettings
 from foldline.topics import Retention, TopicNames, aggregate_topics, delete_topics, ensure_topics
@@ -42,6 +52,7 @@ __all__ = [
     "AggregateId",
     "AggregateSpec",
     "BrokerUnavailableError",
+    "Cancel",
     "CommandEnvelope",
     "CommandError",
     "CommandId",
@@ -64,6 +75,7 @@ __all__ = [
     "Rejection",
     "Retention",
     "RetryableError",
+    "Schedule",
     "SnapshotRecord",
     "Status",
     "StoreCorruptedError",

@@ -11,12 +11,14 @@ A policy reads the events of its ``sources`` and returns commands for its ``targ
         def initial_state(self) -> InvoiceLink: ...
         def react(self, state: InvoiceLink, event: Happened) -> Reaction: ...
 
-``react(state, event) -> (state, [Emit(...)])``. The state is kept per source aggregate instance (the
-key of the event), so it lives on the same partition as the events that fold it: the worker keeps it
-in a partitioned local store with a compacted changelog, as the command handler keeps aggregates. An
-``Emit`` names the target aggregate instance and a command of one of the ``targets``; the worker finds
-the target from the command's class and gives each command a deterministic id (``policy_command_id``),
-so a replay emits the same ids and the target's deduplication answers them.
+``react(state, event) -> (state, [Emit(...)])``; besides ``Emit`` it may return ``Schedule`` (a command
+due at a time: a deadline) and ``Cancel`` (drop a pending deadline). The state is kept per source
+aggregate instance (the key of the event), so it lives on the same partition as the events that fold
+it: the worker keeps it in a partitioned local store with a compacted changelog, as the command
+handler keeps aggregates. An ``Emit`` names the target aggregate instance and a command of one of the
+``targets``; the worker finds the target from the command's class and gives each command a
+deterministic id (``policy_command_id``), so a replay emits the same ids and the target's
+deduplication answers them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 from foldline.aggregate import _NAME, STATE, Aggregate, AggregateSpec, Upcaster, load_object, type_name
@@ -53,7 +56,24 @@ class Emit:
     expected_version: int | None = None
 
 
-Reaction = tuple[Any, Sequence[Emit]]
+@dataclass(frozen=True)
+class Schedule:
+    """Emit ``emit`` once at ``at`` (an aware datetime) unless cancelled first; a later ``Schedule`` of the
+    same ``name`` for the same source aggregate replaces it. Kept in the policy's store and changelog."""
+
+    name: str
+    at: datetime
+    emit: Emit
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Drop the deadline ``name`` of this source aggregate, if it is still pending."""
+
+    name: str
+
+
+Reaction = tuple[Any, Sequence[Emit | Schedule | Cancel]]
 
 
 class Policy(Generic[S]):
@@ -74,10 +94,10 @@ class Policy(Generic[S]):
     def react(self, state: S, event: Happened) -> Reaction:
         raise NotImplementedError
 
-    def run(self, events: Sequence[Happened], state: S | None = None) -> tuple[S, list[Emit]]:
-        """Every command the events produce, in order, and the state after them (for tests)."""
+    def run(self, events: Sequence[Happened], state: S | None = None) -> tuple[S, list[Emit | Schedule | Cancel]]:
+        """Everything the events produce (commands, deadlines), in order, and the state after them (for tests)."""
         current = self.initial_state() if state is None else state
-        emitted: list[Emit] = []
+        emitted: list[Emit | Schedule | Cancel] = []
         for event in events:
             current, commands = self.react(current, event)
             emitted.extend(commands)

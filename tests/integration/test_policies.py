@@ -10,13 +10,15 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from datetime import UTC
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from foldline import AggregateSpec, EventRecord, Happened, PolicySpec, policy_command_id
-from foldline.examples.invoices import ChargeOnSend, Customers, InvoiceCreated, InvoiceLink
+from foldline.examples.invoices import ChargeOnSend, Customers, InvoiceCreated, InvoiceLink, Invoices, InvoiceSent
 from foldline.policy import PolicyWorker, build_policy_worker
 from foldline.records import CommandEnvelope, Status, loads
 from foldline.settings import KafkaSettings, PolicySettings
@@ -323,3 +325,118 @@ def test_the_cli_creates_the_policy_topics_and_refuses_missing_sources(
         }
     finally:
         assert worker.terminate() == 0
+
+
+def run_worker(policy_cls, bootstrap: str, state_dir: Path, clock) -> tuple[PolicyWorker, threading.Thread]:
+    worker = build_policy_worker(
+        PolicySpec(policy_cls()),
+        PolicySettings(
+            kafka=KafkaSettings(bootstrap_servers=bootstrap),
+            state_dir=state_dir,
+            instance_id=uuid.uuid4().hex[:8],
+            commit_interval_ms=20,
+        ),
+        clock=clock,
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def overdue_results(bootstrap: str, invoices: str) -> list:
+    return [r for r in results(bootstrap, invoices) if r.command_id.startswith("overdue-")]
+
+
+def test_a_deadline_fires_once_after_a_restart_and_a_rebalance_and_not_after_payment(
+    kafka_bootstrap, kafka_admin, unique_name, run_handler, tmp_path
+):
+    from datetime import UTC, datetime
+
+    from foldline.examples.invoices import OverdueOnDueDate
+
+    invoices, policy = unique_name("inv"), unique_name("overdue")
+    ensure_topics(kafka_admin, aggregate_topics(invoices, 2))
+    ensure_topics(kafka_admin, policy_topics(policy, {invoices: 2}))
+    inv_cls = type(f"Invoices_{invoices}", (Invoices,), {"name": invoices})
+    policy_cls = type("Overdue", (OverdueOnDueDate,), {"name": policy, "sources": (inv_cls,), "targets": (inv_cls,)})
+    run_handler(inv_cls(), commit_interval_ms=10)
+    now = [datetime(2026, 11, 20, tzinfo=UTC)]  # the test's clock: before the due date (2026-12-01)
+
+    first = run_worker(policy_cls, kafka_bootstrap, tmp_path / "first", lambda: now[0])
+    unpaid = [f"LATE-{i}" for i in range(6)]
+    flows = [invoice_flow(i, "cust-1", 1000, False) for i in unpaid]
+    flows += [invoice_flow(f"PAID-{i}", "cust-1", 1000, True) for i in range(6)]
+    sent = [c for flow in flows for c in flow]
+    send(kafka_bootstrap, TopicNames(invoices).commands, sent)
+    wait_for_results(kafka_bootstrap, invoices, len(sent))
+    committed_to_the_end(kafka_bootstrap, policy_group(policy), TopicNames(invoices).events, 2)
+    time.sleep(1)  # the loop keeps checking deadlines: none is due yet
+    first[0].stop()
+    first[1].join(60)
+    assert first[0].deadlines_fired == 0 and overdue_results(kafka_bootstrap, invoices) == []
+
+    # After the due date, a restart on an empty disk (state restored from the changelog), then a second
+    # worker joins (a rebalance): each deadline fires once, wherever its partition lands.
+    now[0] = datetime(2026, 12, 2, 0, 0, 1, tzinfo=UTC)
+    workers = [run_worker(policy_cls, kafka_bootstrap, tmp_path / "second", lambda: now[0])]
+    try:
+        time.sleep(2)
+        workers.append(run_worker(policy_cls, kafka_bootstrap, tmp_path / "third", lambda: now[0]))
+        deadline = time.monotonic() + 90
+        while len(overdue_results(kafka_bootstrap, invoices)) < len(unpaid):
+            assert time.monotonic() < deadline, overdue_results(kafka_bootstrap, invoices)
+            time.sleep(0.5)
+        time.sleep(3)  # both keep checking: nothing fires a second time
+    finally:
+        for worker, _ in workers:
+            worker.stop()
+        for _, thread in workers:
+            thread.join(60)
+    got = overdue_results(kafka_bootstrap, invoices)
+    assert sorted(r.aggregate_id for r in got) == unpaid
+    assert all(r.status == Status.ACCEPTED and not r.duplicate for r in got)
+    assert {r.command_id for r in got} == {policy_command_id(policy, invoices, i, 3, 0) for i in unpaid}
+    overdue_events = [
+        EventRecord.from_bytes(m.value()).aggregate_id
+        for m in read_topic(kafka_bootstrap, TopicNames(invoices).events)
+        if EventRecord.from_bytes(m.value()).type == "InvoiceOverdue"
+    ]
+    assert sorted(overdue_events) == unpaid
+
+
+def test_a_deadline_fires_by_the_wall_clock(kafka_bootstrap, kafka_admin, unique_name, run_handler, tmp_path):
+    """A real clock: due a few seconds after the invoice was sent (the event's own time, so react stays pure)."""
+    from datetime import datetime, timedelta
+
+    from foldline import Emit, Schedule
+    from foldline.examples.invoices import MarkOverdue, OverdueOnDueDate
+
+    class Soon(OverdueOnDueDate):
+        def react(self, state, event: Happened):
+            if isinstance(event.event, InvoiceSent):
+                at = datetime.fromisoformat(event.recorded_at.replace("Z", "+00:00")) + timedelta(seconds=4)
+                return state, [Schedule("overdue", at, Emit(event.aggregate_id, MarkOverdue()))]
+            return super().react(state, event)
+
+    invoices, policy = unique_name("inv"), unique_name("overdue")
+    ensure_topics(kafka_admin, aggregate_topics(invoices, 1))
+    ensure_topics(kafka_admin, policy_topics(policy, {invoices: 1}))
+    inv_cls = type(f"Invoices_{invoices}", (Invoices,), {"name": invoices})
+    policy_cls = type("SoonNamed", (Soon,), {"name": policy, "sources": (inv_cls,), "targets": (inv_cls,)})
+    run_handler(inv_cls(), commit_interval_ms=10)
+    worker, thread = run_worker(policy_cls, kafka_bootstrap, tmp_path / "w", lambda: datetime.now(UTC))
+    try:
+        sent = invoice_flow("LATE", "c", 500, False) + invoice_flow("PAID", "c", 500, True)
+        send(kafka_bootstrap, TopicNames(invoices).commands, sent)
+        wait_for_results(kafka_bootstrap, invoices, len(sent))
+        deadline = time.monotonic() + 60
+        while not overdue_results(kafka_bootstrap, invoices):
+            assert time.monotonic() < deadline, "the deadline did not fire"
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        worker.stop()
+        thread.join(60)
+    got = overdue_results(kafka_bootstrap, invoices)
+    assert [(r.aggregate_id, r.status) for r in got] == [("LATE", Status.ACCEPTED)]
+    assert worker.deadlines_fired == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import structlog
@@ -43,7 +44,9 @@ class PolicyWorker:
         producer: Producer,
         restore_consumer: Consumer,
         open_partition_store: Callable[[str, int], StateStore],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.clock = clock
         self.spec = spec
         self.settings = settings
         self.topics = PolicyTopics(spec.name)
@@ -68,6 +71,8 @@ class PolicyWorker:
         #: Totals since start, for logs and tests.
         self.emitted = 0
         self.dead_letters = 0
+        self.deadlines_fired = 0
+        self._next_deadline_check = 0.0
 
     @property
     def consumer(self) -> Consumer:
@@ -111,6 +116,7 @@ class PolicyWorker:
     def _restore(self, task: PolicyTask) -> None:
         topic = self.topics.state(task.source.name)
         count = restore_partition(self.restore_consumer, topic, task.partition, task.store)
+        task.index_deadlines()
         if count:
             log.info("store restored", policy=self.spec.name, topic=topic, partition=task.partition, records=count)
 
@@ -133,18 +139,29 @@ class PolicyWorker:
     def poll_once(self) -> int:
         self._last_loop = time.monotonic()
         batch = self.group.next_batch(self.settings.max_batch, self.settings.commit_interval_ms / 1000.0)
-        if batch:
-            self._process(batch)
+        # Deadlines are checked at most every commit interval (a wall-clock resolution well below a second).
+        due = False
+        if time.monotonic() >= self._next_deadline_check:
+            self._next_deadline_check = time.monotonic() + self.settings.commit_interval_ms / 1000.0
+            due = any(task.deadline_keys for task in self.tasks.values())
+        if batch or due:
+            self._process(batch, fire=due)
         return len(batch)
 
-    def _process(self, batch: list[Message]) -> None:
+    def _process(self, batch: list[Message], *, fire: bool = False) -> None:
         first_offsets: dict[Slot, int] = {}
         next_offsets: dict[Slot, int] = {}
-        emitted = letters = 0
+        emitted = letters = fired = 0
         for task in self.tasks.values():
             task.begin_batch()
         try:
             self._call(self.producer.begin_transaction)
+            if fire:  # deadlines first: a command due now precedes what this batch's events emit
+                now = self.clock()
+                for task in self.tasks.values():
+                    for command in task.fire(now):
+                        self._send(command.topic, command.key, command.value, None)
+                        fired += 1
             for msg in batch:
                 slot = (cast(str, msg.topic()), cast(int, msg.partition()))
                 found = self.tasks.get(slot)
@@ -165,17 +182,21 @@ class PolicyWorker:
                 if outcome.dead_letter is not None:
                     self._send(self.topics.dead_letters, msg.key(), outcome.dead_letter, None)
                     letters += 1
-            snapshots = {slot: self.tasks[slot].snapshots() for slot in next_offsets}
+            touched = set(next_offsets) | {slot for slot, task in self.tasks.items() if task.dirty()}
+            snapshots = {slot: self.tasks[slot].snapshots() for slot in touched}
             for slot, items in snapshots.items():
                 state_topic = self.topics.state(self.tasks[slot].source.name)
                 for key, value in items:
                     self._send(state_topic, key, value, slot[1], self._on_state_record)
             offsets = [TopicPartition(topic, p, o) for (topic, p), o in next_offsets.items()]
-            self._call(self.producer.send_offsets_to_transaction, offsets, self.consumer.consumer_group_metadata())
+            if offsets:
+                self._call(self.producer.send_offsets_to_transaction, offsets, self.consumer.consumer_group_metadata())
             self._call(self.producer.flush)
             self._commit()
         except _Abort as abort:
             self._abort(first_offsets, abort.cause)
+            for task in self.tasks.values():
+                task.discard()  # fired deadlines too: they stay pending and fire in a later transaction
             return
         for slot, items in snapshots.items():
             task = self.tasks[slot]
@@ -184,6 +205,9 @@ class PolicyWorker:
             task.committed(items, last + 1)
         self.emitted += emitted
         self.dead_letters += letters
+        self.deadlines_fired += fired
+        if fired:
+            log.info("deadlines fired", policy=self.spec.name, commands=fired)
 
     def _send(
         self,

@@ -5,6 +5,11 @@ and keeps the touched state entries *dirty*; the worker writes one state record 
 into the changelog, commits, and only then calls ``committed`` so the local store takes them. If the
 transaction aborts, ``discard`` forgets everything since the last commit.
 
+Deadlines (``Schedule``) are kept in the key's entry, so in the store and the changelog with the state:
+a state record's ``recent`` list holds a policy's pending deadlines, each with the command it will emit
+already encoded (its id fixed when scheduled). ``fire(now)`` takes the due ones out and returns their
+commands; the worker commits them with the entries' new records, so a deadline fires once.
+
 Each key's entry remembers the version of the last source event handled, so an event read again (a
 replay, a rewind after an abort) emits nothing; an emitted command's id is derived from the event, so
 even a replay without state emits the ids the target has already answered.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -21,7 +27,7 @@ import structlog
 from foldline.aggregate import AggregateSpec
 from foldline.errors import StoreCorruptedError
 from foldline.ids import AggregateId, CommandId
-from foldline.policies import Emit, Happened, PolicySpec, policy_command_id
+from foldline.policies import Cancel, Emit, Happened, PolicySpec, Schedule, policy_command_id
 from foldline.records import CommandEnvelope, EventRecord, SnapshotRecord, dead_letter, now_iso
 from foldline.store.base import StateStore
 from foldline.topics import TopicNames
@@ -35,6 +41,8 @@ class Entry:
 
     version: int
     state: Any
+    #: Pending deadlines by name: ``{"name", "at" (ISO 8601 UTC), "topic", "key", "value", "command_id"}``.
+    deadlines: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,8 @@ class PolicyTask:
         self._clock = clock
         self._now = clock()
         self._dirty: dict[str, Entry] = {}
+        #: Keys that may have pending deadlines (a superset: rebuilt from the store on restore).
+        self.deadline_keys: set[str] = set()
         self.needs_catch_up = True  # re-read the changelog once offsets are stable (see the worker)
 
     def load(self, aggregate_id: str) -> Entry:
@@ -83,7 +93,8 @@ class PolicyTask:
             return Entry(0, self.spec.policy.initial_state())
         try:
             snap = SnapshotRecord.from_bytes(raw)
-            return Entry(snap.version, self.spec.decode_state(snap.schema_version, snap.state))
+            deadlines = {str(d["name"]): dict(d) for d in snap.recent}
+            return Entry(snap.version, self.spec.decode_state(snap.schema_version, snap.state), deadlines)
         except Exception as exc:
             raise StoreCorruptedError(
                 f"policy {self.spec.name}, {self.topic}[{self.partition}]: cannot read a stored state: {exc}"
@@ -105,17 +116,77 @@ class PolicyTask:
         happened = Happened(self.source.name, record.aggregate_id, record.version, event, record.recorded_at)
         try:
             state, emits = self.spec.policy.react(entry.state, happened)
-            commands = [self._command(record, i, emit) for i, emit in enumerate(emits)]
+            deadlines = dict(entry.deadlines)
+            commands = []
+            for i, item in enumerate(emits):
+                if isinstance(item, Schedule):
+                    deadlines[item.name] = self._deadline(record, i, item)
+                elif isinstance(item, Cancel):
+                    deadlines.pop(item.name, None)
+                else:
+                    commands.append(self._command(record, i, item))
             # Encoded here so a state that cannot be written fails this event, not the batch's snapshot.
             self.spec.encode_state(state)
         except Exception as exc:  # the policy's own bug must not stop the partition
             message = _describe(exc)
             log.warning("react failed", policy=self.spec.name, aggregate_id=record.aggregate_id, version=record.version)
             # Handled all the same: a replay must not emit for it later, when the state has moved on.
-            self._dirty[record.aggregate_id] = Entry(record.version, entry.state)
+            self._dirty[record.aggregate_id] = Entry(record.version, entry.state, entry.deadlines)
             return Outcome(dead_letter=self._letter(key, value, offset, "react_failed", message))
-        self._dirty[record.aggregate_id] = Entry(record.version, state)
+        self._dirty[record.aggregate_id] = Entry(record.version, state, deadlines)
+        if deadlines:
+            self.deadline_keys.add(record.aggregate_id)
         return Outcome(commands)
+
+    def _deadline(self, record: EventRecord, index: int, item: Schedule) -> dict[str, str]:
+        if not isinstance(item.name, str) or not item.name:
+            raise ValueError(f"a deadline needs a non-empty name, got {item.name!r}")
+        if not isinstance(item.at, datetime) or item.at.tzinfo is None:
+            raise ValueError(f"a deadline's time must be an aware datetime, got {item.at!r}")
+        command = self._command(record, index, item.emit)
+        return {
+            "name": item.name,
+            "at": item.at.astimezone(UTC).isoformat(),
+            "topic": command.topic,
+            "key": command.key.decode(),
+            "value": command.value.decode(),
+            "command_id": command.command_id,
+        }
+
+    # -- deadlines -----------------------------------------------------------------------------------
+    def index_deadlines(self) -> None:
+        """Find the keys with pending deadlines in the store (after a restore): one scan of the partition."""
+        self.deadline_keys.clear()
+        for key, raw in self.store.items():
+            try:
+                pending = bool(SnapshotRecord.from_bytes(raw).recent)
+            except Exception:
+                pending = True  # load() will say what is wrong with it, with the partition's name
+            if pending:
+                self.deadline_keys.add(key.decode())
+
+    def pending(self) -> int:
+        """How many deadlines this partition holds (reads every key that may have one)."""
+        return sum(len(self.load(key).deadlines) for key in self.deadline_keys)
+
+    def fire(self, now: datetime) -> list[Command]:
+        """Take the deadlines due at ``now`` out of their entries and return their commands."""
+        out: list[Command] = []
+        for key in sorted(self.deadline_keys):
+            entry = self.load(key)
+            due = [d for d in entry.deadlines.values() if datetime.fromisoformat(d["at"]) <= now]
+            if not due:
+                if not entry.deadlines:
+                    self.deadline_keys.discard(key)
+                continue
+            left = {name: d for name, d in entry.deadlines.items() if datetime.fromisoformat(d["at"]) > now}
+            self._dirty[key] = Entry(entry.version, entry.state, left)
+            for d in sorted(due, key=lambda d: (d["at"], d["name"])):
+                out.append(Command(d["topic"], d["key"].encode(), d["value"].encode(), d["command_id"]))
+        return out
+
+    def dirty(self) -> bool:
+        return bool(self._dirty)
 
     def _command(self, record: EventRecord, index: int, emit: Emit) -> Command:
         if not isinstance(emit, Emit):
@@ -150,7 +221,7 @@ class PolicyTask:
                 entry.version,
                 self.spec.encode_state(entry.state),
                 self.spec.state_version,
-                (),
+                tuple(entry.deadlines[name] for name in sorted(entry.deadlines)),
                 self._now,
             )
             out.append((aggregate_id.encode(), record.to_bytes()))

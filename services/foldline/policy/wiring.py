@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -15,7 +17,10 @@ from foldline.store.base import StateStore, open_state_store
 from foldline.topics import policy_group, policy_restore_group
 
 
-def build_policy_worker(spec: PolicySpec, settings: PolicySettings) -> PolicyWorker:
+def build_policy_worker(
+    spec: PolicySpec, settings: PolicySettings, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> PolicyWorker:
+    """``clock`` tells deadlines the time: the wall clock, or a test's own."""
     group = policy_group(spec.name)
     state_root = Path(settings.state_dir) / "policy" / spec.name
 
@@ -39,4 +44,5 @@ def build_policy_worker(spec: PolicySpec, settings: PolicySettings) -> PolicyWor
         producer=producer,
         restore_consumer=restore,
         open_partition_store=new_store,
+        clock=clock,
     )
