@@ -65,13 +65,14 @@ def test_a_deadline_fires_once_and_survives_a_restart(tmp_path):
     t.close()
 
     t = task(tmp_path / "s")  # a restart: the deadline is found in the store
-    assert t.deadline_keys == {"INV-1"}
+    assert t.deadline_keys == {"INV-1": AFTER.replace(second=0)}
+    assert not t.due(BEFORE) and t.due(AFTER)
     [fired] = t.fire(AFTER)
     envelope = CommandEnvelope.from_bytes(fired.value)
     assert (fired.topic, fired.key, envelope.type) == ("invoices.commands", b"INV-1", "MarkOverdue")
     assert envelope.command_id == "invoice-overdue:invoices:INV-1:3:0"
     commit(t)
-    assert t.fire(AFTER) == []
+    assert t.fire(AFTER) == [] and not t.due(AFTER)
     t.close()
     t = task(tmp_path / "s")
     assert t.fire(AFTER) == [] and t.pending() == 0
@@ -83,5 +84,7 @@ def test_an_aborted_firing_fires_again(tmp_path):
         t.handle(b"k", value, offset)
     commit(t)
     assert len(t.fire(AFTER)) == 1
-    t.discard()  # the transaction aborted
+    assert not t.due(AFTER)
+    t.discard()  # the transaction aborted: the deadline is pending again
+    assert t.due(AFTER)
     assert len(t.fire(AFTER)) == 1

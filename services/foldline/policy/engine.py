@@ -143,7 +143,8 @@ class PolicyWorker:
         due = False
         if time.monotonic() >= self._next_deadline_check:
             self._next_deadline_check = time.monotonic() + self.settings.commit_interval_ms / 1000.0
-            due = any(task.deadline_keys for task in self.tasks.values())
+            now = self.clock()
+            due = any(task.due(now) for task in self.tasks.values())
         if batch or due:
             self._process(batch, fire=due)
         return len(batch)

@@ -80,8 +80,9 @@ class PolicyTask:
         self._clock = clock
         self._now = clock()
         self._dirty: dict[str, Entry] = {}
-        #: Keys that may have pending deadlines (a superset: rebuilt from the store on restore).
-        self.deadline_keys: set[str] = set()
+        #: The earliest pending deadline of each key that has one (rebuilt from the store on restore), so
+        #: the worker's frequent "anything due?" check reads no store.
+        self.deadline_keys: dict[str, datetime] = {}
         self.needs_catch_up = True  # re-read the changelog once offsets are stable (see the worker)
 
     def load(self, aggregate_id: str) -> Entry:
@@ -134,9 +135,14 @@ class PolicyTask:
             self._dirty[record.aggregate_id] = Entry(record.version, entry.state, entry.deadlines)
             return Outcome(dead_letter=self._letter(key, value, offset, "react_failed", message))
         self._dirty[record.aggregate_id] = Entry(record.version, state, deadlines)
-        if deadlines:
-            self.deadline_keys.add(record.aggregate_id)
+        self._index(record.aggregate_id, deadlines)
         return Outcome(commands)
+
+    def _index(self, key: str, deadlines: dict[str, dict[str, str]]) -> None:
+        if deadlines:
+            self.deadline_keys[key] = min(datetime.fromisoformat(d["at"]) for d in deadlines.values())
+        else:
+            self.deadline_keys.pop(key, None)
 
     def _deadline(self, record: EventRecord, index: int, item: Schedule) -> dict[str, str]:
         if not isinstance(item.name, str) or not item.name:
@@ -159,11 +165,16 @@ class PolicyTask:
         self.deadline_keys.clear()
         for key, raw in self.store.items():
             try:
-                pending = bool(SnapshotRecord.from_bytes(raw).recent)
-            except Exception:
-                pending = True  # load() will say what is wrong with it, with the partition's name
-            if pending:
-                self.deadline_keys.add(key.decode())
+                recent = SnapshotRecord.from_bytes(raw).recent
+                self._index(key.decode(), {str(d["name"]): d for d in recent})
+            except Exception as exc:
+                raise StoreCorruptedError(
+                    f"policy {self.spec.name}, {self.topic}[{self.partition}]: cannot read a stored state: {exc}"
+                ) from exc
+
+    def due(self, now: datetime) -> bool:
+        """Whether a deadline is due at ``now`` (from memory: no store read)."""
+        return any(at <= now for at in self.deadline_keys.values())
 
     def pending(self) -> int:
         """How many deadlines this partition holds (reads every key that may have one)."""
@@ -172,14 +183,13 @@ class PolicyTask:
     def fire(self, now: datetime) -> list[Command]:
         """Take the deadlines due at ``now`` out of their entries and return their commands."""
         out: list[Command] = []
-        for key in sorted(self.deadline_keys):
+        for key in sorted(k for k, at in self.deadline_keys.items() if at <= now):
             entry = self.load(key)
             due = [d for d in entry.deadlines.values() if datetime.fromisoformat(d["at"]) <= now]
-            if not due:
-                if not entry.deadlines:
-                    self.deadline_keys.discard(key)
-                continue
             left = {name: d for name, d in entry.deadlines.items() if datetime.fromisoformat(d["at"]) > now}
+            self._index(key, left)
+            if not due:
+                continue
             self._dirty[key] = Entry(entry.version, entry.state, left)
             for d in sorted(due, key=lambda d: (d["at"], d["name"])):
                 out.append(Command(d["topic"], d["key"].encode(), d["value"].encode(), d["command_id"]))
@@ -233,7 +243,12 @@ class PolicyTask:
         self._dirty.clear()
 
     def discard(self) -> None:
+        """The transaction aborted: forget its changes; the deadlines of the keys it touched are indexed
+        again from the store (a deadline it fired is pending again)."""
+        keys = list(self._dirty)
         self._dirty.clear()
+        for key in keys:
+            self._index(key, self.load(key).deadlines)
 
     def close(self) -> None:
         self._dirty.clear()
