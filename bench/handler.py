@@ -22,10 +22,10 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, rss_mb, wait_until
-from foldline.handler.restore import restore_partition
 from foldline.ids import AggregateId, CommandId
 from foldline.records import CommandEnvelope, CommandResult, SnapshotRecord
 from foldline.store.base import open_state_store, store_kinds
+from foldline.store.restore import restore_partition
 from foldline.topics import TopicNames
 
 CREATE = {"customer": "ACME Corporation", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}

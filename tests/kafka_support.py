@@ -149,3 +149,35 @@ def start_handler(
             stderr=subprocess.STDOUT,
         )
     return HandlerProcess(proc, log)
+
+
+def start_policy(
+    bootstrap: str,
+    policy_path: str,
+    state_dir: Path,
+    instance: str,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> HandlerProcess:
+    """``foldline policy`` as a real child process."""
+    env = {
+        **os.environ,
+        "FOLDLINE_KAFKA_BOOTSTRAP": bootstrap,
+        "FOLDLINE_STATE_DIR": str(state_dir),
+        "FOLDLINE_INSTANCE_ID": instance,
+        "FOLDLINE_HTTP_PORT": "0",
+        "FOLDLINE_LOG_FORMAT": "json",
+        "FOLDLINE_COMMIT_INTERVAL_MS": "20",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        **(extra_env or {}),
+    }
+    log = log_dir / f"policy-{instance}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "foldline.cli", "policy", "--policy", policy_path, *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return HandlerProcess(proc, log)

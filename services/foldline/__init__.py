@@ -1,7 +1,8 @@
 """foldline: event sourcing on Apache Kafka.
 
 ``state = fold(events, empty)``: declare an aggregate's commands, events and fold, and foldline runs
-it exactly once on Kafka, projects it into tables, and serves it over HTTP.
+it exactly once on Kafka, projects it into tables, and serves it over HTTP; a ``Policy`` reacts to one
+aggregate's events with commands for another, exactly once.
 """
 
 from foldline.aggregate import STATE, Aggregate, AggregateSpec, Decision, Rejection, Upcaster, load_aggregate
@@ -29,6 +30,17 @@ from foldline.errors import (
 )
 from foldline.ids import AggregateId, CommandId, Version
 from foldline.partitioner import murmur2, partition_for
+from foldline.policies import (
+    Cancel,
+    Emit,
+    Happened,
+    Policy,
+    PolicySpec,
+    Reaction,
+    Schedule,
+    load_policy,
+    policy_command_id,
+)
 from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord, Status
 from foldline.settings import HandlerSettings, KafkaSettings
 from foldline.topics import Retention, TopicNames, aggregate_topics, delete_topics, ensure_topics
@@ -42,6 +54,7 @@ __all__ = [
     "AggregateId",
     "AggregateSpec",
     "BrokerUnavailableError",
+    "Cancel",
     "CommandEnvelope",
     "CommandError",
     "CommandId",
@@ -50,16 +63,22 @@ __all__ = [
     "ConfigurationError",
     "Decision",
     "DecodeError",
+    "Emit",
     "EventRecord",
     "FoldlineError",
     "HandlerSettings",
+    "Happened",
     "KafkaAuthenticationError",
     "KafkaFatalError",
     "KafkaSettings",
     "PermanentError",
+    "Policy",
+    "PolicySpec",
+    "Reaction",
     "Rejection",
     "Retention",
     "RetryableError",
+    "Schedule",
     "SnapshotRecord",
     "Status",
     "StoreCorruptedError",
@@ -79,7 +98,9 @@ __all__ = [
     "ensure_topics",
     "from_json",
     "load_aggregate",
+    "load_policy",
     "murmur2",
     "partition_for",
+    "policy_command_id",
     "to_json",
 ]

@@ -20,6 +20,7 @@ Command = Callable[[argparse.Namespace], int]
 #: Modules that add subcommands through ``register(subparsers)``; one per area of the runtime.
 _REGISTRARS: tuple[str, ...] = (
     "foldline.handler.cli",
+    "foldline.policy.cli",
     "foldline.cli_client",
     "foldline.cli_history",
     "foldline.demo",

@@ -221,6 +221,32 @@ class HandlerSettings(_Changeable):
 
 
 @dataclass(frozen=True)
+class PolicySettings(_Changeable):
+    """The policy worker's knobs (the same variables as the command handler's, where they mean the same)."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    state_dir: Path = Path(".cache/state")
+    store: str = "rocksdb"
+    commit_interval_ms: int = 100
+    max_batch: int = 2000
+    http_port: int = 8080
+    instance_id: str = field(default_factory=socket.gethostname)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if env is None else env
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            state_dir=Path(env_str(env, "STATE_DIR", str(cls.state_dir))),
+            store=env_choice(env, "STORE", "rocksdb", ("rocksdb", "lmdb", "sqlite")),
+            commit_interval_ms=env_int(env, "COMMIT_INTERVAL_MS", cls.commit_interval_ms, minimum=1),
+            max_batch=env_int(env, "MAX_BATCH", cls.max_batch, minimum=1),
+            http_port=env_int(env, "HTTP_PORT", cls.http_port),
+            instance_id=env_str(env, "INSTANCE_ID", socket.gethostname()),
+        )
+
+
+@dataclass(frozen=True)
 class ProjectorSettings(_Changeable):
     """The projector's knobs. ``database`` is ``sqlite:///path.db`` or ``postgresql://...``."""
 

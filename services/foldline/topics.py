@@ -51,10 +51,67 @@ class TopicNames:
         return (self.commands, self.results, self.events, self.snapshots, self.dead_letters)
 
 
+@dataclass(frozen=True)
+class PolicyTopics:
+    """The topics a policy owns: a compacted state changelog per source aggregate, and its dead letters.
+
+    A state topic has as many partitions as its source's events topic: state partition p holds the
+    state of the aggregates whose events are on events partition p.
+    """
+
+    policy: str
+
+    def state(self, source: str) -> str:
+        return f"policy.{self.policy}.{source}.state"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"policy.{self.policy}.dead-letters"
+
+
+def policy_topics(
+    policy: str,
+    source_partitions: Mapping[str, int],
+    replication_factor: int = 1,
+    retention: Retention | None = None,
+) -> list[TopicSpec]:
+    """The specs of a policy's topics, given each source aggregate's partition count."""
+    r = retention or Retention()
+    names = PolicyTopics(policy)
+    specs = [
+        TopicSpec(
+            names.state(source),
+            partitions,
+            replication_factor,
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        )
+        for source, partitions in source_partitions.items()
+    ]
+    specs.append(
+        TopicSpec(
+            names.dead_letters,
+            max(source_partitions.values(), default=1),
+            replication_factor,
+            {"cleanup.policy": "delete", "retention.ms": str(r.dead_letters_ms)},
+        )
+    )
+    return specs
+
+
 # -- consumer groups ------------------------------------------------------------------------------------
 def handler_group(aggregate: str) -> str:
     """The consumer group of an aggregate's command handlers (offsets commit inside its transactions)."""
     return f"foldline.{aggregate}.command-handler"
+
+
+def policy_group(policy: str) -> str:
+    """The consumer group of a policy's workers (offsets commit inside their transactions)."""
+    return f"foldline.policy.{policy}"
+
+
+def policy_restore_group(policy: str) -> str:
+    """The group id of a policy worker's restore consumer: never joined, never committed."""
+    return policy_group(policy) + ".restore"
 
 
 def restore_group(aggregate: str) -> str:

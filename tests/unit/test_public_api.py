@@ -9,7 +9,14 @@ import pytest
 import foldline
 from foldline.errors import CommandError, FoldlineError, PermanentError, RetryableError
 
-PACKAGES = ["foldline", "foldline.gateway", "foldline.handler", "foldline.projection", "foldline.store"]
+PACKAGES = [
+    "foldline",
+    "foldline.gateway",
+    "foldline.handler",
+    "foldline.policy",
+    "foldline.projection",
+    "foldline.store",
+]
 #: Each module of errors, and the package that exports them.
 ERROR_MODULES = {
     "foldline.errors": "foldline",

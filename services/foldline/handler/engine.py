@@ -24,13 +24,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from foldline.aggregate import AggregateSpec
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
-from foldline.handler.restore import restore_partition
 from foldline.handler.task import PartitionTask
 from foldline.observability import metrics, series
 from foldline.outage import Backoff, KafkaWatch
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
+from foldline.store.restore import restore_partition
 from foldline.topics import TopicNames, handler_group
 
 log = structlog.get_logger("foldline.handler")

@@ -1,5 +1,16 @@
-"""The invoices example: an invoice from draft to paid, with the rules an invoicing service enforces."""
+"""The invoices example: an invoice from draft to paid, with the rules an invoicing service enforces;
+its customers, whose open balance the invoices policies charge and settle."""
 
+from foldline.examples.invoices.customers import (
+    ChargeInvoice,
+    Customer,
+    CustomerRegistered,
+    Customers,
+    InvoiceCharged,
+    InvoiceSettled,
+    RegisterCustomer,
+    SettleInvoice,
+)
 from foldline.examples.invoices.domain import (
     AddLineItem,
     CreateInvoice,
@@ -7,33 +18,51 @@ from foldline.examples.invoices.domain import (
     Invoice,
     InvoiceCreated,
     InvoiceDeleted,
+    InvoiceOverdue,
     InvoicePaid,
     Invoices,
     InvoiceSent,
     LineItem,
     LineItemAdded,
     LineItemRemoved,
+    MarkOverdue,
     PaymentRecorded,
     RecordPayment,
     RemoveLineItem,
     SendInvoice,
 )
+from foldline.examples.invoices.policies import ChargeOnSend, DueDate, InvoiceLink, OverdueOnDueDate, SettleOnPayment
 
 __all__ = [
     "AddLineItem",
+    "ChargeInvoice",
+    "ChargeOnSend",
     "CreateInvoice",
+    "Customer",
+    "CustomerRegistered",
+    "Customers",
     "DeleteInvoice",
+    "DueDate",
     "Invoice",
+    "InvoiceCharged",
     "InvoiceCreated",
     "InvoiceDeleted",
+    "InvoiceLink",
+    "InvoiceOverdue",
     "InvoicePaid",
     "InvoiceSent",
+    "InvoiceSettled",
     "Invoices",
     "LineItem",
     "LineItemAdded",
     "LineItemRemoved",
+    "MarkOverdue",
+    "OverdueOnDueDate",
     "PaymentRecorded",
     "RecordPayment",
+    "RegisterCustomer",
     "RemoveLineItem",
     "SendInvoice",
+    "SettleInvoice",
+    "SettleOnPayment",
 ]

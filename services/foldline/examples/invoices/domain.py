@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from foldline.aggregate import Aggregate, Decision, Rejection
 
-Status = Literal["none", "draft", "sent", "paid", "deleted"]
+Status = Literal["none", "draft", "sent", "overdue", "paid", "deleted"]
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _CENT = Decimal("0.01")
 
@@ -92,6 +92,11 @@ class DeleteInvoice:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class MarkOverdue:
+    """Sent at the due date by the ``OverdueOnDueDate`` policy's deadline."""
+
+
 # -- events -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class InvoiceCreated:
@@ -136,6 +141,11 @@ class InvoiceDeleted:
     reason: str
 
 
+@dataclass(frozen=True)
+class InvoiceOverdue:
+    pass
+
+
 # -- state --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LineItem:
@@ -172,8 +182,17 @@ class Invoice:
 class Invoices(Aggregate[Invoice]):
     name = "invoices"
     state_type = Invoice
-    commands = (CreateInvoice, AddLineItem, RemoveLineItem, SendInvoice, RecordPayment, DeleteInvoice)
-    events = (InvoiceCreated, LineItemAdded, LineItemRemoved, InvoiceSent, PaymentRecorded, InvoicePaid, InvoiceDeleted)
+    commands = (CreateInvoice, AddLineItem, RemoveLineItem, SendInvoice, RecordPayment, DeleteInvoice, MarkOverdue)
+    events = (
+        InvoiceCreated,
+        LineItemAdded,
+        LineItemRemoved,
+        InvoiceSent,
+        PaymentRecorded,
+        InvoicePaid,
+        InvoiceDeleted,
+        InvoiceOverdue,
+    )
 
     def initial_state(self) -> Invoice:
         return Invoice()
@@ -224,6 +243,10 @@ class Invoices(Aggregate[Invoice]):
                 if balance == 0:
                     events.append(InvoicePaid(state.total))
                 return events
+            case MarkOverdue():
+                if state.status != "sent":
+                    return Rejection(f"only a sent, unpaid invoice can become overdue; it is {state.status}")
+                return [InvoiceOverdue()]
             case DeleteInvoice():
                 if state.paid > 0:
                     return Rejection("an invoice with recorded payments cannot be deleted")
@@ -247,4 +270,6 @@ class Invoices(Aggregate[Invoice]):
                 return replace(state, status="paid")
             case InvoiceDeleted():
                 return replace(state, status="deleted")
+            case InvoiceOverdue():
+                return replace(state, status="overdue")
         raise TypeError(f"not an invoices event: {type(event).__name__}")

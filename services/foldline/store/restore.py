@@ -1,7 +1,8 @@
-"""Restore a partition's store from ``<agg>.snapshots``: from the store's offset to the end.
+"""Restore a partition's store from its changelog (``<agg>.snapshots``, or a policy's state topic): from
+the store's offset to the end. The command handler and the policy worker share it.
 
 The consumer reads ``read_committed``, so the end is the last stable offset: snapshots of a transaction
-that is still open are not read yet. The engine therefore catches up once more when the first command
+that is still open are not read yet. The engines therefore catch up once more when the first record
 of a new partition arrives - by then the group coordinator has settled that transaction (KIP-447).
 """
 

@@ -1,0 +1,97 @@
+"""The invoices policies: a sent invoice charges its customer's open balance, a paid one settles it, and
+an unpaid one becomes overdue when its due date has passed (a deadline).
+
+Both remember each invoice's customer (from ``InvoiceCreated``) in their own state, since the later
+events do not repeat it. The customer's id is the invoice's ``customer`` field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from foldline.examples.invoices.customers import ChargeInvoice, Customers, SettleInvoice
+from foldline.examples.invoices.domain import (
+    InvoiceCreated,
+    InvoiceDeleted,
+    InvoicePaid,
+    Invoices,
+    InvoiceSent,
+    MarkOverdue,
+)
+from foldline.policies import Cancel, Emit, Happened, Policy, Reaction, Schedule
+
+
+@dataclass(frozen=True)
+class InvoiceLink:
+    """What a policy knows of one invoice: whose it is."""
+
+    customer: str = ""
+
+
+class ChargeOnSend(Policy[InvoiceLink]):
+    name = "invoice-charges"
+    sources = (Invoices,)
+    targets = (Customers,)
+    state_type = InvoiceLink
+
+    def initial_state(self) -> InvoiceLink:
+        return InvoiceLink()
+
+    def react(self, state: InvoiceLink, event: Happened) -> Reaction:
+        match event.event:
+            case InvoiceCreated(customer=customer):
+                return InvoiceLink(customer), []
+            case InvoiceSent(total=total) if state.customer:
+                return state, [Emit(state.customer, ChargeInvoice(event.aggregate_id, total))]
+        return state, []
+
+
+class SettleOnPayment(Policy[InvoiceLink]):
+    name = "invoice-settlements"
+    sources = (Invoices,)
+    targets = (Customers,)
+    state_type = InvoiceLink
+
+    def initial_state(self) -> InvoiceLink:
+        return InvoiceLink()
+
+    def react(self, state: InvoiceLink, event: Happened) -> Reaction:
+        match event.event:
+            case InvoiceCreated(customer=customer):
+                return InvoiceLink(customer), []
+            case InvoicePaid(total=total) if state.customer:
+                return state, [Emit(state.customer, SettleInvoice(event.aggregate_id, total))]
+        return state, []
+
+
+@dataclass(frozen=True)
+class DueDate:
+    due_date: date | None = None
+
+
+def overdue_at(due_date: date) -> datetime:
+    """An invoice is overdue once its due date has passed: at the start of the next day, UTC."""
+    return datetime.combine(due_date + timedelta(days=1), time(0), tzinfo=UTC)
+
+
+class OverdueOnDueDate(Policy[DueDate]):
+    """A sent invoice gets a deadline at its due date; payment or deletion first cancels it."""
+
+    name = "invoice-overdue"
+    sources = (Invoices,)
+    targets = (Invoices,)
+    state_type = DueDate
+
+    def initial_state(self) -> DueDate:
+        return DueDate()
+
+    def react(self, state: DueDate, event: Happened) -> Reaction:
+        match event.event:
+            case InvoiceCreated(due_date=due_date):
+                return DueDate(due_date), []
+            case InvoiceSent() if state.due_date is not None:
+                return state, [Schedule("overdue", overdue_at(state.due_date), Emit(event.aggregate_id, MarkOverdue()))]
+            case InvoicePaid() | InvoiceDeleted():
+                return state, [Cancel("overdue")]
+        return state, []

@@ -1,0 +1,293 @@
+"""The policy worker: consume source events → react → produce commands and state → send offsets → commit.
+
+The same exactly-once loop as the command handler: one transactional producer per process, fenced
+through the consumer group's metadata; the commands a batch emits, its state changelog records and its
+input offsets commit in one transaction, so a crash either publishes all of them or none (the targets'
+handlers read ``read_committed``). One ``PolicyTask`` per assigned (events topic, partition), each with
+its own local store restored from the policy's state topic. Every transactional call is made from the
+loop's own thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from foldline.consumer import ConsumerFactory, GroupMember
+from foldline.errors import BrokerUnavailableError, KafkaFatalError
+from foldline.policies import PolicySpec
+from foldline.policy.task import PolicyTask
+from foldline.settings import PolicySettings
+from foldline.store.base import StateStore
+from foldline.store.restore import restore_partition
+from foldline.topics import PolicyTopics, TopicNames
+
+log = structlog.get_logger("foldline.policy")
+
+#: A task is named by its source events topic and partition.
+Slot = tuple[str, int]
+
+
+class PolicyWorker:
+    def __init__(
+        self,
+        spec: PolicySpec,
+        settings: PolicySettings,
+        *,
+        consumer_factory: ConsumerFactory,
+        producer: Producer,
+        restore_consumer: Consumer,
+        open_partition_store: Callable[[str, int], StateStore],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.clock = clock
+        self.spec = spec
+        self.settings = settings
+        self.topics = PolicyTopics(spec.name)
+        self._source_of = {TopicNames(name).events: source for name, source in spec.sources.items()}
+        self.group = GroupMember(
+            consumer_factory,
+            settings.kafka.group_protocol,
+            sorted(self._source_of),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        self.producer = producer
+        self.restore_consumer = restore_consumer
+        self._open_store = open_partition_store
+        self.tasks: dict[Slot, PolicyTask] = {}
+        self._state_offsets: dict[Slot, int] = {}
+        self._restoring = 0
+        self._started = False
+        self._last_loop = time.monotonic()
+        self.stop_event = threading.Event()
+        #: Totals since start, for logs and tests.
+        self.emitted = 0
+        self.dead_letters = 0
+        self.deadlines_fired = 0
+        self._next_deadline_check = 0.0
+
+    @property
+    def consumer(self) -> Consumer:
+        return self.group.consumer
+
+    def live(self) -> bool:
+        return self._restoring > 0 or time.monotonic() - self._last_loop < 300.0
+
+    def ready(self) -> bool:
+        return self._started and self._restoring == 0
+
+    # -- rebalance callbacks (inside consume(), never while a transaction is open) -------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            slot = (tp.topic, tp.partition)
+            if slot in self.tasks:
+                continue
+            source = self._source_of[slot[0]]
+            self._restoring += 1
+            try:
+                task = PolicyTask(
+                    self.spec, source, tp.partition, self._open_store(source.name, tp.partition), topic=slot[0]
+                )
+                self._restore(task)
+                self.tasks[slot] = task
+            finally:
+                self._restoring -= 1
+        log.info(
+            "partitions assigned", policy=self.spec.name, partitions=[(tp.topic, tp.partition) for tp in partitions]
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            owned = self.tasks.pop((tp.topic, tp.partition), None)
+            if owned is not None:
+                owned.close()
+        log.info(
+            "partitions released", policy=self.spec.name, partitions=[(tp.topic, tp.partition) for tp in partitions]
+        )
+
+    def _restore(self, task: PolicyTask) -> None:
+        topic = self.topics.state(task.source.name)
+        count = restore_partition(self.restore_consumer, topic, task.partition, task.store)
+        task.index_deadlines()
+        if count:
+            log.info("store restored", policy=self.spec.name, topic=topic, partition=task.partition, records=count)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """React to events until ``stop()``; leaves no transaction open."""
+        self._call(self.producer.init_transactions, 60.0)
+        self.group.subscribe()
+        self._started = True
+        log.info("policy worker started", policy=self.spec.name, sources=sorted(self.spec.sources))
+        try:
+            while not self.stop_event.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def poll_once(self) -> int:
+        self._last_loop = time.monotonic()
+        batch = self.group.next_batch(self.settings.max_batch, self.settings.commit_interval_ms / 1000.0)
+        # Deadlines are checked at most every commit interval (a wall-clock resolution well below a second).
+        due = False
+        if time.monotonic() >= self._next_deadline_check:
+            self._next_deadline_check = time.monotonic() + self.settings.commit_interval_ms / 1000.0
+            now = self.clock()
+            due = any(task.due(now) for task in self.tasks.values())
+        if batch or due:
+            self._process(batch, fire=due)
+        return len(batch)
+
+    def _process(self, batch: list[Message], *, fire: bool = False) -> None:
+        first_offsets: dict[Slot, int] = {}
+        next_offsets: dict[Slot, int] = {}
+        emitted = letters = fired = 0
+        for task in self.tasks.values():
+            task.begin_batch()
+        try:
+            self._call(self.producer.begin_transaction)
+            if fire:  # deadlines first: a command due now precedes what this batch's events emit
+                now = self.clock()
+                for task in self.tasks.values():
+                    for command in task.fire(now):
+                        self._send(command.topic, command.key, command.value, None)
+                        fired += 1
+            for msg in batch:
+                slot = (cast(str, msg.topic()), cast(int, msg.partition()))
+                found = self.tasks.get(slot)
+                if found is None:  # revoked between fetch and now: redelivered to the new owner
+                    continue
+                task = found
+                if task.needs_catch_up:
+                    self._restore(task)
+                    task.needs_catch_up = False
+                offset = cast(int, msg.offset())
+                first_offsets.setdefault(slot, offset)
+                next_offsets[slot] = offset + 1
+                outcome = task.handle(msg.key(), msg.value(), offset)
+                for command in outcome.commands:
+                    # No partition given: the producer's murmur2 partitioner places the key as the gateway's does.
+                    self._send(command.topic, command.key, command.value, None)
+                emitted += len(outcome.commands)
+                if outcome.dead_letter is not None:
+                    self._send(self.topics.dead_letters, msg.key(), outcome.dead_letter, None)
+                    letters += 1
+            touched = set(next_offsets) | {slot for slot, task in self.tasks.items() if task.dirty()}
+            snapshots = {slot: self.tasks[slot].snapshots() for slot in touched}
+            for slot, items in snapshots.items():
+                state_topic = self.topics.state(self.tasks[slot].source.name)
+                for key, value in items:
+                    self._send(state_topic, key, value, slot[1], self._on_state_record)
+            offsets = [TopicPartition(topic, p, o) for (topic, p), o in next_offsets.items()]
+            if offsets:
+                self._call(self.producer.send_offsets_to_transaction, offsets, self.consumer.consumer_group_metadata())
+            self._call(self.producer.flush)
+            self._commit()
+        except _Abort as abort:
+            self._abort(first_offsets, abort.cause)
+            for task in self.tasks.values():
+                task.discard()  # fired deadlines too: they stay pending and fire in a later transaction
+            return
+        for slot, items in snapshots.items():
+            task = self.tasks[slot]
+            state_topic = self.topics.state(task.source.name)
+            last = self._state_offsets.get((state_topic, slot[1]), task.store.changelog_offset() - 1)
+            task.committed(items, last + 1)
+        self.emitted += emitted
+        self.dead_letters += letters
+        self.deadlines_fired += fired
+        if fired:
+            log.info("deadlines fired", policy=self.spec.name, commands=fired)
+
+    def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None,
+        on_delivery: Callable[[Any, Message], None] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {} if on_delivery is None else {"on_delivery": on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:  # local queue full: let librdkafka deliver, then try again
+                self.producer.poll(0.05)
+
+    def _on_state_record(self, error: KafkaError | None, msg: Message) -> None:
+        if error is None:
+            slot = (cast(str, msg.topic()), cast(int, msg.partition()))
+            offset = cast(int, msg.offset())
+            if offset > self._state_offsets.get(slot, -1):
+                self._state_offsets[slot] = offset
+
+    def _commit(self) -> None:
+        for _ in range(10):
+            try:
+                self.producer.commit_transaction(60.0)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.txn_requires_abort():
+                    raise _Abort(exc) from exc
+                if error.retriable():
+                    continue
+                raise KafkaFatalError(f"commit failed: {error.str()}") from exc
+        raise _Abort(BrokerUnavailableError("commit kept failing with retriable errors"))
+
+    def _abort(self, first_offsets: dict[Slot, int], cause: BaseException) -> None:
+        """Abort, forget in-memory changes, and rewind so the same events run again."""
+        log.warning("transaction aborted", policy=self.spec.name, cause=str(cause))
+        try:
+            self.producer.abort_transaction(60.0)
+        except KafkaException as exc:
+            raise KafkaFatalError(f"abort failed: {exc}") from exc
+        for slot, offset in first_offsets.items():
+            task = self.tasks.get(slot)
+            if task is not None:
+                task.discard()
+                self.consumer.seek(TopicPartition(slot[0], slot[1], offset))
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a transactional API, sorting its errors into abort, retry and fatal."""
+        try:
+            return fn(*args)
+        except KafkaException as exc:
+            error = exc.args[0]
+            name = getattr(fn, "__name__", fn)
+            if error.txn_requires_abort():
+                raise _Abort(exc) from exc
+            if error.retriable() and not error.fatal():
+                raise BrokerUnavailableError(f"{name}: {error.str()}") from exc
+            raise KafkaFatalError(f"{name} failed: {error.str()}") from exc
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()  # revokes, which closes every task and its store
+        finally:
+            for task in self.tasks.values():
+                task.close()
+            self.tasks.clear()
+            self.restore_consumer.close()
+            self.producer.flush(10.0)
+            log.info("policy worker stopped", policy=self.spec.name)
+
+
+class _Abort(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
