@@ -25,6 +25,16 @@ from foldline.aggregate import AggregateSpec
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
 from foldline.handler.task import PartitionTask
+from foldline.handler.txn import (
+    COMMIT_ATTEMPTS,
+    TXN_TIMEOUT,
+    Abort,
+    Recover,
+    call,
+    discard,
+    fenced,
+    producer_error,
+)
 from foldline.observability import metrics, series
 from foldline.outage import Backoff, KafkaWatch
 from foldline.records import Status
@@ -39,17 +49,12 @@ log = structlog.get_logger("foldline.handler")
 #: Far under the transaction timeout (10 s), past which the broker would fence the producer: a batch of
 #: commands on huge aggregates (each measured against FOLDLINE_MAX_RECORD_BYTES) can take that long.
 BATCH_BUDGET_S = 2.0
-# Bounds on the transactional calls: librdkafka's own timeouts, so the loop never blocks for long.
-_TXN_TIMEOUT = 20.0
-_COMMIT_ATTEMPTS = 3
 # A loop that has not turned for this long is stuck in a client call: not ready. librdkafka 2.16's
 # send_offsets_to_transaction can wait past its own timeout while the coordinator is away (seen in
 # test_broker_outage.py with gdb: rd_kafka_txn_op_req0 in an untimed cnd_wait); it returns once the
 # broker is back, and only this thread may touch the producer, so readiness is all that can say so.
 _STALLED = 30.0
 _HUNG = 120.0
-# librdkafka's codes for "another producer with this transactional id took over" (or bumped our epoch).
-_FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
 class CommandHandler:
@@ -226,13 +231,13 @@ class CommandHandler:
                     if not self._connected:
                         self._connect()
                     self.poll_once()
-                except (BrokerUnavailableError, KafkaFatalError, KafkaException, _Abort, _Recover) as exc:
+                except (BrokerUnavailableError, KafkaFatalError, KafkaException, Abort, Recover) as exc:
                     self._recover(exc)
         finally:
             self.close()
 
     def _connect(self) -> None:
-        self._call(self.producer.init_transactions, _TXN_TIMEOUT)
+        call(self.producer.init_transactions, TXN_TIMEOUT)
         self.group.subscribe()
         self._connected = self._started = True
         log.info("command handler started", aggregate=self.spec.name, group_protocol=self.group.protocol)
@@ -247,16 +252,16 @@ class CommandHandler:
         this transactional id took over, or the coordinator bumped its epoch) waits longer before rejoining.
         """
         self._connected = False
-        fenced = _fenced(cause) or _fenced(_producer_error(self.producer))
+        was_fenced = fenced(cause) or fenced(producer_error(self.producer))
         self.watch.mark_down(str(cause))
-        metrics.KAFKA_RECOVERIES.labels("command-handler", self.spec.name, "fenced" if fenced else "failed").inc()
+        metrics.KAFKA_RECOVERIES.labels("command-handler", self.spec.name, "fenced" if was_fenced else "failed").inc()
         log.warning(
             "kafka clients failed; waiting for the broker to rebuild them",
             aggregate=self.spec.name,
             cause=f"{type(cause).__name__}: {cause}",
-            fenced=fenced,
+            fenced=was_fenced,
         )
-        backoff = self._fenced_backoff if fenced else self._backoff
+        backoff = self._fenced_backoff if was_fenced else self._backoff
         while not self.stop_event.is_set():
             self._last_loop = time.monotonic()  # waiting on purpose is not a hung loop
             self.stop_event.wait(backoff.next())
@@ -286,7 +291,7 @@ class CommandHandler:
         self._snapshot_offsets.clear()
         self._m_assigned.set(0)
         for old in (self.restore_consumer, self.producer):
-            _discard(old)
+            discard(old)
         self.producer = self._new_producer()
         self.restore_consumer = self._new_restore_consumer()
         log.info("kafka clients rebuilt", aggregate=self.spec.name)
@@ -326,7 +331,7 @@ class CommandHandler:
         for owned in self.tasks.values():
             owned.begin_batch()
         try:
-            self._call(self.producer.begin_transaction)
+            call(self.producer.begin_transaction)
             for i, msg in enumerate(batch):
                 if i and time.monotonic() - started > BATCH_BUDGET_S:
                     self._put_back(batch[i:])
@@ -360,17 +365,17 @@ class CommandHandler:
                     self._send(produce, topics.snapshots, key, value, p, self._on_snapshot)
             offsets = [TopicPartition(topics.commands, p, o) for p, o in next_offsets.items()]
             if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
-                raise _Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
-            self._call(
+                raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
+            call(
                 self.producer.send_offsets_to_transaction,
                 offsets,
                 self.consumer.consumer_group_metadata(),
-                _TXN_TIMEOUT,
+                TXN_TIMEOUT,
             )
-            if self.producer.flush(_TXN_TIMEOUT) > 0:
-                raise _Abort(BrokerUnavailableError("records not delivered in time"))
+            if self.producer.flush(TXN_TIMEOUT) > 0:
+                raise Abort(BrokerUnavailableError("records not delivered in time"))
             self._commit()
-        except _Abort as abort:
+        except Abort as abort:
             self._abort(first_offsets, abort.cause)
             return
         # Committed: the stores may take the snapshots, with the changelog offset they now reflect.
@@ -436,28 +441,28 @@ class CommandHandler:
     def _commit(self) -> None:
         """Commit, retrying a retriable failure (as librdkafka allows); if it keeps failing, the outcome is
         unknown and only ``_recover`` (new clients, state from what Kafka committed) is safe."""
-        for _ in range(_COMMIT_ATTEMPTS):
+        for _ in range(COMMIT_ATTEMPTS):
             try:
-                self.producer.commit_transaction(_TXN_TIMEOUT)
+                self.producer.commit_transaction(TXN_TIMEOUT)
                 return
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.txn_requires_abort():
-                    raise _Abort(exc) from exc
+                    raise Abort(exc) from exc
                 if error.retriable():
                     self.watch.mark_down(f"commit: {error.str()}")
                     continue
                 raise KafkaFatalError(f"commit failed: {error.str()}") from exc
-        raise _Recover(BrokerUnavailableError("commit kept failing with retriable errors"))
+        raise Recover(BrokerUnavailableError("commit kept failing with retriable errors"))
 
     def _abort(self, first_offsets: dict[int, int], cause: BaseException) -> None:
         """Abort, forget in-memory changes, and rewind so the same commands run again."""
         log.warning("transaction aborted", aggregate=self.spec.name, cause=str(cause))
         metrics.TRANSACTIONS_ABORTED.labels(self.spec.name).inc()
         try:
-            self.producer.abort_transaction(_TXN_TIMEOUT)
+            self.producer.abort_transaction(TXN_TIMEOUT)
         except KafkaException as exc:  # the broker is away or the producer failed: start over from Kafka
-            raise _Recover(KafkaFatalError(f"abort failed: {exc}")) from exc
+            raise Recover(KafkaFatalError(f"abort failed: {exc}")) from exc
         for p, offset in first_offsets.items():
             task = self.tasks.get(p)
             if task is not None:
@@ -465,21 +470,7 @@ class CommandHandler:
                 try:
                     self.consumer.seek(TopicPartition(self.topics.commands, p, offset))
                 except KafkaException as exc:
-                    raise _Recover(BrokerUnavailableError(f"cannot rewind partition {p}: {exc}")) from exc
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a transactional API, sorting its errors into abort, retry and fatal."""
-        try:
-            return fn(*args)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.txn_requires_abort():
-                raise _Abort(exc) from exc
-            if error.fatal():
-                raise KafkaFatalError(f"{getattr(fn, '__name__', fn)} failed: {error.str()}") from exc
-            if error.retriable():
-                raise BrokerUnavailableError(f"{getattr(fn, '__name__', fn)}: {error.str()}") from exc
-            raise KafkaFatalError(f"{getattr(fn, '__name__', fn)} failed: {error.str()}") from exc
+                    raise Recover(BrokerUnavailableError(f"cannot rewind partition {p}: {exc}")) from exc
 
     # -- lag and shutdown --------------------------------------------------------------------------------
     def lag(self) -> dict[int, int]:
@@ -528,49 +519,3 @@ class CommandHandler:
             self.restore_consumer.close()
             self.producer.flush(10.0)
             log.info("command handler stopped", aggregate=self.spec.name)
-
-
-class _Abort(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class _Recover(Exception):
-    """Only new Kafka clients can go on (see ``CommandHandler._recover``)."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-def _fenced(exc: BaseException | None) -> bool:
-    """Whether a fenced producer is somewhere in the exception's cause chain."""
-    while exc is not None:
-        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-        if isinstance(error, KafkaError) and error.code() in _FENCED:
-            return True
-        exc = exc.__cause__ or (exc.cause if isinstance(exc, (_Abort, _Recover)) else None)
-    return False
-
-
-def _producer_error(producer: Producer) -> KafkaException | None:
-    """The producer's fatal error, if it has one: a call that failed with ``_FATAL`` hides the cause, and
-    a purge (the producer is about to be replaced anyway) reports it."""
-    try:
-        producer.purge()
-    except KafkaException as exc:
-        return exc
-    return None
-
-
-def _discard(client: Producer | Consumer) -> None:
-    """Let go of a failed client without waiting on the broker: purge a producer's queue, close a consumer."""
-    try:
-        if isinstance(client, Producer):
-            client.purge()
-            client.flush(0)
-        else:
-            client.close()
-    except (KafkaException, RuntimeError) as exc:
-        log.info("discarding a failed client", error=str(exc))

@@ -1,0 +1,85 @@
+"""The command handler's transactional calls: their bounds, and how their failures are sorted.
+
+``Abort``: abort the transaction and run the same commands again. ``Recover``: only new Kafka clients can
+go on (the engine waits for the broker and rebuilds them). A fenced producer is told apart, as it waits
+longer before rejoining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from foldline.errors import BrokerUnavailableError, KafkaFatalError
+
+log = structlog.get_logger("foldline.handler")
+
+# Bounds on the transactional calls: librdkafka's own timeouts, so the loop never blocks for long.
+TXN_TIMEOUT = 20.0
+COMMIT_ATTEMPTS = 3
+# librdkafka's codes for "another producer with this transactional id took over" (or bumped our epoch).
+FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+
+
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a transactional API, sorting its errors into abort, retry and fatal."""
+    try:
+        return fn(*args)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if error.txn_requires_abort():
+            raise Abort(exc) from exc
+        if error.fatal():
+            raise KafkaFatalError(f"{getattr(fn, '__name__', fn)} failed: {error.str()}") from exc
+        if error.retriable():
+            raise BrokerUnavailableError(f"{getattr(fn, '__name__', fn)}: {error.str()}") from exc
+        raise KafkaFatalError(f"{getattr(fn, '__name__', fn)} failed: {error.str()}") from exc
+
+
+class Abort(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Recover(Exception):
+    """Only new Kafka clients can go on (see ``CommandHandler._recover``)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def fenced(exc: BaseException | None) -> bool:
+    """Whether a fenced producer is somewhere in the exception's cause chain."""
+    while exc is not None:
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if isinstance(error, KafkaError) and error.code() in FENCED:
+            return True
+        exc = exc.__cause__ or (exc.cause if isinstance(exc, (Abort, Recover)) else None)
+    return False
+
+
+def producer_error(producer: Producer) -> KafkaException | None:
+    """The producer's fatal error, if it has one: a call that failed with ``_FATAL`` hides the cause, and
+    a purge (the producer is about to be replaced anyway) reports it."""
+    try:
+        producer.purge()
+    except KafkaException as exc:
+        return exc
+    return None
+
+
+def discard(client: Producer | Consumer) -> None:
+    """Let go of a failed client without waiting on the broker: purge a producer's queue, close a consumer."""
+    try:
+        if isinstance(client, Producer):
+            client.purge()
+            client.flush(0)
+        else:
+            client.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.info("discarding a failed client", error=str(exc))
