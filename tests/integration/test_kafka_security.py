@@ -22,12 +22,12 @@ import pytest
 
 from foldline import KafkaAuthenticationError
 from foldline.aggregate import AggregateSpec
+from foldline.clients import check_access
 from foldline.dev.kafka import DevKafka
 from foldline.dev.tls import SecureListener
 from foldline.gateway import Gateway, GatewayServer
 from foldline.gateway.server import free_port
 from foldline.gateway.views import ViewService
-from foldline.handler.wiring import build_command_handler
 from foldline.projection import load_projection, open_target
 from foldline.projection.wiring import build_projector
 from foldline.settings import GatewaySettings, HandlerSettings, KafkaSettings, ProjectorSettings
@@ -148,7 +148,7 @@ def test_refused_clients_fail_fast_with_a_clear_error(secure, invoices_aggregate
     kafka = sasl(secure, **changes)
     spec = AggregateSpec(cls())
     with pytest.raises(KafkaAuthenticationError) as handler_error:
-        build_command_handler(spec, HandlerSettings(kafka=kafka, state_dir=tmp_path / "state"))
+        check_access(kafka)  # what the handler asks before its clients connect (it then waits, not ready)
     with pytest.raises(KafkaAuthenticationError):
         build_projector(
             load_projection(VIEW, aggregate_name=cls.name),
@@ -168,29 +168,49 @@ def test_refused_clients_fail_fast_with_a_clear_error(secure, invoices_aggregate
     assert expected in message
 
 
-def test_a_handler_process_with_a_wrong_password_exits_with_the_reason(secure, invoices_aggregate, tmp_path):
+def test_a_handler_process_with_a_wrong_password_stays_up_not_ready_with_the_reason(
+    secure, invoices_aggregate, tmp_path
+):
+    """A refused login is not an outage, but the handler does not exit either: it stays up (live, not
+    ready), logs the broker's reason without the password, and keeps probing with its backoff."""
     cls = invoices_aggregate(partitions=1)
+    port = free_port()
     env = {
         **os.environ,
         **secure.env(),
         "FOLDLINE_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "wrong"),
         "FOLDLINE_STATE_DIR": str(tmp_path / "state"),
-        "FOLDLINE_HTTP_PORT": "0",
+        "FOLDLINE_HTTP_PORT": str(port),
+        "FOLDLINE_HTTP_HOST": "127.0.0.1",
         "FOLDLINE_LOG_FORMAT": "json",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     (tmp_path / "wrong").write_text(WRONG + "\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate", aggregate_path(cls)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 2, output
-    assert "KafkaAuthenticationError" in output and "SASL authentication error" in output
+    log_path = tmp_path / "handler.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "foldline.cli", "command-handler", "--aggregate", aggregate_path(cls)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "kafka refused this handler" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for _ in range(20):  # ten seconds of probes after the refusal: up, live, never ready
+                assert proc.poll() is None, log_path.read_text()
+                assert http.get("/healthz").status_code == 200
+                assert http.get("/readyz").status_code == 503
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0, log_path.read_text()
+    output = log_path.read_text()
+    assert "SASL authentication error" in output
     assert WRONG not in output and secure.password not in output
 
 

@@ -22,8 +22,9 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from foldline.aggregate import AggregateSpec
+from foldline.clients import check_access
 from foldline.consumer import ConsumerFactory, GroupMember
-from foldline.errors import BrokerUnavailableError, KafkaFatalError
+from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError
 from foldline.handler.task import PartitionTask
 from foldline.handler.txn import (
     COMMIT_ATTEMPTS,
@@ -231,12 +232,23 @@ class CommandHandler:
                     if not self._connected:
                         self._connect()
                     self.poll_once()
-                except (BrokerUnavailableError, KafkaFatalError, KafkaException, Abort, Recover) as exc:
+                except (
+                    BrokerUnavailableError,
+                    KafkaAuthenticationError,
+                    KafkaFatalError,
+                    KafkaException,
+                    Abort,
+                    Recover,
+                ) as exc:
                     self._recover(exc)
         finally:
             self.close()
 
     def _connect(self) -> None:
+        # A refused login or certificate is not an outage, but the handler still stays up: not ready, the
+        # broker's reason in its log, asking again with the backoff (credentials made or granted later are
+        # picked up without a restart). A broker out of reach only makes this return False.
+        check_access(self.settings.kafka)
         call(self.producer.init_transactions, TXN_TIMEOUT)
         self.group.subscribe()
         self._connected = self._started = True
@@ -252,6 +264,9 @@ class CommandHandler:
         this transactional id took over, or the coordinator bumped its epoch) waits longer before rejoining.
         """
         self._connected = False
+        if isinstance(cause, KafkaAuthenticationError):
+            log.error("kafka refused this handler; not ready until it is accepted", aggregate=self.spec.name,
+                      reason=str(cause))  # fmt: skip
         was_fenced = fenced(cause) or fenced(producer_error(self.producer))
         self.watch.mark_down(str(cause))
         metrics.KAFKA_RECOVERIES.labels("command-handler", self.spec.name, "fenced" if was_fenced else "failed").inc()

@@ -11,7 +11,6 @@ from foldline.clients import (
     group_member_config,
     restore_consumer_config,
     transactional_producer_config,
-    verify_access,
 )
 from foldline.errors import ConfigurationError
 from foldline.handler.engine import CommandHandler
@@ -47,7 +46,6 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
     def new_store(partition: int) -> StateStore:
         return open_state_store(settings.store, state_root / f"partition-{partition}")
 
-    verify_access(settings.kafka)  # a refused login stops here, with the broker's reason
     try:  # the first clients are made here: a bad setting is a configuration error, before anything runs
         return CommandHandler(
             spec,
