@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
 import structlog
 
+from foldline.errors import RetryableError
 from foldline.observability.http import HealthServer
+from foldline.outage import Backoff
 
 log = structlog.get_logger("foldline.service")
 
@@ -35,6 +39,46 @@ def serve(engine: Engine, http_port: int) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         engine.run()
+    finally:
+        health.stop()
+    return 0
+
+
+def serve_when_built(build: Callable[[], Engine], http_port: int) -> int:
+    """``serve`` an engine that may not be buildable yet: while ``build`` fails with a ``RetryableError``
+    (its database or broker away at start), the process stays up - live, not ready - and tries again
+    with a jittered backoff, until it succeeds or SIGTERM/SIGINT ends the wait."""
+    stopping = threading.Event()
+    built: list[Engine] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+        for engine in built:
+            engine.stop()
+
+    health = HealthServer(
+        http_port,
+        live=lambda: not built or built[0].live(),
+        ready=lambda: bool(built) and built[0].ready(),
+    ).start()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    backoff = Backoff(first=1.0, cap=30.0)
+    try:
+        while not built and not stopping.is_set():
+            try:
+                engine = build()
+            except RetryableError as exc:
+                wait = backoff.next()
+                log.warning("cannot start yet; trying again", cause=str(exc), retry_in_s=round(wait, 1))
+                stopping.wait(wait)
+                continue
+            built.append(engine)
+            if stopping.is_set():  # a signal between the build and the append
+                engine.stop()
+        if built:
+            built[0].run()
     finally:
         health.stop()
     return 0

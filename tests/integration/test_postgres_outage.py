@@ -76,3 +76,38 @@ def test_postgres_outage_projectors_wait_and_resume(kafka_bootstrap, tmp_path):
         events = [e.get("event") for e in log_events(tmp_path / f"projector-{name}.log")]
         assert "projection database unavailable" in events and "projection database available again" in events
         assert "record skipped" not in events, name
+
+
+def test_a_projector_started_while_its_database_is_away_waits_for_it(kafka_bootstrap, tmp_path):
+    """Started against a stopped server, the projector neither exits nor serves: live, not ready, trying again
+    with a backoff; once the server is up it builds its view like any other start."""
+    server = DevPostgres(port=free_port())
+    database = server.start(timeout=120.0) + "?schema=late"
+    server.stop()
+    cls = make_aggregate(kafka_bootstrap, aggregate_name("pglate"), partitions=2)
+    port = free_port()
+    procs = [
+        handler(kafka_bootstrap, cls, "h", tmp_path),
+        projector(kafka_bootstrap, cls, "InvoiceList", database, "late", tmp_path, port),
+    ]
+    log = tmp_path / "projector-late.log"
+    try:
+        waiting = lambda: "cannot start yet; trying again" in {e.get("event") for e in log_events(log)}  # noqa: E731
+        wait_until(lambda: log.exists() and waiting(), 180, "the projector waiting for its database")
+        assert procs[1].poll() is None, log.read_text()
+        assert get(port, "/healthz") == 200 and get(port, "/readyz") == 503
+        server.start(timeout=120.0)
+        wait_until(lambda: get(port, "/readyz") == 200, 240, "ready once the database is up")
+        cmds = workload("late", aggregates=10, per_aggregate=3)
+        sender = Sender(kafka_bootstrap, TopicNames(cls.name).commands, cmds, chunk=10, pause=0.0)
+        sender.start()
+        sender.join(300)
+        assert not sender.failed, sender.failed
+        wait_until(lambda: len({r.command_id for r in results(kafka_bootstrap, cls.name)}) >= len(cmds), 300, "results")
+        folded = assert_exactly_once(kafka_bootstrap, cls, cmds)
+        wait_until(view_matches(lambda: assert_invoice_list(database, folded)), 180, "invoice-list = fold", 1.0)
+        assert all(p.poll() is None for p in procs), "a process exited"
+    finally:
+        stop(procs)
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)

@@ -20,7 +20,7 @@ def cmd_projector(args: argparse.Namespace) -> int:
     from foldline.projection.api import load_projection
     from foldline.projection.sql import redact
     from foldline.projection.wiring import build_projector
-    from foldline.service import serve
+    from foldline.service import serve_when_built
     from foldline.settings import ProjectorSettings
 
     if args.journal:
@@ -42,7 +42,8 @@ def cmd_projector(args: argparse.Namespace) -> int:
         database=redact(settings.database),
         kafka=settings.kafka.bootstrap_servers,
     )
-    return serve(build_projector(spec, settings), settings.http_port)
+    # The database (or broker) may be away at start: wait for it, live and not ready, instead of exiting.
+    return serve_when_built(lambda: build_projector(spec, settings), settings.http_port)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
