@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from foldline.topics import TopicNames, handler_group
@@ -41,14 +42,19 @@ def assigned(log: Path, since: int = 0) -> list[int]:
 
 def members(admin: AdminClient, group: str) -> dict[str, list[int]]:
     """group.instance.id → partitions, from the broker's own view of the group."""
-    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    try:
+        description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except KafkaException as exc:
+        if exc.args and exc.args[0].retriable():  # e.g. COORDINATOR_LOAD_IN_PROGRESS on a fresh group
+            return {}
+        raise
     return {
         str(m.group_instance_id): sorted(tp.partition for tp in m.assignment.topic_partitions)
         for m in description.members
     }
 
 
-def wait(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
+def wait(what: str, probe: Callable[[], T | None], timeout: float = 180.0) -> T:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
