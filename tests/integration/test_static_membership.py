@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from foldline.topics import TopicNames, handler_group
@@ -40,12 +40,21 @@ def assigned(log: Path, since: int = 0) -> list[int]:
     )
 
 
+_NOT_YET = (
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+)
+
+
 def members(admin: AdminClient, group: str) -> dict[str, list[int]]:
     """group.instance.id → partitions, from the broker's own view of the group."""
     try:
         description = admin.describe_consumer_groups([group])[group].result(timeout=10)
     except KafkaException as exc:
-        if exc.args and exc.args[0].retriable():  # e.g. COORDINATOR_LOAD_IN_PROGRESS on a fresh group
+        error = exc.args[0] if exc.args else None
+        # A fresh group's coordinator may still be loading or moving: ask again (not flagged retriable here).
+        if isinstance(error, KafkaError) and (error.retriable() or error.code() in _NOT_YET):
             return {}
         raise
     return {
