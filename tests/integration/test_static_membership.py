@@ -51,6 +51,8 @@ def members(admin: AdminClient, group: str) -> dict[str, list[int]]:
     """group.instance.id → partitions, from the broker's own view of the group."""
     try:
         description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except TimeoutError:  # the coordinator did not answer in time: ask again
+        return {}
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
         # A fresh group's coordinator may still be loading or moving: ask again (not flagged retriable here).
