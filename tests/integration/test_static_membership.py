@@ -44,13 +44,15 @@ _NOT_YET = (
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError.COORDINATOR_NOT_AVAILABLE,
     KafkaError.NOT_COORDINATOR,
+    KafkaError._TIMED_OUT,
 )
 
 
 def members(admin: AdminClient, group: str) -> dict[str, list[int]]:
     """group.instance.id → partitions, from the broker's own view of the group."""
     try:
-        description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        # The request's own timeout ends it: a future left pending would hold the client at exit.
+        description = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=30)
     except TimeoutError:  # the coordinator did not answer in time: ask again
         return {}
     except KafkaException as exc:
