@@ -78,7 +78,7 @@ def wait(what: str, probe: Callable[[], T | None], timeout: float = 180.0) -> T:
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+@pytest.mark.parametrize("protocol", ["classic"])  # KIP-848 with a static id: see handler/wiring.py
 def test_a_restarted_static_member_keeps_its_partitions_and_its_store(
     kafka_bootstrap: str, kafka_admin: AdminClient, invoices_aggregate, tmp_path: Path, protocol: str
 ) -> None:
