@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from foldline.examples.invoices.customers import ChargeInvoice, Customers, SettleInvoice
 from foldline.examples.invoices.domain import (
@@ -29,40 +30,44 @@ class InvoiceLink:
     customer: str = ""
 
 
-class ChargeOnSend(Policy[InvoiceLink]):
+class _InvoiceCustomerPolicy(Policy[InvoiceLink]):
+    """Remembers each invoice's customer, and tells the customer of one invoice event (``_emit``)."""
+
+    sources = (Invoices,)
+    targets = (Customers,)
+    state_type = InvoiceLink
+
+    def initial_state(self) -> InvoiceLink:
+        return InvoiceLink()
+
+    def react(self, state: InvoiceLink, event: Happened) -> Reaction:
+        if isinstance(event.event, InvoiceCreated):
+            return InvoiceLink(event.event.customer), []
+        command = self._emit(event) if state.customer else None
+        return state, [] if command is None else [Emit(state.customer, command)]
+
+    def _emit(self, event: Happened) -> Any:
+        raise NotImplementedError
+
+
+class ChargeOnSend(_InvoiceCustomerPolicy):
     name = "invoice-charges"
-    sources = (Invoices,)
-    targets = (Customers,)
-    state_type = InvoiceLink
 
-    def initial_state(self) -> InvoiceLink:
-        return InvoiceLink()
-
-    def react(self, state: InvoiceLink, event: Happened) -> Reaction:
+    def _emit(self, event: Happened) -> ChargeInvoice | None:
         match event.event:
-            case InvoiceCreated(customer=customer):
-                return InvoiceLink(customer), []
-            case InvoiceSent(total=total) if state.customer:
-                return state, [Emit(state.customer, ChargeInvoice(event.aggregate_id, total))]
-        return state, []
+            case InvoiceSent(total=total):
+                return ChargeInvoice(event.aggregate_id, total)
+        return None
 
 
-class SettleOnPayment(Policy[InvoiceLink]):
+class SettleOnPayment(_InvoiceCustomerPolicy):
     name = "invoice-settlements"
-    sources = (Invoices,)
-    targets = (Customers,)
-    state_type = InvoiceLink
 
-    def initial_state(self) -> InvoiceLink:
-        return InvoiceLink()
-
-    def react(self, state: InvoiceLink, event: Happened) -> Reaction:
+    def _emit(self, event: Happened) -> SettleInvoice | None:
         match event.event:
-            case InvoiceCreated(customer=customer):
-                return InvoiceLink(customer), []
-            case InvoicePaid(total=total) if state.customer:
-                return state, [Emit(state.customer, SettleInvoice(event.aggregate_id, total))]
-        return state, []
+            case InvoicePaid(total=total):
+                return SettleInvoice(event.aggregate_id, total)
+        return None
 
 
 @dataclass(frozen=True)
