@@ -42,7 +42,9 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
     task = PartitionTask(
         SPEC, 0, open_state_store("sqlite", tmp / "p0"), cache_size=1000, dedup_window=16, topic="x.commands"
     )
-    results, events, snapshots = [], [], {}
+    results: list[CommandResult] = []
+    events: list[EventRecord] = []
+    snapshots: dict[str, Snapshot] = {}
     for n, planned in enumerate(workload.commands):
         outcome = task.handle(planned.key, planned.value, n)
         assert outcome.result is not None
