@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 from bench.check import Problems, Snapshot, check_history, read_events, read_results, read_topic
 from bench.contest import Run, produce_commands, timed_run
 from bench.support import REPO, broker, figure, load, new_aggregate
-from bench.throughput import PARTITIONS, launch_logged, make_workload, run_foldline, run_raw
+from bench.throughput import LOGS, PARTITIONS, launch_logged, make_workload, run_foldline, run_raw
 from bench.workload import Workload
 from foldline.aggregate import AggregateSpec
 from foldline.examples.invoices import Invoices
@@ -51,7 +51,7 @@ def run_quix(bootstrap: str, workload: Workload, tmp: Path, partitions: int = PA
         names.results,
         partitions,
         len(workload),
-        lambda: launch_logged(argv, env, tmp / f"{aggregate}.log"),
+        lambda: launch_logged(argv, env, LOGS / f"{aggregate}.log"),
     )
     problems = check_quix(bootstrap, names, group, workload, partitions)
     run.problems, run.problem_count = problems.items, problems.count

@@ -52,7 +52,12 @@ def handler_env(bootstrap: str, state: Path) -> dict[str, str]:
     }
 
 
+#: Each contender's output, kept after the run (the state directories are temporary).
+LOGS = REPO / ".cache" / "bench-logs"
+
+
 def launch_logged(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -77,7 +82,7 @@ def run_foldline(bootstrap: str, workload: Workload, tmp: Path, partitions: int 
         names.results,
         partitions,
         len(workload),
-        lambda: launch_logged(argv, env, tmp / f"{aggregate}.log"),
+        lambda: launch_logged(argv, env, LOGS / f"{aggregate}.log"),
     )
     problems = check_foldline(bootstrap, names, workload, partitions)
     run.problems, run.problem_count = problems.items, problems.count
@@ -120,7 +125,7 @@ def run_raw(bootstrap: str, workload: Workload, tmp: Path, partitions: int = PAR
         names.results,
         partitions,
         len(workload),
-        lambda: launch_logged(argv, env, tmp / f"{aggregate}.log"),
+        lambda: launch_logged(argv, env, LOGS / f"{aggregate}.log"),
     )
 
 
