@@ -53,17 +53,25 @@ class TreeSampler:
     between two samples and was not yet reaped is lost (worker processes live as long as their parent).
     """
 
-    def __init__(self, root: int, interval: float = 0.25) -> None:
+    def __init__(self, root: int, interval: float = 0.5, rescan: int = 4) -> None:
         self.root = root
         self.interval = interval
+        #: The whole of /proc is scanned for new children every ``rescan`` samples only: it costs CPU that
+        #: the contender on the same cores would otherwise have.
+        self.rescan = rescan
+        self._pids: list[int] = []
+        self._samples = 0
         self.cpu_s = 0.0
         self.peak_rss_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
 
     def sample(self) -> None:
+        if self._samples % self.rescan == 0:
+            self._pids = descendants(self.root)
+        self._samples += 1
         cpu, rss = 0.0, 0.0
-        for pid in descendants(self.root):
+        for pid in self._pids:
             stat = _stat(pid)
             if stat is not None:
                 cpu += stat[1] + stat[2]
@@ -84,4 +92,5 @@ class TreeSampler:
         """A last sample, then no more."""
         self._stop.set()
         self._thread.join()
+        self._samples = 0  # rescan: count every process alive at the end
         self.sample()
