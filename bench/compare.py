@@ -28,7 +28,11 @@ from foldline.topics import TopicNames
 QUIX_PYTHON = REPO / ".cache" / "quix-venv" / "bin" / "python"
 
 
-def run_quix(bootstrap: str, workload: Workload, tmp: Path, partitions: int = PARTITIONS) -> Run:
+#: Quix's checkpoint (transaction) intervals to run: its default, and foldline's commit interval.
+QUIX_INTERVALS = [float(v) for v in os.environ.get("FOLDLINE_BENCH_QUIX_COMMIT_INTERVALS", "5,0.1").split(",")]
+
+
+def run_quix(bootstrap: str, workload: Workload, tmp: Path, interval: float, partitions: int = PARTITIONS) -> Run:
     aggregate = new_aggregate(bootstrap, partitions, "quix")
     names = TopicNames(aggregate)
     produce_commands(bootstrap, names.commands, workload.commands)
@@ -43,10 +47,11 @@ def run_quix(bootstrap: str, workload: Workload, tmp: Path, partitions: int = PA
         names.events,
         group,
         str(tmp / f"quix-state-{aggregate}"),
+        str(interval),
     ]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'services'}:{REPO}"}
     run = timed_run(
-        "quix streams",
+        f"quix streams, commit {interval:g} s",
         bootstrap,
         names.results,
         partitions,
@@ -122,13 +127,17 @@ def main() -> None:
         foldline = run_foldline(bootstrap, workload, tmp)
         foldline.print(baseline=raw)
         print(f"# {load()}", flush=True)
-        quix = run_quix(bootstrap, workload, tmp)
-        quix.print(baseline=raw)
-        figure("foldline ÷ quix streams, launch → last", foldline.rate / quix.rate, "x")
-        figure("foldline ÷ quix streams, first → last", foldline.steady_rate / quix.steady_rate, "x")
-        figure("quix ÷ foldline, CPU per command", quix.cpu_s / max(foldline.cpu_s, 1e-9), "x")
+        runs = [raw, foldline]
+        for interval in QUIX_INTERVALS:
+            quix = run_quix(bootstrap, workload, tmp, interval)
+            quix.print(baseline=raw)
+            figure(f"foldline ÷ {quix.name}, launch → last", foldline.rate / quix.rate, "x")
+            figure(f"foldline ÷ {quix.name}, first → last", foldline.steady_rate / quix.steady_rate, "x")
+            figure(f"{quix.name} ÷ foldline, CPU per command", quix.cpu_s / max(foldline.cpu_s, 1e-9), "x")
+            print(f"# {load()}", flush=True)
+            runs.append(quix)
     print(f"# done — {load()}", flush=True)
-    print(table([raw, foldline, quix], foldline), flush=True)
+    print(table(runs, foldline), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The invoices command handler written on Quix Streams, for the published comparison (``make bench-compare``).
 
 Runs in its own virtual environment (``.cache/quix-venv``: Quix pins an older confluent-kafka):
-``python -m bench.quix_invoices BOOTSTRAP COMMANDS RESULTS EVENTS GROUP STATE_DIR``.
+``python -m bench.quix_invoices BOOTSTRAP COMMANDS RESULTS EVENTS GROUP STATE_DIR COMMIT_INTERVAL_S``.
 
 What a Python team would write with Quix for the same job: one ``StreamingDataFrame`` over the commands
 topic, exactly-once processing, the aggregate's state in Quix's RocksDB state (keyed by the message key,
@@ -15,7 +15,6 @@ beyond Quix's own, no placement check of the key.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -87,14 +86,15 @@ def handle(value: bytes, state: Any) -> list[tuple[str, bytes]]:
 def main(argv: list[str]) -> None:
     from quixstreams import Application  # type: ignore[import-not-found]  # only in .cache/quix-venv
 
-    bootstrap, commands, results, events, group, state_dir = argv
+    bootstrap, commands, results, events, group, state_dir, interval = argv
+    commit_interval = float(interval)  # seconds between checkpoints (transactions); Quix's default is 5
     app = Application(
         broker_address=bootstrap,
         consumer_group=group,
         auto_offset_reset="earliest",
         processing_guarantee="exactly-once",
         state_dir=state_dir,
-        commit_interval=float(os.environ.get("FOLDLINE_BENCH_QUIX_COMMIT_INTERVAL", "5.0")),  # Quix's default
+        commit_interval=commit_interval,
         producer_extra_config={"partitioner": "murmur2_random"},  # as foldline's producers place keys
         loglevel="WARNING",
     )
