@@ -91,21 +91,20 @@ class ResultCounter:
         self.last: float | None = None
         self.ready = threading.Event()
         self._stop = threading.Event()
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-count-{uuid.uuid4().hex[:8]}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        self._config = {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-count-{uuid.uuid4().hex[:8]}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+        self._partitions = [TopicPartition(topic, p, 0) for p in range(partitions)]
         self._thread = threading.Thread(target=self._run, name="result-counter", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        consumer = self._consumer  # used by this thread only
+        consumer = Consumer(self._config)  # created, used and closed by this thread only
+        consumer.assign(self._partitions)
         while not self._stop.is_set():
             msgs = consumer.consume(10_000, 0.05)
             self.ready.set()

@@ -2,7 +2,7 @@
 
 Each invoice lives a short life: created, a few line items (now and then one removed), sent, paid in
 one or two payments, or deleted while a draft. Into that stream go the faults a real client makes: ~1%
-resubmitted command ids (the same record sent again later), ~1% wrong expected versions, and ~1.5%
+resubmitted command ids (the same record sent again later), ~1% wrong expected versions, and ~1.2%
 commands the domain rejects (a line item after sending, a payment above the balance, a second create).
 Every command is decided here first, with the aggregate's own ``decide`` and ``evolve``, so the
 checker knows the status and version each result must carry.
