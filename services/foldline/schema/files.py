@@ -101,12 +101,12 @@ def validate(doc: Any) -> dict[str, Any]:
             raise _Bad("the file", "aggregates and policies must be objects")
         for name, agg in doc["aggregates"].items():
             where = f"aggregates.{name}"
-            _object(agg, where, {"import", "commands", "events", "state"})
+            _object(agg, where, {"import", "commands", "events", "state"}, frozenset({"import"}))
             _check_types(agg["commands"], f"{where}.commands")
             _check_types(agg["events"], f"{where}.events")
             _check_type(agg["state"], f"{where}.state")
         for name, pol in doc["policies"].items():
-            _object(pol, f"policies.{name}", {"import", "state"})
+            _object(pol, f"policies.{name}", {"import", "state"}, frozenset({"import"}))
             if pol["state"] is not None:
                 _check_type(pol["state"], f"policies.{name}.state")
     except _Bad as exc:
