@@ -200,3 +200,20 @@ def test_the_entry_point_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("foldline: ConfigurationError:")
     assert "Traceback" not in proc.stderr
+
+
+def test_each_option_replaces_only_its_own_list(
+    tmp_path: Path, modules: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "schema.json"
+    dump(capsys, path, modules["same"])
+    # --aggregate only: the policies still come from the file, so nothing is reported removed
+    assert run(capsys, "check", "--file", str(path), "--aggregate", f"{modules['same']}:Things")[0] == 0
+    code, _, err = run(capsys, "check", "--file", str(path), "--policy", f"{modules['same']}:Watch", "--aggregate")
+    assert code == 2  # --aggregate needs a value: a usage error
+    recorded = json.loads(path.read_text())
+    recorded["policies"]["watch"]["import"] = None
+    path.write_text(json.dumps(recorded))
+    code, _, err = run(capsys, "check", "--file", str(path))
+    assert code == 2 and "policies.watch has no import path" in err and "--policy" in err
+    assert run(capsys, "check", "--file", str(path), "--policy", f"{modules['same']}:Watch")[0] == 0

@@ -35,12 +35,13 @@ def _report(comparison: Comparison) -> None:
 def cmd_dump(args: argparse.Namespace) -> int:
     path = args.file
     recorded = read_schema_file(path) if Path(path).exists() else None
-    aggregates, policies = args.aggregate or [], args.policy or []
-    if not aggregates and not policies:
-        if recorded is None:
-            raise ConfigurationError(f"{path} does not exist yet: name what to dump with --aggregate/--policy")
-        aggregates, policies = recorded_targets(recorded)
-    current = code_schema(aggregates, policies)
+    aggregates, policies = args.aggregate, args.policy
+    if recorded is None and not aggregates and not policies:
+        raise ConfigurationError(f"{path} does not exist yet: name what to dump with --aggregate/--policy")
+    if recorded is not None:  # what is not named on the command line, the file's list says
+        aggregates = recorded_targets(recorded, "aggregates") if aggregates is None else aggregates
+        policies = recorded_targets(recorded, "policies") if policies is None else policies
+    current = code_schema(aggregates or [], policies or [])
     if recorded is not None and not args.force:
         comparison = compare_schemas(recorded, current)
         if comparison.problems:
@@ -64,10 +65,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    given = bool(args.aggregate or args.policy)
-    comparison = check_schema_file(
-        args.file, args.aggregate or [] if given else None, args.policy or [] if given else None
-    )
+    comparison = check_schema_file(args.file, args.aggregate, args.policy)
     _report(comparison)
     if comparison.problems:
         print(
@@ -103,7 +101,7 @@ def register(sub: Any) -> None:
     q = actions.add_parser(
         "check",
         help="compare the code with the schema file; exit 1 on an incompatible change",
-        description="Without --aggregate/--policy, checks the ones the file was dumped from.",
+        description="--aggregate replaces the file's list of aggregates, --policy its list of policies.",
     )
     targets(q, "check (instead of the file's)")
     q.set_defaults(func=cmd_check)

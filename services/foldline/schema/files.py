@@ -178,16 +178,16 @@ def code_schema(aggregates: Sequence[Target] = (), policies: Sequence[Target] = 
     return doc
 
 
-def recorded_targets(doc: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """The import paths a schema file was dumped from (aggregates, policies)."""
-    out: tuple[list[str], list[str]] = ([], [])
-    for section, found in zip(("aggregates", "policies"), out, strict=True):
-        for name, entry in sorted(doc[section].items()):
-            path = entry.get("import")
-            if not isinstance(path, str) or not path:
-                raise ConfigurationError(f"{section}.{name} has no import path: name it with --aggregate/--policy")
-            found.append(path)
-    return out
+def recorded_targets(doc: Mapping[str, Any], section: str) -> list[str]:
+    """The import paths a schema file's ``aggregates`` or ``policies`` were dumped from."""
+    found = []
+    for name, entry in sorted(doc[section].items()):
+        path = entry.get("import")
+        if not isinstance(path, str) or not path:
+            flag = "--aggregate" if section == "aggregates" else "--policy"
+            raise ConfigurationError(f"{section}.{name} has no import path in the schema file: name it with {flag}")
+        found.append(path)
+    return found
 
 
 def check_schema_file(
@@ -195,9 +195,11 @@ def check_schema_file(
     aggregates: Sequence[Target] | None = None,
     policies: Sequence[Target] | None = None,
 ) -> Comparison:
-    """Compare the code with a schema file: the aggregates and policies given, or (both None) the ones the
-    file was dumped from."""
+    """Compare the code with a schema file: the aggregates and the policies given, each (when None) the ones
+    the file was dumped from."""
     recorded = read_schema_file(path)
-    if aggregates is None and policies is None:
-        aggregates, policies = recorded_targets(recorded)
-    return compare_schemas(recorded, code_schema(aggregates or (), policies or ()))
+    if aggregates is None:
+        aggregates = recorded_targets(recorded, "aggregates")
+    if policies is None:
+        policies = recorded_targets(recorded, "policies")
+    return compare_schemas(recorded, code_schema(aggregates, policies))
