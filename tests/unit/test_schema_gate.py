@@ -22,7 +22,7 @@ from foldline import (
     compare_schemas,
     schema_of,
 )
-from foldline.schema import read_schema_file, render
+from foldline.schema import probe_upcasters, read_schema_file, render
 from foldline.testing import assert_schema_compatible
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -371,3 +371,66 @@ def test_recursive_types_and_removed_aggregates() -> None:
     recorded = json.loads(render(schema_of([things(), things(name="others")])))
     problems = [str(p) for p in compare_schemas(recorded, schema_of([things()])).problems]
     one(problems, "aggregate others", "not in the code")
+
+
+# -- the upcasters, run on a record of the recorded shape ------------------------------------------------
+def probe(old: AggregateSpec, new: AggregateSpec) -> list[str]:
+    recorded = json.loads(render(schema_of([old])))
+    return [str(p) for p in probe_upcasters(recorded, [new], [])]
+
+
+Totalled = kind("Added", ("total", int), version=2)
+
+
+def test_an_upcaster_that_does_not_produce_the_new_fields_is_caught() -> None:
+    one(
+        probe(things(), things(events=(Totalled,), upcasters={("Added", 1): upcast})),
+        "things event Added",
+        "unknown field",
+    )
+    missing: dict[tuple[str, int], Any] = {("Added", 1): lambda p: {}}
+    one(probe(things(), things(events=(Totalled,), upcasters=missing)), "total: is required")
+    wrong_type = {("Added", 1): lambda p: {"total": str(p["amount"])}}
+    one(probe(things(), things(events=(Totalled,), upcasters=wrong_type)), "total: expected an integer")
+    typo = {("Added", 1): lambda p: {"total": p["amunt"]}}
+    one(probe(things(), things(events=(Totalled,), upcasters=typo)), "looks up 'amunt'")
+
+
+def test_a_right_upcaster_and_inconclusive_samples_pass() -> None:
+    right = {("Added", 1): lambda p: {"total": p["amount"]}}
+    assert probe(things(), things(events=(Totalled,), upcasters=right)) == []
+    assert probe(things(), things()) == []  # no version moved: nothing to run
+
+    @dataclass(frozen=True)
+    class Strict:  # the class's own rule refuses the sample's made-up 0: that proves nothing
+        total: int
+
+        def __post_init__(self) -> None:
+            if self.total <= 0:
+                raise ValueError("total must be positive")
+
+    Strict.__schema_version__ = 2  # type: ignore[attr-defined]
+    Strict.__foldline_type__ = "Added"  # type: ignore[attr-defined]
+    assert probe(things(), things(events=(Strict,), upcasters=right)) == []
+    parses = {("Added", 1): lambda p: {"total": int("0x" + p["note"])}}  # ValueError on a made-up value
+    assert probe(things(), things(events=(Totalled,), upcasters=parses)) == []
+
+
+def test_state_and_policy_state_upcasters_are_run() -> None:
+    v2 = kind("State", ("total", int, field(default=0)), version=2)
+    one(probe(things(), things(state=v2, upcasters={(STATE, 1): upcast})), "things state", "unknown field")
+    assert probe(things(), things(state=v2, upcasters={(STATE, 1): lambda s: {"total": s["count"]}})) == []
+    memo = kind("Memo", ("who", str, field(default="")))
+    memo2 = kind("Memo", ("whom", str, field(default="")), version=2)
+    recorded = json.loads(render(schema_of([], [policy(memo)])))
+    bad = [str(p) for p in probe_upcasters(recorded, [], [policy(memo2, {(STATE, 1): upcast})])]
+    one(bad, "policy watch state", "unknown field")
+    assert probe_upcasters(recorded, [], [policy(memo2, {(STATE, 1): lambda s: {"whom": s["who"]}})]) == []
+
+
+def test_the_check_runs_the_upcasters(tmp_path: Path) -> None:
+    path = tmp_path / "schema.json"
+    path.write_text(render(schema_of([things()])))
+    new = things(events=(Totalled,), upcasters={("Added", 1): upcast})
+    problems = [str(p) for p in check_schema_file(path, aggregates=[new.aggregate]).problems]
+    one(problems, "things event Added", "is refused")

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from foldline.errors import ConfigurationError
-from foldline.schema.compat import Comparison, compare_schemas
+from foldline.schema.compat import Comparison
 from foldline.schema.files import (
     DEFAULT_FILE,
     check_schema_file,
     code_schema,
+    compare_with_code,
     read_schema_file,
     recorded_targets,
     write_schema_file,
@@ -41,10 +42,11 @@ def cmd_dump(args: argparse.Namespace) -> int:
     if recorded is not None:  # what is not named on the command line, the file's list says
         aggregates = recorded_targets(recorded, "aggregates") if aggregates is None else aggregates
         policies = recorded_targets(recorded, "policies") if policies is None else policies
-    current = code_schema(aggregates or [], policies or [])
-    if recorded is not None and not args.force:
-        comparison = compare_schemas(recorded, current)
-        if comparison.problems:
+    if recorded is None:
+        current = code_schema(aggregates or [], policies or [])
+    else:
+        current, comparison = compare_with_code(recorded, aggregates or [], policies or [])
+        if comparison.problems and not args.force:
             _report(comparison)
             print(
                 f"foldline schema: {path} not written: the code changed incompatibly "

@@ -17,6 +17,7 @@ from foldline.aggregate import Aggregate, AggregateSpec, load_aggregate
 from foldline.errors import AggregateDefinitionError, ConfigurationError, FoldlineError
 from foldline.policies import Policy, PolicySpec, load_policy
 from foldline.schema.compat import Comparison, compare_schemas
+from foldline.schema.samples import probe_upcasters
 from foldline.schema.wire import FORMAT, SCALAR_NAMES, render, schema_of
 
 #: What ``foldline schema`` reads and writes when no ``--file`` is given.
@@ -166,8 +167,9 @@ def _load(target: Target, kind: str) -> tuple[str | None, Any]:
     raise AggregateDefinitionError(f"{target!r} is not a foldline {kind.capitalize()}")
 
 
-def code_schema(aggregates: Sequence[Target] = (), policies: Sequence[Target] = ()) -> dict[str, Any]:
-    """The schema document of the code: the given aggregates and policies, each with its import path."""
+def _load_all(
+    aggregates: Sequence[Target], policies: Sequence[Target]
+) -> tuple[dict[str, Any], list[AggregateSpec], list[PolicySpec]]:
     aggs = [_load(t, "aggregate") for t in aggregates]
     pols = [_load(t, "policy") for t in policies]
     doc = schema_of([spec for _, spec in aggs], [spec for _, spec in pols])
@@ -175,7 +177,23 @@ def code_schema(aggregates: Sequence[Target] = (), policies: Sequence[Target] = 
         doc["aggregates"][spec.name]["import"] = path
     for path, spec in pols:
         doc["policies"][spec.name]["import"] = path
-    return doc
+    return doc, [spec for _, spec in aggs], [spec for _, spec in pols]
+
+
+def code_schema(aggregates: Sequence[Target] = (), policies: Sequence[Target] = ()) -> dict[str, Any]:
+    """The schema document of the code: the given aggregates and policies, each with its import path."""
+    return _load_all(aggregates, policies)[0]
+
+
+def compare_with_code(
+    recorded: Mapping[str, Any], aggregates: Sequence[Target], policies: Sequence[Target]
+) -> tuple[dict[str, Any], Comparison]:
+    """The code's schema document, and how it compares with the recorded one: ``compare_schemas``, plus
+    the upcasters run on a record of each recorded shape whose version moved (``probe_upcasters``)."""
+    current, agg_specs, pol_specs = _load_all(aggregates, policies)
+    comparison = compare_schemas(recorded, current)
+    comparison.problems.extend(probe_upcasters(recorded, agg_specs, pol_specs))
+    return current, comparison
 
 
 def recorded_targets(doc: Mapping[str, Any], section: str) -> list[str]:
@@ -202,4 +220,4 @@ def check_schema_file(
         aggregates = recorded_targets(recorded, "aggregates")
     if policies is None:
         policies = recorded_targets(recorded, "policies")
-    return compare_schemas(recorded, code_schema(aggregates, policies))
+    return compare_with_code(recorded, aggregates, policies)[1]
