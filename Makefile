@@ -20,12 +20,14 @@ help: ## list the targets
 install: ## install foldline and its development tools (idempotent)
 	@scripts/bootstrap.sh
 
-lint: install ## ruff format --check, ruff, mypy --strict on the package, import-linter's layer contracts
+lint: install ## ruff format --check, ruff, mypy --strict on the package, import-linter's layer contracts, the examples' schema gate
 	$(PYTHON) -m ruff format --check services operator tests bench examples
 	$(PYTHON) -m ruff check services operator tests bench examples
 	$(PYTHON) -m mypy services/foldline operator/foldline_operator examples/team-image/accounts_pkg
 	$(PYTHON) -m mypy tests bench
 	$(CURDIR)/$(VENV)/bin/lint-imports --no-cache
+	$(PYTHON) -m foldline.cli schema check --file services/foldline/examples/invoices/foldline-schema.json
+	PYTHONPATH=examples/team-image $(PYTHON) -m foldline.cli schema check --file examples/team-image/foldline-schema.json
 
 test: lint ## lint, then every test: unit, integration (real Kafka, PostgreSQL), e2e (real API server), image
 	$(PYTEST) tests
