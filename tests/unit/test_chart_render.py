@@ -63,7 +63,11 @@ def test_routine_values_are_applied(tmp_path: Path) -> None:
     for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "priorityClassName"):
         assert pod[key] == ROUTINE[key], key
     # helm merges maps key by key: the routine keys win, the defaults' others stay (null drops one)
-    assert pod["securityContext"] == {**ROUTINE["podSecurityContext"], "runAsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["securityContext"] == {
+        **ROUTINE["podSecurityContext"],
+        "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert container["securityContext"] == {**ROUTINE["securityContext"], "capabilities": {"drop": ["ALL"]}}
     assert pod["imagePullSecrets"] == [{"name": "pull"}]
     assert container["resources"] == ROUTINE["resources"]
@@ -99,7 +103,9 @@ def test_an_image_without_digest_uses_the_tag_and_the_image_registry(tmp_path: P
 
 
 def test_the_pdb_can_be_turned_off(tmp_path: Path) -> None:
-    assert not [k for k, _ in render(tmp_path, {"podDisruptionBudget": {"enabled": False}}) if k == "PodDisruptionBudget"]
+    assert not [
+        k for k, _ in render(tmp_path, {"podDisruptionBudget": {"enabled": False}}) if k == "PodDisruptionBudget"
+    ]
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
