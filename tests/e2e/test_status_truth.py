@@ -89,7 +89,7 @@ def test_an_hpa_or_scaled_object_beside_autoscaling_is_named_and_loses(
     wait_for("1 replica at no lag", lambda: handler_replicas(kube, namespace, name) == 1)
 
     # An HPA aimed at the scale subresource: the lag still decides, and condition and Event name the HPA.
-    hpa = {
+    hpa: dict[str, Any] = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "handlers-cpu", "namespace": namespace},
