@@ -75,7 +75,7 @@ def test_pod_templates_reach_the_stored_workloads(
     template = stored(kube, "StatefulSet", namespace, f"{agg}-command-handler")["spec"]["template"]
     meta, pod = template["metadata"], template["spec"]
     [container] = pod["containers"]
-    assert RECOMMENDED <= set(meta["labels"]) and meta["labels"]["team"] == "billing"
+    assert set(meta["labels"]) >= RECOMMENDED and meta["labels"]["team"] == "billing"
     assert meta["labels"]["app.kubernetes.io/version"] == "1.4.2"
     assert meta["labels"]["app.kubernetes.io/component"] == "command-handler"
     assert meta["annotations"]["sidecar.istio.io/inject"] == "false"
