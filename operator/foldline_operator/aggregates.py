@@ -19,6 +19,7 @@ from foldline_operator.builders import KafkaAuth, Owner
 from foldline_operator.conditions import Condition, deployment_condition, from_status, ready
 from foldline_operator.kafka import KafkaPort, client_config
 from foldline_operator.kube import Kube, KubeError
+from foldline_operator.scalers import autoscaling_condition, external_scalers
 from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "EventSourcedAggregate"
@@ -72,30 +73,6 @@ def applied(kube: Kube, obj: Obj) -> tuple[str, str, str] | None:
         return None
     kind, name = obj["kind"], obj["metadata"]["name"]
     return ("Normal", f"{kind}{change.capitalize()}", f"{change} {kind} {name}")
-
-
-def scale_writers(meta: Mapping[str, Any]) -> list[str]:
-    """Field managers that set the replicas through the scale subresource (``kubectl scale``, an HPA, KEDA)."""
-    entries = meta.get("managedFields") or ()
-    return sorted({str(e.get("manager") or "?") for e in entries if e.get("subresource") == "scale"})
-
-
-def autoscaling_condition(spec: AggregateResource, meta: Mapping[str, Any], desired: int) -> Condition | None:
-    """With autoscaling on, who decides the replicas: the lag, always; a scale-subresource write is ignored,
-    and this says so (its reason is a Warning)."""
-    if spec.autoscaling is None:
-        return None
-    writers = scale_writers(meta)
-    if writers:
-        return Condition(
-            "Autoscaling",
-            True,
-            "ScaleIgnored",
-            f"spec.handlers.replicas ({spec.replicas}) was set through the scale subresource by "
-            f"{', '.join(writers)}, but spec.handlers.autoscaling wins: {desired} replicas from the lag. Remove "
-            "autoscaling to scale by hand, and aim no HPA or KEDA ScaledObject at this resource.",
-        )
-    return Condition("Autoscaling", True, "Active", f"{desired} replicas from the lag")
 
 
 def paused_outcome(status: Mapping[str, Any]) -> Outcome:
@@ -214,7 +191,8 @@ class AggregateReconciler:
         if spec.gateway_enabled:
             gateway = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.gateway_name(owner.name))
             parts.append(deployment_condition("GatewayReady", "gateway", gateway, spec.gateway_replicas))
-        scaling = autoscaling_condition(spec, meta, desired)
+        scalers = external_scalers(self.kube, owner.namespace, owner.name)
+        scaling = autoscaling_condition(spec, meta, desired, scalers)
         extra = [scaling] if scaling is not None else []
         return Outcome(out, [*parts, *extra, ready(parts)], events, applied=topics_ok and rejected is None)
 

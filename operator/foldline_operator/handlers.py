@@ -32,7 +32,7 @@ log = structlog.get_logger("foldline.operator")
 
 #: Reasons that are expected states rather than faults; other False conditions count as errors.
 #: Reasons of conditions that are True (the part works) but need a person's attention.
-_WARNINGS = frozenset({"ReplicationFactorDiffers", "ScaleIgnored"})
+_WARNINGS = frozenset({"ReplicationFactorDiffers", "ScaleIgnored", "AutoscalerConflict"})
 _EXPECTED = frozenset(
     {"Progressing", "DeploymentMissing", "StatefulSetMissing", "Paused", "Suspended", "Rebuilding", "Registering"}
 )

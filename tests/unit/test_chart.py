@@ -1,9 +1,9 @@
 """The Helm chart without helm: values against their schema, template references, RBAC, dashboards.
 
-helm is not installed here, so templates are not rendered; what can be checked without it is: the
-values validate against values.schema.json (a tiny validator for the keywords the schema uses),
-every ``.Values.x.y`` a template reads exists in values.yaml, and every metric a dashboard queries is
-one foldline.observability.metrics exports.
+What can be checked without helm (test_chart_render.py runs the real one): the values validate against
+values.schema.json (a tiny validator for the keywords the schema uses), every ``.Values.x.y`` a template
+reads exists in values.yaml, and every metric a dashboard queries is one foldline.observability.metrics
+exports.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import yaml
 from prometheus_client import Metric
 
 from foldline.observability import metrics
+from tests.unit.chart_support import ROUTINE
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "foldline"
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -27,6 +28,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "boolean": bool,
     "integer": int,
     "number": (int, float),
+    "null": type(None),
 }
 
 
@@ -53,6 +55,8 @@ def validate(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str
             errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
         if len(value) < schema.get("minLength", 0):
             errors.append(f"{path}: too short")
+        if len(value) > schema.get("maxLength", len(value)):
+            errors.append(f"{path}: too long")
     if isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
             errors.append(f"{path}: {value} < {schema['minimum']}")
@@ -90,6 +94,14 @@ def test_values_validate_against_the_schema(values: dict[str, Any], schema: dict
     assert validate(values, schema, schema) == []
 
 
+@pytest.mark.parametrize("quantity", ["250m", "0.5", "1", 2, 0.25, "128Mi", "1Gi", "1e3", "500k"])
+def test_the_schema_accepts_routine_values_and_kubernetes_quantities(
+    values: dict[str, Any], schema: dict[str, Any], quantity: Any
+) -> None:
+    routine = {**values, **ROUTINE, "resources": {"requests": {"cpu": quantity, "memory": quantity}}}
+    assert validate(routine, schema, schema) == []
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
@@ -100,6 +112,13 @@ def test_values_validate_against_the_schema(values: dict[str, Any], schema: dict
         ({"metrics": {"podMonitor": {"components": ["web"]}}}, "$.metrics.podMonitor.components[0]"),
         ({"metrics": {"prometheusRule": {"enabled": "yes"}}}, "$.metrics.prometheusRule.enabled"),
         ({"metrics": {"release": 1}}, "$.metrics.release"),
+        ({"resources": {"requests": {"cpu": "lots"}}}, "$.resources.requests.cpu"),
+        ({"resources": {"limits": {"memory": -1}}}, "$.resources.limits.memory"),
+        ({"image": {"repository": "x", "digest": "latest"}}, "$.image.digest"),
+        ({"tolerations": [{"operator": "Maybe"}]}, "$.tolerations[0].operator"),
+        ({"topologySpreadConstraints": [{"maxSkew": 1}]}, "$.topologySpreadConstraints[0]: topologyKey is required"),
+        ({"networkPolicy": {"egress": {"kafka": {"ports": [70000]}}}}, "$.networkPolicy.egress.kafka.ports[0]"),
+        ({"fullnameOverride": "x" * 64}, "$.fullnameOverride: too long"),
     ],
 )
 def test_the_schema_rejects_bad_values(
