@@ -1,6 +1,7 @@
 """``python -m foldline_operator`` (or ``foldline-operator``): the kopf operator as one process.
 
-It serves ``/healthz``, ``/readyz`` (kopf has started) and ``/metrics`` on ``FOLDLINE_HTTP_PORT``
+It serves ``/healthz`` (kopf's event loop runs: ``probes``), ``/readyz`` (kopf has started and this
+replica is the acting one, not a paused standby) and ``/metrics`` on ``FOLDLINE_HTTP_PORT``
 (default 8080) and logs JSON lines in pods (``FOLDLINE_LOG_FORMAT``), kopf's own logs included.
 """
 
@@ -34,17 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     import kopf
 
     from foldline_operator.handlers import register
+    from foldline_operator.probes import Probes
 
     config, log_format = parse_args(argv)
     fmt = log_format or os.environ.get("FOLDLINE_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
     configure_logging(fmt)
     _configure_kopf_logging(fmt)
     ready = threading.Event()
-    health = HealthServer(config.http_port, live=lambda: True, ready=ready.is_set).start()
+    probes = Probes(config.liveness_seconds)
+    health = HealthServer(config.http_port, live=probes.alive, ready=lambda: ready.is_set() and probes.acting()).start()
     structlog.get_logger("foldline.operator").info("serving health and metrics", port=health.port)
     try:
         kopf.run(
-            registry=register(config),
+            registry=register(config, probes=probes),
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
             standalone=config.standalone,

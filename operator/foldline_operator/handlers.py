@@ -1,32 +1,38 @@
 """kopf wiring: which events run which reconciler, how status and Events are written, and kopf's settings.
 
 Both kinds are reconciled the same way: on create, on every change of spec/labels/annotations, when
-the operator starts (resume), and every ``resync_seconds`` (a timer), always through one function that
-recomputes everything. A per-object lock keeps the timer and an event from running it at once.
+the operator starts (resume), when an owned Deployment or StatefulSet drifts (its spec changed, or it was
+deleted), and every ``resync_seconds`` (a timer), always through one function that recomputes everything.
+A per-object lock keeps the timer and an event from running it at once; a resync that finds a pass
+running skips, and one of a resource whose Kafka or database was unreachable waits for its backoff.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import structlog
 
 from foldline.errors import PermanentError, RetryableError
 from foldline.observability import metrics, series
+from foldline_operator import drift
 from foldline_operator.aggregates import AggregateReconciler, Outcome, rfc3339
+from foldline_operator.backoff import Backoff, unreachable
 from foldline_operator.conditions import Condition, find, merge
 from foldline_operator.config import OperatorConfig
 from foldline_operator.crds import API_VERSION, GROUP, VERSION
 from foldline_operator.kafka import KafkaPort
 from foldline_operator.kube import Kube, load_config
-from foldline_operator.projections import ProjectionReconciler
+from foldline_operator.probes import Probes, acting
+from foldline_operator.projections import Catalogs, ProjectionReconciler
 
 log = structlog.get_logger("foldline.operator")
 
@@ -104,7 +110,7 @@ def transition_events(current: Mapping[str, Any], conditions: list[Condition]) -
     return out
 
 
-def kopf_error(exc: Exception) -> kopf.TemporaryError | kopf.PermanentError:
+def kopf_error(exc: Exception, delay: float = 10.0) -> kopf.TemporaryError | kopf.PermanentError:
     """What kopf should do about a failed reconciliation: retry soon, or wait for the object to change.
 
     A foldline ``PermanentError`` (bad configuration, topics that must not be changed, a broken
@@ -113,7 +119,7 @@ def kopf_error(exc: Exception) -> kopf.TemporaryError | kopf.PermanentError:
     message = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, PermanentError):
         return kopf.PermanentError(message)
-    return kopf.TemporaryError(message, delay=10)
+    return kopf.TemporaryError(message, delay=delay)
 
 
 class Runner:
@@ -124,35 +130,65 @@ class Runner:
     pass always sees the previous one's result.
     """
 
-    def __init__(self, kind: str, kube: Kube, reconcile: Callable[[Mapping[str, Any]], Outcome], locks: Locks) -> None:
+    def __init__(
+        self,
+        kind: str,
+        kube: Kube,
+        reconcile: Callable[[Mapping[str, Any]], Outcome],
+        locks: Locks,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.kind, self.kube, self.reconcile, self.locks = kind, kube, reconcile, locks
+        self.backoff = backoff or Backoff(10.0, 300.0)
 
-    def __call__(self, body: kopf.Body) -> None:
+    def __call__(self, body: kopf.Body, *, periodic: bool = False) -> None:
+        """One pass. A ``periodic`` one (the resync timer) is skipped while the resource backs off after an
+        unreachable dependency, and while another pass of it runs: no worker thread waits for either."""
         meta = body.metadata
+        uid = str(meta.uid)
+        if periodic and not self.backoff.due(uid, time.monotonic()):
+            return
+        lock = self.locks.of(uid)
+        if not lock.acquire(blocking=not periodic):
+            return
+        try:
+            self._pass(body)
+        finally:
+            lock.release()
+
+    def _pass(self, body: kopf.Body) -> None:
+        meta = body.metadata
+        uid = str(meta.uid)
         bound = log.bind(kind=self.kind, namespace=meta.namespace, name=meta.name)
         started = time.perf_counter()
-        with self.locks.of(str(meta.uid)):
-            try:
-                fresh = self.kube.get(API_VERSION, self.kind, str(meta.namespace), str(meta.name))
-                if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                    series.operator_resource_gone(self.kind, str(meta.namespace), str(meta.name))
-                    return
-                outcome = self.reconcile(fresh)
-                generation = int(fresh["metadata"].get("generation") or 0)
-                outcome.status.update(spec_records(outcome, fresh.get("spec") or {}, generation))
-                current = dict(fresh.get("status") or {})
-                changes = status_patch(
-                    current, outcome, int(fresh["metadata"].get("generation") or 0), rfc3339(datetime.now(UTC))
-                )
-                if changes:
-                    self.kube.patch_status(API_VERSION, self.kind, str(meta.namespace), str(meta.name), changes)
-            except Exception as exc:
-                metrics.OPERATOR_RECONCILES.labels(self.kind, "error").inc()
-                metrics.OPERATOR_ERRORS.labels(self.kind, type(exc).__name__).inc()
-                bound.warning("reconcile failed", error=str(exc), error_type=type(exc).__name__)
-                raise kopf_error(exc) from exc
-            finally:
-                metrics.OPERATOR_RECONCILE_SECONDS.labels(self.kind).observe(time.perf_counter() - started)
+        try:
+            fresh = self.kube.get(API_VERSION, self.kind, str(meta.namespace), str(meta.name))
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                series.operator_resource_gone(self.kind, str(meta.namespace), str(meta.name))
+                return
+            outcome = self.reconcile(fresh)
+            generation = int(fresh["metadata"].get("generation") or 0)
+            outcome.status.update(spec_records(outcome, fresh.get("spec") or {}, generation))
+            current = dict(fresh.get("status") or {})
+            changes = status_patch(
+                current, outcome, int(fresh["metadata"].get("generation") or 0), rfc3339(datetime.now(UTC))
+            )
+            if changes:
+                self.kube.patch_status(API_VERSION, self.kind, str(meta.namespace), str(meta.name), changes)
+        except Exception as exc:
+            metrics.OPERATOR_RECONCILES.labels(self.kind, "error").inc()
+            metrics.OPERATOR_ERRORS.labels(self.kind, type(exc).__name__).inc()
+            delay = self.backoff.failed(uid, time.monotonic())
+            bound.warning("reconcile failed", error=str(exc), error_type=type(exc).__name__, retry_in=delay)
+            raise kopf_error(exc, delay) from exc
+        finally:
+            metrics.OPERATOR_RECONCILE_SECONDS.labels(self.kind).observe(time.perf_counter() - started)
+        failing = unreachable(outcome.conditions)
+        if failing is None:
+            self.backoff.succeeded(uid)
+        else:
+            delay = self.backoff.failed(uid, time.monotonic())
+            bound.info("dependency unreachable: resync backs off", reason=failing, retry_in=delay)
         ready = next((c for c in outcome.conditions if c.type == "Ready"), None)
         result = "paused" if outcome.status.get("paused") else "ready" if ready and ready.status else "not_ready"
         metrics.OPERATOR_RECONCILES.labels(self.kind, result).inc()
@@ -175,11 +211,33 @@ class Runner:
             bound.info("event", type=type_, reason=reason, message=message)
 
 
-def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+def watch_peering(kube: Kube, config: OperatorConfig, probes: Probes, stop: threading.Event) -> None:
+    """Keep ``probes.acting`` current from the peering object, every few seconds, until ``stop``."""
+    while not stop.is_set():
+        try:
+            found = [
+                item
+                for item in kube.list("kopf.dev/v1", "ClusterKopfPeering", "")
+                if item["metadata"]["name"] == config.peering
+            ]
+            peers = (found[0].get("status") or {}) if found else {}
+            probes.set_acting(acting(peers, config.priority, datetime.now(UTC)))
+        except Exception as exc:  # the API server away: keep the last answer, look again
+            log.warning("cannot read the peering object", error=str(exc), error_type=type(exc).__name__)
+        stop.wait(min(5.0, config.peering_lifetime / 2))
+
+
+def register(
+    config: OperatorConfig, registry: kopf.OperatorRegistry | None = None, probes: Probes | None = None
+) -> kopf.OperatorRegistry:
     """Register every handler on ``registry`` (a new one by default) and return it."""
     registry = registry or kopf.OperatorRegistry()
+    probes = probes or Probes()
     locks = Locks()
+    backoff = Backoff(config.backoff_base_seconds, config.backoff_max_seconds)
     kafka = KafkaPort(config.kafka_timeout)
+    generations = drift.Generations()
+    stop = threading.Event()
     runtime: dict[str, Any] = {}
 
     @kopf.on.login(registry=registry)
@@ -193,10 +251,17 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
         configure(settings, config)
         load_config()
         series.operator_started(["EventSourcedAggregate", "Projection"])
-        kube = Kube()
+        kube = runtime["kube"] = Kube()
         runtime["aggregates"] = AggregateReconciler(kube, kafka)
-        runtime["EventSourcedAggregate"] = Runner("EventSourcedAggregate", kube, runtime["aggregates"].reconcile, locks)
-        runtime["Projection"] = Runner("Projection", kube, ProjectionReconciler(kube, kafka).reconcile, locks)
+        runtime["EventSourcedAggregate"] = Runner(
+            "EventSourcedAggregate", kube, runtime["aggregates"].reconcile, locks, backoff
+        )
+        projections = ProjectionReconciler(kube, kafka, Catalogs(config.database_timeout))
+        runtime["Projection"] = Runner("Projection", kube, projections.reconcile, locks, backoff)
+        if not config.standalone:
+            threading.Thread(
+                target=watch_peering, args=(kube, config, probes, stop), name="peering-probe", daemon=True
+            ).start()
         log.info(
             "operator starting",
             peering=config.peering,
@@ -205,17 +270,61 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
             resync_seconds=config.resync_seconds,
         )
 
+    @kopf.on.startup(registry=registry)
+    async def heartbeat(**_: Any) -> None:
+        async def beat() -> None:
+            while True:
+                probes.beat()
+                await asyncio.sleep(1)
+
+        # A task on kopf's own event loop: when the loop is stuck, the beats stop and /healthz fails.
+        runtime["heartbeat"] = asyncio.get_running_loop().create_task(beat())
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        stop.set()
+        task = runtime.pop("heartbeat", None)
+        if task is not None:
+            task.cancel()
+
     def aggregates(body: kopf.Body, **_: Any) -> None:
         runtime["EventSourcedAggregate"](body)
 
     def projections(body: kopf.Body, **_: Any) -> None:
         runtime["Projection"](body)
 
-    for plural, fn in (("eventsourcedaggregates", aggregates), ("projections", projections)):
+    def aggregates_resync(body: kopf.Body, **_: Any) -> None:
+        runtime["EventSourcedAggregate"](body, periodic=True)
+
+    def projections_resync(body: kopf.Body, **_: Any) -> None:
+        runtime["Projection"](body, periodic=True)
+
+    for plural, fn, resync in (
+        ("eventsourcedaggregates", aggregates, aggregates_resync),
+        ("projections", projections, projections_resync),
+    ):
         kopf.on.resume(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
         kopf.on.create(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
         kopf.on.update(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
-        kopf.timer(GROUP, VERSION, plural, id="resync", interval=config.resync_seconds, registry=registry)(fn)
+        kopf.timer(GROUP, VERSION, plural, id="resync", interval=config.resync_seconds, registry=registry)(resync)
+
+    def repair(type: str | None, body: kopf.Body, **_: Any) -> None:
+        """An owned Deployment or StatefulSet changed its spec or went away: its owner's pass, at once."""
+        meta = body.metadata
+        if not generations.drifted(type, str(meta.uid), int(meta.get("generation") or 0)):
+            return
+        owner = drift.controller(meta)
+        runner = runtime.get(owner[0]) if owner else None
+        if owner is None or not isinstance(runner, Runner):
+            return
+        found = runner.kube.get(API_VERSION, owner[0], str(meta.namespace), owner[1])
+        if found is None or found["metadata"].get("deletionTimestamp"):
+            return
+        log.info("owned object drifted", kind=body.get("kind"), name=meta.name, change=type, owner=owner[1])
+        runner(kopf.Body(cast(kopf.RawBody, found)))
+
+    for plural in ("deployments", "statefulsets"):
+        kopf.on.event("apps", "v1", plural, id="drift", labels=drift.OWNED_LABELS, registry=registry)(repair)
 
     @kopf.on.delete(GROUP, VERSION, "eventsourcedaggregates", id="deletion-policy", registry=registry)
     def finalize(body: kopf.Body, **_: Any) -> None:
@@ -229,11 +338,13 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
             kopf.event(body, type=type_, reason=reason, message=message)
             log.info("event", kind="EventSourcedAggregate", name=body.metadata.name, reason=reason, message=message)
         locks.forget(str(body.metadata.uid))
+        backoff.forget(str(body.metadata.uid))
         series.operator_resource_gone("EventSourcedAggregate", str(body.metadata.namespace), str(body.metadata.name))
 
     @kopf.on.delete(GROUP, VERSION, "projections", id="forget", optional=True, registry=registry)
     def forget(body: kopf.Body, **_: Any) -> None:
         locks.forget(str(body.metadata.uid))  # its Deployments go with it (owner references)
+        backoff.forget(str(body.metadata.uid))
         series.operator_resource_gone("Projection", str(body.metadata.namespace), str(body.metadata.name))
 
     return registry

@@ -1,0 +1,74 @@
+"""The operator's control-loop bookkeeping: per-resource backoff, drift detection, probes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from foldline_operator.backoff import Backoff, unreachable
+from foldline_operator.conditions import Condition
+from foldline_operator.drift import Generations, controller
+from foldline_operator.probes import Probes, acting
+
+
+def test_backoff_grows_per_resource_and_resets_on_success() -> None:
+    backoff = Backoff(10.0, 60.0)
+    assert backoff.due("a", 0.0)
+    assert [backoff.failed("a", 0.0) for _ in range(5)] == [10.0, 20.0, 40.0, 60.0, 60.0]
+    assert not backoff.due("a", 59.0) and backoff.due("a", 60.0)
+    assert backoff.due("b", 1.0)  # another resource is not held back
+    backoff.succeeded("a")
+    assert backoff.due("a", 0.0) and backoff.failures("a") == 0
+    assert backoff.failed("a", 100.0) == 10.0
+
+
+def test_only_unreachable_dependencies_back_off() -> None:
+    away = Condition("TopicsReady", False, "KafkaUnavailable", "timed out")
+    assert unreachable([Condition("HandlersReady", True, "Available"), away]) == "KafkaUnavailable"
+    assert unreachable([Condition("RevisionActive", False, "CatalogUnavailable")]) == "CatalogUnavailable"
+    assert unreachable([Condition("TopicsReady", False, "PartitionShrinkRefused")]) is None
+    assert unreachable([Condition("TopicsReady", True, "Verified")]) is None
+
+
+def test_drift_is_a_new_generation_or_a_deletion() -> None:
+    seen = Generations()
+    assert not seen.drifted(None, "u", 1)  # the initial listing
+    assert not seen.drifted("MODIFIED", "u", 1)  # status only: pods became ready
+    assert seen.drifted("MODIFIED", "u", 2)  # spec changed (replicas, image)
+    assert not seen.drifted("MODIFIED", "u", 2)
+    assert seen.drifted("DELETED", "u", 2)
+    assert not seen.drifted("ADDED", "u", 1)  # recreated
+    assert not seen.drifted("MODIFIED", "other", 7)  # never seen before: nothing to compare with
+
+
+def test_controller_is_the_foldline_owner() -> None:
+    ref = {"apiVersion": "foldline.io/v1alpha1", "kind": "Projection", "name": "p", "controller": True}
+    assert controller({"ownerReferences": [ref]}) == ("Projection", "p")
+    assert controller({"ownerReferences": [{**ref, "apiVersion": "apps/v1"}]}) is None
+    assert controller({"ownerReferences": [{**ref, "controller": False}]}) is None
+    assert controller({}) is None
+
+
+def test_liveness_fails_once_the_beats_stop() -> None:
+    now = [0.0]
+    probes = Probes(30.0, clock=lambda: now[0])
+    assert probes.alive()
+    now[0] = 29.0
+    probes.beat()
+    now[0] = 58.0
+    assert probes.alive()
+    now[0] = 59.5
+    assert not probes.alive()
+
+
+def test_the_live_replica_of_highest_priority_acts() -> None:
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def peer(priority: int, age: float = 1.0, lifetime: int = 60) -> dict[str, object]:
+        return {"priority": priority, "lifetime": lifetime, "lastseen": (now - timedelta(seconds=age)).isoformat()}
+
+    assert acting({}, 5, now)  # before its own record is written
+    assert acting({"me": peer(5), "standby": peer(3)}, 5, now)
+    assert not acting({"me": peer(3), "active": peer(5)}, 3, now)
+    assert acting({"me": peer(3), "gone": peer(5, age=120)}, 3, now)  # a dead peer does not count
+    assert not acting({"me": peer(5), "twin": peer(5)}, 5, now)  # a tie pauses both, as kopf does
+    assert acting({"me": peer(5), "broken": {"priority": 9}}, 5, now)
