@@ -1,7 +1,8 @@
 """``python -m foldline_operator`` (or ``foldline-operator``): the kopf operator as one process.
 
 It serves ``/healthz`` (kopf's event loop runs: ``probes``), ``/readyz`` (kopf has started and this
-replica is the acting one, not a paused standby) and ``/metrics`` on ``FOLDLINE_HTTP_PORT``
+replica is the acting one, not a paused standby), ``/started`` (kopf has started, acting or not) and
+``/metrics`` on ``FOLDLINE_HTTP_PORT``
 (default 8080) and logs JSON lines in pods (``FOLDLINE_LOG_FORMAT``), kopf's own logs included.
 """
 
@@ -43,7 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_kopf_logging(fmt)
     ready = threading.Event()
     probes = Probes(config.liveness_seconds)
-    health = HealthServer(config.http_port, live=probes.alive, ready=lambda: ready.is_set() and probes.acting()).start()
+    # /started is the kubelet's readiness probe: a standby that never turned ready would stall every
+    # rollout (no pod of the new ReplicaSet becomes available) and every drain behind a PDB.
+    health = HealthServer(
+        config.http_port,
+        live=probes.alive,
+        ready=lambda: ready.is_set() and probes.acting(),
+        extra={"/started": ready.is_set},
+    ).start()
     structlog.get_logger("foldline.operator").info("serving health and metrics", port=health.port)
     try:
         kopf.run(

@@ -148,6 +148,7 @@ def test_a_second_replica_with_lower_priority_stays_paused(
         # Readiness tells them apart: the paused standby is alive, not ready.
         assert http_ok(operator.port, "/readyz") and http_ok(standby.port, "/healthz")
         assert not http_ok(standby.port, "/readyz")
+        assert http_ok(standby.port, "/started")  # the kubelet's readiness probe: rollouts do not stall
         # The active replica stops (and leaves the peering): the standby takes over, and becomes ready.
         operator.stop()
         wait_for("the standby acting", lambda: "foldline_operator_reconciles_total{" in standby.metrics(), 30)
