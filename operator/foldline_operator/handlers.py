@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 import structlog
@@ -33,6 +33,7 @@ from foldline_operator.kafka import KafkaPort
 from foldline_operator.kube import Kube, load_config
 from foldline_operator.probes import Probes, acting
 from foldline_operator.projections import Catalogs, ProjectionReconciler
+from foldline_operator.resync import Resyncer, Schedule, Tracked
 
 log = structlog.get_logger("foldline.operator")
 
@@ -141,31 +142,30 @@ class Runner:
         self.kind, self.kube, self.reconcile, self.locks = kind, kube, reconcile, locks
         self.backoff = backoff or Backoff(10.0, 300.0)
 
-    def __call__(self, body: kopf.Body, *, periodic: bool = False) -> None:
-        """One pass. A ``periodic`` one (the resync timer) is skipped while the resource backs off after an
-        unreachable dependency, and while another pass of it runs: no worker thread waits for either."""
-        meta = body.metadata
-        uid = str(meta.uid)
+    def __call__(self, body: Mapping[str, Any], *, periodic: bool = False) -> bool:
+        """One pass; False when the object is gone. A ``periodic`` one (the resync) is skipped while the
+        resource backs off after an unreachable dependency, and while another pass of it runs: no worker
+        thread waits for either."""
+        uid = str(body["metadata"]["uid"])
         if periodic and not self.backoff.due(uid, time.monotonic()):
-            return
+            return True
         lock = self.locks.of(uid)
         if not lock.acquire(blocking=not periodic):
-            return
+            return True
         try:
-            self._pass(body)
+            return self._pass(body["metadata"])
         finally:
             lock.release()
 
-    def _pass(self, body: kopf.Body) -> None:
-        meta = body.metadata
-        uid = str(meta.uid)
-        bound = log.bind(kind=self.kind, namespace=meta.namespace, name=meta.name)
+    def _pass(self, meta: Mapping[str, Any]) -> bool:
+        uid, namespace, name = str(meta["uid"]), str(meta["namespace"]), str(meta["name"])
+        bound = log.bind(kind=self.kind, namespace=namespace, name=name)
         started = time.perf_counter()
         try:
-            fresh = self.kube.get(API_VERSION, self.kind, str(meta.namespace), str(meta.name))
+            fresh = self.kube.get(API_VERSION, self.kind, namespace, name)
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                series.operator_resource_gone(self.kind, str(meta.namespace), str(meta.name))
-                return
+                series.operator_resource_gone(self.kind, namespace, name)
+                return False
             outcome = self.reconcile(fresh)
             generation = int(fresh["metadata"].get("generation") or 0)
             outcome.status.update(spec_records(outcome, fresh.get("spec") or {}, generation))
@@ -174,7 +174,7 @@ class Runner:
                 current, outcome, int(fresh["metadata"].get("generation") or 0), rfc3339(datetime.now(UTC))
             )
             if changes:
-                self.kube.patch_status(API_VERSION, self.kind, str(meta.namespace), str(meta.name), changes)
+                self.kube.patch_status(API_VERSION, self.kind, namespace, name, changes)
         except Exception as exc:
             metrics.OPERATOR_RECONCILES.labels(self.kind, "error").inc()
             metrics.OPERATOR_ERRORS.labels(self.kind, type(exc).__name__).inc()
@@ -193,13 +193,13 @@ class Runner:
         result = "paused" if outcome.status.get("paused") else "ready" if ready and ready.status else "not_ready"
         metrics.OPERATOR_RECONCILES.labels(self.kind, result).inc()
         if result == "paused":  # not a fault: the not-Ready alert must not page for it
-            series.operator_resource_gone(self.kind, str(meta.namespace), str(meta.name))
+            series.operator_resource_gone(self.kind, namespace, name)
         else:
             lag = outcome.status.get("lag")
             series.operator_resource(
                 self.kind,
-                str(meta.namespace),
-                str(meta.name),
+                namespace,
+                name,
                 ready=result == "ready",
                 lag=lag if isinstance(lag, int) else None,
             )
@@ -207,8 +207,9 @@ class Runner:
             if c.status is False and c.type != "Ready" and c.reason not in _EXPECTED:
                 metrics.OPERATOR_ERRORS.labels(self.kind, c.reason).inc()
         for type_, reason, message in [*outcome.events, *transition_events(current, outcome.conditions)]:
-            kopf.event(body, type=type_, reason=reason, message=message)
+            self.kube.event(fresh, type_, reason, message)  # posted here: resync passes run outside kopf
             bound.info("event", type=type_, reason=reason, message=message)
+        return True
 
 
 def watch_peering(kube: Kube, config: OperatorConfig, probes: Probes, stop: threading.Event) -> None:
@@ -237,6 +238,7 @@ def register(
     backoff = Backoff(config.backoff_base_seconds, config.backoff_max_seconds)
     kafka = KafkaPort(config.kafka_timeout)
     generations = drift.Generations()
+    schedule = Schedule(config.resync_seconds)
     stop = threading.Event()
     runtime: dict[str, Any] = {}
 
@@ -258,6 +260,13 @@ def register(
         )
         projections = ProjectionReconciler(kube, kafka, Catalogs(config.database_timeout))
         runtime["Projection"] = Runner("Projection", kube, projections.reconcile, locks, backoff)
+
+        def periodic(item: Tracked) -> None:
+            meta = {"uid": item.uid, "namespace": item.namespace, "name": item.name}
+            if not runtime[item.kind]({"metadata": meta}, periodic=True):
+                schedule.gone(item.uid)
+
+        runtime["resync"] = Resyncer(schedule, periodic, probes.acting).start()
         if not config.standalone:
             threading.Thread(
                 target=watch_peering, args=(kube, config, probes, stop), name="peering-probe", daemon=True
@@ -283,6 +292,8 @@ def register(
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         stop.set()
+        if "resync" in runtime:
+            runtime["resync"].stop()
         task = runtime.pop("heartbeat", None)
         if task is not None:
             task.cancel()
@@ -293,20 +304,10 @@ def register(
     def projections(body: kopf.Body, **_: Any) -> None:
         runtime["Projection"](body)
 
-    def aggregates_resync(body: kopf.Body, **_: Any) -> None:
-        runtime["EventSourcedAggregate"](body, periodic=True)
-
-    def projections_resync(body: kopf.Body, **_: Any) -> None:
-        runtime["Projection"](body, periodic=True)
-
-    for plural, fn, resync in (
-        ("eventsourcedaggregates", aggregates, aggregates_resync),
-        ("projections", projections, projections_resync),
-    ):
+    for plural, fn in (("eventsourcedaggregates", aggregates), ("projections", projections)):
         kopf.on.resume(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
         kopf.on.create(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
         kopf.on.update(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
-        kopf.timer(GROUP, VERSION, plural, id="resync", interval=config.resync_seconds, registry=registry)(resync)
 
     def repair(type: str | None, body: kopf.Body, **_: Any) -> None:
         """An owned Deployment or StatefulSet changed its spec or went away: its owner's pass, at once."""
@@ -321,12 +322,20 @@ def register(
         if found is None or found["metadata"].get("deletionTimestamp"):
             return
         log.info("owned object drifted", kind=body.get("kind"), name=meta.name, change=type, owner=owner[1])
-        runner(kopf.Body(cast(kopf.RawBody, found)))
+        runner(found)
 
     for plural in ("deployments", "statefulsets"):
         kopf.on.event("apps", "v1", plural, id="drift", labels=drift.OWNED_LABELS, registry=registry)(repair)
 
-    @kopf.on.delete(GROUP, VERSION, "eventsourcedaggregates", id="deletion-policy", registry=registry)
+    def deletes_topics(spec: kopf.Spec, **_: Any) -> bool:
+        return spec.get("deletionPolicy") == "Delete"
+
+    # The only finalizer: an aggregate whose topics go with it (deletionPolicy Delete). kopf adds it while
+    # the policy is Delete and removes it when the policy changes; everything else is deleted at once, by
+    # the API server and its garbage collector, whether an operator runs or not.
+    @kopf.on.delete(
+        GROUP, VERSION, "eventsourcedaggregates", id="deletion-policy", when=deletes_topics, registry=registry
+    )
     def finalize(body: kopf.Body, **_: Any) -> None:
         try:
             events = runtime["aggregates"].finalize(body)
@@ -337,14 +346,29 @@ def register(
         for type_, reason, message in events:
             kopf.event(body, type=type_, reason=reason, message=message)
             log.info("event", kind="EventSourcedAggregate", name=body.metadata.name, reason=reason, message=message)
+
+    def track(kind: str, type: str | None, body: kopf.Body) -> None:
+        """Every watch event of a resource: tracked for the resync; when deleted, forgotten."""
+        meta = body.metadata
+        if type != "DELETED":
+            schedule.seen(Tracked(kind, str(meta.namespace), str(meta.name), str(meta.uid)), time.monotonic())
+            return
+        schedule.gone(str(meta.uid))
         locks.forget(str(body.metadata.uid))
         backoff.forget(str(body.metadata.uid))
-        series.operator_resource_gone("EventSourcedAggregate", str(body.metadata.namespace), str(body.metadata.name))
+        series.operator_resource_gone(kind, str(body.metadata.namespace), str(body.metadata.name))
+        if kind == "EventSourcedAggregate" and not deletes_topics(body.spec):
+            name = (body.get("status") or {}).get("aggregateName") or body.metadata.name
+            message = f"deletionPolicy Retain: kept the topics of {name}"
+            kopf.event(body, type="Normal", reason="TopicsRetained", message=message)
+            log.info("event", kind=kind, name=body.metadata.name, reason="TopicsRetained", message=message)
 
-    @kopf.on.delete(GROUP, VERSION, "projections", id="forget", optional=True, registry=registry)
-    def forget(body: kopf.Body, **_: Any) -> None:
-        locks.forget(str(body.metadata.uid))  # its Deployments go with it (owner references)
-        backoff.forget(str(body.metadata.uid))
-        series.operator_resource_gone("Projection", str(body.metadata.namespace), str(body.metadata.name))
+    @kopf.on.event(GROUP, VERSION, "eventsourcedaggregates", id="track", registry=registry)
+    def aggregate_events(type: str | None, body: kopf.Body, **_: Any) -> None:
+        track("EventSourcedAggregate", type, body)
+
+    @kopf.on.event(GROUP, VERSION, "projections", id="track", registry=registry)
+    def projection_events(type: str | None, body: kopf.Body, **_: Any) -> None:
+        track("Projection", type, body)  # its Deployments go with it (owner references)
 
     return registry

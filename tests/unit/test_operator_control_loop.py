@@ -8,6 +8,7 @@ from foldline_operator.backoff import Backoff, unreachable
 from foldline_operator.conditions import Condition
 from foldline_operator.drift import Generations, controller
 from foldline_operator.probes import Probes, acting
+from foldline_operator.resync import Schedule, Tracked
 
 
 def test_backoff_grows_per_resource_and_resets_on_success() -> None:
@@ -72,3 +73,17 @@ def test_the_live_replica_of_highest_priority_acts() -> None:
     assert acting({"me": peer(3), "gone": peer(5, age=120)}, 3, now)  # a dead peer does not count
     assert not acting({"me": peer(5), "twin": peer(5)}, 5, now)  # a tie pauses both, as kopf does
     assert acting({"me": peer(5), "broken": {"priority": 9}}, 5, now)
+
+
+def test_resync_schedule_tracks_objects_from_their_events() -> None:
+    schedule = Schedule(30.0)
+    a, b = Tracked("Projection", "ns", "a", "ua"), Tracked("EventSourcedAggregate", "ns", "b", "ub")
+    schedule.seen(a, 0.0)
+    schedule.seen(b, 10.0)
+    assert schedule.due(29.0) == []  # the event's own pass was the first
+    schedule.seen(a, 29.5)  # a later event (a status patch) does not postpone the resync
+    assert schedule.due(30.0) == [a]
+    assert schedule.due(40.0) == [b]
+    assert schedule.due(59.0) == [] and schedule.due(60.0) == [a]
+    schedule.gone("ua")
+    assert schedule.due(1000.0) == [b] and len(schedule) == 1
