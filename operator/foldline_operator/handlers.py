@@ -225,7 +225,7 @@ def watch_peering(kube: Kube, config: OperatorConfig, probes: Probes, stop: thre
             probes.set_acting(acting(peers, config.priority, datetime.now(UTC)))
         except Exception as exc:  # the API server away: keep the last answer, look again
             log.warning("cannot read the peering object", error=str(exc), error_type=type(exc).__name__)
-        stop.wait(min(5.0, config.peering_lifetime / 2))
+        stop.wait(min(2.0, config.peering_lifetime / 2))
 
 
 def register(
