@@ -31,7 +31,7 @@ from foldline_operator.config import OperatorConfig
 from foldline_operator.crds import API_VERSION, GROUP, VERSION
 from foldline_operator.kafka import KafkaPort
 from foldline_operator.kube import Kube, load_config
-from foldline_operator.probes import Probes, acting
+from foldline_operator.probes import Probes, acting, heartbeat
 from foldline_operator.projections import Catalogs, ProjectionReconciler
 from foldline_operator.resync import Resyncer, Schedule, Tracked
 
@@ -280,14 +280,9 @@ def register(
         )
 
     @kopf.on.startup(registry=registry)
-    async def heartbeat(**_: Any) -> None:
-        async def beat() -> None:
-            while True:
-                probes.beat()
-                await asyncio.sleep(1)
-
+    async def start_heartbeat(**_: Any) -> None:
         # A task on kopf's own event loop: when the loop is stuck, the beats stop and /healthz fails.
-        runtime["heartbeat"] = asyncio.get_running_loop().create_task(beat())
+        runtime["heartbeat"] = asyncio.get_running_loop().create_task(heartbeat(probes))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:

@@ -10,6 +10,7 @@ replica with its priority, ``lastseen`` and ``lifetime``).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -61,3 +62,10 @@ class Probes:
     def acting(self) -> bool:
         with self._lock:
             return self._acting
+
+
+async def heartbeat(probes: Probes, interval: float = 1.0) -> None:
+    """Beat every ``interval`` seconds, for ever: run as a task on the event loop that must keep turning."""
+    while True:
+        probes.beat()
+        await asyncio.sleep(interval)

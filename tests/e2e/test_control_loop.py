@@ -18,6 +18,7 @@ from tests.e2e.support import (
     OperatorProcess,
     condition,
     create,
+    http_ok,
     manifest,
     patch,
     start_pods,
@@ -108,6 +109,8 @@ def test_unreachable_kafka_does_not_starve_the_healthy_aggregate(
         delays = wait_for("two backoffs", lambda: (d := backoff_delays(operator, broken[1]))[1:] and d, 90)
         assert delays[1] > delays[0]
         assert not backoff_delays(operator, healthy)
+        # Up for longer than FOLDLINE_OPERATOR_LIVENESS_SECONDS by now: the loop's heartbeat keeps it live.
+        assert http_ok(operator.port, "/healthz") and http_ok(operator.port, "/readyz")
     finally:
         for name in [*broken, healthy]:
             kube.delete(API, ESA, namespace, name)

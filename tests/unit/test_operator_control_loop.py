@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from foldline_operator.backoff import Backoff, unreachable
 from foldline_operator.conditions import Condition
 from foldline_operator.drift import Generations, controller
-from foldline_operator.probes import Probes, acting
+from foldline_operator.probes import Probes, acting, heartbeat
 from foldline_operator.resync import Schedule, Tracked
 
 
@@ -87,3 +91,34 @@ def test_resync_schedule_tracks_objects_from_their_events() -> None:
     assert schedule.due(59.0) == [] and schedule.due(60.0) == [a]
     schedule.gone("ua")
     assert schedule.due(1000.0) == [b] and len(schedule) == 1
+
+
+def _eventually(probe: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_blocked_event_loop_fails_liveness_and_recovers() -> None:
+    probes = Probes(stale_after=0.5)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    blocker = threading.Event()
+    beating = asyncio.run_coroutine_threadsafe(heartbeat(probes, interval=0.05), loop)
+    try:
+        assert _eventually(probes.alive)
+        loop.call_soon_threadsafe(blocker.wait)  # a blocking call on the loop: it stops turning
+        assert _eventually(lambda: not probes.alive())
+        blocker.set()
+        assert _eventually(probes.alive)
+    finally:
+        blocker.set()
+        beating.cancel()
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.1), loop).result(5)  # the cancellation runs
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
