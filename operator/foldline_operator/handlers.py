@@ -2,7 +2,7 @@
 
 Both kinds are reconciled the same way: on create, on every change of spec/labels/annotations, when
 the operator starts (resume), when an owned Deployment or StatefulSet drifts (its spec changed, or it was
-deleted), and every ``resync_seconds`` (a timer), always through one function that recomputes everything.
+deleted), and every ``resync_seconds`` (``resync.py``), always through one function that recomputes everything.
 A per-object lock keeps the timer and an event from running it at once; a resync that finds a pass
 running skips, and one of a resource whose Kafka or database was unreachable waits for its backoff.
 """
