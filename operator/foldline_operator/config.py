@@ -24,7 +24,16 @@ class OperatorConfig:
     peering_lifetime: int = 60
     standalone: bool = False
     http_port: int = 8080
-    kafka_timeout: float = 15.0
+    #: Bound of every Kafka admin call (and connection set-up) and database connection the operator makes:
+    #: a pass against an unreachable dependency holds one of the worker threads at most about this long.
+    kafka_timeout: float = 5.0
+    database_timeout: float = 5.0
+    #: A resource whose Kafka or database was unreachable is resynced after growing delays (base, 2 x base...,
+    #: at most max); edits of the resource and drift of what it owns still get a pass at once.
+    backoff_base_seconds: float = 10.0
+    backoff_max_seconds: float = 300.0
+    #: /healthz fails once kopf's event loop has not run its heartbeat task for this long (a stuck loop).
+    liveness_seconds: float = 30.0
     #: Server-side watch timeout, and the client's (a bit longer): a silent connection is re-established.
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
@@ -42,6 +51,10 @@ class OperatorConfig:
             standalone=env_str(env, "OPERATOR_STANDALONE", "false").lower() in ("1", "true", "yes"),
             http_port=env_int(env, "HTTP_PORT", cls.http_port),
             kafka_timeout=env_float(env, "OPERATOR_KAFKA_TIMEOUT", cls.kafka_timeout),
+            database_timeout=env_float(env, "OPERATOR_DATABASE_TIMEOUT", cls.database_timeout),
+            backoff_base_seconds=env_float(env, "OPERATOR_BACKOFF_BASE_SECONDS", cls.backoff_base_seconds),
+            backoff_max_seconds=env_float(env, "OPERATOR_BACKOFF_MAX_SECONDS", cls.backoff_max_seconds),
+            liveness_seconds=env_float(env, "OPERATOR_LIVENESS_SECONDS", cls.liveness_seconds),
             watch_server_timeout=env_int(env, "OPERATOR_WATCH_SERVER_TIMEOUT", cls.watch_server_timeout, minimum=1),
             watch_client_timeout=env_int(env, "OPERATOR_WATCH_CLIENT_TIMEOUT", cls.watch_client_timeout, minimum=1),
         )

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 FIELD_MANAGER = "foldline-operator"
+log = structlog.get_logger("foldline.operator")
 
 Obj = dict[str, Any]
 
@@ -136,6 +140,37 @@ class Kube:
         """True when something was deleted, False when it did not exist."""
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         return self.request("DELETE", path(api_version, kind, namespace, name), body=body) is not None
+
+    def event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event about ``obj`` (as ``kubectl describe`` shows them); a refusal is only logged:
+        an Event is worth no failed pass."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": os.environ.get("POD_ID", ""),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+        except (KubeError, OSError, ValueError) as exc:
+            log.warning("cannot post an Event", reason=reason, error=str(exc))
 
     def secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's data, decoded; None when it does not exist."""

@@ -45,18 +45,36 @@ log = structlog.get_logger("foldline.operator")
 
 
 class Catalogs:
-    """One open projection store per database URL, reused by every pass."""
+    """One open projection store per database URL, reused by every pass.
 
-    def __init__(self) -> None:
+    Connecting, and waiting for a pooled connection, take at most ``timeout`` seconds, and opening a store
+    holds only its URL's lock: an unreachable database delays only the Projections that use it.
+    """
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        self.timeout = timeout
         self._stores: dict[str, SqlStore] = {}
+        self._opening: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+
+    def _store(self, url: str) -> SqlStore:
+        with self._lock:
+            store = self._stores.get(url)
+            opening = self._opening.setdefault(url, threading.Lock())
+        if store is not None:
+            return store
+        with opening:
+            with self._lock:
+                store = self._stores.get(url)
+            if store is None:
+                store = open_store(url, pool_size=2, connect_timeout=self.timeout)
+                with self._lock:
+                    self._stores[url] = store
+        return store
 
     def status(self, url: str, view: str, end_offsets: EndOffsets) -> ViewStatus | None:
         """The view's catalog entry with progress and lag; None while no projector has registered it."""
-        with self._lock:
-            store = self._stores.get(url)
-            if store is None:
-                store = self._stores[url] = open_store(url, pool_size=1)
+        store = self._store(url)
         try:
             return view_status(store, view, end_offsets)
         except UnknownViewError:

@@ -72,7 +72,8 @@ class OperatorProcess:
     starts: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def start(self, priority: int | None = None) -> OperatorProcess:
+    def start(self, priority: int | None = None, *, standby: bool = False) -> OperatorProcess:
+        """Start it and wait for its ``/readyz`` (for a ``standby``, paused by peering: its ``/healthz``)."""
         self.priority = priority if priority is not None else self.priority + 10
         self.port = free_port()
         self.starts += 1
@@ -105,7 +106,8 @@ class OperatorProcess:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
             )
-        wait_for("the operator's /readyz", lambda: self.alive_or_fail() and http_ok(self.port, "/readyz"), 60)
+        probe = "/healthz" if standby else "/readyz"
+        wait_for(f"the operator's {probe}", lambda: self.alive_or_fail() and http_ok(self.port, probe), 60)
         return self
 
     def alive_or_fail(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,11 +16,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 class HealthServer:
     def __init__(
-        self, port: int, *, live: Callable[[], bool], ready: Callable[[], bool], host: str | None = None
+        self,
+        port: int,
+        *,
+        live: Callable[[], bool],
+        ready: Callable[[], bool],
+        host: str | None = None,
+        extra: Mapping[str, Callable[[], bool]] | None = None,
     ) -> None:
         # Pods listen on every interface; FOLDLINE_HTTP_HOST=127.0.0.1 keeps a local process on loopback.
         host = host or os.environ.get("FOLDLINE_HTTP_HOST") or "0.0.0.0"
-        checks = {"/healthz": live, "/readyz": ready}
+        checks = {**(extra or {}), "/healthz": live, "/readyz": ready}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
