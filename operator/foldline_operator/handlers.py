@@ -26,7 +26,7 @@ from foldline_operator.config import OperatorConfig
 from foldline_operator.crds import API_VERSION, GROUP, VERSION
 from foldline_operator.kafka import KafkaPort
 from foldline_operator.kube import Kube, load_config
-from foldline_operator.projections import ProjectionReconciler
+from foldline_operator.projections import Catalogs, ProjectionReconciler
 
 log = structlog.get_logger("foldline.operator")
 
@@ -196,7 +196,9 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
         kube = Kube()
         runtime["aggregates"] = AggregateReconciler(kube, kafka)
         runtime["EventSourcedAggregate"] = Runner("EventSourcedAggregate", kube, runtime["aggregates"].reconcile, locks)
-        runtime["Projection"] = Runner("Projection", kube, ProjectionReconciler(kube, kafka).reconcile, locks)
+        runtime["Projection"] = Runner(
+            "Projection", kube, ProjectionReconciler(kube, kafka, Catalogs(config.database_policy)).reconcile, locks
+        )
         log.info(
             "operator starting",
             peering=config.peering,
