@@ -63,6 +63,9 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.peering.mandatory = not config.standalone
     settings.peering.standalone = config.standalone
     settings.peering.clusterwide = True
+    # Serving named namespaces: no namespace or CRD watching (the RBAC of that mode grants neither); the
+    # CRDs are found once, at start, through API discovery.
+    settings.scanning.disabled = bool(config.namespaces)
     settings.peering.lifetime = config.peering_lifetime
     settings.peering.stealth = True
     settings.posting.level = logging.WARNING  # our own Events say what changed; kopf's would repeat it

@@ -33,13 +33,14 @@ from foldline_operator.aggregates import (
     is_paused,
     paused_outcome,
     rfc3339,
+    secret_forbidden,
 )
 from foldline_operator.builders import Owner
 from foldline_operator.conditions import Condition, deployment_condition, find, ready
 from foldline_operator.crds import API_VERSION
 from foldline_operator.databases import DatabasePolicy, Refusal
 from foldline_operator.kafka import KafkaPort
-from foldline_operator.kube import Kube
+from foldline_operator.kube import Kube, SecretForbidden
 from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "Projection"
@@ -104,7 +105,13 @@ class ProjectionReconciler:
         if isinstance(found, Condition):
             return _failed(out, found)
         aggregate, connection = found
-        secret = self.kube.secret(owner.namespace, spec.database.name) or {}
+        try:
+            secret = self.kube.secret(owner.namespace, spec.database.name) or {}
+        except SecretForbidden:
+            reason = "DatabaseSecretForbidden"
+            return _failed(
+                out, Condition("DatabaseReady", False, reason, secret_forbidden(owner.namespace, spec.database.name))
+            )
         url = secret.get(spec.database.key)
         if not url:
             return _failed(
