@@ -194,3 +194,32 @@ def test_namespaced_mode_works_with_exactly_the_chart_rules_and_nothing_more(
     finally:
         process.stop()
         wait_for("the session operator to resume", lambda: log_count(operator, "Resuming operations") > resumed, 120)
+
+
+def test_secret_names_and_namespaces_narrow_what_the_chart_grants(kube: Kube, kubeconfig: Path, tmp_path: Path) -> None:
+    team, elsewhere = make_namespace(kube, "rbac-team"), make_namespace(kube, "rbac-elsewhere")
+    for ns in (team, elsewhere):
+        secret(kube, ns, "kafka-auth", {"security.protocol": "PLAINTEXT"})
+        secret(kube, ns, "unrelated", {"token": "x"})
+    values = {
+        "operator": {"peering": "rbac-narrow"},
+        "rbac": {"secretNamespaces": [team], "secretNames": ["kafka-auth"]},
+    }
+    rbac = render_rbac("fl-narrow", OPERATOR_NAMESPACE, values)
+    _, as_operator = install_identity(kube, kubeconfig, rbac, tmp_path / "kubeconfig")
+    assert as_operator.secret(team, "kafka-auth") == {"security.protocol": "PLAINTEXT"}
+    for ns, name in ((team, "unrelated"), (elsewhere, "kafka-auth"), (elsewhere, "unrelated")):
+        with pytest.raises(SecretForbidden):
+            as_operator.secret(ns, name)
+    # The peering patch is the chart's own object only.
+    forbidden(
+        lambda: as_operator.request(
+            "PATCH",
+            f"/apis/kopf.dev/v1/clusterkopfpeerings/{PEERING}",
+            body={},
+            content_type="application/merge-patch+json",
+        )
+    )
+    with pytest.raises(RuntimeError, match=r"rbac\.secretNamespaces is for the cluster-wide mode"):
+        render_rbac("fl-narrow", OPERATOR_NAMESPACE, {**values, "operator": {"watchNamespaces": [team]}})
+    assert render_rbac("fl-narrow", OPERATOR_NAMESPACE, {"rbac": {"create": False}}) == []
