@@ -18,7 +18,7 @@ from foldline_operator import autoscale, builders
 from foldline_operator.builders import KafkaAuth, Owner
 from foldline_operator.conditions import Condition, deployment_condition, from_status, ready
 from foldline_operator.kafka import KafkaPort, client_config
-from foldline_operator.kube import Kube, KubeError
+from foldline_operator.kube import Kube, KubeError, SecretForbidden
 from foldline_operator.scalers import autoscaling_condition, external_scalers
 from foldline_operator.spec import AggregateResource, ProjectionResource
 
@@ -92,7 +92,10 @@ def connect(kube: Kube, namespace: str, spec: AggregateResource) -> Connection |
     if spec.kafka_secret is None:
         return Connection(client_config(spec.kafka_bootstrap, None), KafkaAuth())
     name = spec.kafka_secret.name
-    data = kube.secret(namespace, name)
+    try:
+        data = kube.secret(namespace, name)
+    except SecretForbidden:
+        return Condition("TopicsReady", False, "KafkaSecretForbidden", secret_forbidden(namespace, name))
     if data is None:
         return Condition(
             "TopicsReady", False, "KafkaSecretMissing", f"Secret {name} (spec.kafka.secretRef) does not exist"
@@ -102,6 +105,13 @@ def connect(kube: Kube, namespace: str, spec: AggregateResource) -> Connection |
     except ConfigurationError as exc:  # the message names keys and settings, never a value
         return Condition("TopicsReady", False, "KafkaSecretInvalid", f"Secret {name}: {exc}")
     return Connection(config, KafkaAuth(name, frozenset(data)))
+
+
+def secret_forbidden(namespace: str, name: str) -> str:
+    return (
+        f"the operator may not read Secret {name} in namespace {namespace}: its RBAC grants Secrets only in the "
+        "namespaces it serves (docs/operator.md, Permissions)"
+    )
 
 
 def topics_condition(report: TopicReport) -> tuple[Condition, list[tuple[str, str, str]]]:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from foldline.settings import env_float, env_int, env_str
+from foldline_operator.databases import DatabasePolicy
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,21 @@ class OperatorConfig:
     #: Server-side watch timeout, and the client's (a bit longer): a silent connection is re-established.
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
+    #: Projection databases the operator may connect to (``databases.DatabasePolicy``): admin-named hosts,
+    #: and a directory of SQLite files it may read (local development only).
+    database_hosts: tuple[str, ...] = ()
+    sqlite_dir: str | None = None
+
+    @property
+    def database_policy(self) -> DatabasePolicy:
+        return DatabasePolicy(self.database_hosts, self.sqlite_dir)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
         return cls(
             resync_seconds=env_float(env, "OPERATOR_RESYNC_SECONDS", cls.resync_seconds),
-            namespaces=tuple(n.strip() for n in env_str(env, "OPERATOR_NAMESPACES", "").split(",") if n.strip()),
+            namespaces=_names(env_str(env, "OPERATOR_NAMESPACES", "")),
             peering=env_str(env, "OPERATOR_PEERING", cls.peering),
             # Distinct priorities let exactly one replica act; kopf pauses every peer on a tie.
             priority=env_int(env, "OPERATOR_PRIORITY", random.randint(1, 1_000_000)),
@@ -57,7 +66,13 @@ class OperatorConfig:
             liveness_seconds=env_float(env, "OPERATOR_LIVENESS_SECONDS", cls.liveness_seconds),
             watch_server_timeout=env_int(env, "OPERATOR_WATCH_SERVER_TIMEOUT", cls.watch_server_timeout, minimum=1),
             watch_client_timeout=env_int(env, "OPERATOR_WATCH_CLIENT_TIMEOUT", cls.watch_client_timeout, minimum=1),
+            database_hosts=_names(env_str(env, "OPERATOR_DATABASE_HOSTS", "")),
+            sqlite_dir=env_str(env, "OPERATOR_SQLITE_DIR", "") or None,
         )
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) -> tuple[OperatorConfig, str | None]:

@@ -70,6 +70,9 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.peering.mandatory = not config.standalone
     settings.peering.standalone = config.standalone
     settings.peering.clusterwide = True
+    # Serving named namespaces: no namespace or CRD watching (the RBAC of that mode grants neither); the
+    # CRDs are found once, at start, through API discovery.
+    settings.scanning.disabled = bool(config.namespaces)
     settings.peering.lifetime = config.peering_lifetime
     settings.peering.stealth = True
     settings.posting.level = logging.WARNING  # our own Events say what changed; kopf's would repeat it
@@ -258,7 +261,7 @@ def register(
         runtime["EventSourcedAggregate"] = Runner(
             "EventSourcedAggregate", kube, runtime["aggregates"].reconcile, locks, backoff
         )
-        projections = ProjectionReconciler(kube, kafka, Catalogs(config.database_timeout))
+        projections = ProjectionReconciler(kube, kafka, Catalogs(config.database_policy, config.database_timeout))
         runtime["Projection"] = Runner("Projection", kube, projections.reconcile, locks, backoff)
 
         def periodic(item: Tracked) -> None:

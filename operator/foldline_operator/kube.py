@@ -29,6 +29,10 @@ class KubeError(Exception):
         self.status = status
 
 
+class SecretForbidden(KubeError):
+    """The operator's RBAC does not let it read this Secret (a namespace it does not serve for Secrets)."""
+
+
 def load_config() -> None:
     """In a pod: the service account; elsewhere: ``$KUBECONFIG`` or ``~/.kube/config``."""
     try:
@@ -173,8 +177,13 @@ class Kube:
             log.warning("cannot post an Event", reason=reason, error=str(exc))
 
     def secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """A Secret's data, decoded; None when it does not exist."""
-        found = self.get("v1", "Secret", namespace, name)
+        """A Secret's data, decoded; None when it does not exist; ``SecretForbidden`` when RBAC refuses it."""
+        try:
+            found = self.get("v1", "Secret", namespace, name)
+        except KubeError as exc:
+            if exc.status == 403:
+                raise SecretForbidden(403, str(exc).partition(": ")[2]) from exc
+            raise
         if found is None:
             return None
         data: Mapping[str, str] = found.get("data") or {}

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -86,6 +87,9 @@ class OperatorProcess:
             "FOLDLINE_OPERATOR_PEERING_LIFETIME": "10",
             "FOLDLINE_LOG_FORMAT": "json",
             "PYTHONPATH": str(REPO),
+            # The tests' SQLite views (under pytest's tmp dirs) share this machine's disk with the operator;
+            # in a cluster they never would, and the operator reads no SQLite (docs/operator.md).
+            "FOLDLINE_OPERATOR_SQLITE_DIR": tempfile.gettempdir(),
             **self.extra_env,
         }
         with (self.log_dir / f"operator-{self.starts}.log").open("ab") as log:

@@ -51,7 +51,12 @@ def test_defaults_render_a_pdb_for_the_two_replicas_and_no_network_policy(tmp_pa
 def test_routine_values_are_applied(tmp_path: Path) -> None:
     objects = render(tmp_path, ROUTINE)
     names = {name for kind, name in objects if kind not in ("ClusterKopfPeering", "ConfigMap")}
-    assert names == {"platform-foldline", "platform-foldline-metrics"}, names
+    assert names == {
+        "platform-foldline",
+        "platform-foldline-metrics",
+        "platform-foldline-cluster",
+        "platform-foldline-secrets",
+    }, names
     deployment = objects[("Deployment", "platform-foldline")]
     template = deployment["spec"]["template"]
     pod, [container] = template["spec"], template["spec"]["containers"]
