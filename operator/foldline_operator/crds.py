@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from foldline_operator.schema_types import Schema
 from foldline_operator.policy_spec import policy_schema
+from foldline_operator.schema_types import Schema
 from foldline_operator.schemas import aggregate_schema, projection_schema
 
 GROUP = "foldline.io"

@@ -1,6 +1,6 @@
 """kopf wiring: which events run which reconciler, how status and Events are written, and kopf's settings.
 
-Both kinds are reconciled the same way: on create, on every change of spec/labels/annotations, when
+Every kind is reconciled the same way: on create, on every change of spec/labels/annotations, when
 the operator starts (resume), and every ``resync_seconds`` (a timer), always through one function that
 recomputes everything. A per-object lock keeps the timer and an event from running it at once.
 """
@@ -26,6 +26,7 @@ from foldline_operator.config import OperatorConfig
 from foldline_operator.crds import API_VERSION, GROUP, VERSION
 from foldline_operator.kafka import KafkaPort
 from foldline_operator.kube import Kube, load_config
+from foldline_operator.policies import PolicyReconciler
 from foldline_operator.projections import ProjectionReconciler
 
 log = structlog.get_logger("foldline.operator")
@@ -192,11 +193,13 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, config)
         load_config()
-        series.operator_started(["EventSourcedAggregate", "Projection"])
+        series.operator_started(["EventSourcedAggregate", "Projection", "Policy"])
         kube = Kube()
         runtime["aggregates"] = AggregateReconciler(kube, kafka)
         runtime["EventSourcedAggregate"] = Runner("EventSourcedAggregate", kube, runtime["aggregates"].reconcile, locks)
         runtime["Projection"] = Runner("Projection", kube, ProjectionReconciler(kube, kafka).reconcile, locks)
+        runtime["policies"] = PolicyReconciler(kube, kafka)
+        runtime["Policy"] = Runner("Policy", kube, runtime["policies"].reconcile, locks)
         log.info(
             "operator starting",
             peering=config.peering,
@@ -211,7 +214,10 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
     def projections(body: kopf.Body, **_: Any) -> None:
         runtime["Projection"](body)
 
-    for plural, fn in (("eventsourcedaggregates", aggregates), ("projections", projections)):
+    def policies(body: kopf.Body, **_: Any) -> None:
+        runtime["Policy"](body)
+
+    for plural, fn in (("eventsourcedaggregates", aggregates), ("projections", projections), ("policies", policies)):
         kopf.on.resume(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
         kopf.on.create(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
         kopf.on.update(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
@@ -235,5 +241,12 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
     def forget(body: kopf.Body, **_: Any) -> None:
         locks.forget(str(body.metadata.uid))  # its Deployments go with it (owner references)
         series.operator_resource_gone("Projection", str(body.metadata.namespace), str(body.metadata.name))
+
+    @kopf.on.delete(GROUP, VERSION, "policies", id="forget", optional=True, registry=registry)
+    def forget_policy(body: kopf.Body, **_: Any) -> None:
+        # Its Deployment goes with it (owner references); its topics stay, as an aggregate's do by default.
+        locks.forget(str(body.metadata.uid))
+        runtime["policies"].forget(str(body.metadata.uid))
+        series.operator_resource_gone("Policy", str(body.metadata.namespace), str(body.metadata.name))
 
     return registry

@@ -88,9 +88,9 @@ def policy_schema() -> Schema:
             ),
             "policyName": _str(
                 "The policy's name (its class's `name`), which names its state topics, dead letters and "
-                "consumer group. Default: metadata.name.",
+                "consumer group, and is a label value. Default: metadata.name.",
                 pattern=TOPIC_PREFIX,
-                maxLength=200,
+                maxLength=63,
             ),
             "sources": {
                 "type": "array",
@@ -146,8 +146,7 @@ def policy_schema() -> Schema:
             "lag": {
                 "type": "integer",
                 "format": "int64",
-                "description": "Source events the consumer group has not committed; absent while Kafka is "
-                "unreachable.",
+                "description": "Source events the consumer group has not committed; absent while Kafka is unreachable.",
             },
             "scheduledDeadlines": {
                 "type": "integer",
