@@ -73,6 +73,9 @@ class PolicyWorker:
         self.dead_letters = 0
         self.deadlines_fired = 0
         self._next_deadline_check = 0.0
+        self._next_idle_commit = 0.0
+        #: The input offsets last committed per slot, to see when the position has moved past them alone.
+        self._committed: dict[Slot, int] = {}
 
     @property
     def consumer(self) -> Consumer:
@@ -106,6 +109,7 @@ class PolicyWorker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self._committed.pop((tp.topic, tp.partition), None)
             owned = self.tasks.pop((tp.topic, tp.partition), None)
             if owned is not None:
                 owned.close()
@@ -147,7 +151,40 @@ class PolicyWorker:
             due = any(task.due(now) for task in self.tasks.values())
         if batch or due:
             self._process(batch, fire=due)
+        elif time.monotonic() >= self._next_idle_commit:
+            self._next_idle_commit = time.monotonic() + self.settings.commit_interval_ms / 1000.0
+            self._commit_skipped()
         return len(batch)
+
+    def _commit_skipped(self) -> None:
+        """Commit positions that moved past offsets holding no record for us (a transaction's commit marker,
+        an aborted transaction's records): otherwise a caught-up worker's group shows a lag of one per
+        partition forever. Only positions of records already handled (the position is the offset after the
+        last record returned, past the markers that follow it), in an offsets-only transaction."""
+        slots = list(self.tasks)
+        if not slots:
+            return
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in slots])
+        ahead = [
+            TopicPartition(tp.topic, tp.partition, tp.offset)
+            for tp in positions
+            if tp.offset >= 0 and tp.offset > self._committed.get((tp.topic, tp.partition), -1)
+        ]
+        if not ahead:
+            return
+        try:
+            self._call(self.producer.begin_transaction)
+            self._call(self.producer.send_offsets_to_transaction, ahead, self.consumer.consumer_group_metadata())
+            self._commit()
+        except _Abort as abort:
+            log.warning("transaction aborted", policy=self.spec.name, cause=str(abort.cause))
+            try:
+                self.producer.abort_transaction(60.0)
+            except KafkaException as exc:
+                raise KafkaFatalError(f"abort failed: {exc}") from exc
+            return
+        for tp in ahead:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
 
     def _process(self, batch: list[Message], *, fire: bool = False) -> None:
         first_offsets: dict[Slot, int] = {}
@@ -204,6 +241,7 @@ class PolicyWorker:
             state_topic = self.topics.state(task.source.name)
             last = self._state_offsets.get((state_topic, slot[1]), task.store.changelog_offset() - 1)
             task.committed(items, last + 1)
+        self._committed.update(next_offsets)
         self.emitted += emitted
         self.dead_letters += letters
         self.deadlines_fired += fired
