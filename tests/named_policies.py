@@ -1,21 +1,33 @@
-"""Lets a policy worker child process load OverdueOnDueDate for a test's unique aggregate name.
+"""Lets a policy worker child process load the invoices policies under a test's unique names.
 
-``tests.named_policies:inv_abc`` resolves, through ``__getattr__``, to an OverdueOnDueDate subclass named
-``inv-abc-overdue`` whose source and target is ``tests.named_invoices:inv_abc`` (the aggregate ``inv-abc``).
+``tests.named_policies:charge__pol_a__inv_b__cust_c`` resolves, through ``__getattr__``, to the
+``ChargeOnSend`` policy named ``pol-a``, reading the invoices aggregate ``inv-b`` and commanding the
+customers aggregate ``cust-c`` (``settle__...`` for ``SettleOnPayment``): the same rules, their own topics.
 """
 
 from __future__ import annotations
 
-from foldline.examples.invoices.policies import OverdueOnDueDate
-from tests import named_invoices
+from typing import Any
+
+from foldline.examples.invoices import ChargeOnSend, Customers, Invoices, SettleOnPayment
+
+KINDS: dict[str, type[Any]] = {"charge": ChargeOnSend, "settle": SettleOnPayment}
 
 
-def __getattr__(attr: str) -> type[OverdueOnDueDate]:
-    if attr.startswith("_"):
+def named(kind: str, policy: str, invoices: str, customers: str) -> type[Any]:
+    sources = (type(f"Invoices_{invoices}", (Invoices,), {"name": invoices}),)
+    targets = (type(f"Customers_{customers}", (Customers,), {"name": customers}),)
+    return type(f"Policy_{policy}", (KINDS[kind],), {"name": policy, "sources": sources, "targets": targets})
+
+
+def path(kind: str, policy: str, invoices: str, customers: str) -> str:
+    parts = [kind, *(n.replace("-", "_") for n in (policy, invoices, customers))]
+    return "tests.named_policies:" + "__".join(parts)
+
+
+def __getattr__(attr: str) -> type[Any]:
+    parts = attr.split("__")
+    if attr.startswith("_") or len(parts) != 4 or parts[0] not in KINDS:
         raise AttributeError(attr)
-    invoices = getattr(named_invoices, attr)
-    return type(
-        f"OverdueOnDueDate_{attr}",
-        (OverdueOnDueDate,),
-        {"name": f"{attr.replace('_', '-')}-overdue", "sources": (invoices,), "targets": (invoices,)},
-    )
+    kind, *names = parts
+    return named(kind, *(n.replace("_", "-") for n in names))

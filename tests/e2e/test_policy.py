@@ -3,6 +3,7 @@ status figures read from Kafka (lag, pending deadlines); a Policy naming a missi
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -45,6 +46,18 @@ def policy(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     found = kube.get(API, "Policy", namespace, name)
     assert found is not None
     return found
+
+
+def metric_sums(port: int, policy: str) -> dict[str, float]:
+    """Each foldline_policy_* metric of ``policy`` on the worker's /metrics, summed over its other labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("foldline_policy_") and f'policy="{policy}"' in line:
+            metric, value = line.split("{", 1)[0], float(line.rsplit(" ", 1)[1])
+            out[metric] = out.get(metric, 0.0) + value
+    return out
 
 
 def topic_config(admin: AdminClient, topic: str) -> dict[str, str]:
@@ -90,7 +103,7 @@ def test_policy_runs_its_worker_and_reports_lag_and_deadlines(
                 "overdue",
                 namespace,
                 {
-                    "policy": f"tests.named_policies:{agg.replace('-', '_')}",
+                    "policy": f"tests.named_overdue:{agg.replace('-', '_')}",
                     "policyName": name,
                     "sources": [{"name": agg}],
                 },
@@ -104,7 +117,7 @@ def test_policy_runs_its_worker_and_reports_lag_and_deadlines(
             "foldline",
             "policy",
             "--policy",
-            f"tests.named_policies:{agg.replace('-', '_')}",
+            f"tests.named_overdue:{agg.replace('-', '_')}",
         ]
         owner = worker["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"], owner["controller"]) == ("Policy", "overdue", True)
@@ -174,6 +187,21 @@ def test_policy_runs_its_worker_and_reports_lag_and_deadlines(
         send(kafka_bootstrap, TopicNames(agg).commands, [command(ids[1], "RecordPayment", pay)])
         status = wait_for("the paid invoice's deadline cancelled", figures(2), 60)
         assert status["nextDeadline"] == overdue_at(DUE[0]).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        # The worker's own figures agree: 11 events (3 x created, line added, sent; paid: recorded, paid).
+        worker_pod = local[-1]
+
+        def worker_figures() -> dict[str, float] | None:
+            found = metric_sums(worker_pod.port, name)
+            wanted = {
+                "foldline_policy_events_total": 11.0,
+                "foldline_policy_deadlines_scheduled": 2.0,
+                "foldline_policy_consumer_lag": 0.0,
+                "foldline_policy_dead_letters_total": 0.0,
+            }
+            return found if all(found.get(k) == v for k, v in wanted.items()) else None
+
+        wait_for("the worker's metrics", worker_figures, 60)
     finally:
         for p in local:
             p.stop()
