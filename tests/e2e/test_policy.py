@@ -23,6 +23,7 @@ from tests.e2e.support import (
     condition,
     create,
     manifest,
+    patch,
     start_pods,
     wait_for,
 )
@@ -202,6 +203,19 @@ def test_policy_runs_its_worker_and_reports_lag_and_deadlines(
             return found if all(found.get(k) == v for k, v in wanted.items()) else None
 
         wait_for("the worker's metrics", worker_figures, 60)
+
+        # Kafka out of reach: the figures are removed (unknown), not left at their last values.
+        patch(kube, ESA, namespace, agg, {"spec": {"kafka": {"bootstrapServers": "127.0.0.1:1"}}})
+
+        def unknown() -> dict[str, Any] | None:
+            p = policy(kube, namespace, "overdue")
+            gone = not {"lag", "scheduledDeadlines", "nextDeadline"} & set(p["status"])
+            return p if gone and condition(p, "Ready")["status"] == "False" else None
+
+        away = wait_for("the figures unknown", unknown, 90)
+        assert condition(away, "Ready")["reason"] in ("SourcesNotReady", "TopicsNotReady")
+        patch(kube, ESA, namespace, agg, {"spec": {"kafka": {"bootstrapServers": kafka_bootstrap}}})
+        wait_for("the figures known again", figures(2), 90)
     finally:
         for p in local:
             p.stop()
