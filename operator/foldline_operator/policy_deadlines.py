@@ -79,6 +79,9 @@ class DeadlineReader:
         for topic, offsets in topics.items():
             state = self._state(uid, topic)
             for partition, (earliest, latest) in offsets.items():
+                if state.positions.get(partition, 0) > latest:  # the topic was deleted and made again
+                    state.positions[partition] = 0
+                    state.pending = {k: v for k, v in state.pending.items() if k[0] != partition}
                 start = max(state.positions.get(partition, 0), earliest)
                 state.positions[partition] = start
                 if start < latest:

@@ -123,7 +123,10 @@ def test_policy_runs_its_worker_and_reports_lag_and_deadlines(
         owner = worker["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"], owner["controller"]) == ("Policy", "overdue", True)
         assert worker["metadata"]["labels"]["foldline.io/policy"] == name
-        assert kube.get("policy/v1", "PodDisruptionBudget", namespace, "overdue-policy") is not None
+        # Applied right after the Deployment, in the same pass.
+        wait_for(
+            "its PodDisruptionBudget", lambda: kube.get("policy/v1", "PodDisruptionBudget", namespace, "overdue-policy")
+        )
 
         # The state topic: compacted, with the source's partitions (the operator made it, not the worker).
         state_topic = PolicyTopics(name).state(agg)
