@@ -1,6 +1,6 @@
 """kopf wiring: which events run which reconciler, how status and Events are written, and kopf's settings.
 
-Both kinds are reconciled the same way: on create, on every change of spec/labels/annotations, when
+Every kind is reconciled the same way: on create, on every change of spec/labels/annotations, when
 the operator starts (resume), when an owned Deployment or StatefulSet drifts (its spec changed, or it was
 deleted), and every ``resync_seconds`` (``resync.py``), always through one function that recomputes everything.
 A per-object lock keeps the timer and an event from running it at once; a resync that finds a pass
@@ -31,6 +31,7 @@ from foldline_operator.config import OperatorConfig
 from foldline_operator.crds import API_VERSION, GROUP, VERSION
 from foldline_operator.kafka import KafkaPort
 from foldline_operator.kube import Kube, load_config
+from foldline_operator.policies import PolicyReconciler
 from foldline_operator.probes import Probes, acting, heartbeat
 from foldline_operator.projections import Catalogs, ProjectionReconciler
 from foldline_operator.resync import Resyncer, Schedule, Tracked
@@ -255,7 +256,7 @@ def register(
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, config)
         load_config()
-        series.operator_started(["EventSourcedAggregate", "Projection"])
+        series.operator_started(["EventSourcedAggregate", "Projection", "Policy"])
         kube = runtime["kube"] = Kube()
         runtime["aggregates"] = AggregateReconciler(kube, kafka)
         runtime["EventSourcedAggregate"] = Runner(
@@ -263,6 +264,8 @@ def register(
         )
         projections = ProjectionReconciler(kube, kafka, Catalogs(config.database_policy, config.database_timeout))
         runtime["Projection"] = Runner("Projection", kube, projections.reconcile, locks, backoff)
+        runtime["policies"] = PolicyReconciler(kube, kafka)
+        runtime["Policy"] = Runner("Policy", kube, runtime["policies"].reconcile, locks, backoff)
 
         def periodic(item: Tracked) -> None:
             meta = {"uid": item.uid, "namespace": item.namespace, "name": item.name}
@@ -302,7 +305,10 @@ def register(
     def projections(body: kopf.Body, **_: Any) -> None:
         runtime["Projection"](body)
 
-    for plural, fn in (("eventsourcedaggregates", aggregates), ("projections", projections)):
+    def policies(body: kopf.Body, **_: Any) -> None:
+        runtime["Policy"](body)
+
+    for plural, fn in (("eventsourcedaggregates", aggregates), ("projections", projections), ("policies", policies)):
         kopf.on.resume(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
         kopf.on.create(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
         kopf.on.update(GROUP, VERSION, plural, id="reconcile", registry=registry)(fn)
@@ -368,5 +374,12 @@ def register(
     @kopf.on.event(GROUP, VERSION, "projections", id="track", registry=registry)
     def projection_events(type: str | None, body: kopf.Body, **_: Any) -> None:
         track("Projection", type, body)  # its Deployments go with it (owner references)
+
+    @kopf.on.event(GROUP, VERSION, "policies", id="track", registry=registry)
+    def policy_events(type: str | None, body: kopf.Body, **_: Any) -> None:
+        # Its Deployment goes with it (owner references); its topics stay, as an aggregate's do by default.
+        track("Policy", type, body)
+        if type == "DELETED" and "policies" in runtime:
+            runtime["policies"].forget(str(body.metadata.uid))
 
     return registry

@@ -45,8 +45,11 @@ def path(
     api_version: str, kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None
 ) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    # Every kind foldline touches pluralizes regularly (deployments, poddisruptionbudgets, projections...).
-    out = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{kind.lower()}s"
+    # Every kind foldline touches pluralizes regularly (deployments, poddisruptionbudgets, projections...),
+    # or ends in -y (policies).
+    lower = kind.lower()
+    plural = lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+    out = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
     if name:
         out += f"/{name}"
     if subresource:

@@ -321,9 +321,15 @@ def manifest(kind: str, name: str, namespace: str, spec: dict[str, Any], **meta:
     return {"apiVersion": API, "kind": kind, "metadata": {"name": name, "namespace": namespace, **meta}, "spec": spec}
 
 
+def plural_of(kind: str) -> str:
+    """The resource's plural, as the CRDs and the core API spell it (Policy → policies)."""
+    lower = kind.lower()
+    return lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+
+
 def create(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
-    plural = obj["kind"].lower() + "s"
+    plural = plural_of(obj["kind"])
     base = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{obj['apiVersion']}"
     path = f"{base}/namespaces/{meta['namespace']}/{plural}" if meta.get("namespace") else f"{base}/{plural}"
     out = kube.request("POST", path, body=obj)
@@ -335,7 +341,7 @@ def patch(kube: Kube, kind: str, namespace: str, name: str, body: dict[str, Any]
     base = "/api/v1" if api == "v1" else f"/apis/{api}"
     out = kube.request(
         "PATCH",
-        f"{base}/namespaces/{namespace}/{kind.lower()}s/{name}",
+        f"{base}/namespaces/{namespace}/{plural_of(kind)}/{name}",
         body=body,
         content_type="application/merge-patch+json",
     )

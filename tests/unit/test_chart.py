@@ -164,6 +164,8 @@ def test_chart_metadata_and_rbac() -> None:
         ("foldline.io", "projections/status"): {"patch"},
         ("foldline.io", "eventsourcedaggregates/finalizers"): {"update"},
         ("foldline.io", "projections/finalizers"): {"update"},
+        ("foldline.io", "policies/status"): {"patch"},
+        ("foldline.io", "policies/finalizers"): {"update"},
         ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
         ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "services"): {"get", "create", "patch", "delete"},
