@@ -1,5 +1,9 @@
 """The CustomResourceDefinitions, written once here and rendered to ``manifests/crds`` and the chart.
 
+The chart keeps foldline's own in ``files/crds`` and templates them (``crds.install``, ``crds.keep``), so
+that ``helm upgrade`` upgrades them (Helm never touches a chart's ``crds/`` folder after the first install);
+kopf's peering kinds, which never change, stay in ``crds/``.
+
 ``python -m foldline_operator.crds --write`` regenerates both copies; ``--check`` fails when a file on
 disk differs from what this module generates (a unit test does the same, so they cannot drift).
 
@@ -188,9 +192,13 @@ def render(crd: dict[str, Any]) -> str:
 def rendered_files(repo: Path) -> dict[Path, str]:
     """Every generated file, keyed by its path, in both the manifests and the chart."""
     out: dict[Path, str] = {}
+    chart = repo / "charts" / "foldline"
     for crd in all_crds():
         text = render(crd)
-        for folder in (repo / "manifests" / "crds", repo / "charts" / "foldline" / "crds"):
+        # kopf's peering kinds stay in crds/ (installed before any template): the chart creates a peering
+        # object, and Helm refuses a release whose templates use a kind that is not yet served.
+        templated = crd["spec"]["group"] == GROUP
+        for folder in (repo / "manifests" / "crds", chart / "files" / "crds" if templated else chart / "crds"):
             out[folder / f"{crd['metadata']['name']}.yaml"] = text
     return out
 

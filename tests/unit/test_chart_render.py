@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.chart_support import CHART, DIGEST, ROUTINE, helm
+from tests.unit.chart_support import CHART, DIGEST, REPO, ROUTINE, helm
 
 
 def render(tmp_path: Path, values: dict[str, Any] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
@@ -50,7 +50,7 @@ def test_defaults_render_a_pdb_for_the_two_replicas_and_no_network_policy(tmp_pa
 
 def test_routine_values_are_applied(tmp_path: Path) -> None:
     objects = render(tmp_path, ROUTINE)
-    names = {name for kind, name in objects if kind not in ("ClusterKopfPeering", "ConfigMap")}
+    names = {name for kind, name in objects if kind not in ("ClusterKopfPeering", "ConfigMap", "CustomResourceDefinition")}
     assert names == {
         "platform-foldline",
         "platform-foldline-metrics",
@@ -151,10 +151,26 @@ def test_helm_refuses_wrong_values(tmp_path: Path, path: str, value: Any, error:
         assert "don't meet the specifications of the schema" in output and error in output, output
 
 
-def test_helm_show_crds_gives_every_crd_of_the_chart(tmp_path: Path) -> None:
-    """The CRD upgrade path (docs/operator.md) pipes `helm show crds` into a server-side apply."""
-    result = helm("show", "crds", tmp=tmp_path)
-    assert result.returncode == 0, result.stderr
-    shown = {d["metadata"]["name"] for d in yaml.safe_load_all(result.stdout) if d}
-    on_disk = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in (CHART / "crds").glob("*.yaml")}
-    assert shown == on_disk and "eventsourcedaggregates.foldline.io" in shown
+def test_the_crds_are_templates_kept_on_uninstall(tmp_path: Path) -> None:
+    """foldline's CRDs are rendered (so `helm upgrade` upgrades them), equal to manifests/crds, and kept by
+    `helm uninstall`; kopf's peering CRDs, which the chart's peering object needs first, stay in crds/."""
+    objects = render(tmp_path, {})
+    crds = {name: obj for (kind, name), obj in objects.items() if kind == "CustomResourceDefinition"}
+    assert set(crds) == {"eventsourcedaggregates.foldline.io", "projections.foldline.io", "policies.foldline.io"}
+    for name, crd in crds.items():
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        shipped = yaml.safe_load((REPO / "manifests" / "crds" / f"{name}.yaml").read_text())
+        assert {k: v for k, v in crd.items() if k != "metadata"} == {
+            k: v for k, v in shipped.items() if k != "metadata"
+        }
+    shown = helm("show", "crds", tmp=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert {d["metadata"]["name"] for d in yaml.safe_load_all(shown.stdout) if d} == {
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    }
+    assert not [k for k, _ in render(tmp_path, {"crds": {"install": False}}) if k == "CustomResourceDefinition"]
+    unkept = render(tmp_path, {"crds": {"keep": False}})
+    assert all(
+        not obj["metadata"].get("annotations") for (k, _), obj in unkept.items() if k == "CustomResourceDefinition"
+    )
