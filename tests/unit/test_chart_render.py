@@ -50,7 +50,9 @@ def test_defaults_render_a_pdb_for_the_two_replicas_and_no_network_policy(tmp_pa
 
 def test_routine_values_are_applied(tmp_path: Path) -> None:
     objects = render(tmp_path, ROUTINE)
-    names = {name for kind, name in objects if kind not in ("ClusterKopfPeering", "ConfigMap", "CustomResourceDefinition")}
+    names = {
+        name for kind, name in objects if kind not in ("ClusterKopfPeering", "ConfigMap", "CustomResourceDefinition")
+    }
     assert names == {
         "platform-foldline",
         "platform-foldline-metrics",
