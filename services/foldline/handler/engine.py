@@ -387,7 +387,7 @@ class CommandHandler:
                 self.consumer.consumer_group_metadata(),
                 TXN_TIMEOUT,
             )
-            if self.producer.flush(TXN_TIMEOUT) > 0:
+            if self._flush() > 0:
                 raise Abort(BrokerUnavailableError("records not delivered in time"))
             self._commit()
         except Abort as abort:
@@ -446,6 +446,17 @@ class CommandHandler:
         for p, offset in first.items():
             if p in self.tasks:
                 self.consumer.seek(TopicPartition(self.topics.commands, p, offset))
+
+    def _flush(self) -> int:
+        try:
+            return self.producer.flush(TXN_TIMEOUT)
+        except SystemError as exc:
+            # A fenced producer: confluent-kafka raises its fatal error inside flush() and then runs the next
+            # delivery callback with that exception pending, which Python reports as a SystemError caused by
+            # the KafkaException. Without this, the handler died instead of recovering.
+            if isinstance(exc.__cause__, KafkaException):
+                raise exc.__cause__ from exc
+            raise
 
     def _on_snapshot(self, error: KafkaError | None, msg: Message) -> None:
         if error is None:
