@@ -1,4 +1,4 @@
-"""``python -m bench [handler|projection|gateway ...]``: run the benchmarks and print their figures.
+"""``python -m bench [handler|projection|gateway|failover ...]``: run the benchmarks and print their figures.
 
 Each benchmark uses the real broker (and PostgreSQL for projections) through the project's own scripts,
 and prints one figure per line. None of them fails on a time.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = ("handler", "projection", "gateway")
+SUITES = ("handler", "projection", "gateway", "failover")
 
 
 def main(argv: list[str]) -> int:
