@@ -46,7 +46,8 @@ LINE = {"line_id": "l0", "description": "Consulting, senior engineer", "quantity
 
 
 def keys_of_partition_zero(count: int) -> list[str]:
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while len(out) < count:
         key = f"inv-{i}"
         if partition_for(key, PARTITIONS) == 0:
