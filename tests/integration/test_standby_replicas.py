@@ -5,6 +5,7 @@ restores only the tail past its standby store's offset, and every command still 
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,10 @@ def end_offset(topic: str, partition: int, bootstrap: str) -> int:
         return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
     finally:
         consumer.close()
+
+
+def standby_current(port: int, partition: int) -> Callable[[], bool]:
+    return lambda: scrape(port).get(("foldline_standby_lag", str(partition))) == 0
 
 
 def restored(log: Path, partition: int, since: int) -> int:
@@ -118,6 +123,22 @@ def test_a_standby_follows_the_changelog_and_a_failover_restores_only_the_tail(
         assert took <= tail
         assert took <= full - snapshots_in_partition < full
         assert ("foldline_standby_lag", p) not in after  # it owns the partition now: no longer a standby
+
+        # h-0 comes back with its store: the group gives it a partition again, h-1 hands that one over and
+        # stands by for it once more, h-0 for h-1's; still exactly once.
+        procs["h-0"] = handler("h-0")
+        spread = wait(
+            "one partition each again",
+            lambda: (lambda m: m if len(m) == 2 and all(m.values()) else None)(members(kafka_admin, group)),
+        )
+        for mine, theirs in (("h-0", "h-1"), ("h-1", "h-0")):
+            [watched] = spread[theirs]
+            wait(f"{mine} to stand by for partition {watched}", standby_current(ports[mine], watched), timeout=60)
+        wave_three = workload("sb", aggregates=40, per_aggregate=4)[120:]
+        send(kafka_bootstrap, topics.commands, wave_three)
+        everything += wave_three
+        wait_for_results(kafka_bootstrap, cls.name, len(everything))
+        assert_exactly_once(kafka_bootstrap, cls, everything)
     finally:
         for proc in procs.values():
             if proc.alive():
