@@ -9,17 +9,34 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from foldline.topics import TopicNames, handler_group
 from tests.conftest import aggregate_path
 from tests.faults_support import assert_exactly_once, free_port, workload
-from tests.integration.test_static_membership import log_events, members, wait
+from tests.integration.test_static_membership import _NOT_YET, log_events, wait
 from tests.kafka_support import HandlerProcess, read_topic, send, start_handler, wait_for_results
 
 pytestmark = pytest.mark.kafka
+
+
+def members(admin: AdminClient, group: str) -> dict[str, list[int]]:
+    """Instance id (group.instance.id, else client.id: both are FOLDLINE_INSTANCE_ID) → partitions."""
+    try:
+        description = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=30)
+    except TimeoutError:
+        return {}
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and (error.retriable() or error.code() in _NOT_YET):
+            return {}
+        raise
+    return {
+        str(m.group_instance_id or m.client_id): sorted(tp.partition for tp in m.assignment.topic_partitions)
+        for m in description.members
+    }
 
 
 def scrape(port: int) -> dict[tuple[str, str], float]:
@@ -56,14 +73,15 @@ def restored(log: Path, partition: int, since: int) -> int:
     )
 
 
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_a_standby_follows_the_changelog_and_a_failover_restores_only_the_tail(
-    kafka_bootstrap: str, kafka_admin: AdminClient, invoices_aggregate, tmp_path: Path
+    kafka_bootstrap: str, kafka_admin: AdminClient, invoices_aggregate, tmp_path: Path, protocol: str
 ) -> None:
     cls = invoices_aggregate(partitions=2)
     path, group, topics = aggregate_path(cls), handler_group(cls.name), TopicNames(cls.name)
     env = {
         "FOLDLINE_STATIC_MEMBERSHIP": "true",
-        "FOLDLINE_KAFKA_GROUP_PROTOCOL": "classic",
+        "FOLDLINE_KAFKA_GROUP_PROTOCOL": protocol,  # under KIP-848 the ring names members by client.id
         "FOLDLINE_STANDBY_REPLICAS": "1",
     }
     ports = {"h-0": free_port(), "h-1": free_port()}
