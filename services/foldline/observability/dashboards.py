@@ -127,12 +127,6 @@ AGGREGATES = (
         (f"sum by (aggregate) (foldline_store_keys{A})", "{{aggregate}} keys"),
         (f"sum by (aggregate) (rate(foldline_store_restored_records_total{A}[5m]))", "{{aggregate}} restored/s"),
     ),
-    _p(
-        "Standby stores",
-        "short",
-        (f"sum by (aggregate) (foldline_standby_partitions{A})", "{{aggregate}} partitions"),
-        (f"max by (aggregate, partition) (foldline_standby_lag{A})", "{{aggregate}} p{{partition}} lag"),
-    ),
 )
 
 READS = (
