@@ -201,6 +201,9 @@ class HandlerSettings(_Changeable):
     #: ids that are unique and stable per pod (a StatefulSet's pod names); two live members with one id fence
     #: each other.
     static_membership: bool = False
+    #: Warm copies of each commands partition's store that other handler processes keep from the snapshots
+    #: changelog (Kafka Streams' ``num.standby.replicas``); 0 keeps none. See ``foldline.handler.standby``.
+    standby_replicas: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -217,6 +220,7 @@ class HandlerSettings(_Changeable):
             http_port=env_int(env, "HTTP_PORT", cls.http_port),
             instance_id=env_str(env, "INSTANCE_ID", socket.gethostname()),
             static_membership=env_bool(env, "STATIC_MEMBERSHIP", False),
+            standby_replicas=env_int(env, "STANDBY_REPLICAS", cls.standby_replicas, minimum=0),
         )
 
 

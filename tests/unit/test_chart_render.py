@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.chart_support import CHART, DIGEST, REPO, ROUTINE, helm
+from tests.unit.chart_support import DIGEST, REPO, ROUTINE, helm
 
 
 def render(tmp_path: Path, values: dict[str, Any] | None = None) -> dict[tuple[str, str], dict[str, Any]]:

@@ -128,7 +128,10 @@ class CommandHandler:
     # -- rebalance callbacks (called inside consume(), never while a transaction is open) --------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.spec.name, "assigned").inc(len(partitions))
-        count = self._partition_count(consumer)
+        # Not the group consumer: a blocking call on the handle whose consume() runs this callback clears
+        # that handle's CallState, and the next callback of the same consume() aborts the process
+        # (`CallState_get: Assertion cs != NULL`, seen under KIP-848). The restore consumer is another handle.
+        count = self._partition_count(self.restore_consumer)
         for owned in self.tasks.values():
             owned.partitions = count
         for tp in partitions:
