@@ -89,7 +89,12 @@ def offer(bootstrap: str, topic: str, total: int, rate: float, stop: threading.E
 
 
 def handled(aggregate: str) -> float:
-    return sum(child._value.get() for labels, child in metrics.COMMANDS._metrics.items() if labels[0] == aggregate)
+    total = 0.0
+    for family in metrics.COMMANDS.collect():
+        total += sum(
+            s.value for s in family.samples if s.name.endswith("_total") and s.labels["aggregate"] == aggregate
+        )
+    return total
 
 
 def main() -> None:
