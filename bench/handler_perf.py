@@ -8,6 +8,7 @@ from its send to its result readable ``read_committed``. ``throughput``: a backl
 the handler process is launched; wall time from the launch, and first → last result, until every result
 is readable ``read_committed``, checked: one result per command id. The machine's load average is
 printed beside every figure (other work on the machine skews them). Never asserted.
+``FOLDLINE_BENCH_CODE=<dir>`` runs the handler from another checkout's ``services/`` (a baseline).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.handler import handler_process
-from bench.support import broker, figure, free_port, load, new_aggregate, wait_until
+from bench.support import REPO, broker, figure, free_port, load, new_aggregate, wait_until
 from foldline.records import CommandEnvelope, CommandResult
 from foldline.topics import TopicNames
 
@@ -75,12 +76,20 @@ class Results:
         self._thread.join(10)
 
 
+def handler_env(workers: int) -> dict[str, str]:
+    env = {"FOLDLINE_WORKERS": str(workers)}
+    code = os.environ.get("FOLDLINE_BENCH_CODE")  # another checkout's services/, to measure a baseline
+    if code:
+        env["PYTHONPATH"] = os.pathsep.join([code, str(REPO)])
+    return env
+
+
 def latency(bootstrap: str, tmp: Path, rate: int, seconds: float, workers: int, partitions: int) -> None:
     aggregate = new_aggregate(bootstrap, partitions, "lat")
     names = TopicNames(aggregate)
     results = Results(bootstrap, names.results, partitions)
     port = free_port()
-    proc = handler_process(bootstrap, aggregate, tmp / f"lat-{rate}-{workers}", port, FOLDLINE_WORKERS=str(workers))
+    proc = handler_process(bootstrap, aggregate, tmp / f"lat-{rate}-{workers}", port, **handler_env(workers))
     p = producer(bootstrap)
     try:
         warm = [CommandEnvelope(uuid.uuid4().hex, f"inv-{i}", "CreateInvoice", CREATE) for i in range(500)]  # type: ignore[arg-type]
@@ -136,7 +145,7 @@ def throughput(bootstrap: str, tmp: Path, count: int, workers: int, partitions: 
     port = free_port()
     launched = time.perf_counter()
     cpu0 = os.times()
-    proc = handler_process(bootstrap, aggregate, tmp / f"tput-{workers}", port, FOLDLINE_WORKERS=str(workers))
+    proc = handler_process(bootstrap, aggregate, tmp / f"tput-{workers}", port, **handler_env(workers))
     try:
         done = wait_until(lambda: len(results.seen) >= count or proc.poll() is not None, 900, 0.02)
         last = max(results.seen.values(), default=launched)

@@ -183,15 +183,11 @@ class Supervisor:
             if worker.last_metrics is not None:
                 self._retired.add(worker.last_metrics, cumulative_only=True)
             worker.last_metrics = None
+        looping = worker.crash_looping(now)  # also forgets exits older than the window
         recent = len(worker.exits)
         worker.next_start = now + min(30.0, 0.5 * 2 ** (recent - 1))
-        log.error(
-            "worker exited; restarting it",
-            worker=worker.index,
-            exit_code=code,
-            exits_recently=recent,
-            crash_loop=worker.crash_looping(now),
-        )
+        log.error("worker exited; restarting it", worker=worker.index, exit_code=code, exits_recently=recent,
+                  crash_loop=looping)  # fmt: skip
 
     def _kill_hung(self) -> None:
         """A worker whose own liveness fails is stuck in a client call: kill it; the loop restarts it."""
