@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import statistics
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -84,7 +86,33 @@ def handler_env(workers: int) -> dict[str, str]:
     return env
 
 
-def latency(bootstrap: str, tmp: Path, rate: int, seconds: float, workers: int, partitions: int) -> None:
+def offer(p: Producer, topic: str, rate: int, seconds: float) -> dict[str, float]:
+    """AddLineItem commands at ``rate``/s on the 500 invoices, open loop (the schedule never waits for
+    answers); returns each command id's send time."""
+    sent: dict[str, float] = {}
+    start = time.perf_counter()
+    for n in range(int(rate * seconds)):
+        delay = start + n / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        aggregate_id = f"inv-{random.randrange(500)}"
+        env = CommandEnvelope(uuid.uuid4().hex, aggregate_id, "AddLineItem", line(n))  # type: ignore[arg-type]
+        sent[env.command_id] = time.perf_counter()
+        p.produce(topic, env.to_bytes(), aggregate_id.encode())
+        p.poll(0)
+    p.flush(30)
+    return sent
+
+
+def rebalances(port: int) -> float:
+    """Partitions assigned, revoked or lost so far, from the pod's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r"^foldline_rebalances_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def latency(
+    bootstrap: str, tmp: Path, rate: int, seconds: float, workers: int, partitions: int, warmup: float = 5.0
+) -> None:
     aggregate = new_aggregate(bootstrap, partitions, "lat")
     names = TopicNames(aggregate)
     results = Results(bootstrap, names.results, partitions)
@@ -98,27 +126,19 @@ def latency(bootstrap: str, tmp: Path, rate: int, seconds: float, workers: int, 
         p.flush(30)
         if not wait_until(lambda: all(e.command_id in results.seen for e in warm), 120):
             raise RuntimeError("the handler did not answer the warm-up commands")
-        sent: dict[str, float] = {}
-        total = int(rate * seconds)
-        start = time.perf_counter()
-        for n in range(total):  # open loop: the schedule does not wait for answers
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            aggregate_id = f"inv-{random.randrange(500)}"
-            env = CommandEnvelope(uuid.uuid4().hex, aggregate_id, "AddLineItem", line(n))  # type: ignore[arg-type]
-            sent[env.command_id] = time.perf_counter()
-            p.produce(names.commands, env.to_bytes(), aggregate_id.encode())
-            p.poll(0)
-        p.flush(30)
+        # Discarded: the workers' group settles (a worker that joins last takes its partitions now).
+        offer(p, names.commands, rate, warmup)
+        moves = rebalances(port)
+        sent = offer(p, names.commands, rate, seconds)
         wait_until(lambda: all(c in results.seen for c in sent), 60)
+        moves = rebalances(port) - moves
     finally:
         results.stop()
         proc.terminate()
         proc.wait(60)
     lat = sorted(results.seen[c] - t for c, t in sent.items() if c in results.seen)
     q = statistics.quantiles(lat, n=100)
-    note = f"{len(lat):,}/{len(sent):,} results, {workers} worker(s), {load()}"
+    note = f"{len(lat):,}/{len(sent):,} results, {workers} worker(s), {moves:.0f} partition moves, {load()}"
     figure(f"command→result p50 at {rate:,}/s", q[49] * 1000, "ms", note)
     figure(f"command→result p99 at {rate:,}/s", q[98] * 1000, "ms")
 

@@ -19,20 +19,17 @@ Workers die with the parent (``PR_SET_PDEATHSIG``): a killed pod leaves no orpha
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -40,6 +37,11 @@ from foldline.observability.http import HealthServer
 from foldline.observability.merge import Families, merge
 from foldline.settings import HandlerSettings
 
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+# ctypes, urllib and the thread pool are imported where used: a single-process handler (the cli imports
+# this module for ``worker_index``) starts without them.
 log = structlog.get_logger("foldline.handler")
 
 #: The variables a worker is started with (and reads back in ``worker_settings``).
@@ -77,6 +79,8 @@ def become_worker(index: int) -> None:
     """Die with the supervisor (Linux), and log with the worker's index."""
     structlog.contextvars.bind_contextvars(worker=index)
     if sys.platform.startswith("linux"):
+        import ctypes
+
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     parent = os.environ.get(PARENT_VAR, "")
@@ -113,6 +117,9 @@ class Worker:
         return len(self.exits) >= CRASH_EXITS and not recovered
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        import urllib.error
+        import urllib.request
+
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as response:
                 return int(response.status), response.read()
@@ -134,7 +141,9 @@ class Supervisor:
         self._lock = threading.Lock()
         self._retired = Families()
         self._started = False
-        self._pool = ThreadPoolExecutor(max_workers=max(2, settings.workers), thread_name_prefix="foldline-scrape")
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool: ThreadPoolExecutor = ThreadPoolExecutor(max(2, settings.workers), "foldline-scrape")
 
     # -- the supervising loop (the main thread: PR_SET_PDEATHSIG follows the thread that started a child)
     def run(self) -> None:
