@@ -110,6 +110,14 @@ def rebalances(port: int) -> float:
     return sum(float(v) for v in re.findall(r"^foldline_rebalances_total\{[^}]*\} (\S+)$", text, re.M))
 
 
+def summed(port: int, histogram: str) -> tuple[float, float]:
+    """A histogram's sum and count on the pod's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = sum(float(v) for v in re.findall(rf"^{histogram}_sum{{[^}}]*}} (\S+)$", text, re.M))
+    count = sum(float(v) for v in re.findall(rf"^{histogram}_count{{[^}}]*}} (\S+)$", text, re.M))
+    return total, count
+
+
 def latency(
     bootstrap: str, tmp: Path, rate: int, seconds: float, workers: int, partitions: int, warmup: float = 5.0
 ) -> None:
@@ -170,6 +178,7 @@ def throughput(bootstrap: str, tmp: Path, count: int, workers: int, partitions: 
         done = wait_until(lambda: len(results.seen) >= count or proc.poll() is not None, 900, 0.02)
         last = max(results.seen.values(), default=launched)
         time.sleep(1.0)  # a duplicate written late would show now
+        moves, (txn_s, txns) = rebalances(port), summed(port, "foldline_transaction_duration_seconds")
     finally:
         results.stop()
         proc.terminate()
@@ -182,6 +191,13 @@ def throughput(bootstrap: str, tmp: Path, count: int, workers: int, partitions: 
     figure(f"{count:,} commands, launch → last result", count / (last - launched), "commands/s", note)
     figure("  first → last result", count / (last - results.first), "commands/s")
     figure("  handler CPU per command", cpu / count * 1e6, "µs")
+    figure(
+        "  transactions",
+        txns,
+        "",
+        f"{count / max(txns, 1):,.0f} commands and {txn_s / max(txns, 1) * 1000:.0f} ms each",
+    )
+    figure("  partitions assigned, revoked or lost", moves, "")
     figure("  correctness: missing / duplicate results", missing, "missing", f"{results.duplicates} dup, ok={ok}")
 
 
