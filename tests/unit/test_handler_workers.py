@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from foldline.handler.workers import worker_settings
+from foldline.errors import ConfigurationError
+from foldline.handler.workers import worker_index, worker_settings
 from foldline.observability.merge import Families, merge
 from foldline.settings import HandlerSettings, available_cpus
 
@@ -75,3 +77,10 @@ def test_a_retired_worker_keeps_its_counts_but_not_its_gauges() -> None:
     assert 'foldline_commands_total{aggregate="inv",status="accepted"} 4.0' in text  # never backwards
     assert 'foldline_consumer_lag{partition="0"}' not in text  # the partition is someone else's now
     assert 'foldline_consumer_lag{partition="1"} 7.0' in text
+
+
+def test_a_worker_index_is_read_from_the_environment_and_checked() -> None:
+    assert worker_index({}) is None
+    assert worker_index({"FOLDLINE_WORKER_INDEX": "1"}) == 1
+    with pytest.raises(ConfigurationError, match="FOLDLINE_WORKER_INDEX"):
+        worker_index({"FOLDLINE_WORKER_INDEX": "one"})

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from foldline.errors import ConfigurationError
 from foldline.observability.http import HealthServer
 from foldline.observability.merge import Families, merge
 from foldline.settings import HandlerSettings
@@ -62,7 +63,11 @@ _PR_SET_PDEATHSIG = 1
 def worker_index(env: dict[str, str] | os._Environ[str] | None = None) -> int | None:
     """This process's worker index, when a supervisor started it."""
     raw = (os.environ if env is None else env).get(INDEX_VAR, "").strip()
-    return int(raw) if raw else None
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ConfigurationError(f"{INDEX_VAR} must be a worker index (0, 1, ...), got {raw!r}")
+    return int(raw)
 
 
 def worker_settings(settings: HandlerSettings, index: int) -> HandlerSettings:
@@ -111,10 +116,10 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def crash_looping(self, now: float) -> bool:
-        while self.exits and now - self.exits[0] > CRASH_WINDOW_S:
-            self.exits.popleft()
+        # Read from the HTTP threads too: a copy (atomic), never mutated here; _exited forgets old exits.
+        recent = sum(1 for t in list(self.exits) if now - t <= CRASH_WINDOW_S)
         recovered = self.running() and now - self.started > RECOVERED_AFTER_S
-        return len(self.exits) >= CRASH_EXITS and not recovered
+        return recent >= CRASH_EXITS and not recovered
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         import urllib.error
@@ -192,7 +197,9 @@ class Supervisor:
             if worker.last_metrics is not None:
                 self._retired.add(worker.last_metrics, cumulative_only=True)
             worker.last_metrics = None
-        looping = worker.crash_looping(now)  # also forgets exits older than the window
+        while now - worker.exits[0] > CRASH_WINDOW_S:
+            worker.exits.popleft()
+        looping = worker.crash_looping(now)
         recent = len(worker.exits)
         worker.next_start = now + min(30.0, 0.5 * 2 ** (recent - 1))
         log.error("worker exited; restarting it", worker=worker.index, exit_code=code, exits_recently=recent,
