@@ -379,8 +379,11 @@ class CommandHandler:
                     metrics.DEAD_LETTERS.labels(self.spec.name, outcome.code or "undecodable").inc()
             snapshots = {p: self.tasks[p].snapshots() for p in next_offsets}
             for p, items in snapshots.items():
-                for key, value in items:
-                    self._send(produce, topics.snapshots, key, value, p, self._on_snapshot)
+                # One delivery callback per partition: a transactional producer keeps a partition's order,
+                # so its last snapshot has the highest offset, the only one ``committed`` needs.
+                last = len(items) - 1
+                for i, (key, value) in enumerate(items):
+                    self._send(produce, topics.snapshots, key, value, p, self._on_snapshot if i == last else None)
             offsets = [TopicPartition(topics.commands, p, o) for p, o in next_offsets.items()]
             if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
                 raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
