@@ -138,6 +138,8 @@ class Instrumented:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
+        #: Children of the two metrics by (aggregate, route, status): a few dozen keys (routes x statuses).
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,8 +167,14 @@ class Instrumented:
             if aggregate not in self.gateway.specs:
                 view = params.get("view", "")
                 aggregate = self.gateway.views.aggregate_of(view) if self.gateway.views and view else ""
-            metrics.GATEWAY_REQUESTS.labels(aggregate, route, str(status)).inc()
-            metrics.GATEWAY_LATENCY.labels(aggregate, route).observe(time.perf_counter() - started)
+            children = self._series.get((aggregate, route, status))
+            if children is None:  # labels() costs more than the observation: keep each child
+                children = self._series[aggregate, route, status] = (
+                    metrics.GATEWAY_REQUESTS.labels(aggregate, route, str(status)),
+                    metrics.GATEWAY_LATENCY.labels(aggregate, route),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 class BearerAuth:
@@ -210,6 +218,9 @@ def create_app(gateway: Gateway) -> ASGIApp:
             await gateway.stop()
 
     routes = [
+        # The busiest route first (starlette tries routes in order); no route before it matches its paths.
+        Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
+        Route("/aggregates/{aggregate}/commands", commands.get_command, methods=["GET"]),
         Route("/", console.console_page),
         Route("/console/{name}", console.console_file),
         Route("/healthz", healthz),
@@ -217,8 +228,6 @@ def create_app(gateway: Gateway) -> ASGIApp:
         Route("/metrics", prometheus),
         Route("/openapi.json", openapi),
         Route("/aggregates", list_aggregates),
-        Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
-        Route("/aggregates/{aggregate}/commands", commands.get_command, methods=["GET"]),
         Route("/aggregates/{aggregate}/stream", stream.stream_results),
         Route("/aggregates/{aggregate}/dead-letters", deadletters.dead_letters),
         Route("/aggregates/{aggregate}/events", history.aggregate_events),
