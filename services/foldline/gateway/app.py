@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -197,6 +198,34 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class CommandFastPath:
+    """``POST /aggregates/{aggregate}/commands`` of a known aggregate straight to ``post_command``, as the
+    router would call it: starlette's router and its two exception layers cost ~10% of the gateway's
+    CPU per command. Everything else (an unknown aggregate too) goes through starlette, unchanged."""
+
+    PATH = re.compile(r"/aggregates/([^/]+)/commands")  # the route's own pattern
+
+    def __init__(self, app: Starlette, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            match = self.PATH.fullmatch(scope["path"])
+            if match is not None and match.group(1) in self.gateway.specs:
+                scope["app"] = self.app  # what starlette sets, and the route's own markers (see Instrumented)
+                scope["endpoint"] = commands.post_command
+                scope["path_params"] = {"aggregate": match.group(1)}
+                request = Request(scope, receive, send)
+                try:
+                    response = await commands.post_command(request)
+                except HttpError as exc:  # as the app's exception handler answers it
+                    response = exc.response()
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)
     return exc.response()
@@ -247,4 +276,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
     app.state.gateway = gateway
     # The command routes' 5xx series exist at 0 from start, so an alert's rate() sees the first one.
     series.gateway_started(gateway.specs, [commands.post_command.__name__, commands.get_command.__name__])
-    return Instrumented(BodyDeadline(BearerAuth(app, gateway.settings.token), gateway.settings.body_timeout_s), gateway)
+    fast = CommandFastPath(app, gateway)
+    return Instrumented(
+        BodyDeadline(BearerAuth(fast, gateway.settings.token), gateway.settings.body_timeout_s), gateway
+    )
