@@ -49,7 +49,7 @@ def stdlib(body: bytes) -> Any:
     return data
 
 
-def outcome(parse: Any, body: bytes) -> tuple[str, Any]:
+def outcome(parse: Any, body: bytes | bytearray) -> tuple[str, Any]:
     try:
         return "ok", parse(body)
     except BadRequest as exc:
