@@ -204,7 +204,8 @@ def parse_envelope(gateway: Aggregates, aggregate: str, data: Any) -> CommandEnv
         raise BadRequest(f"invalid payload: {exc}", code="invalid_payload") from exc
     # The payload was checked against the deployed command class: its schema version says so, so that a
     # handler running newer code upcasts it instead of reading it as the current version.
-    return dataclasses.replace(envelope, schema_version=spec.commands[envelope.type].version)
+    version = spec.commands[envelope.type].version
+    return envelope if envelope.schema_version == version else dataclasses.replace(envelope, schema_version=version)
 
 
 def location(aggregate: str, command_id: str) -> str:
