@@ -329,7 +329,9 @@ class GatewaySettings(_Changeable):
     results_lookback_s: float = 300.0
     #: Results kept in memory for ``GET .../commands/{id}`` (oldest dropped first).
     result_index_size: int = 100_000
-    producer_linger_ms: int = 1
+    #: The command producer's linger.ms: 5 ms batches a few commands per request at 1,000/s; 1 ms cost
+    #: ~100 µs more CPU per command (librdkafka wakes up per message) for ~2 ms less latency.
+    producer_linger_ms: int = 5
     view_poll_interval_s: float = 0.5
     sse_heartbeat_s: float = 15.0
     #: Slow clients: a request's headers must arrive within ``header_timeout_s`` of its first byte (or of
