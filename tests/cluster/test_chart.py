@@ -45,7 +45,9 @@ KAFKA_PORT, POSTGRES_PORT = 19392, 15632
 CREATE = {"customer": "ACME", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
 #: The node has no volume provisioner: the handlers' claims bind to local PersistentVolumes made here.
 STORAGE_CLASS = "foldline-cluster-test"
-VOLUMES = 4  # three handler pods at most (the scale test), one spare
+VOLUMES = 7  # invoices' three handler pods at most (the scale test), customers' two, two spare
+# The invoices aggregate's handler pods (the example's customers aggregate has handler pods too).
+HANDLERS = "app.kubernetes.io/component=command-handler,foldline.io/aggregate=invoices"
 
 
 class Flow:
@@ -232,7 +234,7 @@ def test_the_example_runs_in_pods_and_answers_commands(flow: Flow) -> None:
     assert esa["status"]["partitions"] == 6
     topics = AdminClient({"bootstrap.servers": flow.bootstrap}).list_topics(timeout=10).topics
     assert {f"invoices.{t}" for t in ("commands", "events", "snapshots", "command-results")} <= set(topics)
-    assert len(_ready_pods(cluster, APP_NS, "app.kubernetes.io/component=command-handler")) == 2
+    assert len(_ready_pods(cluster, APP_NS, HANDLERS)) == 2
     cluster.wait_available(APP_NS, "invoices-gateway", timeout=300)
     cluster.wait_available(APP_NS, "invoice-list-projector-r1", timeout=300)
 
@@ -259,7 +261,7 @@ def test_the_example_runs_in_pods_and_answers_commands(flow: Flow) -> None:
 
 def test_a_handler_pod_deleted_while_commands_flow_loses_and_duplicates_nothing(flow: Flow) -> None:
     cluster = flow.cluster
-    selector = "app.kubernetes.io/component=command-handler"
+    selector = HANDLERS
     errors: list[str] = []
 
     with _gateway(cluster) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
@@ -297,7 +299,7 @@ def test_a_handler_pod_deleted_while_commands_flow_loses_and_duplicates_nothing(
 
 def test_kubectl_scale_moves_partitions_and_nothing_is_lost(flow: Flow) -> None:
     cluster = flow.cluster
-    selector = "app.kubernetes.io/component=command-handler"
+    selector = HANDLERS
     cluster.kubectl("scale", "eventsourcedaggregate/invoices", "-n", APP_NS, "--replicas=3")
     wait_for("three handler pods Ready", lambda: len(_ready_pods(cluster, APP_NS, selector)) == 3, timeout=300)
     with _gateway(cluster) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
