@@ -27,12 +27,8 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
     watch = KafkaWatch(f"command-handler {spec.name}")
 
     def new_consumer(protocol: str) -> Consumer:
-        # A stable id per pod (a StatefulSet's) makes the member static: a restart keeps its partitions. Only
-        # under the classic protocol: with KIP-848's, a static handler aborted inside librdkafka's Python
-        # binding (`CallState_get: Assertion cs != NULL`) right after its first assignment, 1 run in 3 here.
-        static = (
-            {"group.instance.id": settings.instance_id} if settings.static_membership and protocol == "classic" else {}
-        )
+        # A stable id per pod (a StatefulSet's) makes the member static: a restart keeps its partitions.
+        static = {"group.instance.id": settings.instance_id} if settings.static_membership else {}
         return Consumer({**group_member_config(settings.kafka, group, protocol, **static), "error_cb": watch.on_error})
 
     def new_producer() -> Producer:
