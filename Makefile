@@ -11,7 +11,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n1)
 KIND_CLUSTER ?= foldline
 
-.PHONY: help install lint test unit integration e2e image image-test chaos bench demo kafka-up kafka-down postgres-up \
+.PHONY: help install lint test unit integration e2e image image-test chaos bench bench-compare demo kafka-up kafka-down postgres-up \
         postgres-down envtest-up envtest-down cluster cluster-up cluster-down crds dashboards chart-lint kind-up deploy clean
 
 help: ## list the targets
@@ -20,12 +20,14 @@ help: ## list the targets
 install: ## install foldline and its development tools (idempotent)
 	@scripts/bootstrap.sh
 
-lint: install ## ruff format --check, ruff, mypy --strict on the package, import-linter's layer contracts
+lint: install ## ruff format --check, ruff, mypy --strict on the package, import-linter's layer contracts, the examples' schema gate
 	$(PYTHON) -m ruff format --check services operator tests bench examples
 	$(PYTHON) -m ruff check services operator tests bench examples
 	$(PYTHON) -m mypy services/foldline operator/foldline_operator examples/team-image/accounts_pkg
 	$(PYTHON) -m mypy tests bench
 	$(CURDIR)/$(VENV)/bin/lint-imports --no-cache
+	$(PYTHON) -m foldline.cli schema check --file services/foldline/examples/invoices/foldline-schema.json
+	PYTHONPATH=examples/team-image $(PYTHON) -m foldline.cli schema check --file examples/team-image/foldline-schema.json
 
 test: lint ## lint, then every test: unit, integration (real Kafka, PostgreSQL), e2e (real API server), image
 	$(PYTEST) tests
@@ -50,6 +52,16 @@ chaos: install ## the long kill loop and the soak (FOLDLINE_CHAOS_KILLS, FOLDLIN
 
 bench: install ## benchmarks; they print figures and never fail on a time
 	$(PYTHON) -m bench
+
+QUIX_VENV := .cache/quix-venv
+
+$(QUIX_VENV)/.installed: bench/quix-requirements.txt
+	python3 -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install -q --disable-pip-version-check -r bench/quix-requirements.txt
+	touch $@
+
+bench-compare: install $(QUIX_VENV)/.installed ## foldline against the same handler on Quix Streams (docs/benchmarks.md)
+	$(PYTHON) -m bench compare
 
 demo: install ## broker, handler, projector and gateway on this machine; walks an invoice through its life
 	$(PYTHON) -m foldline.cli demo

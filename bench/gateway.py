@@ -167,14 +167,22 @@ def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def bench_rate(kind, url: str, aggregate: str, rate: int, seconds: float) -> None:
+def cpu_seconds(pid: int) -> float:
+    """A process's own CPU time (utime + stime, all its threads) from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_rate(kind, url: str, aggregate: str, rate: int, seconds: float, pids: dict[str, int]) -> None:
     tag = uuid.uuid4().hex[:6]
     connections = kind(url, size=max(32, min(256, rate // 4)))
     await connections.open()  # connect before the clock starts
     try:
         await offered_load(connections, aggregate, rate, min(2.0, seconds), f"warm-{tag}")
         await asyncio.sleep(1.0)  # let the warm-up drain
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         latencies, statuses, elapsed = await offered_load(connections, aggregate, rate, seconds, f"r{rate}-{tag}")
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     finally:
         await connections.close()
     ok = statuses.get(200, 0)
@@ -188,6 +196,9 @@ async def bench_rate(kind, url: str, aggregate: str, rate: int, seconds: float) 
     figure(f"  POST→result p50 at {rate:,}/s ({kind.name})", quantile(latencies, 50) * 1000, "ms")
     figure(f"  POST→result p99 at {rate:,}/s ({kind.name})", quantile(latencies, 99) * 1000, "ms")
     figure(f"  POST→result max at {rate:,}/s ({kind.name})", max(latencies, default=float("nan")) * 1000, "ms", load())
+    sent = max(1, sum(statuses.values()))
+    for name, seconds_used in cpu.items():  # each process alone: its own CPU seconds per command sent
+        figure(f"  {name} CPU per command at {rate:,}/s ({kind.name})", seconds_used / sent * 1e6, "µs", load())
 
 
 def main() -> None:
@@ -231,7 +242,8 @@ def main() -> None:
             kinds = {"httpx": HttpxConnections, "raw": RawConnections}
             for name in os.environ.get("FOLDLINE_BENCH_GATEWAY_CLIENTS", "httpx,raw").split(","):
                 for rate in rates:
-                    asyncio.run(bench_rate(kinds[name], url, aggregate, rate, seconds))
+                    pids = {"gateway": gateway.pid, "handler": handler.pid}
+                    asyncio.run(bench_rate(kinds[name], url, aggregate, rate, seconds, pids))
         finally:
             for proc in (gateway, handler):
                 proc.terminate()

@@ -74,6 +74,7 @@ def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes
             "bootstrap.servers": bootstrap,
             "linger.ms": 5,
             "partitioner": "murmur2_random",
+            "enable.idempotence": True,  # each partition's order kept on retries
             "queue.buffering.max.messages": 1_000_000,
             "batch.num.messages": 10_000,
             **config,

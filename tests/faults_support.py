@@ -113,6 +113,7 @@ def handler(
         "FOLDLINE_INSTANCE_ID": instance or name,
         "FOLDLINE_HTTP_PORT": str(port),
         "FOLDLINE_COMMIT_INTERVAL_MS": "20",
+        "FOLDLINE_WORKERS": "1",  # one engine per instance id, as these tests assert (see test_handler_workers.py)
     }
     return spawn(["command-handler", "--aggregate", aggregate_path(cls)], env, tmp / f"handler-{name}.log")
 

@@ -137,6 +137,9 @@ def start_handler(
         "FOLDLINE_INSTANCE_ID": instance,
         "FOLDLINE_HTTP_PORT": str(http_port),
         "FOLDLINE_LOG_FORMAT": "json",
+        # One engine process, as these tests assert on one member per instance id; test_handler_workers.py
+        # runs several (the default in a pod is one per CPU).
+        "FOLDLINE_WORKERS": "1",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         **(extra_env or {}),
     }

@@ -18,7 +18,8 @@ from foldline_operator import autoscale, builders
 from foldline_operator.builders import KafkaAuth, Owner
 from foldline_operator.conditions import Condition, deployment_condition, from_status, ready
 from foldline_operator.kafka import KafkaPort, client_config
-from foldline_operator.kube import Kube, KubeError
+from foldline_operator.kube import Kube, KubeError, SecretForbidden
+from foldline_operator.scalers import autoscaling_condition, external_scalers
 from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "EventSourcedAggregate"
@@ -74,30 +75,6 @@ def applied(kube: Kube, obj: Obj) -> tuple[str, str, str] | None:
     return ("Normal", f"{kind}{change.capitalize()}", f"{change} {kind} {name}")
 
 
-def scale_writers(meta: Mapping[str, Any]) -> list[str]:
-    """Field managers that set the replicas through the scale subresource (``kubectl scale``, an HPA, KEDA)."""
-    entries = meta.get("managedFields") or ()
-    return sorted({str(e.get("manager") or "?") for e in entries if e.get("subresource") == "scale"})
-
-
-def autoscaling_condition(spec: AggregateResource, meta: Mapping[str, Any], desired: int) -> Condition | None:
-    """With autoscaling on, who decides the replicas: the lag, always; a scale-subresource write is ignored,
-    and this says so (its reason is a Warning)."""
-    if spec.autoscaling is None:
-        return None
-    writers = scale_writers(meta)
-    if writers:
-        return Condition(
-            "Autoscaling",
-            True,
-            "ScaleIgnored",
-            f"spec.handlers.replicas ({spec.replicas}) was set through the scale subresource by "
-            f"{', '.join(writers)}, but spec.handlers.autoscaling wins: {desired} replicas from the lag. Remove "
-            "autoscaling to scale by hand, and aim no HPA or KEDA ScaledObject at this resource.",
-        )
-    return Condition("Autoscaling", True, "Active", f"{desired} replicas from the lag")
-
-
 def paused_outcome(status: Mapping[str, Any]) -> Outcome:
     """Paused: touch nothing, keep the last conditions, say so in Ready (observedGeneration stays)."""
     kept = [c for c in from_status(status.get("conditions")) if c.type != "Ready"]
@@ -115,7 +92,10 @@ def connect(kube: Kube, namespace: str, spec: AggregateResource) -> Connection |
     if spec.kafka_secret is None:
         return Connection(client_config(spec.kafka_bootstrap, None), KafkaAuth())
     name = spec.kafka_secret.name
-    data = kube.secret(namespace, name)
+    try:
+        data = kube.secret(namespace, name)
+    except SecretForbidden:
+        return Condition("TopicsReady", False, "KafkaSecretForbidden", secret_forbidden(namespace, name))
     if data is None:
         return Condition(
             "TopicsReady", False, "KafkaSecretMissing", f"Secret {name} (spec.kafka.secretRef) does not exist"
@@ -125,6 +105,13 @@ def connect(kube: Kube, namespace: str, spec: AggregateResource) -> Connection |
     except ConfigurationError as exc:  # the message names keys and settings, never a value
         return Condition("TopicsReady", False, "KafkaSecretInvalid", f"Secret {name}: {exc}")
     return Connection(config, KafkaAuth(name, frozenset(data)))
+
+
+def secret_forbidden(namespace: str, name: str) -> str:
+    return (
+        f"the operator may not read Secret {name} in namespace {namespace}: its RBAC grants Secrets only in the "
+        "namespaces it serves (docs/operator.md, Permissions)"
+    )
 
 
 def topics_condition(report: TopicReport) -> tuple[Condition, list[tuple[str, str, str]]]:
@@ -214,7 +201,8 @@ class AggregateReconciler:
         if spec.gateway_enabled:
             gateway = self.kube.get("apps/v1", "Deployment", owner.namespace, builders.gateway_name(owner.name))
             parts.append(deployment_condition("GatewayReady", "gateway", gateway, spec.gateway_replicas))
-        scaling = autoscaling_condition(spec, meta, desired)
+        scalers = external_scalers(self.kube, owner.namespace, owner.name)
+        scaling = autoscaling_condition(spec, meta, desired, scalers)
         extra = [scaling] if scaling is not None else []
         return Outcome(out, [*parts, *extra, ready(parts)], events, applied=topics_ok and rejected is None)
 

@@ -163,6 +163,8 @@ def handler_statefulset(owner: Owner, spec: AggregateResource, auth: KafkaAuth, 
         {"name": "FOLDLINE_STATIC_MEMBERSHIP", "value": "true"},
         {"name": "FOLDLINE_LOG_FORMAT", "value": "json"},
     ]
+    if spec.standby_replicas:  # unset when 0: existing StatefulSets see no change and roll no pod
+        env.append({"name": "FOLDLINE_STANDBY_REPLICAS", "value": str(spec.standby_replicas)})
     ca_volumes, ca_mounts = _kafka_volume(auth)
     main = container(
         "command-handler",

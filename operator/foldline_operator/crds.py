@@ -1,9 +1,13 @@
 """The CustomResourceDefinitions, written once here and rendered to ``manifests/crds`` and the chart.
 
+The chart keeps foldline's own in ``files/crds`` and templates them (``crds.install``, ``crds.keep``), so
+that ``helm upgrade`` upgrades them (Helm never touches a chart's ``crds/`` folder after the first install);
+kopf's peering kinds, which never change, stay in ``crds/``.
+
 ``python -m foldline_operator.crds --write`` regenerates both copies; ``--check`` fails when a file on
 disk differs from what this module generates (a unit test does the same, so they cannot drift).
 
-Besides foldline's own two kinds this ships kopf's peering kinds: two operator replicas use them to
+Besides foldline's own kinds this ships kopf's peering kinds: two operator replicas use them to
 agree that only the one with the highest priority acts.
 """
 
@@ -16,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from foldline_operator.policy_spec import policy_schema
 from foldline_operator.schema_types import Schema
 from foldline_operator.schemas import aggregate_schema, projection_schema
 
@@ -117,6 +122,24 @@ def projection_crd() -> dict[str, Any]:
     )
 
 
+def policy_crd() -> dict[str, Any]:
+    return _crd(
+        "Policy",
+        "policies",
+        ["pol"],
+        policy_schema(),
+        [
+            _column("Ready", "string", _READY),
+            _column("Replicas", "integer", ".status.replicas", "Policy worker pods"),
+            _column("Lag", "integer", ".status.lag", "Source events not yet handled"),
+            _column("Deadlines", "integer", ".status.scheduledDeadlines", "Deadlines pending"),
+            _column("Next", "date", ".status.nextDeadline", "The earliest pending deadline", priority=1),
+            _column("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
+            _AGE,
+        ],
+    )
+
+
 def peering_crds() -> list[dict[str, Any]]:
     """kopf's peering kinds (group kopf.dev), as kopf documents them: free-form status, no subresource."""
     out = []
@@ -153,7 +176,7 @@ def peering_crds() -> list[dict[str, Any]]:
 
 
 def all_crds() -> list[dict[str, Any]]:
-    return [aggregate_crd(), projection_crd(), *peering_crds()]
+    return [aggregate_crd(), projection_crd(), policy_crd(), *peering_crds()]
 
 
 HEADER = (
@@ -169,9 +192,13 @@ def render(crd: dict[str, Any]) -> str:
 def rendered_files(repo: Path) -> dict[Path, str]:
     """Every generated file, keyed by its path, in both the manifests and the chart."""
     out: dict[Path, str] = {}
+    chart = repo / "charts" / "foldline"
     for crd in all_crds():
         text = render(crd)
-        for folder in (repo / "manifests" / "crds", repo / "charts" / "foldline" / "crds"):
+        # kopf's peering kinds stay in crds/ (installed before any template): the chart creates a peering
+        # object, and Helm refuses a release whose templates use a kind that is not yet served.
+        templated = crd["spec"]["group"] == GROUP
+        for folder in (repo / "manifests" / "crds", chart / "files" / "crds" if templated else chart / "crds"):
             out[folder / f"{crd['metadata']['name']}.yaml"] = text
     return out
 

@@ -46,7 +46,7 @@ def client_config(bootstrap: str, secret: Mapping[str, str] | None) -> dict[str,
 class KafkaPort:
     """Admin clients, one per distinct connection config, reused across reconciliations."""
 
-    def __init__(self, timeout: float = 15.0) -> None:
+    def __init__(self, timeout: float = 5.0) -> None:
         self.timeout = timeout
         self._clients: dict[tuple[tuple[str, str], ...], AdminClient] = {}
         self._refused: dict[tuple[tuple[str, str], ...], str] = {}  # librdkafka's reason, never a secret
@@ -63,9 +63,12 @@ class KafkaPort:
                     if error.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
                         self._refused[key] = error.str()
 
+                # Every call passes its own timeout too; these bound the requests and the TCP/TLS set-up
+                # underneath (librdkafka's default set-up timeout is 30 s: a blackholed broker).
                 settings: dict[str, Any] = {
                     **config,
                     "socket.timeout.ms": int(self.timeout * 1000),
+                    "socket.connection.setup.timeout.ms": max(1000, int(self.timeout * 1000)),
                     "log_level": 2,
                     "error_cb": refused,
                 }

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 FIELD_MANAGER = "foldline-operator"
+log = structlog.get_logger("foldline.operator")
 
 Obj = dict[str, Any]
 
@@ -23,6 +27,10 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+
+
+class SecretForbidden(KubeError):
+    """The operator's RBAC does not let it read this Secret (a namespace it does not serve for Secrets)."""
 
 
 def load_config() -> None:
@@ -37,8 +45,11 @@ def path(
     api_version: str, kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None
 ) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    # Every kind foldline touches pluralizes regularly (deployments, poddisruptionbudgets, projections...).
-    out = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{kind.lower()}s"
+    # Every kind foldline touches pluralizes regularly (deployments, poddisruptionbudgets, projections...),
+    # or ends in -y (policies).
+    lower = kind.lower()
+    plural = lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+    out = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
     if name:
         out += f"/{name}"
     if subresource:
@@ -137,9 +148,45 @@ class Kube:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         return self.request("DELETE", path(api_version, kind, namespace, name), body=body) is not None
 
+    def event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event about ``obj`` (as ``kubectl describe`` shows them); a refusal is only logged:
+        an Event is worth no failed pass."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": os.environ.get("POD_ID", ""),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+        except (KubeError, OSError, ValueError) as exc:
+            log.warning("cannot post an Event", reason=reason, error=str(exc))
+
     def secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """A Secret's data, decoded; None when it does not exist."""
-        found = self.get("v1", "Secret", namespace, name)
+        """A Secret's data, decoded; None when it does not exist; ``SecretForbidden`` when RBAC refuses it."""
+        try:
+            found = self.get("v1", "Secret", namespace, name)
+        except KubeError as exc:
+            if exc.status == 403:
+                raise SecretForbidden(403, str(exc).partition(": ")[2]) from exc
+            raise
         if found is None:
             return None
         data: Mapping[str, str] = found.get("data") or {}

@@ -27,6 +27,7 @@ DEFAULT_REQUESTS: dict[str, dict[str, str]] = {
     "command-handler": {"cpu": "100m", "memory": "256Mi"},
     "gateway": {"cpu": "50m", "memory": "128Mi"},
     "projector": {"cpu": "50m", "memory": "192Mi"},
+    "policy": {"cpu": "50m", "memory": "192Mi"},
 }
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")

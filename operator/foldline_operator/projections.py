@@ -2,17 +2,19 @@
 
 How the operator learns of the switch: it reads the projection catalog in the projection database (the
 URL in the Projection's Secret, through ``foldline.projection.open_store(url).view_info(view)``). The
-catalog's ``active_revision`` is the revision that serves reads; a new revision's projector registers
-itself there, replays the source and switches the view over atomically once it has caught up. Only when
-the catalog names the spec's revision (or a newer one) as active does the operator delete the
-Deployments of older revisions. Each revision's stored positions, against the source topic's end
+catalog's ``active_revision`` is the revision that serves reads (only for URLs ``databases.DatabasePolicy``
+accepts: the operator never connects where a Projection author points it at its own pod); a new
+revision's projector registers itself there, replays the source and switches the view over atomically
+once it has caught up. Only when the catalog names the spec's revision (or a newer one) as active does
+the operator delete the Deployments of older revisions. Each revision's stored positions, against the source topic's end
 offsets, give the rebuild's progress and lag. A catalog the operator cannot read never retires anything.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,12 +33,14 @@ from foldline_operator.aggregates import (
     is_paused,
     paused_outcome,
     rfc3339,
+    secret_forbidden,
 )
 from foldline_operator.builders import Owner
 from foldline_operator.conditions import Condition, deployment_condition, find, ready
 from foldline_operator.crds import API_VERSION
+from foldline_operator.databases import DatabasePolicy, Refusal
 from foldline_operator.kafka import KafkaPort
-from foldline_operator.kube import Kube
+from foldline_operator.kube import Kube, SecretForbidden
 from foldline_operator.spec import AggregateResource, ProjectionResource
 
 KIND = "Projection"
@@ -45,22 +49,49 @@ log = structlog.get_logger("foldline.operator")
 
 
 class Catalogs:
-    """One open projection store per database URL, reused by every pass."""
+    """One open projection store per database URL, reused by every pass; only for URLs the policy accepts.
 
-    def __init__(self) -> None:
+    Connecting, and waiting for a pooled connection, take at most ``timeout`` seconds, and opening a store
+    holds only its URL's lock: an unreachable database delays only the Projections that use it.
+    """
+
+    def __init__(self, policy: DatabasePolicy | None = None, timeout: float = 5.0) -> None:
+        self.policy = policy or DatabasePolicy()
+        self.timeout = timeout
         self._stores: dict[str, SqlStore] = {}
+        self._opening: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+
+    def _store(self, url: str) -> SqlStore:
+        with self._lock:
+            store = self._stores.get(url)
+            opening = self._opening.setdefault(url, threading.Lock())
+        if store is not None:
+            return store
+        with opening:
+            with self._lock:
+                store = self._stores.get(url)
+            if store is None:
+                store = open_store(url, pool_size=2, connect_timeout=self.timeout)
+                with self._lock:
+                    self._stores[url] = store
+        return store
+
+    def refusal(self, url: str) -> Refusal | None:
+        """Why the operator must not connect to ``url`` (checked on every pass: DNS may change)."""
+        return self.policy.check(url, _resolve)
 
     def status(self, url: str, view: str, end_offsets: EndOffsets) -> ViewStatus | None:
         """The view's catalog entry with progress and lag; None while no projector has registered it."""
-        with self._lock:
-            store = self._stores.get(url)
-            if store is None:
-                store = self._stores[url] = open_store(url, pool_size=1)
+        store = self._store(url)
         try:
             return view_status(store, view, end_offsets)
         except UnknownViewError:
             return None
+
+
+def _resolve(host: str) -> Sequence[str]:
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
 
 
 def rebuild_status(previous: Mapping[str, Any] | None, revision: int, progress: float, now: datetime) -> Obj:
@@ -92,7 +123,13 @@ class ProjectionReconciler:
         if isinstance(found, Condition):
             return _failed(out, found)
         aggregate, connection = found
-        secret = self.kube.secret(owner.namespace, spec.database.name) or {}
+        try:
+            secret = self.kube.secret(owner.namespace, spec.database.name) or {}
+        except SecretForbidden:
+            reason = "DatabaseSecretForbidden"
+            return _failed(
+                out, Condition("DatabaseReady", False, reason, secret_forbidden(owner.namespace, spec.database.name))
+            )
         url = secret.get(spec.database.key)
         if not url:
             return _failed(
@@ -115,6 +152,10 @@ class ProjectionReconciler:
         if spec.suspend and projector.status is True:
             projector = Condition("ProjectorReady", False, "Suspended", "spec.suspend: the projector is scaled to zero")
 
+        refusal = self.catalogs.refusal(url)
+        if refusal is not None:
+            active = Condition("RevisionActive", None, refusal.reason, refusal.message)
+            return Outcome(out, [projector, active, ready([projector, active])], events, applied=True)
         try:
             found_status = self.catalogs.status(
                 url, spec.view, lambda topic: self.kafka.offsets(connection.config, topic)

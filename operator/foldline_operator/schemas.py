@@ -99,6 +99,15 @@ def aggregate_schema() -> Schema:
         {
             "replicas": _int("Command-handler pods; at most one per partition does work.", minimum=0, default=1),
             "autoscaling": autoscaling,
+            "standbyReplicas": _int(
+                "Warm copies of each partition's store that other handler pods keep from the snapshots topic, so "
+                "a failover restores only the tail (Kafka Streams' num.standby.replicas). A pod stands by for the "
+                "partitions of the pods before it on a ring of pod names; with standbyReplicas >= replicas - 1 "
+                "every pod holds every partition it does not own. 0: none.",
+                minimum=0,
+                maximum=100,
+                default=0,
+            ),
             "resources": _resources(),
             "storage": _obj(
                 {

@@ -176,6 +176,8 @@ class AggregateResource:
     kafka_secret: SecretRef | None = None
     replicas: int = 1
     autoscaling: Autoscaling | None = None
+    #: Warm standby copies of each partition's store kept by other handler pods (FOLDLINE_STANDBY_REPLICAS).
+    standby_replicas: int = 0
     resources: Mapping[str, Any] = field(default_factory=dict)
     storage: Storage = field(default_factory=Storage)
     gateway_enabled: bool = False
@@ -208,6 +210,7 @@ class AggregateResource:
             kafka_secret=SecretRef.parse(kafka.get("secretRef")),
             replicas=int(handlers.get("replicas", 1)),
             autoscaling=Autoscaling.parse(handlers.get("autoscaling")),
+            standby_replicas=int(handlers.get("standbyReplicas", 0)),
             resources=dict(_dict(handlers.get("resources"))),
             storage=Storage(
                 volume=str(storage.get("volume", "persistentVolumeClaim")),

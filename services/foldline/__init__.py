@@ -42,6 +42,7 @@ from foldline.policies import (
     policy_command_id,
 )
 from foldline.records import CommandEnvelope, CommandResult, EventRecord, SnapshotRecord, Status
+from foldline.schema import SchemaProblem, check_schema_file, compare_schemas, schema_of
 from foldline.settings import HandlerSettings, KafkaSettings
 from foldline.topics import Retention, TopicNames, aggregate_topics, delete_topics, ensure_topics
 
@@ -79,6 +80,7 @@ __all__ = [
     "Retention",
     "RetryableError",
     "Schedule",
+    "SchemaProblem",
     "SnapshotRecord",
     "Status",
     "StoreCorruptedError",
@@ -94,6 +96,8 @@ __all__ = [
     "WaitTimeoutError",
     "__version__",
     "aggregate_topics",
+    "check_schema_file",
+    "compare_schemas",
     "delete_topics",
     "ensure_topics",
     "from_json",
@@ -102,5 +106,6 @@ __all__ = [
     "murmur2",
     "partition_for",
     "policy_command_id",
+    "schema_of",
     "to_json",
 ]

@@ -25,6 +25,7 @@ _REGISTRARS: tuple[str, ...] = (
     "foldline.cli_history",
     "foldline.demo",
     "foldline.projection.cli",
+    "foldline.schema.cli",
 )
 
 

@@ -86,6 +86,16 @@ def restore_consumer_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
     }
 
 
+def standby_consumer_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:
+    """Keeps standby stores current: snapshots partitions assigned by hand, read as they are committed."""
+    return {
+        **restore_consumer_config(kafka, group),
+        "enable.partition.eof": False,
+        "auto.offset.reset": "earliest",  # a store's offset below the log start: from the start
+        "queued.max.messages.kbytes": 16_384,  # prefetch per partition, as the group member's
+    }
+
+
 def command_producer_config(kafka: KafkaSettings, linger_ms: int) -> dict[str, Any]:
     """The gateway's producer of commands: idempotent, murmur2 (as Java clients), keyed by aggregate id."""
     return {

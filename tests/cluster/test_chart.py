@@ -211,6 +211,16 @@ def test_helm_install_runs_the_operator_pod(flow: Flow) -> None:
 def test_the_example_runs_in_pods_and_answers_commands(flow: Flow) -> None:
     cluster = flow.cluster
     cluster.kubectl("create", "namespace", APP_NS)
+    # No Secret is readable cluster-wide: the namespace's owner lets the operator read this one's.
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "foldline-secrets",
+        "-n",
+        APP_NS,
+        "--clusterrole=foldline-secrets",
+        f"--serviceaccount={OPERATOR_NS}:foldline",
+    )
     wait_for("serviceaccount default", lambda: cluster.get("serviceaccount", "default", APP_NS), timeout=60)
     cluster.apply(*example_objects(flow.bootstrap, flow.dsn), namespace=APP_NS)
 

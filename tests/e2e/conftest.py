@@ -1,7 +1,8 @@
 """The e2e session: a real control plane, the CRDs from manifests/, and the operator as a real process.
 
-The operator runs under the chart's own RBAC rules (``charts/foldline/files/rbac-rules.yaml``) with a
-ServiceAccount token, not as an admin: a rule the chart lacks fails these tests.
+The operator runs under the chart's own RBAC (templates/rbac.yaml rendered by helm, cluster-wide mode) with a
+ServiceAccount token, not as an admin: a rule the chart lacks fails these tests. Each test namespace grants
+it Secrets as a tenant would, with a RoleBinding to the chart's "<release>-secrets" ClusterRole.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from kubernetes import config as k8s_config
 
 from foldline.topics import TopicNames, delete_topics
 from foldline_operator.kube import Kube
+from tests.e2e.chart import install_identity, render_rbac
 from tests.e2e.envtest import start_control_plane, stop_control_plane
 from tests.e2e.support import REPO, OperatorProcess, create, wait_for
 
 OPERATOR_NAMESPACE = "foldline-system"
 PEERING = "foldline-e2e"
+RELEASE = "foldline"  # the chart's full name, its ServiceAccount's and its ClusterRoles' prefix
 
 
 @pytest.fixture(scope="session")
@@ -62,53 +65,9 @@ def crds(kube: Kube) -> list[dict[str, Any]]:
     return installed
 
 
-def _operator_kubeconfig(kube: Kube, admin_kubeconfig: Path, target: Path) -> Path:
-    """A kubeconfig for a ServiceAccount bound to the chart's ClusterRole rules."""
-    rules = yaml.safe_load((REPO / "charts" / "foldline" / "files" / "rbac-rules.yaml").read_text())
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "foldline-operator", "namespace": OPERATOR_NAMESPACE},
-        }
-    )
-    kube.apply(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": "foldline-operator"},
-            "rules": rules,
-        }
-    )
-    kube.apply(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "foldline-operator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "foldline-operator"},
-            "subjects": [{"kind": "ServiceAccount", "name": "foldline-operator", "namespace": OPERATOR_NAMESPACE}],
-        }
-    )
-    token = kube.request(
-        "POST",
-        f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/foldline-operator/token",
-        body={
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 4 * 3600},
-        },
-    )
-    assert token is not None
-    config = yaml.safe_load(admin_kubeconfig.read_text())
-    config["users"] = [{"name": "foldline-operator", "user": {"token": token["status"]["token"]}}]
-    config["contexts"] = [
-        {"name": "operator", "context": {"cluster": config["clusters"][0]["name"], "user": "foldline-operator"}}
-    ]
-    config["current-context"] = "operator"
-    target.write_text(yaml.safe_dump(config))
-    target.chmod(0o600)
-    return target
+def operator_rbac(peering: str = PEERING) -> list[dict[str, Any]]:
+    """The chart's RBAC in its cluster-wide mode (the default values), for the session's operator."""
+    return render_rbac(RELEASE, OPERATOR_NAMESPACE, {"operator": {"peering": peering}})
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +81,8 @@ def operator(
     """The operator, running for the whole session (a test may kill and restart it)."""
     logs = tmp_path_factory.mktemp("operator")
     kube.apply({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": PEERING}})
-    process = OperatorProcess(_operator_kubeconfig(kube, kubeconfig, logs / "kubeconfig"), logs, PEERING)
+    identity, _ = install_identity(kube, kubeconfig, operator_rbac(), logs / "kubeconfig")
+    process = OperatorProcess(identity, logs, PEERING)
     process.start()
     yield process
     process.stop()
@@ -132,7 +92,19 @@ def operator(
 def namespace(kube: Kube) -> str:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     create(kube, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    create(kube, secrets_binding(name))
     return name
+
+
+def secrets_binding(namespace: str) -> dict[str, Any]:
+    """A namespace owner's opt-in: the operator may read this namespace's Secrets (docs/operator.md)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": f"{RELEASE}-secrets", "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{RELEASE}-secrets"},
+        "subjects": [{"kind": "ServiceAccount", "name": RELEASE, "namespace": OPERATOR_NAMESPACE}],
+    }
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -72,7 +73,8 @@ class OperatorProcess:
     starts: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def start(self, priority: int | None = None) -> OperatorProcess:
+    def start(self, priority: int | None = None, *, standby: bool = False) -> OperatorProcess:
+        """Start it and wait for its ``/readyz`` (for a ``standby``, paused by peering: its ``/healthz``)."""
         self.priority = priority if priority is not None else self.priority + 10
         self.port = free_port()
         self.starts += 1
@@ -85,6 +87,9 @@ class OperatorProcess:
             "FOLDLINE_OPERATOR_PEERING_LIFETIME": "10",
             "FOLDLINE_LOG_FORMAT": "json",
             "PYTHONPATH": str(REPO),
+            # The tests' SQLite views (under pytest's tmp dirs) share this machine's disk with the operator;
+            # in a cluster they never would, and the operator reads no SQLite (docs/operator.md).
+            "FOLDLINE_OPERATOR_SQLITE_DIR": tempfile.gettempdir(),
             **self.extra_env,
         }
         with (self.log_dir / f"operator-{self.starts}.log").open("ab") as log:
@@ -105,7 +110,8 @@ class OperatorProcess:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
             )
-        wait_for("the operator's /readyz", lambda: self.alive_or_fail() and http_ok(self.port, "/readyz"), 60)
+        probe = "/healthz" if standby else "/readyz"
+        wait_for(f"the operator's {probe}", lambda: self.alive_or_fail() and http_ok(self.port, probe), 60)
         return self
 
     def alive_or_fail(self) -> bool:
@@ -315,9 +321,15 @@ def manifest(kind: str, name: str, namespace: str, spec: dict[str, Any], **meta:
     return {"apiVersion": API, "kind": kind, "metadata": {"name": name, "namespace": namespace, **meta}, "spec": spec}
 
 
+def plural_of(kind: str) -> str:
+    """The resource's plural, as the CRDs and the core API spell it (Policy → policies)."""
+    lower = kind.lower()
+    return lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+
+
 def create(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
-    plural = obj["kind"].lower() + "s"
+    plural = plural_of(obj["kind"])
     base = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{obj['apiVersion']}"
     path = f"{base}/namespaces/{meta['namespace']}/{plural}" if meta.get("namespace") else f"{base}/{plural}"
     out = kube.request("POST", path, body=obj)
@@ -329,7 +341,7 @@ def patch(kube: Kube, kind: str, namespace: str, name: str, body: dict[str, Any]
     base = "/api/v1" if api == "v1" else f"/apis/{api}"
     out = kube.request(
         "PATCH",
-        f"{base}/namespaces/{namespace}/{kind.lower()}s/{name}",
+        f"{base}/namespaces/{namespace}/{plural_of(kind)}/{name}",
         body=body,
         content_type="application/merge-patch+json",
     )

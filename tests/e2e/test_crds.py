@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from foldline_operator.kube import Kube, KubeError
-from tests.e2e.support import ESA, REPO, create, manifest, patch
+from tests.e2e.support import ESA, REPO, create, manifest, patch, plural_of
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +54,8 @@ def test_crds_are_established_with_short_names_and_columns(kube: Kube, crds: lis
     resources = {r["name"]: r for r in served["resources"]}
     assert resources["eventsourcedaggregates"]["shortNames"] == ["esa"]
     assert resources["projections"]["shortNames"] == ["proj"]
+    assert resources["policies"]["shortNames"] == ["pol"]
+    assert "policies/status" in resources
     assert {"eventsourcedaggregates/status", "eventsourcedaggregates/scale", "projections/status"} <= set(resources)
     crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", "eventsourcedaggregates.foldline.io")
     assert crd is not None
@@ -223,7 +225,26 @@ def test_projection_rules(kube: Kube, namespace: str) -> None:
 def test_the_example_manifests_are_accepted(kube: Kube, namespace: str) -> None:
     """manifests/examples pass the API server's validation (server-side dry run: nothing is stored)."""
     for doc in yaml.safe_load_all((REPO / "manifests" / "examples" / "invoices.yaml").read_text()):
-        plural = doc["kind"].lower() + "s"
+        plural = plural_of(doc["kind"])
         base = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
         accepted = kube.request("POST", f"{base}/namespaces/{namespace}/{plural}", body=doc, query={"dryRun": "All"})
         assert accepted is not None and accepted["metadata"]["name"] == doc["metadata"]["name"]
+
+
+def test_policy_defaults_and_refusals(kube: Kube, namespace: str) -> None:
+    spec = {"policy": "foldline.examples.invoices:ChargeOnSend", "sources": [{"name": "invoices"}]}
+    created = create(
+        kube, manifest("Policy", "charges", namespace, {**spec, "policyName": "invoice-charges"}, **PAUSED)
+    )
+    assert (created["spec"]["replicas"], created["spec"]["storeKind"], created["spec"]["suspend"]) == (
+        1,
+        "rocksdb",
+        False,
+    )
+    assert created["spec"]["retention"] == {"deadLetters": "30d"}
+    with pytest.raises(KubeError, match=re.escape("spec.policyName is immutable")):
+        patch(kube, "Policy", namespace, "charges", {"spec": {"policyName": "other"}})
+    assert "should have at least 1 items" in rejected(
+        kube, manifest("Policy", "none", namespace, {**spec, "sources": []})
+    )
+    assert "spec.policy" in rejected(kube, manifest("Policy", "bad", namespace, {**spec, "policy": "not a path"}))

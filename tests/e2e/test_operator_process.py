@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from foldline.topics import TopicNames
 from foldline_operator.kube import Kube
-from tests.e2e.support import API, ESA, OperatorProcess, condition, create, manifest, patch, wait_for
+from tests.e2e.support import API, ESA, OperatorProcess, condition, create, http_ok, manifest, patch, wait_for
 from tests.e2e.test_aggregate import topic_state
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +123,7 @@ def test_a_second_replica_with_lower_priority_stays_paused(
     tmp_path: Path,
 ) -> None:
     standby = OperatorProcess(operator.kubeconfig, tmp_path, operator.peering, priority=0)
-    standby.start(priority=1)
+    standby.start(priority=1, standby=True)
     try:
 
         def peers() -> dict[str, Any]:
@@ -145,10 +145,16 @@ def test_a_second_replica_with_lower_priority_stays_paused(
         assert reconciles(operator.metrics()) > 0
         assert reconciles(standby.metrics()) == 0  # paused: it never acted (its series exist, at 0)
         assert "Resuming operations" not in standby.log_tail(200)
-        # The active replica stops (and leaves the peering): the standby takes over.
+        # Readiness tells them apart: the paused standby is alive, not ready.
+        assert http_ok(operator.port, "/readyz") and http_ok(standby.port, "/healthz")
+        assert not http_ok(standby.port, "/readyz")
+        assert http_ok(standby.port, "/started")  # the kubelet's readiness probe: rollouts do not stall
+        # The active replica stops (and leaves the peering): the standby takes over, and becomes ready.
         operator.stop()
         wait_for("the standby acting", lambda: "foldline_operator_reconciles_total{" in standby.metrics(), 30)
+        wait_for("the standby ready", lambda: http_ok(standby.port, "/readyz"), 30)
         operator.start()  # a higher priority again: the standby pauses once more
+        wait_for("the standby not ready again", lambda: not http_ok(standby.port, "/readyz"), 30)
     finally:
         standby.stop()
 

@@ -1,5 +1,5 @@
 """Policies exactly once against the real broker: invoices and customers handlers, the invoices policies'
-workers; a SIGKILLed worker, a replay, poison events and a failing ``react``.
+workers; SIGKILLed workers and handlers, a replay, poison events and a failing ``react``.
 
 Every check reads the topics read_committed, as any downstream reader would.
 """
@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +25,16 @@ from foldline.records import CommandEnvelope, Status, loads
 from foldline.settings import KafkaSettings, PolicySettings
 from foldline.topics import PolicyTopics, TopicNames, aggregate_topics, ensure_topics, policy_group, policy_topics
 from tests import named_policies
-from tests.kafka_support import command, read_topic, results, send, start_policy, wait_for_results
+from tests.kafka_support import (
+    HandlerProcess,
+    command,
+    read_topic,
+    results,
+    send,
+    start_handler,
+    start_policy,
+    wait_for_results,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -120,14 +130,49 @@ def committed_to_the_end(bootstrap: str, group: str, topic: str, partitions: int
         reader.close()
 
 
+@pytest.fixture
+def processes() -> Iterator[list[HandlerProcess]]:
+    """Child processes a test started; those still alive are stopped afterwards."""
+    started: list[HandlerProcess] = []
+    yield started
+    for proc in started:
+        if proc.alive():
+            proc.terminate()
+
+
+def start_aggregate(bootstrap: str, stack: Stack, kind: str, tmp_path: Path) -> HandlerProcess:
+    """``foldline command-handler`` for the stack's invoices or customers, as a child process to SIGKILL."""
+    name = stack.invoices if kind == "invoices" else stack.customers
+    path = named_policies.aggregate_path(kind, name)
+    env = {"FOLDLINE_COMMIT_INTERVAL_MS": "10"}
+    return start_handler(bootstrap, path, tmp_path / kind, kind, tmp_path, extra_env=env)
+
+
 def test_each_invoice_charges_and_settles_once_under_sigkill_and_a_replay_adds_nothing(
-    kafka_bootstrap, kafka_admin, unique_name, run_handler, tmp_path
+    kafka_bootstrap, kafka_admin, unique_name, processes, tmp_path
 ):
     partitions = 3
     stack = Stack(kafka_admin, unique_name, partitions)
-    run_handler(stack.invoices_cls()(), commit_interval_ms=10)
-    run_handler(stack.customers_cls()(), commit_interval_ms=10)
+    handlers = {kind: start_aggregate(kafka_bootstrap, stack, kind, tmp_path) for kind in ("invoices", "customers")}
+    processes.extend(handlers.values())
     register_customers(kafka_bootstrap, stack)
+
+    starts = dict.fromkeys(handlers, 1)
+    log_from = dict.fromkeys(handlers, 0)  # where the running handler's lines begin in its (appended) log
+
+    def kill_handlers(*kinds: str) -> None:
+        """SIGKILL mid-stream (maybe an open transaction of events, results and snapshots), once the handler
+        has its partitions, and restart under the same instance id, which fences and aborts what it left open."""
+        for kind in kinds:
+            deadline = time.monotonic() + 60
+            while "partitions assigned" not in handlers[kind].log.read_text()[log_from[kind] :]:
+                assert handlers[kind].alive() and time.monotonic() < deadline, handlers[kind].log.read_text()[-2000:]
+                time.sleep(0.2)
+            handlers[kind].kill()
+            log_from[kind] = len(handlers[kind].log.read_text())
+            handlers[kind] = start_aggregate(kafka_bootstrap, stack, kind, tmp_path)
+            processes.append(handlers[kind])
+            starts[kind] += 1
 
     invoices = {f"INV-{i:03d}": (CUSTOMERS[i % len(CUSTOMERS)], 1000 + 37 * i, i % 3 != 0) for i in range(90)}
     flows = [invoice_flow(inv, c, cents, pay) for inv, (c, cents, pay) in invoices.items()]
@@ -141,6 +186,10 @@ def test_each_invoice_charges_and_settles_once_under_sigkill_and_a_replay_adds_n
         for n, i in enumerate(range(0, len(stream), size)):
             send(kafka_bootstrap, TopicNames(stack.invoices).commands, stream[i : i + size])
             time.sleep(0.5)
+            if n == 3:
+                kill_handlers("invoices", "customers")
+            if n == 8:
+                kill_handlers("customers")  # while it applies the policies' charges and settlements
             if n == 5:
                 charge.kill()  # SIGKILL mid-stream: maybe an open transaction with commands in it
                 settle.kill()
@@ -215,6 +264,10 @@ def test_each_invoice_charges_and_settles_once_under_sigkill_and_a_replay_adds_n
     assert all(r.status == Status.ACCEPTED for r in dups)
     assert sum(len(v) for v in customer_events(kafka_bootstrap, stack).values()) == events_before
     assert balances(kafka_bootstrap, stack) == want
+    assert all(h.alive() for h in handlers.values())  # the restarted handlers ran to the end
+    assert starts == {"invoices": 2, "customers": 3}
+    for kind, count in starts.items():  # each handler had its partitions (so was at work) when killed
+        assert handlers[kind].log.read_text().count("partitions assigned") >= count
 
 
 class Touchy(ChargeOnSend):

@@ -95,7 +95,7 @@ def test_the_pod_monitor_selects_the_pods_the_operator_builds() -> None:
     assert "kind: PodMonitor" in template and "- port: http" in template
     assert f'values: ["{pods.MANAGED_BY}"]' in template
     built = {pods.labels("x", c, "agg")["app.kubernetes.io/component"] for c in values["podMonitor"]["components"]}
-    assert built == {"command-handler", "projector", "gateway"}
+    assert built == {"command-handler", "projector", "gateway", "policy"}
     for name in ("podmonitor.yaml", "servicemonitor.yaml", "prometheusrule.yaml"):
         text = (CHART / "templates" / name).read_text()
         assert "with .Values.metrics.release" in text and "release: {{ . | quote }}" in text, name

@@ -1,9 +1,9 @@
 """The Helm chart without helm: values against their schema, template references, RBAC, dashboards.
 
-helm is not installed here, so templates are not rendered; what can be checked without it is: the
-values validate against values.schema.json (a tiny validator for the keywords the schema uses),
-every ``.Values.x.y`` a template reads exists in values.yaml, and every metric a dashboard queries is
-one foldline.observability.metrics exports.
+What can be checked without helm (test_chart_render.py runs the real one): the values validate against
+values.schema.json (a tiny validator for the keywords the schema uses), every ``.Values.x.y`` a template
+reads exists in values.yaml, and every metric a dashboard queries is one foldline.observability.metrics
+exports.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import yaml
 from prometheus_client import Metric
 
 from foldline.observability import metrics
+from tests.unit.chart_support import ROUTINE
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "foldline"
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -27,6 +28,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "boolean": bool,
     "integer": int,
     "number": (int, float),
+    "null": type(None),
 }
 
 
@@ -53,6 +55,8 @@ def validate(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str
             errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
         if len(value) < schema.get("minLength", 0):
             errors.append(f"{path}: too short")
+        if len(value) > schema.get("maxLength", len(value)):
+            errors.append(f"{path}: too long")
     if isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
             errors.append(f"{path}: {value} < {schema['minimum']}")
@@ -90,6 +94,14 @@ def test_values_validate_against_the_schema(values: dict[str, Any], schema: dict
     assert validate(values, schema, schema) == []
 
 
+@pytest.mark.parametrize("quantity", ["250m", "0.5", "1", 2, 0.25, "128Mi", "1Gi", "1e3", "500k"])
+def test_the_schema_accepts_routine_values_and_kubernetes_quantities(
+    values: dict[str, Any], schema: dict[str, Any], quantity: Any
+) -> None:
+    routine = {**values, **ROUTINE, "resources": {"requests": {"cpu": quantity, "memory": quantity}}}
+    assert validate(routine, schema, schema) == []
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
@@ -100,6 +112,16 @@ def test_values_validate_against_the_schema(values: dict[str, Any], schema: dict
         ({"metrics": {"podMonitor": {"components": ["web"]}}}, "$.metrics.podMonitor.components[0]"),
         ({"metrics": {"prometheusRule": {"enabled": "yes"}}}, "$.metrics.prometheusRule.enabled"),
         ({"metrics": {"release": 1}}, "$.metrics.release"),
+        ({"resources": {"requests": {"cpu": "lots"}}}, "$.resources.requests.cpu"),
+        ({"resources": {"limits": {"memory": -1}}}, "$.resources.limits.memory"),
+        ({"image": {"repository": "x", "digest": "latest"}}, "$.image.digest"),
+        ({"tolerations": [{"operator": "Maybe"}]}, "$.tolerations[0].operator"),
+        ({"topologySpreadConstraints": [{"maxSkew": 1}]}, "$.topologySpreadConstraints[0]: topologyKey is required"),
+        ({"networkPolicy": {"egress": {"kafka": {"ports": [70000]}}}}, "$.networkPolicy.egress.kafka.ports[0]"),
+        ({"fullnameOverride": "x" * 64}, "$.fullnameOverride: too long"),
+        ({"rbac": {"create": "yes"}}, "$.rbac.create"),
+        ({"rbac": {"secretNamespaces": ["Team_A"]}}, "$.rbac.secretNamespaces[0]"),
+        ({"operator": {"databaseHosts": ["pg.example.com/x"]}}, "$.operator.databaseHosts[0]"),
     ],
 )
 def test_the_schema_rejects_bad_values(
@@ -118,24 +140,52 @@ def test_templates_read_only_values_that_exist(values: dict[str, Any]) -> None:
                 node = node[key]
 
 
+def rules(name: str) -> list[dict[str, Any]]:
+    loaded: list[dict[str, Any]] = yaml.safe_load((CHART / "files" / name).read_text())
+    return loaded
+
+
+def grants(rule_list: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rule_list:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
 def test_chart_metadata_and_rbac() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2" and chart["name"] == "foldline"
-    rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
-    granted = {(group, resource) for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
-    owned = {
-        ("apps", "deployments"),
-        ("apps", "statefulsets"),
-        ("", "services"),
-        ("policy", "poddisruptionbudgets"),
-        ("", "secrets"),
-        ("foldline.io", "eventsourcedaggregates/status"),
-        ("kopf.dev", "clusterkopfpeerings"),
+    namespaced = grants(rules("rbac-rules.yaml"))
+    # Exactly the verbs the operator (and kopf on its behalf) uses; tests/e2e/test_rbac.py shows it works.
+    assert {k: v for k, v in namespaced.items() if k[0] != "foldline.io" or "/" in k[1]} == {
+        ("foldline.io", "eventsourcedaggregates/status"): {"patch"},
+        ("foldline.io", "projections/status"): {"patch"},
+        ("foldline.io", "eventsourcedaggregates/finalizers"): {"update"},
+        ("foldline.io", "projections/finalizers"): {"update"},
+        ("foldline.io", "policies/status"): {"patch"},
+        ("foldline.io", "policies/finalizers"): {"update"},
+        ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("", "services"): {"get", "create", "patch", "delete"},
+        ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
+        ("", "events"): {"create"},
+        ("autoscaling", "horizontalpodautoscalers"): {"list"},
+        ("keda.sh", "scaledobjects"): {"list"},
     }
-    assert owned <= granted
-    assert all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in rules)
-    secrets = next(rule for rule in rules if "secrets" in rule["resources"])
-    assert secrets["verbs"] == ["get"]
+    assert namespaced[("foldline.io", "eventsourcedaggregates")] == {"get", "list", "watch", "patch"}
+    # Secrets: by name only, in their own file (granted per served namespace, never cluster-wide).
+    assert grants(rules("rbac-secret-rules.yaml")) == {("", "secrets"): {"get"}}
+    assert grants(rules("rbac-cluster-rules.yaml")) == {("kopf.dev", "clusterkopfpeerings"): {"list", "watch"}}
+    assert grants(rules("rbac-crd-rules.yaml")) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}
+    }
+    everything = [r for f in (CHART / "files").glob("rbac-*.yaml") for r in rules(f.name)]
+    assert all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in everything)
+    template = (CHART / "templates" / "rbac.yaml").read_text()
+    assert template.count("kind: ClusterRoleBinding") == 2  # the peering ClusterRole and, cluster-wide, the main one
+    assert "{{- if .Values.rbac.create }}" in template
 
 
 def _exported() -> set[str]:

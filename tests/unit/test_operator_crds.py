@@ -1,4 +1,4 @@
-"""The CRDs: generated from one source, identical on disk in manifests/ and the chart, and structural."""
+"""The CRDs: generated from one source, identical on disk in manifests/ and the chart's files/, and structural."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_files_on_disk_equal_the_generated_ones() -> None:
     expected = crds.rendered_files(REPO)
-    assert len(expected) == 8
+    assert len(expected) == 10
     for path, text in expected.items():
         assert path.exists(), f"{path} missing: run `make crds`"
         assert path.read_text() == text, f"{path} differs from crds.py: run `make crds`"
-    on_disk = {p for folder in ("manifests/crds", "charts/foldline/crds") for p in (REPO / folder).glob("*.yaml")}
+    on_disk = {
+        p
+        for folder in ("manifests/crds", "charts/foldline/crds", "charts/foldline/files/crds")
+        for p in (REPO / folder).glob("*.yaml")
+    }
     assert on_disk == set(expected), "a stale CRD file is left over"
 
 
@@ -39,7 +43,7 @@ def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, A
     return out
 
 
-@pytest.mark.parametrize("crd", crds.all_crds()[:2], ids=lambda c: c["spec"]["names"]["kind"])
+@pytest.mark.parametrize("crd", crds.all_crds()[:3], ids=lambda c: c["spec"]["names"]["kind"])
 def test_schemas_are_structural_and_defaults_fit(crd: dict[str, Any]) -> None:
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
@@ -82,3 +86,19 @@ def test_aggregate_crd_has_scale_columns_and_rules() -> None:
     }
     assert spec["properties"]["allowPartitionGrowth"]["default"] is False
     assert crds.projection_crd()["spec"]["names"]["shortNames"] == ["proj"]
+
+
+def test_policy_crd_names_columns_and_rules() -> None:
+    crd = crds.policy_crd()
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("Policy", "policies", ["pol"])
+    version = crd["spec"]["versions"][0]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Lag"] == ".status.lag"
+    assert columns["Deadlines"] == ".status.scheduledDeadlines"
+    assert columns["Replicas"] == ".status.replicas"
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["required"] == ["policy", "sources"]
+    assert spec["properties"]["sources"]["minItems"] == 1
+    assert any("policyName is immutable" in r["message"] for r in spec["x-kubernetes-validations"])
+    assert version["subresources"] == {"status": {}}

@@ -106,19 +106,46 @@ def test_spec_records_follow_what_was_applied_and_what_was_ready() -> None:
 
 
 def test_a_scale_write_under_autoscaling_is_named_and_ignored() -> None:
-    from foldline_operator.aggregates import autoscaling_condition
+    from foldline_operator.scalers import autoscaling_condition
 
     raw = {"aggregate": "a:B", "image": "i", "partitions": 6, "kafka": {"bootstrapServers": "k:1"}}
     auto = AggregateResource.parse("x", {**raw, "handlers": {"replicas": 5, "autoscaling": {"maxReplicas": 3}}})
     scaled = {"managedFields": [{"manager": "kubectl", "operation": "Update", "subresource": "scale"}]}
-    ignored = autoscaling_condition(auto, scaled, 2)
+    ignored = autoscaling_condition(auto, scaled, 2, [])
     assert ignored is not None and ignored.reason == "ScaleIgnored"
     assert "by kubectl" in ignored.message and "2 replicas from the lag" in ignored.message
     [(kind, _, _)] = transition_events({}, [ignored])
     assert kind == "Warning"
-    plain = autoscaling_condition(auto, {"managedFields": [{"manager": "kubectl", "operation": "Update"}]}, 2)
+    plain = autoscaling_condition(auto, {"managedFields": [{"manager": "kubectl", "operation": "Update"}]}, 2, [])
     assert plain is not None and plain.reason == "Active"
-    assert autoscaling_condition(AggregateResource.parse("x", raw), scaled, 1) is None  # by hand: the scale wins
+    assert autoscaling_condition(AggregateResource.parse("x", raw), scaled, 1, []) is None  # by hand: the scale wins
+
+
+def test_an_hpa_or_scaled_object_beside_autoscaling_is_named_and_loses() -> None:
+    from foldline_operator.scalers import aims_at, autoscaling_condition
+
+    raw = {"aggregate": "a:B", "image": "i", "partitions": 6, "kafka": {"bootstrapServers": "k:1"}}
+    auto = AggregateResource.parse("x", {**raw, "handlers": {"autoscaling": {"maxReplicas": 3}}})
+    scaled = {"managedFields": [{"manager": "kubectl", "operation": "Update", "subresource": "scale"}]}
+    conflict = autoscaling_condition(auto, scaled, 2, ["HorizontalPodAutoscaler h"])
+    assert conflict is not None and conflict.reason == "AutoscalerConflict"  # names the object, not a manager
+    assert "HorizontalPodAutoscaler h" in conflict.message and "autoscaling wins: 2 replicas" in conflict.message
+    [(kind, _, _)] = transition_events({}, [conflict])
+    assert kind == "Warning"
+    external = autoscaling_condition(AggregateResource.parse("x", raw), {}, 1, ["ScaledObject s"])
+    assert external is not None and external.reason == "External" and "ScaledObject s" in external.message
+    [(kind, _, _)] = transition_events({}, [external])
+    assert kind == "Normal"
+
+    def scaler(ref: dict[str, str]) -> dict[str, Any]:
+        return {"spec": {"scaleTargetRef": ref}}
+
+    assert aims_at(scaler({"apiVersion": "foldline.io/v1alpha1", "kind": "EventSourcedAggregate", "name": "x"}), "x")
+    assert not aims_at(
+        scaler({"apiVersion": "foldline.io/v1alpha1", "kind": "EventSourcedAggregate", "name": "y"}), "x"
+    )
+    assert not aims_at(scaler({"kind": "EventSourcedAggregate", "name": "x"}), "x")  # KEDA's default: apps/v1
+    assert not aims_at(scaler({"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}), "x")
 
 
 def test_unknown_lag_removes_a_stale_one() -> None:

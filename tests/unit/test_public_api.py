@@ -15,6 +15,7 @@ PACKAGES = [
     "foldline.handler",
     "foldline.policy",
     "foldline.projection",
+    "foldline.schema",
     "foldline.store",
 ]
 #: Each module of errors, and the package that exports them.

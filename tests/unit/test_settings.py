@@ -14,12 +14,14 @@ def test_reads_foldline_environment():
         "FOLDLINE_INSTANCE_ID": "pod-1",
         "FOLDLINE_KAFKA_GROUP_PROTOCOL": "classic",
         "FOLDLINE_STATIC_MEMBERSHIP": "true",
+        "FOLDLINE_STANDBY_REPLICAS": "2",
     }
     s = HandlerSettings.from_env(env)
     assert s.kafka.bootstrap_servers == "k:9092" and s.store == "sqlite" and s.commit_interval_ms == 5
     assert s.state_dir == Path("/data") and s.instance_id == "pod-1" and s.kafka.group_protocol == "classic"
     assert s.static_membership is True
     assert HandlerSettings.from_env({}).static_membership is False  # host names need not be unique
+    assert s.standby_replicas == 2 and HandlerSettings.from_env({}).standby_replicas == 0
 
 
 def test_secret_never_in_repr():
@@ -43,6 +45,7 @@ def test_secret_never_in_repr():
         ("FOLDLINE_MAX_BATCH", "many"),
         ("FOLDLINE_KAFKA_SECURITY_PROTOCOL", "carrier-pigeon"),
         ("FOLDLINE_STATIC_MEMBERSHIP", "maybe"),
+        ("FOLDLINE_STANDBY_REPLICAS", "-1"),
     ],
 )
 def test_bad_values_are_clear_errors(name, value):

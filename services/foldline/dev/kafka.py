@@ -324,7 +324,10 @@ class DevKafka:
         return new_password(self.secure_dir / f"{USERNAME}.password")
 
     def _format(self, libs: Path, password: str | None) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # kafka-storage reads an id with a leading "-" as an option; Kafka's own Uuid avoids those too.
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         # SCRAM users live in the cluster metadata; formatting adds them before the first start.
         scram = ["--add-scram", f"{MECHANISM}=[name={USERNAME},password={password}]"] if password else []
         cmd = [

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -138,6 +139,8 @@ class Instrumented:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
+        #: Children of the two metrics by (aggregate, route, status): a few dozen keys (routes x statuses).
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,8 +168,14 @@ class Instrumented:
             if aggregate not in self.gateway.specs:
                 view = params.get("view", "")
                 aggregate = self.gateway.views.aggregate_of(view) if self.gateway.views and view else ""
-            metrics.GATEWAY_REQUESTS.labels(aggregate, route, str(status)).inc()
-            metrics.GATEWAY_LATENCY.labels(aggregate, route).observe(time.perf_counter() - started)
+            children = self._series.get((aggregate, route, status))
+            if children is None:  # labels() costs more than the observation: keep each child
+                children = self._series[aggregate, route, status] = (
+                    metrics.GATEWAY_REQUESTS.labels(aggregate, route, str(status)),
+                    metrics.GATEWAY_LATENCY.labels(aggregate, route),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 class BearerAuth:
@@ -185,6 +194,34 @@ class BearerAuth:
                 return
             if not hmac.compare_digest(credentials.strip().encode(), self.token):
                 await Unauthorized("the bearer token is not valid").response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class CommandFastPath:
+    """``POST /aggregates/{aggregate}/commands`` of a known aggregate straight to ``post_command``, as the
+    router would call it: starlette's router and its two exception layers cost ~10% of the gateway's
+    CPU per command. Everything else (an unknown aggregate too) goes through starlette, unchanged."""
+
+    PATH = re.compile(r"/aggregates/([^/]+)/commands")  # the route's own pattern
+
+    def __init__(self, app: Starlette, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            match = self.PATH.fullmatch(scope["path"])
+            if match is not None and match.group(1) in self.gateway.specs:
+                scope["app"] = self.app  # what starlette sets, and the route's own markers (see Instrumented)
+                scope["endpoint"] = commands.post_command
+                scope["path_params"] = {"aggregate": match.group(1)}
+                request = Request(scope, receive, send)
+                try:
+                    response = await commands.post_command(request)
+                except HttpError as exc:  # as the app's exception handler answers it
+                    response = exc.response()
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -210,6 +247,9 @@ def create_app(gateway: Gateway) -> ASGIApp:
             await gateway.stop()
 
     routes = [
+        # The busiest route first (starlette tries routes in order); no route before it matches its paths.
+        Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
+        Route("/aggregates/{aggregate}/commands", commands.get_command, methods=["GET"]),
         Route("/", console.console_page),
         Route("/console/{name}", console.console_file),
         Route("/healthz", healthz),
@@ -217,8 +257,6 @@ def create_app(gateway: Gateway) -> ASGIApp:
         Route("/metrics", prometheus),
         Route("/openapi.json", openapi),
         Route("/aggregates", list_aggregates),
-        Route("/aggregates/{aggregate}/commands", commands.post_command, methods=["POST"]),
-        Route("/aggregates/{aggregate}/commands", commands.get_command, methods=["GET"]),
         Route("/aggregates/{aggregate}/stream", stream.stream_results),
         Route("/aggregates/{aggregate}/dead-letters", deadletters.dead_letters),
         Route("/aggregates/{aggregate}/events", history.aggregate_events),
@@ -238,4 +276,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
     app.state.gateway = gateway
     # The command routes' 5xx series exist at 0 from start, so an alert's rate() sees the first one.
     series.gateway_started(gateway.specs, [commands.post_command.__name__, commands.get_command.__name__])
-    return Instrumented(BodyDeadline(BearerAuth(app, gateway.settings.token), gateway.settings.body_timeout_s), gateway)
+    fast = CommandFastPath(app, gateway)
+    return Instrumented(
+        BodyDeadline(BearerAuth(fast, gateway.settings.token), gateway.settings.body_timeout_s), gateway
+    )

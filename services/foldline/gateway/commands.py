@@ -10,8 +10,10 @@ import asyncio
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Protocol
 
+import orjson
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -40,6 +42,11 @@ RESULT_STATUS = {Status.ACCEPTED: 200, Status.REJECTED: 422, Status.CONFLICT: 40
 INT64 = (-(1 << 63), (1 << 63) - 1)
 #: How deep a command's JSON may nest (orjson, which writes the record, stops at 255).
 MAX_DEPTH = 64
+
+
+#: What could need ``check_json`` in a body orjson parsed: a run of 19+ digits (an integer past 64 bits,
+#: which orjson would read as a float), an escaped NUL. Nesting is bounded by counting brackets.
+_SUSPECT = re.compile(rb"\d{19}|\\u0000")
 
 
 def _json_media_type(content_type: str | None) -> bool:
@@ -127,6 +134,18 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise ClientClosed("the client disconnected before sending its whole body") from None
     if not body:
         raise BadRequest("the request needs a JSON body", code="malformed_json")
+    return parse_json(body)
+
+
+def parse_json(body: bytes | bytearray) -> Any:
+    """A body as JSON, checked (``check_json``). orjson first: it refuses invalid UTF-8, lone surrogates,
+    NaN and infinities, so a body it reads without a ``_SUSPECT`` token or deep nesting passes every
+    check, at a fraction of the cost. Anything else takes the stdlib path and its messages, as before."""
+    if body.count(b"[") + body.count(b"{") < MAX_DEPTH and _SUSPECT.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # answered below, with the stdlib's message
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -185,7 +204,8 @@ def parse_envelope(gateway: Aggregates, aggregate: str, data: Any) -> CommandEnv
         raise BadRequest(f"invalid payload: {exc}", code="invalid_payload") from exc
     # The payload was checked against the deployed command class: its schema version says so, so that a
     # handler running newer code upcasts it instead of reading it as the current version.
-    return dataclasses.replace(envelope, schema_version=spec.commands[envelope.type].version)
+    version = spec.commands[envelope.type].version
+    return envelope if envelope.schema_version == version else dataclasses.replace(envelope, schema_version=version)
 
 
 def location(aggregate: str, command_id: str) -> str:
@@ -197,8 +217,11 @@ async def post_command(request: Request) -> Response:
     aggregate = request.path_params["aggregate"]
     gateway.spec(aggregate)  # 404 before reading the body
     settings = gateway.settings
-    wait = query_bool(request, "wait", True)
-    timeout = query_timeout(request, settings.command_timeout_s, settings.max_command_timeout_s)
+    if request.scope.get("query_string"):
+        wait = query_bool(request, "wait", True)
+        timeout = query_timeout(request, settings.command_timeout_s, settings.max_command_timeout_s)
+    else:  # the usual request: no query to parse
+        wait, timeout = True, settings.command_timeout_s
     envelope = parse_envelope(gateway, aggregate, await read_json(request, settings.max_body_bytes))
     topic = gateway.topics[aggregate].commands
     where = location(aggregate, envelope.command_id)
@@ -219,10 +242,11 @@ async def post_command(request: Request) -> Response:
             ) from None
         return SafeJSON(pending, status_code=202, headers={"Location": where})
     future = gateway.hub.waiter(aggregate, envelope.command_id)  # before producing: the result may be quick
+    # A timer that fails the future is cheaper than asyncio.timeout (no task cancellation to undo).
+    deadline = asyncio.get_running_loop().call_later(timeout, _expire, future)
     try:
-        async with asyncio.timeout(timeout):
-            gateway.producer.send_nowait(topic, envelope.aggregate_id, envelope.to_bytes(), future)
-            result: CommandResult = await future
+        gateway.producer.send_nowait(topic, envelope.aggregate_id, envelope.to_bytes(), future)
+        result: CommandResult = await future
     except TimeoutError:
         raise GatewayTimeout(
             f"no result within {timeout}s; the command may still be handled: GET {where} later",
@@ -230,8 +254,23 @@ async def post_command(request: Request) -> Response:
             headers={"Location": where},
         ) from None
     finally:
+        deadline.cancel()
         gateway.hub.forget(aggregate, envelope.command_id, future)
-    return SafeJSON(result.to_json(), status_code=RESULT_STATUS[result.status], headers={"Location": where})
+    return result_response(result, RESULT_STATUS[result.status], {"Location": where})
+
+
+def result_response(result: CommandResult, status: int, headers: dict[str, str] | None = None) -> Response:
+    """A result as JSON: orjson (compact, UTF-8, as ``SafeJSON`` writes it) unless it cannot encode it."""
+    try:
+        body = orjson.dumps(result.to_json())
+    except orjson.JSONEncodeError:  # a lone surrogate salvaged from a broken record: SafeJSON replaces it
+        return SafeJSON(result.to_json(), status_code=status, headers=headers)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 async def get_command(request: Request) -> Response:
@@ -250,4 +289,4 @@ async def get_command(request: Request) -> Response:
             code="unknown_command",
             details={"command_id": command_id},
         )
-    return SafeJSON(result.to_json())
+    return result_response(result, 200)

@@ -80,7 +80,7 @@ class Gateway:
     async def stop(self) -> None:
         self.begin_shutdown()
         await asyncio.to_thread(self.reader.stop)
-        await asyncio.to_thread(self.producer.stop)
+        await self.producer.stop()
         if self.views is not None:
             await self.views.close()
         log.info("gateway stopped")

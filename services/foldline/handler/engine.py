@@ -128,7 +128,7 @@ class CommandHandler:
     # -- rebalance callbacks (called inside consume(), never while a transaction is open) --------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.spec.name, "assigned").inc(len(partitions))
-        count = self._partition_count()
+        count = self._partition_count()  # never the group consumer inside its callback: see there
         for owned in self.tasks.values():
             owned.partitions = count
         for tp in partitions:
@@ -382,8 +382,11 @@ class CommandHandler:
                     metrics.DEAD_LETTERS.labels(self.spec.name, outcome.code or "undecodable").inc()
             snapshots = {p: self.tasks[p].snapshots() for p in next_offsets}
             for p, items in snapshots.items():
-                for key, value in items:
-                    self._send(produce, topics.snapshots, key, value, p, self._on_snapshot)
+                # One delivery callback per partition: a transactional producer keeps a partition's order,
+                # so its last snapshot has the highest offset, the only one ``committed`` needs.
+                last = len(items) - 1
+                for i, (key, value) in enumerate(items):
+                    self._send(produce, topics.snapshots, key, value, p, self._on_snapshot if i == last else None)
             offsets = [TopicPartition(topics.commands, p, o) for p, o in next_offsets.items()]
             if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
                 raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
@@ -393,7 +396,7 @@ class CommandHandler:
                 self.consumer.consumer_group_metadata(),
                 TXN_TIMEOUT,
             )
-            if self.producer.flush(TXN_TIMEOUT) > 0:
+            if self._flush() > 0:
                 raise Abort(BrokerUnavailableError("records not delivered in time"))
             self._commit()
         except Abort as abort:
@@ -452,6 +455,17 @@ class CommandHandler:
         for p, offset in first.items():
             if p in self.tasks:
                 self.consumer.seek(TopicPartition(self.topics.commands, p, offset))
+
+    def _flush(self) -> int:
+        try:
+            return self.producer.flush(TXN_TIMEOUT)
+        except SystemError as exc:
+            # A fenced producer: confluent-kafka raises its fatal error inside flush() and then runs the next
+            # delivery callback with that exception pending, which Python reports as a SystemError caused by
+            # the KafkaException. Without this, the handler died instead of recovering.
+            if isinstance(exc.__cause__, KafkaException):
+                raise exc.__cause__ from exc
+            raise
 
     def _on_snapshot(self, error: KafkaError | None, msg: Message) -> None:
         if error is None:

@@ -5,19 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
 from foldline.aggregate import AggregateSpec
 from foldline.clients import (
     group_member_config,
     restore_consumer_config,
+    standby_consumer_config,
     transactional_producer_config,
 )
 from foldline.errors import ConfigurationError
 from foldline.handler.engine import CommandHandler
+from foldline.handler.standby import StandbyCommandHandler, StandbyKeeper, handed_over
 from foldline.outage import KafkaWatch
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore, open_state_store
-from foldline.topics import handler_group, restore_group
+from foldline.topics import TopicNames, handler_group, restore_group
 
 
 def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> CommandHandler:
@@ -29,7 +32,9 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
     def new_consumer(protocol: str) -> Consumer:
         # A stable id per pod (a StatefulSet's) makes the member static: a restart keeps its partitions.
         static = {"group.instance.id": settings.instance_id} if settings.static_membership else {}
-        return Consumer({**group_member_config(settings.kafka, group, protocol, **static), "error_cb": watch.on_error})
+        # client.id names the member in the group's description, where standby keepers find their ring.
+        config = group_member_config(settings.kafka, group, protocol, **static, **{"client.id": settings.instance_id})
+        return Consumer({**config, "error_cb": watch.on_error})
 
     def new_producer() -> Producer:
         config = transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")
@@ -46,14 +51,37 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
         return open_state_store(settings.store, state_root / f"partition-{partition}")
 
     try:  # the first clients are made here: a bad setting is a configuration error, before anything runs
-        return CommandHandler(
+        if settings.standby_replicas == 0:
+            return CommandHandler(
+                spec,
+                settings,
+                consumer_factory=new_consumer,
+                producer_factory=new_producer,
+                restore_consumer_factory=new_restore_consumer,
+                open_partition_store=new_store,
+                watch=watch,
+            )
+        topics = TopicNames(spec.name)
+        keeper = StandbyKeeper(
+            spec.name,
+            replicas=settings.standby_replicas,
+            instance_id=settings.instance_id,
+            group=group,
+            commands_topic=topics.commands,
+            snapshots_topic=topics.snapshots,
+            consumer_factory=lambda: Consumer(standby_consumer_config(settings.kafka, restore_group(spec.name))),
+            admin_factory=lambda: AdminClient(settings.kafka.client_config()),
+            open_store=new_store,
+        )
+        return StandbyCommandHandler(
             spec,
             settings,
             consumer_factory=new_consumer,
             producer_factory=new_producer,
             restore_consumer_factory=new_restore_consumer,
-            open_partition_store=new_store,
+            open_partition_store=handed_over(keeper, new_store),
             watch=watch,
+            keeper=keeper,
         )
     except KafkaException as exc:
         raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc

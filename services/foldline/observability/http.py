@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,17 +16,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 class HealthServer:
     def __init__(
-        self, port: int, *, live: Callable[[], bool], ready: Callable[[], bool], host: str | None = None
+        self,
+        port: int,
+        *,
+        live: Callable[[], bool],
+        ready: Callable[[], bool],
+        host: str | None = None,
+        extra: Mapping[str, Callable[[], bool]] | None = None,
+        metrics: Callable[[], bytes] = generate_latest,
     ) -> None:
+        """``metrics`` renders /metrics: this process's registry, or several processes' (handler workers)."""
         # Pods listen on every interface; FOLDLINE_HTTP_HOST=127.0.0.1 keeps a local process on loopback.
         host = host or os.environ.get("FOLDLINE_HTTP_HOST") or "0.0.0.0"
-        checks = {"/healthz": live, "/readyz": ready}
+        checks = {**(extra or {}), "/healthz": live, "/readyz": ready}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                    self._send(200, metrics(), CONTENT_TYPE_LATEST)
                 elif path in checks:
                     ok = checks[path]()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n", "text/plain")

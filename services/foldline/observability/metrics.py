@@ -56,6 +56,17 @@ RESTORE_REMAINING = Gauge(
     "Changelog records a restoring partition has still to read (0 when it is done)",
     ["aggregate", "partition"],
 )
+STANDBY_PARTITIONS = Gauge(
+    "foldline_standby_partitions", "Partitions this handler keeps a warm standby store of", ["aggregate"]
+)
+STANDBY_LAG = Gauge(
+    "foldline_standby_lag",
+    "Changelog records a standby store is behind the end of its snapshots partition",
+    ["aggregate", "partition"],
+)
+STANDBY_RECORDS = Counter(
+    "foldline_standby_records_total", "Snapshots copied into a standby store", ["aggregate", "partition"]
+)
 REBALANCES = Counter("foldline_rebalances_total", "Partitions assigned, revoked or lost", ["aggregate", "kind"])
 KAFKA_RECOVERIES = Counter(
     "foldline_kafka_recoveries_total",

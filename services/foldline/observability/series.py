@@ -51,6 +51,7 @@ def handler_started(aggregate: str) -> None:
     metrics.RESTORE_SECONDS.labels(aggregate)
     metrics.RESTORING_PARTITIONS.labels(aggregate).set(0)
     metrics.ASSIGNED_PARTITIONS.labels(aggregate).set(0)
+    metrics.STANDBY_PARTITIONS.labels(aggregate).set(0)
     for histogram in (metrics.COMMAND_LATENCY, metrics.TRANSACTION_DURATION, metrics.BATCH_SIZE):
         histogram.labels(aggregate)
 
@@ -60,6 +61,12 @@ def handler_partition_gone(aggregate: str, group: str, partition: int) -> None:
     _remove(metrics.CONSUMER_LAG, aggregate, group, p)
     _remove(metrics.STORE_KEYS, aggregate, p)
     _remove(metrics.RESTORE_REMAINING, aggregate, p)
+
+
+def standby_partition_gone(aggregate: str, partition: int) -> None:
+    p = str(partition)
+    _remove(metrics.STANDBY_LAG, aggregate, p)
+    _remove(metrics.STANDBY_RECORDS, aggregate, p)
 
 
 # -- projector -------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
+from foldline.observability import policy_metrics as metrics
 from foldline.policies import PolicySpec
 from foldline.policy.task import PolicyTask
 from foldline.settings import PolicySettings
@@ -29,6 +30,9 @@ from foldline.store.restore import restore_partition
 from foldline.topics import PolicyTopics, TopicNames
 
 log = structlog.get_logger("foldline.policy")
+
+#: How often the per-partition gauges (lag, pending deadlines) are measured.
+GAUGE_INTERVAL_S = 10.0
 
 #: A task is named by its source events topic and partition.
 Slot = tuple[str, int]
@@ -73,6 +77,10 @@ class PolicyWorker:
         self.dead_letters = 0
         self.deadlines_fired = 0
         self._next_deadline_check = 0.0
+        self._next_idle_commit = 0.0
+        self._next_gauges = 0.0
+        #: The input offsets last committed per slot, to see when the position has moved past them alone.
+        self._committed: dict[Slot, int] = {}
 
     @property
     def consumer(self) -> Consumer:
@@ -100,15 +108,19 @@ class PolicyWorker:
                 self.tasks[slot] = task
             finally:
                 self._restoring -= 1
+        metrics.ASSIGNED_PARTITIONS.labels(self.spec.name).set(len(self.tasks))
         log.info(
             "partitions assigned", policy=self.spec.name, partitions=[(tp.topic, tp.partition) for tp in partitions]
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self._committed.pop((tp.topic, tp.partition), None)
             owned = self.tasks.pop((tp.topic, tp.partition), None)
             if owned is not None:
+                metrics.policy_partition_gone(self.spec.name, owned.source.name, tp.partition)
                 owned.close()
+        metrics.ASSIGNED_PARTITIONS.labels(self.spec.name).set(len(self.tasks))
         log.info(
             "partitions released", policy=self.spec.name, partitions=[(tp.topic, tp.partition) for tp in partitions]
         )
@@ -125,6 +137,7 @@ class PolicyWorker:
         """React to events until ``stop()``; leaves no transaction open."""
         self._call(self.producer.init_transactions, 60.0)
         self.group.subscribe()
+        metrics.policy_started(self.spec.name, sorted(self.spec.sources))
         self._started = True
         log.info("policy worker started", policy=self.spec.name, sources=sorted(self.spec.sources))
         try:
@@ -147,12 +160,64 @@ class PolicyWorker:
             due = any(task.due(now) for task in self.tasks.values())
         if batch or due:
             self._process(batch, fire=due)
+        elif time.monotonic() >= self._next_idle_commit:
+            self._next_idle_commit = time.monotonic() + self.settings.commit_interval_ms / 1000.0
+            self._commit_skipped()
+        if time.monotonic() >= self._next_gauges:
+            self._next_gauges = time.monotonic() + GAUGE_INTERVAL_S
+            self._update_gauges()
         return len(batch)
+
+    def _update_gauges(self) -> None:
+        """Lag (the position against the last fetched read_committed end) and pending deadlines per
+        partition. From the loop's thread: the consumer is only ever used there."""
+        slots = list(self.tasks)
+        if not slots:
+            return
+        for tp in self.consumer.position([TopicPartition(t, p) for t, p in slots]):
+            task = self.tasks[(tp.topic, tp.partition)]
+            labels = (self.spec.name, task.source.name, str(tp.partition))
+            marks = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+            if marks is not None and marks[1] >= 0 and tp.offset >= 0:
+                metrics.LAG.labels(*labels).set(max(marks[1] - tp.offset, 0))
+            metrics.DEADLINES_SCHEDULED.labels(*labels).set(task.pending())
+
+    def _commit_skipped(self) -> None:
+        """Commit positions that moved past offsets holding no record for us (a transaction's commit marker,
+        an aborted transaction's records): otherwise a caught-up worker's group shows a lag of one per
+        partition forever. Only positions of records already handled (the position is the offset after the
+        last record returned, past the markers that follow it), in an offsets-only transaction."""
+        slots = list(self.tasks)
+        if not slots:
+            return
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in slots])
+        ahead = [
+            TopicPartition(tp.topic, tp.partition, tp.offset)
+            for tp in positions
+            if tp.offset >= 0 and tp.offset > self._committed.get((tp.topic, tp.partition), -1)
+        ]
+        if not ahead:
+            return
+        try:
+            self._call(self.producer.begin_transaction)
+            self._call(self.producer.send_offsets_to_transaction, ahead, self.consumer.consumer_group_metadata())
+            self._commit()
+        except _Abort as abort:
+            log.warning("transaction aborted", policy=self.spec.name, cause=str(abort.cause))
+            try:
+                self.producer.abort_transaction(60.0)
+            except KafkaException as exc:
+                raise KafkaFatalError(f"abort failed: {exc}") from exc
+            return
+        for tp in ahead:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
 
     def _process(self, batch: list[Message], *, fire: bool = False) -> None:
         first_offsets: dict[Slot, int] = {}
         next_offsets: dict[Slot, int] = {}
         emitted = letters = fired = 0
+        handled: dict[str, int] = {}
+        codes: dict[str, int] = {}
         for task in self.tasks.values():
             task.begin_batch()
         try:
@@ -176,6 +241,7 @@ class PolicyWorker:
                 first_offsets.setdefault(slot, offset)
                 next_offsets[slot] = offset + 1
                 outcome = task.handle(msg.key(), msg.value(), offset)
+                handled[task.source.name] = handled.get(task.source.name, 0) + 1
                 for command in outcome.commands:
                     # No partition given: the producer's murmur2 partitioner places the key as the gateway's does.
                     self._send(command.topic, command.key, command.value, None)
@@ -183,6 +249,7 @@ class PolicyWorker:
                 if outcome.dead_letter is not None:
                     self._send(self.topics.dead_letters, msg.key(), outcome.dead_letter, None)
                     letters += 1
+                    codes[outcome.code] = codes.get(outcome.code, 0) + 1
             touched = set(next_offsets) | {slot for slot, task in self.tasks.items() if task.dirty()}
             snapshots = {slot: self.tasks[slot].snapshots() for slot in touched}
             for slot, items in snapshots.items():
@@ -195,6 +262,7 @@ class PolicyWorker:
             self._call(self.producer.flush)
             self._commit()
         except _Abort as abort:
+            metrics.TRANSACTIONS_ABORTED.labels(self.spec.name).inc()
             self._abort(first_offsets, abort.cause)
             for task in self.tasks.values():
                 task.discard()  # fired deadlines too: they stay pending and fire in a later transaction
@@ -204,6 +272,13 @@ class PolicyWorker:
             state_topic = self.topics.state(task.source.name)
             last = self._state_offsets.get((state_topic, slot[1]), task.store.changelog_offset() - 1)
             task.committed(items, last + 1)
+        self._committed.update(next_offsets)
+        for source, n in handled.items():
+            metrics.EVENTS.labels(self.spec.name, source).inc(n)
+        for code, n in codes.items():
+            metrics.DEAD_LETTERS.labels(self.spec.name, code).inc(n)
+        metrics.COMMANDS.labels(self.spec.name).inc(emitted + fired)
+        metrics.DEADLINES_FIRED.labels(self.spec.name).inc(fired)
         self.emitted += emitted
         self.dead_letters += letters
         self.deadlines_fired += fired

@@ -59,6 +59,7 @@ class Command:
 class Outcome:
     commands: list[Command] = field(default_factory=list)
     dead_letter: bytes | None = None
+    code: str = ""  #: why it was dead-lettered
 
 
 class PolicyTask:
@@ -110,7 +111,9 @@ class PolicyTask:
             record = EventRecord.from_bytes(value)
             event = self.source.decode_event(record.type, record.schema_version, record.payload)
         except Exception as exc:
-            return Outcome(dead_letter=self._letter(key, value, offset, "undecodable", _describe(exc)))
+            return Outcome(
+                dead_letter=self._letter(key, value, offset, "undecodable", _describe(exc)), code="undecodable"
+            )
         entry = self.load(record.aggregate_id)
         if record.version <= entry.version:
             return Outcome()  # handled before: a replay or a rewind emits nothing new
@@ -133,7 +136,7 @@ class PolicyTask:
             log.warning("react failed", policy=self.spec.name, aggregate_id=record.aggregate_id, version=record.version)
             # Handled all the same: a replay must not emit for it later, when the state has moved on.
             self._dirty[record.aggregate_id] = Entry(record.version, entry.state, entry.deadlines)
-            return Outcome(dead_letter=self._letter(key, value, offset, "react_failed", message))
+            return Outcome(dead_letter=self._letter(key, value, offset, "react_failed", message), code="react_failed")
         self._dirty[record.aggregate_id] = Entry(record.version, state, deadlines)
         self._index(record.aggregate_id, deadlines)
         return Outcome(commands)
