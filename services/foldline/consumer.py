@@ -46,7 +46,10 @@ def take_batch(consumer: Consumer, max_batch: int, wait: float, *, may_fall_back
             records.append(msg)
         elif may_fall_back and error.code() in _NO_CONSUMER_PROTOCOL:
             raise ProtocolUnsupported(error.str())
-        elif error.fatal():
+        elif error.fatal() or error.code() == KafkaError._FATAL:
+            # librdkafka hands the consumer's fatal error out as a _FATAL event whose fatal() is False: a
+            # static member back before its predecessor's session ended, under KIP-848 (the broker answers
+            # UNRELEASED_INSTANCE_ID), is one. The client is dead for good; only new clients help.
             raise KafkaFatalError(f"consumer failed: {error.str()}")
     return records
 

@@ -67,6 +67,12 @@ def members(admin: AdminClient, group: str) -> dict[str, list[int]]:
     }
 
 
+def assert_running(*procs: HandlerProcess) -> None:
+    """Each handler still runs: none died, e.g. aborted in the Kafka client's binding during a rebalance."""
+    for proc in procs:
+        assert proc.alive(), f"{proc.log.name} exited {proc.proc.returncode}: {proc.log.read_text()[-2000:]}"
+
+
 def wait(what: str, probe: Callable[[], T | None], timeout: float = 180.0) -> T:
     deadline = time.monotonic() + timeout
     last = None
@@ -78,13 +84,20 @@ def wait(what: str, probe: Callable[[], T | None], timeout: float = 180.0) -> T:
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-@pytest.mark.parametrize("protocol", ["classic"])  # KIP-848 with a static id: see handler/wiring.py
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_a_restarted_static_member_keeps_its_partitions_and_its_store(
     kafka_bootstrap: str, kafka_admin: AdminClient, invoices_aggregate, tmp_path: Path, protocol: str
 ) -> None:
     cls = invoices_aggregate(partitions=2)
     path, group = aggregate_path(cls), handler_group(cls.name)
-    env = {"FOLDLINE_STATIC_MEMBERSHIP": "true", "FOLDLINE_KAFKA_GROUP_PROTOCOL": protocol}
+    env = {
+        "FOLDLINE_STATIC_MEMBERSHIP": "true",
+        "FOLDLINE_KAFKA_GROUP_PROTOCOL": protocol,
+        # consume() waits this long for a first record: wide enough that the revocation KIP-848 sends right
+        # behind h-0's first assignment (h-1 joins) lands in the same consume() call - the call in which a
+        # client call made from the assignment callback once made the binding abort (handler/engine.py).
+        "FOLDLINE_COMMIT_INTERVAL_MS": "1000",
+    }
 
     def handler(instance: str) -> HandlerProcess:
         return start_handler(kafka_bootstrap, path, tmp_path / instance, instance, tmp_path, extra_env=env)
@@ -94,6 +107,7 @@ def test_a_restarted_static_member_keeps_its_partitions_and_its_store(
     try:
 
         def one_each() -> dict[str, list[int]] | None:
+            assert_running(first, other)
             found = members(kafka_admin, group)
             return found if len(found) == 2 and all(found.values()) else None
 
@@ -123,6 +137,59 @@ def test_a_restarted_static_member_keeps_its_partitions_and_its_store(
         send(kafka_bootstrap, TopicNames(cls.name).commands, more)
         results = wait_for_results(kafka_bootstrap, cls.name, 2 * len(ids))
         assert sorted(r.version for r in results if r.command_id in {c.command_id for c in more}) == [2] * len(ids)
+        assert_running(restarted, other)
+    finally:
+        for proc in (restarted, other, first):
+            if proc is not None and proc.alive():
+                proc.terminate()
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_a_static_member_killed_and_back_at_once_owns_partitions_again(
+    kafka_bootstrap: str, kafka_admin: AdminClient, invoices_aggregate, tmp_path: Path, protocol: str
+) -> None:
+    """A crash (SIGKILL: no leave sent) and an immediate restart with the same id and store. Classic: its
+    partitions back at once, the other member sees nothing. KIP-848: the broker refuses the id while the dead
+    member's session lasts (UNRELEASED_INSTANCE_ID, fatal for that client); the handler rebuilds its clients
+    until it is let in, and owns partitions again - it does not sit there, ready, with none."""
+    cls = invoices_aggregate(partitions=2)
+    path, group = aggregate_path(cls), handler_group(cls.name)
+    env = {"FOLDLINE_STATIC_MEMBERSHIP": "true", "FOLDLINE_KAFKA_GROUP_PROTOCOL": protocol}
+
+    def handler(instance: str) -> HandlerProcess:
+        return start_handler(kafka_bootstrap, path, tmp_path / instance, instance, tmp_path, extra_env=env)
+
+    first, other = handler("h-0"), handler("h-1")
+    restarted: HandlerProcess | None = None
+    try:
+
+        def one_each() -> dict[str, list[int]] | None:
+            assert_running(*(p for p in (restarted or first, other)))
+            found = members(kafka_admin, group)
+            return found if len(found) == 2 and all(found.values()) else None
+
+        spread = wait("one partition each", one_each)
+        ids = [f"inv-{i}" for i in range(20)]
+        send(kafka_bootstrap, TopicNames(cls.name).commands, [command(i, "CreateInvoice", CREATE) for i in ids])
+        wait_for_results(kafka_bootstrap, cls.name, len(ids))
+
+        other_lines = len(other.log.read_text().splitlines())
+        first_lines = len(first.log.read_text().splitlines())
+        first.kill()
+        restarted = handler("h-0")
+        more = [
+            command(i, "AddLineItem", {"line_id": "x", "description": "d", "quantity": 1, "unit_price": "1.00"})
+            for i in ids
+        ]
+        send(kafka_bootstrap, TopicNames(cls.name).commands, more)
+        results = wait_for_results(kafka_bootstrap, cls.name, 2 * len(ids))
+        assert sorted(r.version for r in results if r.command_id in {c.command_id for c in more}) == [2] * len(ids)
+        wait("h-0 a member with partitions again", one_each)
+        if protocol == "classic":
+            assert assigned(first.log, first_lines) == spread["h-0"]
+            later = log_events(other.log, other_lines)
+            assert not [e for e in later if str(e.get("event", "")).startswith("partitions ")], later
+        assert_running(restarted, other)
     finally:
         for proc in (restarted, other, first):
             if proc is not None and proc.alive():

@@ -128,10 +128,7 @@ class CommandHandler:
     # -- rebalance callbacks (called inside consume(), never while a transaction is open) --------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.spec.name, "assigned").inc(len(partitions))
-        # Not the group consumer: a blocking call on the handle whose consume() runs this callback clears
-        # that handle's CallState, and the next callback of the same consume() aborts the process
-        # (`CallState_get: Assertion cs != NULL`, seen under KIP-848). The restore consumer is another handle.
-        count = self._partition_count(self.restore_consumer)
+        count = self._partition_count()  # never the group consumer inside its callback: see there
         for owned in self.tasks.values():
             owned.partitions = count
         for tp in partitions:
@@ -161,11 +158,17 @@ class CommandHandler:
         self._m_assigned.set(len(self.tasks))
         log.info("partitions assigned", aggregate=self.spec.name, partitions=[tp.partition for tp in partitions])
 
-    def _partition_count(self, consumer: Consumer) -> int | None:
+    def _partition_count(self) -> int | None:
         """The commands topic's partitions now: a command is processed only on its key's partition. If the
-        metadata cannot be read, the last count known (none at first: no placement check until it is)."""
+        metadata cannot be read, the last count known (none at first: no placement check until it is).
+
+        Asked through the restore consumer, never the group member: this runs inside the member's consume(),
+        and a list_topics on the same client from its own callback ends the binding's per-call state, so the
+        next callback of that consume() (KIP-848 sends a revocation right behind a first assignment) aborted
+        the process in ``CallState_get: Assertion cs != NULL`` (docs/command-handler.md, "Rebalancing")."""
         try:
-            topic = consumer.list_topics(self.topics.commands, timeout=10.0).topics[self.topics.commands]
+            meta = self.restore_consumer.list_topics(self.topics.commands, timeout=10.0)
+            topic = meta.topics[self.topics.commands]
             if topic.error is None and topic.partitions:
                 self._partitions = len(topic.partitions)
         except (KafkaException, KeyError) as exc:

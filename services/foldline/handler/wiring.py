@@ -30,12 +30,8 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
     watch = KafkaWatch(f"command-handler {spec.name}")
 
     def new_consumer(protocol: str) -> Consumer:
-        # A stable id per pod (a StatefulSet's) makes the member static: a restart keeps its partitions. Only
-        # under the classic protocol: with KIP-848's, a static handler aborted inside librdkafka's Python
-        # binding (`CallState_get: Assertion cs != NULL`) right after its first assignment, 1 run in 3 here.
-        static = (
-            {"group.instance.id": settings.instance_id} if settings.static_membership and protocol == "classic" else {}
-        )
+        # A stable id per pod (a StatefulSet's) makes the member static: a restart keeps its partitions.
+        static = {"group.instance.id": settings.instance_id} if settings.static_membership else {}
         # client.id names the member in the group's description, where standby keepers find their ring.
         config = group_member_config(settings.kafka, group, protocol, **static, **{"client.id": settings.instance_id})
         return Consumer({**config, "error_cb": watch.on_error})
