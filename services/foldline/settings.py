@@ -228,14 +228,20 @@ class HandlerSettings(_Changeable):
     #: changelog (Kafka Streams' ``num.standby.replicas``); 0 keeps none. See ``foldline.handler.standby``.
     standby_replicas: int = 0
     #: Engine processes in this pod (``foldline.handler.workers``); 1: the process is the engine itself.
-    #: From the environment, the CPUs this process may use by default.
+    #: From the environment: ``FOLDLINE_WORKERS`` (default 1), ``auto`` for the CPUs this process may use.
     workers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
         return cls(
-            workers=env_int(env, "WORKERS", available_cpus(), minimum=1),
+            # 1 by default: with several workers a partition may land on another worker's state directory
+            # after a restart and be restored from scratch, and two workers were not yet shown faster.
+            workers=(
+                available_cpus()
+                if env.get("FOLDLINE_WORKERS", "").strip() == "auto"
+                else env_int(env, "WORKERS", 1, minimum=1)
+            ),
             kafka=KafkaSettings.from_env(env),
             state_dir=Path(env_str(env, "STATE_DIR", str(cls.state_dir))),
             store=env_choice(env, "STORE", "rocksdb", ("rocksdb", "lmdb", "sqlite")),

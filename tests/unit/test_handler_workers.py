@@ -32,7 +32,9 @@ def test_cpus_follow_a_cgroup_v1_quota(tmp_path: Path) -> None:
 
 
 def test_workers_setting_defaults_to_the_cpus_and_one_keeps_a_single_process() -> None:
-    assert HandlerSettings.from_env({}).workers == available_cpus()
+    assert HandlerSettings.from_env({}).workers == 1
+    assert HandlerSettings.from_env({"FOLDLINE_WORKERS": "auto"}).workers == available_cpus()
+    assert HandlerSettings.from_env({"FOLDLINE_WORKERS": "3"}).workers == 3
     assert HandlerSettings.from_env({"FOLDLINE_WORKERS": "1"}).workers == 1
     assert HandlerSettings().workers == 1
 
