@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Protocol
 
 import structlog
+from prometheus_client import generate_latest
 
 from foldline.errors import RetryableError
 from foldline.observability.http import HealthServer
@@ -27,14 +28,16 @@ class Engine(Protocol):
     def ready(self) -> bool: ...
 
 
-def serve(engine: Engine, http_port: int) -> int:
-    """Run ``engine`` until SIGTERM or SIGINT, serving /healthz, /readyz and /metrics meanwhile."""
+def serve(engine: Engine, http_port: int, metrics: Callable[[], bytes] = generate_latest) -> int:
+    """Run ``engine`` until SIGTERM or SIGINT, serving /healthz, /readyz and /metrics meanwhile.
+
+    ``metrics`` renders /metrics when it is not this process's registry (the handler's worker supervisor)."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)
         engine.stop()
 
-    health = HealthServer(http_port, live=engine.live, ready=engine.ready).start()
+    health = HealthServer(http_port, live=engine.live, ready=engine.ready, metrics=metrics).start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:

@@ -28,14 +28,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
 
 from foldline.errors import ConfigurationError
-from foldline.observability.http import HealthServer
 from foldline.observability.merge import Families, merge
+from foldline.service import serve
 from foldline.settings import HandlerSettings
 
 if TYPE_CHECKING:
@@ -257,18 +256,4 @@ class Supervisor:
 def serve_workers(argv: list[str], settings: HandlerSettings) -> int:
     """Run the workers until SIGTERM or SIGINT, serving the pod's /healthz, /readyz and /metrics."""
     supervisor = Supervisor(argv, settings)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        supervisor.stop()
-
-    health = HealthServer(
-        settings.http_port, live=supervisor.live, ready=supervisor.ready, metrics=supervisor.metrics
-    ).start()
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        supervisor.run()
-    finally:
-        health.stop()
-    return 0
+    return serve(supervisor, settings.http_port, metrics=supervisor.metrics)
