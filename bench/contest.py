@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.procs import TreeSampler
-from bench.support import figure
+from bench.support import figure, take
 from bench.workload import Planned
 
 
@@ -106,7 +106,7 @@ class ResultCounter:
         consumer = Consumer(self._config)  # created, used and closed by this thread only
         consumer.assign(self._partitions)
         while not self._stop.is_set():
-            msgs = consumer.consume(10_000, 0.05)
+            msgs = take(consumer, 10_000, 0.05)
             self.ready.set()
             n = sum(1 for m in msgs if m.error() is None)
             if n:

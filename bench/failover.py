@@ -35,7 +35,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, wait_until
+from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, take, wait_until
 from foldline.ids import AggregateId, CommandId
 from foldline.partitioner import partition_for
 from foldline.records import CommandEnvelope, CommandResult, SnapshotRecord
@@ -185,7 +185,7 @@ def result_reader(bootstrap: str, topic: str) -> Consumer:
 def wait_for_result(consumer: Consumer, command_id: str, timeout: float = 900.0) -> CommandResult:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for msg in consumer.consume(100, 0.02):
+        for msg in take(consumer, 100, 0.02):
             if msg.error() is None and msg.value() is not None:
                 result = CommandResult.from_bytes(msg.value())
                 if result.command_id == command_id:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, rss_mb, wait_until
+from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, rss_mb, take, wait_until
 from bench.throughput import bench_throughput, check_foldline
 from bench.workload import Workload, invoices_workload
 from foldline.records import CommandEnvelope, CommandResult, SnapshotRecord
@@ -114,7 +114,7 @@ def bench_latency(bootstrap: str, tmp: Path, offered: int, seconds: float = 8.0)
         )
         c.assign([TopicPartition(names.results, p, 0) for p in range(partitions)])
         while not done.is_set():
-            for msg in c.consume(1000, 0.05):
+            for msg in take(c, 1000, 0.05):
                 if msg.error() is None:
                     at = time.perf_counter()
                     results[0] += 1

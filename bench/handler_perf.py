@@ -28,7 +28,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.handler import handler_process
-from bench.support import REPO, broker, figure, free_port, load, new_aggregate, wait_until
+from bench.support import REPO, broker, figure, free_port, load, new_aggregate, take, wait_until
 from foldline.records import CommandEnvelope, CommandResult
 from foldline.topics import TopicNames
 
@@ -62,7 +62,7 @@ class Results:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for msg in self._c.consume(2000, 0.02):
+            for msg in take(self._c, 2000, 0.02):
                 if msg.error() is None:
                     at = time.perf_counter()
                     cid = CommandResult.from_bytes(msg.value()).command_id

@@ -16,6 +16,8 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from bench.support import take
+
 
 def pipe(bootstrap: str, source: str, sinks: list[str], partitions: list[int], group: str, batch: int) -> None:
     stop = False
@@ -45,7 +47,7 @@ def pipe(bootstrap: str, source: str, sinks: list[str], partitions: list[int], g
     producer.init_transactions(30)
     consumer.assign([TopicPartition(source, p, 0) for p in partitions])
     while not stop:
-        msgs = [m for m in consumer.consume(batch, 0.1) if m.error() is None]
+        msgs = [m for m in take(consumer, batch, 0.1) if m.error() is None]
         if not msgs:
             continue
         producer.begin_transaction()
