@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from foldline.errors import ConfigurationError, KafkaAuthenticationError
@@ -71,6 +71,22 @@ def transactional_producer_config(kafka: KafkaSettings, transactional_id: str) -
         "queue.buffering.max.messages": 500_000,
         "partitioner": "murmur2_random",
     }
+
+
+def flush_producer(producer: Producer, timeout: float) -> int:
+    """``producer.flush(timeout)``: the number of records still undelivered, or the producer's error.
+
+    A fenced transactional producer has confluent-kafka raise its fatal error inside ``flush()`` and then run
+    the next delivery callback with that exception pending, which Python reports as a ``SystemError`` caused
+    by the ``KafkaException``. The engines handle a ``KafkaException`` (a fenced producer rejoins); an
+    unexpected ``SystemError`` killed the process instead.
+    """
+    try:
+        return int(producer.flush(timeout))
+    except SystemError as exc:
+        if isinstance(exc.__cause__, KafkaException):
+            raise exc.__cause__ from exc
+        raise
 
 
 def restore_consumer_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from foldline.aggregate import AggregateSpec
-from foldline.clients import check_access
+from foldline.clients import check_access, flush_producer
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError
 from foldline.handler.task import PartitionTask
@@ -457,15 +457,7 @@ class CommandHandler:
                 self.consumer.seek(TopicPartition(self.topics.commands, p, offset))
 
     def _flush(self) -> int:
-        try:
-            return self.producer.flush(TXN_TIMEOUT)
-        except SystemError as exc:
-            # A fenced producer: confluent-kafka raises its fatal error inside flush() and then runs the next
-            # delivery callback with that exception pending, which Python reports as a SystemError caused by
-            # the KafkaException. Without this, the handler died instead of recovering.
-            if isinstance(exc.__cause__, KafkaException):
-                raise exc.__cause__ from exc
-            raise
+        return flush_producer(self.producer, TXN_TIMEOUT)
 
     def _on_snapshot(self, error: KafkaError | None, msg: Message) -> None:
         if error is None:
@@ -552,5 +544,8 @@ class CommandHandler:
                 task.close()
             self.tasks.clear()
             self.restore_consumer.close()
-            self.producer.flush(10.0)
+            try:
+                flush_producer(self.producer, 10.0)
+            except KafkaException as exc:  # fenced or failed: what it still held belongs to an aborted transaction
+                log.warning("flushing the producer at close failed", aggregate=self.spec.name, error=str(exc))
             log.info("command handler stopped", aggregate=self.spec.name)

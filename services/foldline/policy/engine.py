@@ -19,6 +19,7 @@ from typing import Any, cast
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from foldline.clients import flush_producer
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
 from foldline.observability import policy_metrics as metrics
@@ -28,6 +29,10 @@ from foldline.settings import PolicySettings
 from foldline.store.base import StateStore
 from foldline.store.restore import restore_partition
 from foldline.topics import PolicyTopics, TopicNames
+
+#: How long a transaction's records may take to be delivered before it is aborted and run again (flush()
+#: without a bound would wait forever while the broker is away).
+TXN_FLUSH_S = 20.0
 
 log = structlog.get_logger("foldline.policy")
 
@@ -259,7 +264,8 @@ class PolicyWorker:
             offsets = [TopicPartition(topic, p, o) for (topic, p), o in next_offsets.items()]
             if offsets:
                 self._call(self.producer.send_offsets_to_transaction, offsets, self.consumer.consumer_group_metadata())
-            self._call(self.producer.flush)
+            if self._call(flush_producer, self.producer, TXN_FLUSH_S) > 0:
+                raise _Abort(BrokerUnavailableError("records not delivered in time"))
             self._commit()
         except _Abort as abort:
             metrics.TRANSACTIONS_ABORTED.labels(self.spec.name).inc()
@@ -358,7 +364,10 @@ class PolicyWorker:
                 task.close()
             self.tasks.clear()
             self.restore_consumer.close()
-            self.producer.flush(10.0)
+            try:
+                flush_producer(self.producer, 10.0)
+            except KafkaException as exc:  # fenced or failed: what it still held belongs to an aborted transaction
+                log.warning("flushing the producer at close failed", policy=self.spec.name, error=str(exc))
             log.info("policy worker stopped", policy=self.spec.name)
 
 
