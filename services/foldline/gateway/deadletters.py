@@ -297,7 +297,11 @@ def _read_ranges(
             if time.monotonic() >= deadline or scan.scanned >= SCAN_BUDGET:
                 scan.complete = False
                 return
-            for msg in consumer.consume(500, min(0.2, _left(deadline))):
+            # consume(500, wait) would wait the whole wait unless 500 records came: take what is there.
+            batch = consumer.consume(1, min(0.2, _left(deadline)))
+            if batch:
+                batch += consumer.consume(499, 0)
+            for msg in batch:
                 p = int(msg.partition() or 0)
                 error = msg.error()
                 if error is not None:
