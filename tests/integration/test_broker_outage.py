@@ -108,13 +108,24 @@ def test_a_fenced_handler_gives_up_its_partitions_and_stays_up(kafka_bootstrap, 
     procs = [handler(kafka_bootstrap, cls, "one", tmp_path, ports["one"], instance="same")]
     try:
         wait_until(lambda: get(ports["one"], "/readyz") == 200, 180, "the first handler ready")
-        cmds = workload("f", aggregates=40, per_aggregate=10)
-        sender = Sender(kafka_bootstrap, TopicNames(cls.name).commands, cmds, chunk=10, pause=0.1)
-        sender.start()
-        wait_until(lambda: sender.handed >= 100, 120, "traffic")
+        cmds = workload("f", aggregates=40, per_aggregate=10)  # each aggregate's commands in order
+        topic = TopicNames(cls.name).commands
+        first = Sender(kafka_bootstrap, topic, cmds[:200], chunk=10, pause=0.1)
+        first.start()
+        wait_until(lambda: first.handed >= 100, 120, "traffic")
         procs.append(handler(kafka_bootstrap, cls, "two", tmp_path, ports["two"], instance="same"))
-        sender.join(600)
-        assert not sender.failed, sender.failed
+        first.join(600)
+        # The rest only once the second handler has its producer (its init_transactions fenced the first): a
+        # fast first handler could otherwise answer everything before the second had even started.
+        wait_until(
+            lambda: '"command handler started"' in (tmp_path / "handler-two.log").read_text(errors="replace"),
+            180,
+            "the second handler started",
+        )
+        second = Sender(kafka_bootstrap, topic, cmds[200:], chunk=10, pause=0.1)
+        second.start()
+        second.join(600)
+        assert not first.failed and not second.failed, first.failed + second.failed
 
         def all_answered() -> bool:
             from tests.kafka_support import results
