@@ -230,11 +230,20 @@ class HandlerSettings(_Changeable):
     #: Engine processes in this pod (``foldline.handler.workers``); 1: the process is the engine itself.
     #: From the environment: ``FOLDLINE_WORKERS`` (default 1), ``auto`` for the CPUs this process may use.
     workers: int = 1
+    #: Transactional producers that take turns, one transaction each (``FOLDLINE_TXN_PRODUCERS``, 1 or 2).
+    #: After a commit the coordinator still writes that transaction's markers for a few ms, and the same
+    #: producer's next transaction is refused (CONCURRENT_TRANSACTIONS) until they are in; the other producer
+    #: starts at once. Measured on the transaction loop: p90 and p99 of a transaction about halved.
+    txn_producers: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
+        txn_producers = env_int(env, "TXN_PRODUCERS", cls.txn_producers, minimum=1)
+        if txn_producers > 2:
+            raise ConfigurationError(f"{_PREFIX}TXN_PRODUCERS must be 1 or 2, got {txn_producers}")
         return cls(
+            txn_producers=txn_producers,
             # 1 by default: with several workers a partition may land on another worker's state directory
             # after a restart and be restored from scratch, and two workers were not yet shown faster.
             workers=(

@@ -46,6 +46,16 @@ def test_health_readiness_and_metrics(kafka_bootstrap, invoices_aggregate, tmp_p
         assert status == 200
         assert f'foldline_commands_total{{aggregate="{cls.name}",status="accepted"}} 1.0' in text
         assert "foldline_transaction_duration_seconds_bucket" in text
+        # Two transactional producers take turns (HandlerSettings.txn_producers): a few more transactions,
+        # one command each, and each producer has committed some.
+        for n in range(4):
+            send(kafka_bootstrap, TopicNames(cls.name).commands, [command(f"j{n}", "CreateInvoice", CREATE)])
+            wait_for_results(kafka_bootstrap, cls.name, 2 + n)
+        text = get(port, "/metrics")[1]
+        for producer in ("0", "1"):
+            series = f'foldline_transactions_committed_total{{aggregate="{cls.name}",producer="{producer}"}} '
+            committed = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(series)]
+            assert committed and committed[0] >= 2, (producer, committed)
         assert get(port, "/nope")[0] == 404
     finally:
         assert proc.terminate() == 0  # SIGTERM: a clean stop

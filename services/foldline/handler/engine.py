@@ -65,7 +65,7 @@ class CommandHandler:
         settings: HandlerSettings,
         *,
         consumer_factory: ConsumerFactory,
-        producer_factory: Callable[[], Producer],
+        producer_factory: Callable[[int], Producer],
         restore_consumer_factory: Callable[[], Consumer],
         open_partition_store: Callable[[int], StateStore],
         watch: KafkaWatch | None = None,
@@ -84,7 +84,11 @@ class CommandHandler:
         self.watch = watch or KafkaWatch(f"command-handler {spec.name}")
         self._new_producer = producer_factory
         self._new_restore_consumer = restore_consumer_factory
-        self.producer = producer_factory()
+        # settings.txn_producers producers take turns, one transaction each (see HandlerSettings): ``producer``
+        # is the one whose turn it is.
+        self.producers = [producer_factory(i) for i in range(settings.txn_producers)]
+        self._turn = 0
+        self.producer = self.producers[0]
         self.restore_consumer = restore_consumer_factory()
         self._connected = False
         self._backoff = Backoff()
@@ -105,6 +109,7 @@ class CommandHandler:
         self._m_latency = metrics.COMMAND_LATENCY.labels(agg)
         self._m_txn = metrics.TRANSACTION_DURATION.labels(agg)
         self._m_batch = metrics.BATCH_SIZE.labels(agg)
+        self._m_committed = [metrics.TRANSACTIONS_COMMITTED.labels(agg, str(i)) for i in range(len(self.producers))]
         self._m_events = metrics.EVENTS_WRITTEN.labels(agg)
         self._m_assigned = metrics.ASSIGNED_PARTITIONS.labels(agg)
         self._droppable = frozenset({self.topics.results, self.topics.dead_letters})
@@ -255,7 +260,8 @@ class CommandHandler:
         # broker's reason in its log, asking again with the backoff (credentials made or granted later are
         # picked up without a restart). A broker out of reach only makes this return False.
         check_access(self.settings.kafka)
-        call(self.producer.init_transactions, TXN_TIMEOUT)
+        for producer in self.producers:  # each fences its predecessors and aborts what they left open
+            call(producer.init_transactions, TXN_TIMEOUT)
         self.group.subscribe()
         self._connected = self._started = True
         log.info("command handler started", aggregate=self.spec.name, group_protocol=self.group.protocol)
@@ -273,7 +279,7 @@ class CommandHandler:
         if isinstance(cause, KafkaAuthenticationError):
             log.error("kafka refused this handler; not ready until it is accepted", aggregate=self.spec.name,
                       reason=str(cause))  # fmt: skip
-        was_fenced = fenced(cause) or fenced(producer_error(self.producer))
+        was_fenced = fenced(cause) or any([fenced(producer_error(producer)) for producer in self.producers])
         self.watch.mark_down(str(cause))
         metrics.KAFKA_RECOVERIES.labels("command-handler", self.spec.name, "fenced" if was_fenced else "failed").inc()
         log.warning(
@@ -311,9 +317,12 @@ class CommandHandler:
         self._positions.clear()
         self._snapshot_offsets.clear()
         self._m_assigned.set(0)
-        for old in (self.restore_consumer, self.producer):
-            discard(old)
-        self.producer = self._new_producer()
+        discard(self.restore_consumer)
+        for producer in self.producers:
+            discard(producer)
+        self.producers = [self._new_producer(i) for i in range(len(self.producers))]
+        self._turn = 0
+        self.producer = self.producers[0]
         self.restore_consumer = self._new_restore_consumer()
         log.info("kafka clients rebuilt", aggregate=self.spec.name)
 
@@ -407,6 +416,10 @@ class CommandHandler:
             task = self.tasks[p]
             task.committed(items, self._snapshot_offsets.get(p, task.store.changelog_offset() - 1) + 1)
         self._positions.update(next_offsets)
+        self._m_committed[self._turn].inc()
+        if len(self.producers) > 1:  # the next transaction on the other producer: see HandlerSettings.txn_producers
+            self._turn = (self._turn + 1) % len(self.producers)
+            self.producer = self.producers[self._turn]
         now = time.time()
         for msg in batch:
             _, ts = msg.timestamp()
@@ -544,8 +557,9 @@ class CommandHandler:
                 task.close()
             self.tasks.clear()
             self.restore_consumer.close()
-            try:
-                flush_producer(self.producer, 10.0)
-            except KafkaException as exc:  # fenced or failed: what it still held belongs to an aborted transaction
-                log.warning("flushing the producer at close failed", aggregate=self.spec.name, error=str(exc))
+            for producer in self.producers:
+                try:
+                    flush_producer(producer, 10.0)
+                except KafkaException as exc:  # fenced or failed: what it held belongs to an aborted transaction
+                    log.warning("flushing the producer at close failed", aggregate=self.spec.name, error=str(exc))
             log.info("command handler stopped", aggregate=self.spec.name)

@@ -36,8 +36,10 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
         config = group_member_config(settings.kafka, group, protocol, **static, **{"client.id": settings.instance_id})
         return Consumer({**config, "error_cb": watch.on_error})
 
-    def new_producer() -> Producer:
-        config = transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}")
+    def new_producer(index: int) -> Producer:
+        # Producer 0 keeps the historic id (it fences an older version's zombie); the other takes turns with it.
+        suffix = "" if index == 0 else f"~{index}"
+        config = transactional_producer_config(settings.kafka, f"foldline.{spec.name}.{settings.instance_id}{suffix}")
         # librdkafka refuses records over message.max.bytes (1,000,000) itself: room for a raised limit.
         config["message.max.bytes"] = max(1_000_000, settings.max_record_bytes + 65_536)
         return Producer(config)

@@ -39,6 +39,11 @@ BATCH_SIZE = Histogram(
 EVENTS_WRITTEN = Counter("foldline_events_written_total", "Events committed to the events topic", ["aggregate"])
 DEAD_LETTERS = Counter("foldline_dead_letters_total", "Records sent to the dead-letter topic", ["aggregate", "code"])
 TRANSACTIONS_ABORTED = Counter("foldline_transactions_aborted_total", "Aborted Kafka transactions", ["aggregate"])
+TRANSACTIONS_COMMITTED = Counter(
+    "foldline_transactions_committed_total",
+    "Committed Kafka transactions, by the transactional producer (0, 1: they take turns) that committed them",
+    ["aggregate", "producer"],
+)
 RESTORE_SECONDS = Histogram(
     "foldline_store_restore_seconds",
     "Time to restore one partition's store from the changelog",
