@@ -248,15 +248,9 @@ def _compile_fields(cls: type[Any]) -> tuple[Encoder, _Raw]:
     required = frozenset(name for name, _, _, needed in specs if needed)
     field_decoders = tuple((name, dec) for name, _, dec, _ in specs)
 
-    # Fields whose values are already JSON (str, int, bool, ...) are copied without a call per field.
-    plain = tuple(name for name, enc, _, _ in specs if enc is _identity)
-    converted = tuple((name, enc) for name, enc, _, _ in specs if enc is not _identity)
-
-    def encode(value: Any) -> dict[str, Any]:
-        out = {name: getattr(value, name) for name in plain}
-        for name, enc in converted:
-            out[name] = enc(getattr(value, name))
-        return out
+    # The bytes on the topics have the fields already JSON (str, int, ...) first, then the converted ones.
+    plain = [(name, enc) for name, enc, _, _ in specs if enc is _identity]
+    encode = _dict_encoder(cls, plain + [(name, enc) for name, enc, _, _ in specs if enc is not _identity])
 
     def decode(value: Any) -> Any:
         if not isinstance(value, dict):
@@ -280,6 +274,32 @@ def _compile_fields(cls: type[Any]) -> tuple[Encoder, _Raw]:
             raise _Invalid(str(exc)) from exc
 
     return encode, decode
+
+
+def _dict_encoder(cls: type[Any], fields: list[tuple[str, Encoder]]) -> Encoder:
+    """``value -> {field: encoded value}`` as one generated dict display, as ``dataclasses`` generates
+    ``__init__``: a state is encoded on every command that changes it, and a loop of ``getattr`` calls was
+    most of the codec's time. Keys keep the order given (the bytes on the topics depend on it); a value
+    already JSON (str, int, ...) is read as an attribute, a Decimal is ``str``-ed inline, others call
+    their converter."""
+    names: dict[str, Any] = {"_str": str}
+    items = []
+    for i, (name, enc) in enumerate(fields):
+        if not name.isidentifier() or name.startswith("__"):  # cannot be written as ``v.name``: the slow way
+            names[f"_n{i}"], names[f"_e{i}"] = name, enc
+            items.append(f"_n{i}: _e{i}(_getattr(v, _n{i}))")
+            names["_getattr"] = getattr
+        elif enc is _identity:
+            items.append(f"{name!r}: v.{name}")
+        elif enc is str:
+            items.append(f"{name!r}: _str(v.{name})")
+        else:
+            names[f"_e{i}"] = enc
+            items.append(f"{name!r}: _e{i}(v.{name})")
+    source = f"def encode(v):\n    return {{{', '.join(items)}}}\n"
+    exec(compile(source, f"<foldline encoder of {cls.__qualname__}>", "exec"), names)  # noqa: S102
+    encode: Encoder = names["encode"]
+    return encode
 
 
 def _lazy(tp: Any) -> tuple[Encoder, _Raw]:

@@ -99,3 +99,21 @@ def test_nested_paths_name_map_entries_and_list_items():
             },
             path="x",
         )
+
+
+def test_encoded_keys_put_plain_fields_first_as_on_the_topics():
+    """The order of a state's or event's keys is in the bytes on the topics: fields whose values are
+    JSON already (str, int, ...) come first, in declaration order, then the converted ones (an optional
+    field among them)."""
+    order = Order((Item("a", 1),), Decimal("1.50"), date(2026, 1, 2), Color.RED, note="n", tags={"x": 1})
+    encoded = to_json(order)
+    assert list(encoded) == ["kind", "items", "price", "day", "color", "note", "tags"]
+    assert encoded == {
+        "kind": "a",
+        "items": [{"sku": "a", "qty": 1}],
+        "price": "1.50",
+        "day": "2026-01-02",
+        "color": "red",
+        "note": "n",
+        "tags": {"x": 1},
+    }
