@@ -297,7 +297,7 @@ def _dict_encoder(cls: type[Any], fields: list[tuple[str, Encoder]]) -> Encoder:
             names[f"_e{i}"] = enc
             items.append(f"{name!r}: _e{i}(v.{name})")
     source = f"def encode(v):\n    return {{{', '.join(items)}}}\n"
-    exec(compile(source, f"<foldline encoder of {cls.__qualname__}>", "exec"), names)  # noqa: S102
+    exec(compile(source, f"<foldline encoder of {cls.__qualname__}>", "exec"), names)
     encode: Encoder = names["encode"]
     return encode
 
@@ -361,11 +361,73 @@ MAX_DECIMAL_DIGITS = 1000
 def check_command_values(value: Any, path: str = "") -> None:
     """Refuse, in a decoded command, values no store or projection database can hold (see the module's
     docstring); ValidationError names the field."""
+    if _fine(value):
+        return
     problem = _value_problem(value)
     if problem is not None:
         where, message = problem
         where = (path + where).lstrip(".") or "payload"
         raise ValidationError(f"{where}: {message}", details={"field": where})
+
+
+#: The field names of each dataclass checked so far (``dataclasses.fields`` is slow for every command).
+_field_names: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _fine_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _fine(value: Any) -> bool:
+    """True when ``_value_problem`` would find nothing; False when it might (it then says what): the
+    common case without building paths or generators (plain loops, not ``all()``, for that reason).
+    Dispatches on exact types; anything else (a str subclass, an enum) is left to ``_value_problem``."""
+    t = type(value)
+    if t is str:
+        return _fine_text(value)
+    if t is int:
+        fits: bool = MIN_INT <= value <= MAX_INT
+        return fits
+    if t is bool or value is None or t is date or t is datetime:
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if t is Decimal:
+        if not value.is_finite():
+            return False
+        _, digits, exponent = value.as_tuple()
+        return (
+            len(digits) <= MAX_DECIMAL_DIGITS
+            and abs(value.adjusted()) <= MAX_DECIMAL_DIGITS
+            and int(exponent) >= -MAX_DECIMAL_DIGITS
+        )
+    if t is dict:
+        for key, item in value.items():  # noqa: SIM110
+            if (type(key) is str and not _fine_text(key)) or not _fine(item):
+                return False
+        return True
+    if t is list or t is tuple or t is frozenset or t is set:
+        for item in value:  # noqa: SIM110
+            if not _fine(item):
+                return False
+        return True
+    names = _field_names.get(t)
+    if names is None:
+        if not (dataclasses.is_dataclass(t) and isinstance(t, type)):
+            return False
+        names = _field_names[t] = tuple(f.name for f in dataclasses.fields(t))
+    for name in names:  # noqa: SIM110
+        if not _fine(getattr(value, name)):
+            return False
+    return True
 
 
 def _value_problem(value: Any) -> tuple[str, str] | None:
