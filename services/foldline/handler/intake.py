@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -77,7 +78,7 @@ def _key_problem(key: bytes | None, partition: int, partitions: int | None) -> t
     if len(key) > MAX_KEY_BYTES:
         return "invalid_key", f"the record key has {len(key)} bytes; an aggregate id has at most {MAX_KEY_BYTES}"
     if partitions is not None:
-        home = partition_for(key, partitions)
+        home = _home(key, partitions)
         if home != partition:
             return (
                 "wrong_partition",
@@ -85,6 +86,11 @@ def _key_problem(key: bytes | None, partition: int, partitions: int | None) -> t
                 f"partitioner), not on partition {partition}: produce with the key and the default partitioner",
             )
     return None
+
+
+#: A key's partition, remembered: murmur2 in Python is a loop per 4 bytes, and the aggregates a handler
+#: sees again and again are its hot set.
+_home = lru_cache(maxsize=1 << 16)(partition_for)
 
 
 def _refuse(code: str, message: str, key: bytes | None, value: bytes | None, data: Any) -> Refusal:
