@@ -78,7 +78,7 @@ def _key_problem(key: bytes | None, partition: int, partitions: int | None) -> t
     if len(key) > MAX_KEY_BYTES:
         return "invalid_key", f"the record key has {len(key)} bytes; an aggregate id has at most {MAX_KEY_BYTES}"
     if partitions is not None:
-        home = _home(key, partitions)
+        home = _home(key, partitions) if len(key) <= _CACHED_KEY_BYTES else partition_for(key, partitions)
         if home != partition:
             return (
                 "wrong_partition",
@@ -89,8 +89,10 @@ def _key_problem(key: bytes | None, partition: int, partitions: int | None) -> t
 
 
 #: A key's partition, remembered: murmur2 in Python is a loop per 4 bytes, and the aggregates a handler
-#: sees again and again are its hot set.
+#: sees again and again are its hot set. Only keys this short are kept, so the cache stays a few MB even
+#: when every key is as long as allowed.
 _home = lru_cache(maxsize=1 << 16)(partition_for)
+_CACHED_KEY_BYTES = 64
 
 
 def _refuse(code: str, message: str, key: bytes | None, value: bytes | None, data: Any) -> Refusal:
