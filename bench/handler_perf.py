@@ -28,7 +28,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.handler import handler_process
-from bench.support import REPO, broker, figure, free_port, load, new_aggregate, take, wait_until
+from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate, take, wait_until
 from foldline.records import CommandEnvelope, CommandResult
 from foldline.topics import TopicNames
 
@@ -80,9 +80,9 @@ class Results:
 
 def handler_env(workers: int) -> dict[str, str]:
     env = {"FOLDLINE_WORKERS": str(workers)}
-    code = os.environ.get("FOLDLINE_BENCH_CODE")  # another checkout's services/, to measure a baseline
+    code = baseline_code()  # another checkout's services/, to measure a baseline
     if code:
-        env["PYTHONPATH"] = os.pathsep.join([code, str(REPO)])
+        env["PYTHONPATH"] = os.pathsep.join([*code, str(REPO)])
     return env
 
 

@@ -18,6 +18,17 @@ from foldline.topics import aggregate_topics, ensure_topics
 REPO = Path(__file__).resolve().parent.parent
 
 
+def baseline_code() -> list[str]:
+    """``FOLDLINE_BENCH_CODE``'s directory to put before the package on PYTHONPATH: a checkout's services/
+    (the directory itself when it holds ``foldline``). A checkout's root alone would not shadow this
+    checkout's installed package, and the "baseline" would silently be this code."""
+    code = os.environ.get("FOLDLINE_BENCH_CODE")
+    if not code:
+        return []
+    services = Path(code) / "services"
+    return [str(services if (services / "foldline").is_dir() else Path(code))]
+
+
 def broker() -> str:
     preset = os.environ.get("FOLDLINE_KAFKA_BOOTSTRAP")
     if preset:

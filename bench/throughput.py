@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.check import Problems, check_history, read_events, read_results, read_snapshots
 from bench.contest import Run, produce_commands, timed_run
-from bench.support import REPO, broker, figure, free_port, load, new_aggregate
+from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate
 from bench.workload import Workload, invoices_workload
 from foldline.aggregate import AggregateSpec
 from foldline.examples.invoices import Invoices
@@ -48,7 +48,8 @@ def handler_env(bootstrap: str, state: Path) -> dict[str, str]:
         "FOLDLINE_HTTP_PORT": str(free_port()),
         "FOLDLINE_INSTANCE_ID": uuid.uuid4().hex[:8],
         "FOLDLINE_LOG_FORMAT": "json",
-        "PYTHONPATH": str(REPO),
+        # FOLDLINE_BENCH_CODE=<checkout>: the handler runs from that checkout's services/ (a baseline).
+        "PYTHONPATH": os.pathsep.join([*baseline_code(), str(REPO)]),
     }
 
 
@@ -141,7 +142,7 @@ def bench_throughput(bootstrap: str, tmp: Path) -> Run:
 
 def main() -> None:
     bootstrap = broker()
-    print(f"# handler throughput — {load()}", flush=True)
+    print(f"# handler throughput — {load()}; handler code: {baseline_code() or ['this checkout']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="foldline-bench-") as tmp_dir:
         bench_throughput(bootstrap, Path(tmp_dir))
     print(f"# done — {load()}", flush=True)

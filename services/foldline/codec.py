@@ -248,15 +248,9 @@ def _compile_fields(cls: type[Any]) -> tuple[Encoder, _Raw]:
     required = frozenset(name for name, _, _, needed in specs if needed)
     field_decoders = tuple((name, dec) for name, _, dec, _ in specs)
 
-    # Fields whose values are already JSON (str, int, bool, ...) are copied without a call per field.
-    plain = tuple(name for name, enc, _, _ in specs if enc is _identity)
-    converted = tuple((name, enc) for name, enc, _, _ in specs if enc is not _identity)
-
-    def encode(value: Any) -> dict[str, Any]:
-        out = {name: getattr(value, name) for name in plain}
-        for name, enc in converted:
-            out[name] = enc(getattr(value, name))
-        return out
+    # The bytes on the topics have the fields already JSON (str, int, ...) first, then the converted ones.
+    plain = [(name, enc) for name, enc, _, _ in specs if enc is _identity]
+    encode = _dict_encoder(cls, plain + [(name, enc) for name, enc, _, _ in specs if enc is not _identity])
 
     def decode(value: Any) -> Any:
         if not isinstance(value, dict):
@@ -280,6 +274,32 @@ def _compile_fields(cls: type[Any]) -> tuple[Encoder, _Raw]:
             raise _Invalid(str(exc)) from exc
 
     return encode, decode
+
+
+def _dict_encoder(cls: type[Any], fields: list[tuple[str, Encoder]]) -> Encoder:
+    """``value -> {field: encoded value}`` as one generated dict display, as ``dataclasses`` generates
+    ``__init__``: a state is encoded on every command that changes it, and a loop of ``getattr`` calls was
+    most of the codec's time. Keys keep the order given (the bytes on the topics depend on it); a value
+    already JSON (str, int, ...) is read as an attribute, a Decimal is ``str``-ed inline, others call
+    their converter."""
+    names: dict[str, Any] = {"_str": str}
+    items = []
+    for i, (name, enc) in enumerate(fields):
+        if not name.isidentifier() or name.startswith("__"):  # cannot be written as ``v.name``: the slow way
+            names[f"_n{i}"], names[f"_e{i}"] = name, enc
+            items.append(f"_n{i}: _e{i}(_getattr(v, _n{i}))")
+            names["_getattr"] = getattr
+        elif enc is _identity:
+            items.append(f"{name!r}: v.{name}")
+        elif enc is str:
+            items.append(f"{name!r}: _str(v.{name})")
+        else:
+            names[f"_e{i}"] = enc
+            items.append(f"{name!r}: _e{i}(v.{name})")
+    source = f"def encode(v):\n    return {{{', '.join(items)}}}\n"
+    exec(compile(source, f"<foldline encoder of {cls.__qualname__}>", "exec"), names)
+    encode: Encoder = names["encode"]
+    return encode
 
 
 def _lazy(tp: Any) -> tuple[Encoder, _Raw]:
@@ -341,11 +361,73 @@ MAX_DECIMAL_DIGITS = 1000
 def check_command_values(value: Any, path: str = "") -> None:
     """Refuse, in a decoded command, values no store or projection database can hold (see the module's
     docstring); ValidationError names the field."""
+    if _fine(value):
+        return
     problem = _value_problem(value)
     if problem is not None:
         where, message = problem
         where = (path + where).lstrip(".") or "payload"
         raise ValidationError(f"{where}: {message}", details={"field": where})
+
+
+#: The field names of each dataclass checked so far (``dataclasses.fields`` is slow for every command).
+_field_names: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _fine_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _fine(value: Any) -> bool:
+    """True when ``_value_problem`` would find nothing; False when it might (it then says what): the
+    common case without building paths or generators (plain loops, not ``all()``, for that reason).
+    Dispatches on exact types; anything else (a str subclass, an enum) is left to ``_value_problem``."""
+    t = type(value)
+    if t is str:
+        return _fine_text(value)
+    if t is int:
+        fits: bool = MIN_INT <= value <= MAX_INT
+        return fits
+    if t is bool or value is None or t is date or t is datetime:
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if t is Decimal:
+        if not value.is_finite():
+            return False
+        _, digits, exponent = value.as_tuple()
+        return (
+            len(digits) <= MAX_DECIMAL_DIGITS
+            and abs(value.adjusted()) <= MAX_DECIMAL_DIGITS
+            and int(exponent) >= -MAX_DECIMAL_DIGITS
+        )
+    if t is dict:
+        for key, item in value.items():  # noqa: SIM110
+            if (type(key) is str and not _fine_text(key)) or not _fine(item):
+                return False
+        return True
+    if t is list or t is tuple or t is frozenset or t is set:
+        for item in value:  # noqa: SIM110
+            if not _fine(item):
+                return False
+        return True
+    names = _field_names.get(t)
+    if names is None:
+        if not (dataclasses.is_dataclass(t) and isinstance(t, type)):
+            return False
+        names = _field_names[t] = tuple(f.name for f in dataclasses.fields(t))
+    for name in names:  # noqa: SIM110
+        if not _fine(getattr(value, name)):
+            return False
+    return True
 
 
 def _value_problem(value: Any) -> tuple[str, str] | None:

@@ -99,3 +99,68 @@ def test_nested_paths_name_map_entries_and_list_items():
             },
             path="x",
         )
+
+
+def test_encoded_keys_put_plain_fields_first_as_on_the_topics():
+    """The order of a state's or event's keys is in the bytes on the topics: fields whose values are
+    JSON already (str, int, ...) come first, in declaration order, then the converted ones (an optional
+    field among them)."""
+    order = Order((Item("a", 1),), Decimal("1.50"), date(2026, 1, 2), Color.RED, note="n", tags={"x": 1})
+    encoded = to_json(order)
+    assert list(encoded) == ["kind", "items", "price", "day", "color", "note", "tags"]
+    assert encoded == {
+        "kind": "a",
+        "items": [{"sku": "a", "qty": 1}],
+        "price": "1.50",
+        "day": "2026-01-02",
+        "color": "red",
+        "note": "n",
+        "tags": {"x": 1},
+    }
+
+
+@dataclass(frozen=True)
+class Loose:
+    value: object
+    more: tuple[object, ...] = ()
+
+
+class Word(enum.StrEnum):
+    A = "a\x00"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        "caf\u00e9",
+        "nul\x00",
+        "\ud800",
+        1 << 63,
+        -(1 << 63),
+        (1 << 63) - 1,
+        True,
+        None,
+        float("inf"),
+        1.5,
+        Decimal("12.50"),
+        Decimal("NaN"),
+        Decimal("1e1001"),
+        Decimal("1e-1001"),
+        Decimal("1" * 1001),
+        date(2026, 1, 1),
+        Word.A,
+        {"k": "v", "\x00": 1},
+        {"k": ["x", {"y": 1 << 64}]},
+        {1: "fine"},
+        [Decimal("1"), "a"],
+        frozenset({"a", "b\x00"}),
+    ],
+)
+def test_fast_command_check_agrees_with_the_thorough_one(value):
+    """``check_command_values`` passes a value on a fast path only when the thorough walk, which names the
+    field at fault, would find nothing too."""
+    from foldline.codec import _fine, _value_problem
+
+    for wrapped in (value, Loose(value), Loose("ok", ("x", value)), [value], {"k": value}):
+        assert _fine(wrapped) == (_value_problem(wrapped) is None), wrapped

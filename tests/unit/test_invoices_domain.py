@@ -157,3 +157,21 @@ def test_money_is_decimal_with_currency():
 def test_state_round_trips_through_snapshot_encoding():
     state, _ = run(CREATE, line("a", 3, "19.99"), SendInvoice(), RecordPayment("p", Decimal("9.99"), "EUR"))
     assert SPEC.decode_state(1, SPEC.encode_state(state)) == state
+
+
+def test_a_line_item_added_keeps_every_other_field():
+    """``evolve`` builds the state after ``LineItemAdded`` field by field (a hot path): it must keep each
+    field as ``dataclasses.replace`` would, whatever fields ``Invoice`` gains."""
+    import dataclasses
+
+    from foldline.examples.invoices.domain import LineItem, LineItemAdded
+
+    state = Invoice(
+        "sent", "ACME", "EUR", date(2026, 1, 1), date(2026, 2, 1), (LineItem("a", "d", 1, Decimal("1")),),
+        Decimal("0.50"), ("p1",),
+    )  # fmt: skip
+    # Every field away from its default, so that one the direct build forgot would show.
+    assert all(getattr(state, f.name) != f.default for f in dataclasses.fields(Invoice))
+    added = LineItemAdded("b", "e", 2, Decimal("3.00"))
+    line = LineItem("b", "e", 2, Decimal("3.00"))
+    assert AGG.evolve(state, added) == dataclasses.replace(state, lines=(*state.lines, line))

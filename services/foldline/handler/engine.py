@@ -383,9 +383,9 @@ class CommandHandler:
                 if result is not None:
                     counts[result.status] += 1
                     self._send(produce, topics.results, key, result.to_bytes(), p)
-                for event in outcome.events:
-                    self._send(produce, topics.events, key, event.to_bytes(), p)
-                events += len(outcome.events)
+                for raw in outcome.event_bytes:
+                    self._send(produce, topics.events, key, raw, p)
+                events += len(outcome.event_bytes)
                 if outcome.dead_letter is not None:
                     self._send(produce, topics.dead_letters, key, outcome.dead_letter, p)
                     metrics.DEAD_LETTERS.labels(self.spec.name, outcome.code or "undecodable").inc()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -77,7 +78,7 @@ def _key_problem(key: bytes | None, partition: int, partitions: int | None) -> t
     if len(key) > MAX_KEY_BYTES:
         return "invalid_key", f"the record key has {len(key)} bytes; an aggregate id has at most {MAX_KEY_BYTES}"
     if partitions is not None:
-        home = partition_for(key, partitions)
+        home = _home(key, partitions) if len(key) <= _CACHED_KEY_BYTES else partition_for(key, partitions)
         if home != partition:
             return (
                 "wrong_partition",
@@ -85,6 +86,13 @@ def _key_problem(key: bytes | None, partition: int, partitions: int | None) -> t
                 f"partitioner), not on partition {partition}: produce with the key and the default partitioner",
             )
     return None
+
+
+#: A key's partition, remembered: murmur2 in Python is a loop per 4 bytes, and the aggregates a handler
+#: sees again and again are its hot set. Only keys this short are kept, so the cache stays a few MB even
+#: when every key is as long as allowed.
+_home = lru_cache(maxsize=1 << 16)(partition_for)
+_CACHED_KEY_BYTES = 64
 
 
 def _refuse(code: str, message: str, key: bytes | None, value: bytes | None, data: Any) -> Refusal:

@@ -59,13 +59,29 @@ class Entry:
     state_json: bytes | None = None
     #: Bytes of the snapshot around its state and results (0: not measured yet).
     bare: int = 0
+    #: ``recent`` by command id (the newest of an id): a look-up per command instead of a scan.
+    index: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for item in self.recent:
+            self.index[item["command_id"]] = item
 
     def find(self, command_id: str) -> dict[str, Any] | None:
-        for item in reversed(self.recent):
-            if item["command_id"] == command_id:
-                found: dict[str, Any] = item
-                return found
-        return None
+        return self.index.get(command_id)
+
+    def remember(self, item: dict[str, Any], window: int) -> None:
+        """Keep a result, and only the newest ``window`` of them."""
+        recent = self.recent
+        recent.append(item)
+        self.index[item["command_id"]] = item
+        while len(recent) > window:
+            self.forget_oldest()
+
+    def forget_oldest(self) -> dict[str, Any]:
+        dropped = self.recent.pop(0)
+        if self.index.get(dropped["command_id"]) is dropped:
+            del self.index[dropped["command_id"]]
+        return dropped
 
 
 @dataclass(slots=True)
@@ -74,6 +90,8 @@ class Outcome:
 
     result: CommandResult | None
     events: list[EventRecord] = field(default_factory=list)
+    #: ``events`` encoded (measured for the size limit anyway): what the engine writes.
+    event_bytes: list[bytes] = field(default_factory=list)
     dead_letter: bytes | None = None
     #: The dead letter's code, when there is one.
     code: str | None = None
@@ -196,7 +214,7 @@ class PartitionTask:
                         self._now,
                     )
                 )
-            sizes = [len(event.to_bytes()) for event in events]
+            encoded = [event.to_bytes() for event in events]
             state_json = dumps(self.spec.encode_state(state)) if events else None
         except Exception as exc:  # the domain's own bug must not stop the partition
             message = f"{type(exc).__name__}: {exc}"
@@ -206,14 +224,14 @@ class PartitionTask:
             if not entry.bare:
                 entry.bare = self._bare_snapshot_size(env.aggregate_id)
             size = entry.bare + len(state_json)
-            too_large = self._too_large(sizes, size)
+            too_large = self._too_large([len(raw) for raw in encoded], size)
             if too_large is not None:
                 return self._failed(env, entry, key, value, offset, "too_large", too_large)
             entry.state_json = state_json
         entry.state, entry.version = state, version
         result = self._result(env, Status.ACCEPTED, version, None, None, tuple(e.type for e in events))
         outcome = self._record(env, entry, result)
-        outcome.events = events
+        outcome.events, outcome.event_bytes = events, encoded
         return outcome
 
     def _result(
@@ -249,9 +267,7 @@ class PartitionTask:
 
     def _record(self, env: CommandEnvelope, entry: Entry, result: CommandResult) -> Outcome:
         """Remember the result under the command id, so a resubmission gets it again."""
-        entry.recent.append(result.compact())
-        if len(entry.recent) > self.dedup_window:
-            del entry.recent[: len(entry.recent) - self.dedup_window]
+        entry.remember(result.compact(), self.dedup_window)
         self._dirty[env.aggregate_id] = entry
         return Outcome(result)
 
@@ -319,7 +335,7 @@ class PartitionTask:
                     break
                 # Only results far longer than RESULT_ROOM on an aggregate at the limit get here: the
                 # snapshot must fit, so the oldest results are forgotten first.
-                dropped = entry.recent.pop(0)
+                dropped = entry.forget_oldest()
                 log.warning("snapshot at the size limit: an old result forgotten", command_id=dropped.get("command_id"))
             out.append((aggregate_id.encode(), raw))
         return out

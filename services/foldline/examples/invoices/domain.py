@@ -259,7 +259,11 @@ class Invoices(Aggregate[Invoice]):
                 return Invoice("draft", event.customer, event.currency, event.issue_date, event.due_date)
             case LineItemAdded():
                 line = LineItem(event.line_id, event.description, event.quantity, event.unit_price)
-                return replace(state, lines=(*state.lines, line))
+                # The most frequent event: built directly, as ``replace`` walks the fields each time.
+                s = state
+                return Invoice(
+                    s.status, s.customer, s.currency, s.issue_date, s.due_date, (*s.lines, line), s.paid, s.payments
+                )
             case LineItemRemoved():
                 return replace(state, lines=tuple(x for x in state.lines if x.line_id != event.line_id))
             case InvoiceSent():
