@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -63,37 +62,61 @@ def child(
 
 
 class ResultsWatch:
-    """A read_committed reader of the results topic in a thread: when each result became visible, by
-    aggregate id (each bench command has its own), so the gateway's own part of the latency shows."""
+    """A read_committed reader of the results topic in a process of its own (this one is busy sending):
+    when each result became visible, by aggregate id (each bench command has its own), so the gateway's
+    own part of the latency shows. ``time.perf_counter`` is CLOCK_MONOTONIC: the same clock in both."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, out: Path) -> None:
+        self.out = out
         self.seen: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._c = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-watch-{uuid.uuid4().hex[:6]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 5,
-            }
+        self._read = 0
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.gateway", "--watch", bootstrap, topic, str(out)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
         )
-        parts = self._c.list_topics(topic, timeout=10).topics[topic].partitions
-        self._c.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        wait_until(out.exists, 30)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for msg in self._c.consume(1000, 0.05):
-                if msg.error() is None:
-                    at = time.perf_counter()
-                    self.seen.setdefault(orjson.loads(msg.value())["aggregate_id"], at)
-        self._c.close()
+    def update(self) -> dict[str, float]:
+        with self.out.open("rb") as f:
+            f.seek(self._read)
+            data = f.read()
+        complete = data.rpartition(b"\n")[0]
+        self._read += len(complete) + (1 if complete else 0)
+        for line in complete.splitlines():
+            key, _, at = line.decode().partition("\t")
+            self.seen.setdefault(key, float(at))
+        return self.seen
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+def watch_results(bootstrap: str, topic: str, out: str) -> None:
+    """The ``ResultsWatch`` process: one line per result, ``aggregate id <TAB> perf_counter``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-watch-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 5,
+        }
+    )
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+    with open(out, "a", buffering=1 << 16) as f:
+        while True:
+            # consume(n, t) waits for n records or t: wait for one, then take whatever else is there.
+            messages = consumer.consume(1, 0.05)
+            at = time.perf_counter()
+            if messages:
+                messages += consumer.consume(1000, 0)
+            for msg in messages:
+                if msg.error() is None:
+                    f.write(f"{orjson.loads(msg.value())['aggregate_id']}\t{at}\n")
+            if messages:
+                f.flush()
 
 
 def ready(url: str) -> bool:
@@ -251,7 +274,9 @@ async def bench_rate(
     finally:
         await connections.close()
     # The gateway's own part: from the result visible to a read_committed reader to the HTTP answer.
-    own = [at - watch.seen[k] for k, at in answered.items() if k in watch.seen]
+    await asyncio.sleep(0.5)  # the watcher's last lines
+    seen = watch.update()
+    own = [at - seen[k] for k, at in answered.items() if k in seen]
     ok = statuses.get(200, 0)
     others = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str) if k != 200) or "none"
     kind_name = f"{kind.name}{label}"
@@ -306,7 +331,7 @@ def main() -> None:
             )
             gateways.append((label, proc, f"http://127.0.0.1:{port}"))
         url = gateways[-1][2]
-        watch = ResultsWatch(bootstrap, TopicNames(aggregate).results)
+        watch = ResultsWatch(bootstrap, TopicNames(aggregate).results, tmp / "seen.tsv")
         try:
             up = [f"http://127.0.0.1:{handler_port}/readyz", *(f"{u}/readyz" for _, _, u in gateways)]
             if not wait_until(lambda: all(ready(u) for u in up), 120):
@@ -338,4 +363,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--watch"]:
+        watch_results(*sys.argv[2:5])
+    else:
+        main()
