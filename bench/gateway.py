@@ -113,8 +113,9 @@ def watch_results(bootstrap: str, topic: str, out: str) -> None:
             if messages:
                 messages += consumer.consume(1000, 0)
             for msg in messages:
-                if msg.error() is None:
-                    f.write(f"{orjson.loads(msg.value())['aggregate_id']}\t{at}\n")
+                value = msg.value()
+                if msg.error() is None and value is not None:
+                    f.write(f"{orjson.loads(value)['aggregate_id']}\t{at}\n")
             if messages:
                 f.flush()
 

@@ -12,7 +12,7 @@ from foldline.settings import GatewaySettings
 def hot(token: str = "") -> CommandHotPath:
     settings = GatewaySettings(token=token, max_body_bytes=100)
     gateway: Any = SimpleNamespace(settings=settings, specs={"invoices": object()})
-    return CommandHotPath(app=None, gateway=gateway, instrumented=None)  # type: ignore[arg-type]
+    return CommandHotPath(app=None, gateway=gateway, observe=print)  # type: ignore[arg-type]
 
 
 def test_the_usual_headers_take_the_hot_path_and_the_rest_the_chain():

@@ -285,4 +285,4 @@ def create_app(gateway: Gateway) -> ASGIApp:
     instrumented = Instrumented(
         BodyDeadline(BearerAuth(fast, gateway.settings.token), gateway.settings.body_timeout_s), gateway
     )
-    return CommandHotPath(instrumented, gateway, instrumented)
+    return CommandHotPath(instrumented, gateway, instrumented.observe)

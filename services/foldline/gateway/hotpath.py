@@ -16,7 +16,7 @@ import asyncio
 import hmac
 import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import orjson
 import structlog
@@ -35,9 +35,6 @@ from foldline.gateway.commands import (
 from foldline.gateway.core import Gateway
 from foldline.gateway.errors import BadRequest, ClientClosed, HttpError, PayloadTooLarge, RequestTimeout
 
-if TYPE_CHECKING:
-    from foldline.gateway.app import Instrumented
-
 log = structlog.get_logger("foldline.gateway")
 
 #: The route's own pattern (as ``CommandFastPath`` and the router match it).
@@ -48,10 +45,10 @@ ROUTE = "post_command"  # the route label of its metrics, as the router's endpoi
 class CommandHotPath:
     """The usual command POST answered inline; every other request to ``app`` (the general chain)."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway, instrumented: Instrumented) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway, observe: Callable[[str, str, int, float], None]) -> None:
         self.app = app
         self.gateway = gateway
-        self.instrumented = instrumented
+        self.observe = observe  # Instrumented.observe: (aggregate, route, status, perf_counter at start)
         self.token = gateway.settings.token.encode()
         self.max_bytes = gateway.settings.max_body_bytes
         self.body_timeout_s = gateway.settings.body_timeout_s
@@ -127,7 +124,7 @@ class CommandHotPath:
                 {"type": "http.response.body", "body": encoded},
             )
         finally:
-            self.instrumented.observe(aggregate, ROUTE, status, started)
+            self.observe(aggregate, ROUTE, status, started)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body within ``body_timeout_s`` of the request's start (``BodyDeadline``), at most
