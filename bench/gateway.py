@@ -9,6 +9,13 @@ client. Prints one line per figure; never fails on a time.
     python -m bench.gateway
     FOLDLINE_BENCH_GATEWAY_SECONDS=10 FOLDLINE_BENCH_GATEWAY_RATES=500,1000,2000
     FOLDLINE_BENCH_GATEWAY_CLIENTS=httpx,raw   (the load generator: httpx, and bare asyncio streams)
+    FOLDLINE_BENCH_GATEWAY_BASELINE=/work/main/services   (a second gateway from that code, same handler:
+        each load runs against the baseline (A) and this tree (B) in turns, A B A B, for a fair comparison)
+    FOLDLINE_BENCH_GATEWAY_ROUNDS=2            (A B rounds per load with a baseline)
+    FOLDLINE_BENCH_GATEWAY_PROFILE=/tmp/gw.prof   (this tree's gateway runs under cProfile, its loop thread)
+
+Beside the end-to-end latency it prints the gateway's own share: from the moment a read_committed reader
+in this process sees the command's result (the handler's part is done) to the HTTP answer.
 """
 
 from __future__ import annotations
@@ -26,24 +33,91 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import orjson
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from bench.support import REPO, broker, figure, free_port, load, new_aggregate, wait_until
+from foldline.topics import TopicNames
 
 CREATE = {"customer": "ACME Corporation", "currency": "EUR", "issue_date": "2026-11-01", "due_date": "2026-12-01"}
 
 
-def child(args: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
+def child(
+    args: list[str], log: Path, code: str | None = None, profile: str | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    """``foldline <args>`` in a child; ``code``: another checkout's services/ first on the path (a baseline);
+    ``profile``: under cProfile, its stats written there when the child stops."""
     environ = {
         **os.environ,
         "FOLDLINE_LOG_FORMAT": "json",
         "FOLDLINE_LOG_LEVEL": "warning",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([*([code] if code else []), str(REPO), os.environ.get("PYTHONPATH", "")]),
         **env,
     }
+    prefix = ["-m", "cProfile", "-o", profile] if profile else []
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "foldline.cli", *args], env=environ, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, *prefix, "-m", "foldline.cli", *args], env=environ, stdout=out, stderr=subprocess.STDOUT
         )
+
+
+class ResultsWatch:
+    """A read_committed reader of the results topic in a process of its own (this one is busy sending):
+    when each result became visible, by aggregate id (each bench command has its own), so the gateway's
+    own part of the latency shows. ``time.perf_counter`` is CLOCK_MONOTONIC: the same clock in both."""
+
+    def __init__(self, bootstrap: str, topic: str, out: Path) -> None:
+        self.out = out
+        self.seen: dict[str, float] = {}
+        self._read = 0
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.gateway", "--watch", bootstrap, topic, str(out)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
+        )
+        wait_until(out.exists, 30)
+
+    def update(self) -> dict[str, float]:
+        with self.out.open("rb") as f:
+            f.seek(self._read)
+            data = f.read()
+        complete = data.rpartition(b"\n")[0]
+        self._read += len(complete) + (1 if complete else 0)
+        for line in complete.splitlines():
+            key, _, at = line.decode().partition("\t")
+            self.seen.setdefault(key, float(at))
+        return self.seen
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+def watch_results(bootstrap: str, topic: str, out: str) -> None:
+    """The ``ResultsWatch`` process: one line per result, ``aggregate id <TAB> perf_counter``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-watch-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 5,
+        }
+    )
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+    with open(out, "a", buffering=1 << 16) as f:
+        while True:
+            # consume(n, t) waits for n records or t: wait for one, then take whatever else is there.
+            messages = consumer.consume(1, 0.05)
+            at = time.perf_counter()
+            if messages:
+                messages += consumer.consume(1000, 0)
+            for msg in messages:
+                value = msg.value()
+                if msg.error() is None and value is not None:
+                    f.write(f"{orjson.loads(value)['aggregate_id']}\t{at}\n")
+            if messages:
+                f.flush()
 
 
 def ready(url: str) -> bool:
@@ -137,14 +211,18 @@ async def offered_load(connections, aggregate: str, rate: int, seconds: float, t
     statuses: Counter = Counter()
     path = f"/aggregates/{aggregate}/commands"
 
+    answered: dict[str, float] = {}
+
     async def one(i: int, due: float) -> None:
-        body = json.dumps({"aggregate_id": f"{tag}-{i}", "type": "CreateInvoice", "payload": CREATE}).encode()
+        aggregate_id = f"{tag}-{i}"
+        body = json.dumps({"aggregate_id": aggregate_id, "type": "CreateInvoice", "payload": CREATE}).encode()
         try:
             status = await connections.post(path, body)
         except (httpx.HTTPError, OSError, asyncio.IncompleteReadError) as exc:
             statuses[type(exc).__name__] += 1
             return
-        latencies.append(time.perf_counter() - due)
+        answered[aggregate_id] = now = time.perf_counter()
+        latencies.append(now - due)
         statuses[status] += 1
 
     total = int(rate * seconds)
@@ -158,7 +236,7 @@ async def offered_load(connections, aggregate: str, rate: int, seconds: float, t
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
-    return latencies, statuses, time.perf_counter() - start
+    return latencies, statuses, time.perf_counter() - start, answered
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -173,7 +251,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def bench_rate(kind, url: str, aggregate: str, rate: int, seconds: float, pids: dict[str, int]) -> None:
+async def bench_rate(
+    kind,
+    url: str,
+    aggregate: str,
+    rate: int,
+    seconds: float,
+    pids: dict[str, int],
+    watch: ResultsWatch,
+    label: str = "",
+) -> None:
     tag = uuid.uuid4().hex[:6]
     connections = kind(url, size=max(32, min(256, rate // 4)))
     await connections.open()  # connect before the clock starts
@@ -181,24 +268,34 @@ async def bench_rate(kind, url: str, aggregate: str, rate: int, seconds: float, 
         await offered_load(connections, aggregate, rate, min(2.0, seconds), f"warm-{tag}")
         await asyncio.sleep(1.0)  # let the warm-up drain
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        latencies, statuses, elapsed = await offered_load(connections, aggregate, rate, seconds, f"r{rate}-{tag}")
+        latencies, statuses, elapsed, answered = await offered_load(
+            connections, aggregate, rate, seconds, f"r{rate}-{tag}"
+        )
         cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     finally:
         await connections.close()
+    # The gateway's own part: from the result visible to a read_committed reader to the HTTP answer.
+    await asyncio.sleep(0.5)  # the watcher's last lines
+    seen = watch.update()
+    own = [at - seen[k] for k, at in answered.items() if k in seen]
     ok = statuses.get(200, 0)
     others = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str) if k != 200) or "none"
+    kind_name = f"{kind.name}{label}"
     figure(
-        f"gateway commands/s at {rate:,}/s offered ({kind.name})",
+        f"gateway commands/s at {rate:,}/s offered ({kind_name})",
         ok / elapsed,
         "commands/s",
         f"{ok:,} accepted in {elapsed:.1f}s over {connections.size} connections; other answers: {others}",
     )
-    figure(f"  POST→result p50 at {rate:,}/s ({kind.name})", quantile(latencies, 50) * 1000, "ms")
-    figure(f"  POST→result p99 at {rate:,}/s ({kind.name})", quantile(latencies, 99) * 1000, "ms")
-    figure(f"  POST→result max at {rate:,}/s ({kind.name})", max(latencies, default=float("nan")) * 1000, "ms", load())
+    figure(f"  POST→result p50 at {rate:,}/s ({kind_name})", quantile(latencies, 50) * 1000, "ms")
+    figure(f"  POST→result p99 at {rate:,}/s ({kind_name})", quantile(latencies, 99) * 1000, "ms")
+    figure(f"  POST→result max at {rate:,}/s ({kind_name})", max(latencies, default=float("nan")) * 1000, "ms", load())
+    note = f"{len(own):,} of {len(answered):,} results seen by the watcher"
+    figure(f"  result visible→answer p50 at {rate:,}/s ({kind_name})", quantile(own, 50) * 1000, "ms", note)
+    figure(f"  result visible→answer p99 at {rate:,}/s ({kind_name})", quantile(own, 99) * 1000, "ms")
     sent = max(1, sum(statuses.values()))
     for name, seconds_used in cpu.items():  # each process alone: its own CPU seconds per command sent
-        figure(f"  {name} CPU per command at {rate:,}/s ({kind.name})", seconds_used / sent * 1e6, "µs", load())
+        figure(f"  {name} CPU per command at {rate:,}/s ({kind_name})", seconds_used / sent * 1e6, "µs", load())
 
 
 def main() -> None:
@@ -211,7 +308,7 @@ def main() -> None:
     path = f"tests.named_invoices:{aggregate.replace('-', '_')}"
     with tempfile.TemporaryDirectory(prefix="foldline-bench-gateway-") as tmp_dir:
         tmp = Path(tmp_dir)
-        handler_port, gateway_port = free_port(), free_port()
+        handler_port = free_port()
         handler = child(
             ["command-handler", "--aggregate", path],
             tmp / "handler.log",
@@ -220,17 +317,28 @@ def main() -> None:
             FOLDLINE_HTTP_PORT=str(handler_port),
             FOLDLINE_COMMIT_INTERVAL_MS=commit_ms,
         )
-        gateway = child(
-            ["gateway", "--aggregate", path, "--port", str(gateway_port), "--host", "127.0.0.1"],
-            tmp / "gateway.log",
-            FOLDLINE_KAFKA_BOOTSTRAP=bootstrap,
-        )
-        url = f"http://127.0.0.1:{gateway_port}"
+        baseline = os.environ.get("FOLDLINE_BENCH_GATEWAY_BASELINE")
+        profile = os.environ.get("FOLDLINE_BENCH_GATEWAY_PROFILE")
+        # (label, process, url): this tree's gateway, and the baseline's first when one is given (A B A B).
+        gateways = []
+        for label, code in ([(" A: baseline", baseline)] if baseline else []) + [(" B" if baseline else "", None)]:
+            port = free_port()
+            proc = child(
+                ["gateway", "--aggregate", path, "--port", str(port), "--host", "127.0.0.1"],
+                tmp / f"gateway{label.strip()[:1]}.log",
+                code=code,
+                profile=None if code else profile,
+                FOLDLINE_KAFKA_BOOTSTRAP=bootstrap,
+            )
+            gateways.append((label, proc, f"http://127.0.0.1:{port}"))
+        url = gateways[-1][2]
+        watch = ResultsWatch(bootstrap, TopicNames(aggregate).results, tmp / "seen.tsv")
         try:
-            if not wait_until(lambda: ready(f"http://127.0.0.1:{handler_port}/readyz") and ready(f"{url}/readyz"), 120):
+            up = [f"http://127.0.0.1:{handler_port}/readyz", *(f"{u}/readyz" for _, _, u in gateways)]
+            if not wait_until(lambda: all(ready(u) for u in up), 120):
                 print("# the handler or gateway did not become ready; logs:", flush=True)
-                for log in ("handler.log", "gateway.log"):
-                    print((tmp / log).read_text()[-2000:], flush=True)
+                for log in sorted(tmp.glob("*.log")):
+                    print(log.read_text()[-2000:], flush=True)
                 return
             # The first command waits for the handler's partition assignment; not part of any figure.
             first = httpx.post(
@@ -240,16 +348,23 @@ def main() -> None:
             )
             print(f"# first command: {first.status_code}", flush=True)
             kinds = {"httpx": HttpxConnections, "raw": RawConnections}
+            rounds = int(os.environ.get("FOLDLINE_BENCH_GATEWAY_ROUNDS", "2")) if baseline else 1
             for name in os.environ.get("FOLDLINE_BENCH_GATEWAY_CLIENTS", "httpx,raw").split(","):
                 for rate in rates:
-                    pids = {"gateway": gateway.pid, "handler": handler.pid}
-                    asyncio.run(bench_rate(kinds[name], url, aggregate, rate, seconds, pids))
+                    for _ in range(rounds):
+                        for label, proc, gw_url in gateways:
+                            pids = {"gateway": proc.pid, "handler": handler.pid}
+                            asyncio.run(bench_rate(kinds[name], gw_url, aggregate, rate, seconds, pids, watch, label))
         finally:
-            for proc in (gateway, handler):
+            watch.stop()
+            for proc in (*(p for _, p, _ in gateways), handler):
                 proc.terminate()
                 proc.wait(60)
     print(f"# done — {load()}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--watch"]:
+        watch_results(*sys.argv[2:5])
+    else:
+        main()

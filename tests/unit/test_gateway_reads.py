@@ -174,8 +174,8 @@ def test_an_evolve_that_raises_anything_is_a_422_not_a_500():
 def test_fixed_route_segments_never_shadow_an_aggregate_id():
     # Only the routing is looked at: no Gateway (its Kafka clients) is made.
     app = create_app(SimpleNamespace(settings=GatewaySettings(), specs={}))  # type: ignore[arg-type]
-    # Instrumented -> BodyDeadline -> BearerAuth -> CommandFastPath -> Starlette
-    router = app.app.app.app.app  # type: ignore[attr-defined]
+    # CommandHotPath -> Instrumented -> BodyDeadline -> BearerAuth -> CommandFastPath -> Starlette
+    router = app.app.app.app.app.app  # type: ignore[attr-defined]
 
     def endpoint(path: str, method: str = "GET") -> tuple[str, dict]:
         scope = {"type": "http", "path": path, "method": method}

@@ -223,16 +223,16 @@ async def post_command(request: Request) -> Response:
     else:  # the usual request: no query to parse
         wait, timeout = True, settings.command_timeout_s
     envelope = parse_envelope(gateway, aggregate, await read_json(request, settings.max_body_bytes))
-    topic = gateway.topics[aggregate].commands
     where = location(aggregate, envelope.command_id)
-    pending = {
-        "command_id": envelope.command_id,
-        "aggregate": aggregate,
-        "aggregate_id": envelope.aggregate_id,
-        "status": "pending",
-        "location": where,
-    }
     if not wait:
+        topic = gateway.topics[aggregate].commands
+        pending = {
+            "command_id": envelope.command_id,
+            "aggregate": aggregate,
+            "aggregate_id": envelope.aggregate_id,
+            "status": "pending",
+            "location": where,
+        }
         try:
             async with asyncio.timeout(timeout):
                 await gateway.producer.send(topic, envelope.aggregate_id, envelope.to_bytes())
@@ -241,13 +241,30 @@ async def post_command(request: Request) -> Response:
                 f"Kafka did not acknowledge the command within {timeout}s", details=pending, headers={"Location": where}
             ) from None
         return SafeJSON(pending, status_code=202, headers={"Location": where})
+    result = await await_result(gateway, aggregate, envelope, timeout, where)
+    return result_response(result, RESULT_STATUS[result.status], {"Location": where})
+
+
+async def await_result(
+    gateway: Gateway, aggregate: str, envelope: CommandEnvelope, timeout: float, where: str
+) -> CommandResult:
+    """Produce ``envelope`` and wait for its result; 504 past ``timeout``, 503 if Kafka refuses it."""
     future = gateway.hub.waiter(aggregate, envelope.command_id)  # before producing: the result may be quick
     # A timer that fails the future is cheaper than asyncio.timeout (no task cancellation to undo).
     deadline = asyncio.get_running_loop().call_later(timeout, _expire, future)
     try:
-        gateway.producer.send_nowait(topic, envelope.aggregate_id, envelope.to_bytes(), future)
-        result: CommandResult = await future
+        gateway.producer.send_nowait(
+            gateway.topics[aggregate].commands, envelope.aggregate_id, envelope.to_bytes(), future
+        )
+        return await future
     except TimeoutError:
+        pending = {
+            "command_id": envelope.command_id,
+            "aggregate": aggregate,
+            "aggregate_id": envelope.aggregate_id,
+            "status": "pending",
+            "location": where,
+        }
         raise GatewayTimeout(
             f"no result within {timeout}s; the command may still be handled: GET {where} later",
             details=pending,
@@ -256,7 +273,6 @@ async def post_command(request: Request) -> Response:
     finally:
         deadline.cancel()
         gateway.hub.forget(aggregate, envelope.command_id, future)
-    return result_response(result, RESULT_STATUS[result.status], {"Location": where})
 
 
 def result_response(result: CommandResult, status: int, headers: dict[str, str] | None = None) -> Response:
