@@ -235,8 +235,7 @@ class HandlerSettings(_Changeable):
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
         return cls(
-            # 1 by default: with several workers a partition may land on another worker's state directory
-            # after a restart and be restored from scratch, and two workers were not yet shown faster.
+            # 1 by default: two workers were not yet shown faster than one (docs/command-handler.md).
             workers=(
                 available_cpus()
                 if env.get("FOLDLINE_WORKERS", "").strip() == "auto"
