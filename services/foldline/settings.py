@@ -244,8 +244,7 @@ class HandlerSettings(_Changeable):
             raise ConfigurationError(f"{_PREFIX}TXN_PRODUCERS must be 1 or 2, got {txn_producers}")
         return cls(
             txn_producers=txn_producers,
-            # 1 by default: with several workers a partition may land on another worker's state directory
-            # after a restart and be restored from scratch, and two workers were not yet shown faster.
+            # 1 by default: two workers were not yet shown faster than one (docs/command-handler.md).
             workers=(
                 available_cpus()
                 if env.get("FOLDLINE_WORKERS", "").strip() == "auto"

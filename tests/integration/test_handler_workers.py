@@ -98,7 +98,11 @@ def test_two_workers_share_the_partitions_exactly_once(kafka_bootstrap, invoices
             return {e["worker"] for e in lines if e.get("event") == "partitions assigned" and e["partitions"]}
 
         wait(lambda: owners() == {0, 1}, 60, "both workers to own partitions")
-        assert (tmp_path / "state" / "worker-1" / cls.name).is_dir()
+        # ... but the stores are the pod's: one directory per partition, whichever worker owns it.
+        assert not (tmp_path / "state" / "worker-1").exists()
+        assert sorted(p.name for p in (tmp_path / "state" / cls.name).glob("partition-?")) == [
+            f"partition-{n}" for n in range(4)
+        ]
 
         # A worker killed outright is started again; the pod's counter never goes backwards.
         before = counted(port, cls.name)
@@ -125,6 +129,74 @@ def test_two_workers_share_the_partitions_exactly_once(kafka_bootstrap, invoices
     stopped = [e for e in log_lines(proc.log) if e.get("event") == "command handler stopped"]
     assert {e["worker"] for e in stopped} == {0, 1}
     assert any(e.get("event") == "workers stopped" for e in log_lines(proc.log))
+
+
+def restored(port: int, aggregate: str) -> float:
+    _, text = get(port, "/metrics")
+    pattern = rf'^foldline_store_restored_records_total\{{aggregate="{re.escape(aggregate)}"\}} (\S+)$'
+    found = re.findall(pattern, text, re.M)
+    return float(found[0]) if found else -1.0
+
+
+def assignments(log: Path) -> list[tuple[int, int]]:
+    """(worker, partition) for every assignment, in order."""
+    events = [e for e in log_lines(log) if e.get("event") == "partitions assigned"]
+    return [(int(str(e["worker"])), int(p)) for e in events for p in list(e["partitions"])]  # type: ignore[call-overload]
+
+
+@pytest.mark.kafka
+def test_a_partition_moving_to_another_worker_keeps_its_store(kafka_bootstrap, invoices_aggregate, tmp_path):
+    """The workers share the pod's state directories: a partition that a restarted worker gave up and
+    another took (and back) restores only the tail, not the snapshots its store already holds."""
+    cls = invoices_aggregate(partitions=4)
+    port = free_port()
+    old = tmp_path / "state" / "worker-1" / cls.name / "partition-0"
+    old.mkdir(parents=True)  # left by an earlier version: removed when the pod starts
+    proc = start_handler(
+        kafka_bootstrap,
+        aggregate_path(cls),
+        tmp_path / "state",
+        "pod-0",
+        tmp_path,
+        extra_env={"FOLDLINE_WORKERS": "2", "FOLDLINE_COMMIT_INTERVAL_MS": "20"},
+        http_port=port,
+    )
+    sent = []
+    try:
+        wait(lambda: get(port, "/readyz")[0] == 200, 120, "the pod to be ready")
+        wait(lambda: {w for w, _ in assignments(proc.log)} == {0, 1}, 60, "both workers to own partitions")
+        assert not (tmp_path / "state" / "worker-1").exists()
+        first = [command(f"a{i}", "CreateInvoice", CREATE) for i in range(400)]
+        send(kafka_bootstrap, TopicNames(cls.name).commands, first)
+        sent += first
+        wait_for_results(kafka_bootstrap, cls.name, len(sent))
+        assert restored(port, cls.name) == 0  # fresh stores, an empty changelog
+        before = assignments(proc.log)
+        owner = dict(before)
+        # Worker 1 stops cleanly (its partitions go to worker 0) and is started again (it takes some back).
+        started = [e for e in log_lines(proc.log) if e.get("event") == "worker started" and e["worker"] == 1]
+        os.kill(int(started[-1]["pid"]), signal.SIGTERM)  # type: ignore[call-overload]
+
+        def moved() -> list[tuple[int, int]]:
+            return [(w, p) for w, p in assignments(proc.log)[len(before) :] if owner.get(p) != w]
+
+        wait(lambda: {w for w, _ in moved()} == {0, 1}, 120, "partitions to move to worker 0 and back")
+        wait(lambda: get(port, "/readyz")[0] == 200, 120, "the pod to be ready again")
+        second = [command(f"b{i}", "CreateInvoice", CREATE) for i in range(200)]
+        send(kafka_bootstrap, TopicNames(cls.name).commands, second)
+        sent += second
+        wait_for_results(kafka_bootstrap, cls.name, len(sent))
+        # From scratch, every moved partition would restore its ~100 snapshots of the first 400 commands.
+        # The store kept them: at most a tail, never a whole partition, although partitions moved twice.
+        print("moved (worker, partition):", moved(), "snapshots restored:", restored(port, cls.name))
+        assert 0 <= restored(port, cls.name) < 50, proc.log.read_text()[-4000:]
+        assert not [e for e in log_lines(proc.log) if "private directory" in str(e.get("event"))]
+    finally:
+        assert proc.terminate() == 0
+    got = results(kafka_bootstrap, cls.name)
+    per_id = Counter(r.command_id for r in got)
+    assert set(per_id) == {c.command_id for c in sent}
+    assert set(per_id.values()) == {1}
 
 
 def test_a_crash_looping_worker_makes_the_pod_not_ready(tmp_path):

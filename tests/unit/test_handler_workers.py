@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from foldline.errors import ConfigurationError
-from foldline.handler.workers import worker_index, worker_settings
+from foldline.handler.workers import pod_members, remove_worker_directories, worker_index, worker_settings
 from foldline.observability.merge import Families, merge
 from foldline.settings import HandlerSettings, available_cpus
 
@@ -43,8 +43,26 @@ def test_worker_identity_is_stable_per_index_and_worker_zero_keeps_the_pods() ->
     pod = HandlerSettings(instance_id="invoices-0", state_dir=Path("/state"), cache_size=20_000, workers=2)
     first, second = worker_settings(pod, 0), worker_settings(pod, 1)
     assert (first.instance_id, first.state_dir) == ("invoices-0", Path("/state"))
-    assert (second.instance_id, second.state_dir) == ("invoices-0-w1", Path("/state/worker-1"))
+    # The stores are the pod's: every worker opens them in the same directory (one at a time).
+    assert (second.instance_id, second.state_dir) == ("invoices-0-w1", Path("/state"))
     assert first.cache_size == second.cache_size == 10_000  # the pod's memory stays one process's
+
+
+def test_pod_members_are_every_workers_instance_id_from_any_worker() -> None:
+    pod = HandlerSettings(instance_id="invoices-0", workers=3)
+    expected = frozenset({"invoices-0", "invoices-0-w1", "invoices-0-w2"})
+    assert pod_members(worker_settings(pod, 0), 0) == expected
+    assert pod_members(worker_settings(pod, 2), 2) == expected
+    assert pod_members(HandlerSettings(instance_id="solo"), None) == frozenset({"solo"})
+
+
+def test_old_worker_directories_are_removed_and_the_pods_stores_kept(tmp_path: Path) -> None:
+    (tmp_path / "worker-1" / "invoices" / "partition-0").mkdir(parents=True)
+    (tmp_path / "invoices" / "partition-0").mkdir(parents=True)
+    (tmp_path / "worker-notes").mkdir()
+    remove_worker_directories(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["invoices", "worker-notes"]
+    remove_worker_directories(tmp_path / "absent")  # a fresh volume: nothing to do
 
 
 def _exposition(accepted: float, lag_partition: str, started: float) -> Families:

@@ -31,3 +31,11 @@ def test_never_its_own_partitions_and_nothing_outside_the_group() -> None:
     assert standby_partitions("h-1", owners, 1) == {0}
     assert standby_partitions("h-9", owners, 1) == set()  # not a member yet: no place on the ring
     assert standby_partitions("h-1", owners, 0) == set()
+
+
+def test_never_what_a_worker_of_its_own_pod_owns() -> None:
+    # Workers of one pod share its state directories: a sibling's partition is in the pod already.
+    owners = {"h-0": [0], "h-0-w1": [1], "h-1": [2], "h-1-w1": [3]}
+    assert standby_partitions("h-0-w1", owners, 3) == {0, 2, 3}
+    assert standby_partitions("h-0-w1", owners, 3, siblings=["h-0"]) == {2, 3}
+    assert standby_partitions("h-0", owners, 3, siblings=["h-0-w1", "h-0-w2"]) == {2, 3}

@@ -26,11 +26,14 @@ def ring_order(member: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(member) if part)
 
 
-def standby_partitions(me: str, owners: Mapping[str, Iterable[int]], replicas: int) -> frozenset[int]:
+def standby_partitions(
+    me: str, owners: Mapping[str, Iterable[int]], replicas: int, siblings: Iterable[str] = ()
+) -> frozenset[int]:
     """The partitions ``me`` stands by for, given each member's owned partitions.
 
     ``owners`` maps every member of the group (its instance id) to the partitions it owns. A process that is
-    not (yet) a member stands by for nothing: it cannot know its place on the ring.
+    not (yet) a member stands by for nothing: it cannot know its place on the ring. ``siblings`` are the
+    other workers of ``me``'s pod: they share its state directory, so what they own is never stood by for.
     """
     if replicas <= 0 or me not in owners:
         return frozenset()
@@ -42,4 +45,5 @@ def standby_partitions(me: str, owners: Mapping[str, Iterable[int]], replicas: i
     for index, member in enumerate(ring):
         if 1 <= (here - index) % size <= replicas:  # me is one of the `replicas` members after `member`
             wanted.update(owners[member])
-    return frozenset(wanted - mine)
+    in_pod = {p for sibling in siblings for p in owners.get(sibling, ())}
+    return frozenset(wanted - mine - in_pod)

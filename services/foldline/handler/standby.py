@@ -12,6 +12,11 @@ The store has one writer at a time. The handler asks ``release(p)`` before it op
 from then on the keeper neither opens it nor writes to it, and ``release`` returns only once the keeper
 has closed it. ``returned(p)``, called after the handler closed its store (revoke), lets the keeper stand
 by for ``p`` again. Only the keeper's thread touches its Kafka clients and its stores.
+
+The workers of a pod share the directories (``foldline.store.lock``): the keeper opens a store only if no
+one holds its lock (a sibling worker owning the partition), never waiting, and it never stands by for a
+partition a sibling worker owns (``pod_members``): that store is already in the pod, and holding it would
+make the sibling wait for it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from foldline.handler.placement import standby_partitions
 from foldline.observability import metrics, series
 from foldline.outage import Backoff
 from foldline.store.base import StateStore
+from foldline.store.lock import StoreLockedError
 
 log = structlog.get_logger("foldline.handler.standby")
 
@@ -55,6 +61,7 @@ class StandbyKeeper:
         admin_factory: Callable[[], AdminClient],
         open_store: Callable[[int], StateStore],
         describe_every: float = DESCRIBE_EVERY_S,
+        pod_members: frozenset[str] = frozenset(),
     ) -> None:
         self.aggregate = aggregate
         self.replicas = replicas
@@ -66,6 +73,8 @@ class StandbyKeeper:
         self._new_admin = admin_factory
         self._open_store = open_store
         self._describe_every = describe_every
+        self._siblings = pod_members - {instance_id}
+        self._busy_until: dict[int, float] = {}  # held by another owner: try again after this (keeper's thread)
         self._lock = threading.Condition()
         self._owned: set[int] = set()  # partitions the handler has (or is about to have) open: never touched
         self._open: set[int] = set()  # partitions whose store the keeper holds; guarded by _lock
@@ -157,7 +166,7 @@ class StandbyKeeper:
             name = member.group_instance_id or member.client_id
             partitions = [tp.partition for tp in member.assignment.topic_partitions if tp.topic == self.commands_topic]
             owners.setdefault(str(name), []).extend(partitions)
-        target = standby_partitions(self.instance_id, owners, self.replicas)
+        target = standby_partitions(self.instance_id, owners, self.replicas, self._siblings)
         if target != self._target:
             log.info("standby partitions", aggregate=self.aggregate, partitions=sorted(target))
         self._target = target
@@ -176,17 +185,30 @@ class StandbyKeeper:
             opened = []
             for p in add:
                 try:
-                    store = self._open_store(p)
+                    if time.monotonic() < self._busy_until.get(p, 0.0):
+                        raise StoreLockedError("held by another owner when last tried")
+                    try:
+                        store = self._open_store(p)
+                    except StoreLockedError:
+                        self._busy_until[p] = time.monotonic() + self._describe_every
+                        raise
+                except StoreLockedError:  # another worker of the pod has it: not ours to keep now
+                    with self._lock:
+                        self._open.discard(p)
+                        self._lock.notify_all()
+                    continue
                 except BaseException:
                     with self._lock:
                         self._open.difference_update(q for q in add if q not in self._stores)
                         self._lock.notify_all()
                     raise
+                self._busy_until.pop(p, None)
                 self._stores[p] = store
                 opened.append(TopicPartition(self.snapshots_topic, p, store.changelog_offset()))
                 metrics.STANDBY_RECORDS.labels(self.aggregate, str(p))
-            consumer.incremental_assign(opened)
-            log.info("standing by", aggregate=self.aggregate, partitions=add)
+            if opened:
+                consumer.incremental_assign(opened)
+                log.info("standing by", aggregate=self.aggregate, partitions=[tp.partition for tp in opened])
         self._m_partitions.set(len(self._stores))
 
     def _copy(self, messages: list[Message]) -> None:

@@ -17,9 +17,11 @@ from foldline.clients import (
 from foldline.errors import ConfigurationError
 from foldline.handler.engine import CommandHandler
 from foldline.handler.standby import StandbyCommandHandler, StandbyKeeper, handed_over
+from foldline.handler.workers import pod_members
 from foldline.outage import KafkaWatch
 from foldline.settings import HandlerSettings
-from foldline.store.base import StateStore, open_state_store
+from foldline.store.base import StateStore
+from foldline.store.lock import open_if_free, open_shared_store
 from foldline.topics import TopicNames, handler_group, restore_group
 
 
@@ -49,8 +51,12 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
             {**restore_consumer_config(settings.kafka, restore_group(spec.name)), "error_cb": watch.on_error}
         )
 
+    # The workers of a pod share these directories (handler/workers.py); a lock keeps one owner per store.
     def new_store(partition: int) -> StateStore:
-        return open_state_store(settings.store, state_root / f"partition-{partition}")
+        return open_shared_store(settings.store, state_root / f"partition-{partition}")
+
+    def standby_store(partition: int) -> StateStore:
+        return open_if_free(settings.store, state_root / f"partition-{partition}")
 
     try:  # the first clients are made here: a bad setting is a configuration error, before anything runs
         if settings.standby_replicas == 0:
@@ -73,7 +79,8 @@ def build_command_handler(spec: AggregateSpec, settings: HandlerSettings) -> Com
             snapshots_topic=topics.snapshots,
             consumer_factory=lambda: Consumer(standby_consumer_config(settings.kafka, restore_group(spec.name))),
             admin_factory=lambda: AdminClient(settings.kafka.client_config()),
-            open_store=new_store,
+            open_store=standby_store,
+            pod_members=pod_members(settings),
         )
         return StandbyCommandHandler(
             spec,

@@ -7,8 +7,11 @@ every pod), its own transactional producer and its own stores. Nothing is shared
 pod, so exactly-once holds per worker exactly as it does per process.
 
 Identities are stable per (pod, index), so a restarted pod fences its predecessors' producers: worker 0
-keeps the pod's instance id and state directory (a pod going from 1 to N workers keeps its identity),
-worker ``i`` uses ``<instance id>-w<i>`` and ``<state dir>/worker-<i>``.
+keeps the pod's instance id (a pod going from 1 to N workers keeps its identity), worker ``i`` uses
+``<instance id>-w<i>``. The stores are the pod's, not a worker's: every worker opens a partition's store
+in the same ``<state dir>/<agg>/partition-<n>``, one at a time (``foldline.store.lock``), so a partition
+that lands on another worker after a restart or a rebalance restores only the tail. The ``worker-<i>``
+directories of earlier versions are removed when the pod starts.
 
 The parent serves the pod's ``/healthz``, ``/readyz`` and ``/metrics`` (every worker's, merged) and
 restarts a worker that exits or hangs; a worker that keeps failing (a crash loop) makes the pod not ready.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,13 +74,29 @@ def worker_index(env: dict[str, str] | os._Environ[str] | None = None) -> int | 
 
 
 def worker_settings(settings: HandlerSettings, index: int) -> HandlerSettings:
-    """A worker's identity and share: instance id and state directory (stable per index), a share of the
-    aggregate cache (the pod's memory stays what one process took)."""
+    """A worker's identity and share: instance id (stable per index; the state directory is the pod's), a
+    share of the aggregate cache (the pod's memory stays what one process took)."""
     changes: dict[str, object] = {"cache_size": max(1, settings.cache_size // max(1, settings.workers))}
     if index > 0:
         changes["instance_id"] = f"{settings.instance_id}-w{index}"
-        changes["state_dir"] = Path(settings.state_dir) / f"worker-{index}"
     return settings.with_changes(**changes)
+
+
+def pod_members(settings: HandlerSettings, index: int | None = None) -> frozenset[str]:
+    """The instance ids of every worker of this process's pod (``settings`` are the worker's own)."""
+    index = worker_index() if index is None else index
+    base = settings.instance_id.removesuffix(f"-w{index}") if index else settings.instance_id
+    return frozenset([base, *(f"{base}-w{i}" for i in range(1, max(1, settings.workers)))])
+
+
+def remove_worker_directories(state_dir: Path) -> None:
+    """Earlier versions kept worker ``i``'s stores in ``<state dir>/worker-<i>``; nothing reads them now."""
+    if not state_dir.is_dir():
+        return
+    for path in state_dir.iterdir():
+        if path.is_dir() and path.name.startswith("worker-") and path.name[len("worker-") :].isdigit():
+            log.info("removing an old worker state directory", path=str(path))
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def become_worker(index: int) -> None:
@@ -152,6 +172,7 @@ class Supervisor:
     # -- the supervising loop (the main thread: PR_SET_PDEATHSIG follows the thread that started a child)
     def run(self) -> None:
         log.info("starting workers", workers=len(self.workers))
+        remove_worker_directories(Path(self._settings.state_dir))
         next_health = time.monotonic() + _HEALTH_EVERY_S
         try:
             while not self._stop.is_set():
