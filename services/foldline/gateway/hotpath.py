@@ -20,8 +20,7 @@ from collections.abc import Callable
 
 import orjson
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foldline.gateway.commands import (
     RESULT_STATUS,
@@ -118,11 +117,8 @@ class CommandHotPath:
                 (b"content-length", str(len(encoded)).encode("latin-1")),
                 (b"content-type", b"application/json"),
             ]
-            await send_joined(
-                send,
-                {"type": "http.response.start", "status": status, "headers": headers},
-                {"type": "http.response.body", "body": encoded},
-            )
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": encoded})
         finally:
             self.observe(aggregate, ROUTE, status, started)
 
@@ -175,51 +171,3 @@ class CommandHotPath:
         if not chunks:
             raise BadRequest("the request needs a JSON body", code="malformed_json")
         return chunks
-
-
-class _Joined:
-    """Stands in for uvicorn's transport while a response is sent: uvicorn writes a response's head and
-    its body apart, two sends and two loopback segments (TCP_NODELAY); held, the head goes with the body."""
-
-    __slots__ = ("held", "transport")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self.held is None:
-            self.held = data  # the head
-        else:
-            self.transport.write(self.held + data)
-            self.held = b""
-
-    def flush(self) -> None:
-        if self.held:
-            self.transport.write(self.held)
-        self.held = b""
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-
-async def send_joined(send: Send, start: Message, body: Message) -> None:
-    """``send(start); send(body)`` in one write when ``send`` is uvicorn's httptools cycle (else as is)."""
-    cycle = getattr(send, "__self__", None)
-    if type(cycle) is not RequestResponseCycle:
-        await send(start)
-        await send(body)
-        return
-    real = cycle.transport
-    joined = _Joined(real)
-    cycle.transport = joined  # type: ignore[assignment]
-    try:
-        await send(start)
-        await send(body)
-    finally:
-        cycle.transport = real
-        joined.flush()
