@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from foldline.gateway.hotpath import CommandHotPath, _Joined
+from foldline.gateway.hotpath import CommandHotPath
 from foldline.settings import GatewaySettings
 
 
@@ -51,27 +51,3 @@ class Transport:
 
     def close(self) -> None:
         self.closed = True
-
-
-def test_the_head_goes_out_with_the_body_in_one_write():
-    transport = Transport()
-    joined = _Joined(transport)  # type: ignore[arg-type]
-    joined.write(b"HTTP/1.1 200 OK\r\n\r\n")
-    assert transport.writes == []
-    joined.write(b"{}")
-    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
-    joined.flush()
-    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
-
-
-def test_a_held_head_is_not_lost_on_flush_or_close():
-    transport = Transport()
-    joined = _Joined(transport)  # type: ignore[arg-type]
-    joined.write(b"head")
-    joined.close()
-    assert transport.writes == [b"head"] and transport.closed
-    transport = Transport()
-    joined = _Joined(transport)  # type: ignore[arg-type]
-    joined.write(b"head")
-    joined.flush()
-    assert transport.writes == [b"head"]
