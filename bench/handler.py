@@ -23,6 +23,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from bench.procs import descendants
 from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, rss_mb, take, wait_until
 from bench.throughput import bench_throughput, check_foldline
 from bench.workload import Workload, invoices_workload
@@ -214,13 +215,17 @@ def bench_restore_and_memory(bootstrap: str, tmp: Path, aggregates: int = 1_000_
     c.close()
     for kind in store_kinds():
         handler_memory(bootstrap, aggregate, aggregates, kind, tmp)
+    handler_memory(bootstrap, aggregate, aggregates, "rocksdb", tmp, workers=2)
 
 
-def handler_memory(bootstrap: str, aggregate: str, aggregates: int, kind: str, tmp: Path) -> None:
-    """A real handler process owning every aggregate: restore, then commands on random aggregates."""
+def handler_memory(bootstrap: str, aggregate: str, aggregates: int, kind: str, tmp: Path, workers: int = 1) -> None:
+    """A real handler owning every aggregate: restore, then commands on random aggregates. With workers, the
+    RSS is summed over the supervisor and its workers (the pod's memory)."""
     names = TopicNames(aggregate)
     port = free_port()
-    proc = handler_process(bootstrap, aggregate, tmp / f"rss-{kind}", port, FOLDLINE_STORE=kind)
+    proc = handler_process(
+        bootstrap, aggregate, tmp / f"rss-{kind}-{workers}", port, FOLDLINE_STORE=kind, FOLDLINE_WORKERS=str(workers)
+    )
     try:
         wait_until(lambda: commands_done(port, proc) >= 0, 600)
         p = Producer(
@@ -237,13 +242,23 @@ def handler_memory(bootstrap: str, aggregate: str, aggregates: int, kind: str, t
             p.produce(names.commands, envelope.to_bytes(), aggregate_id.encode())
         p.flush(30)
         wait_until(lambda: commands_done(port, proc) >= 20_000, 600)
-        mem = rss_mb(proc.pid)
-        figure(
-            f"handler RSS, {aggregates:,} aggregates, {kind}",
-            mem["VmRSS"],
-            "MB",
-            f"anon {mem['RssAnon']:.0f} MB, file-backed {mem['RssFile']:.0f} MB, peak {mem['VmHWM']:.0f} MB",
-        )
+        if workers == 1:
+            mem = rss_mb(proc.pid)
+            figure(
+                f"handler RSS, {aggregates:,} aggregates, {kind}",
+                mem["VmRSS"],
+                "MB",
+                f"anon {mem['RssAnon']:.0f} MB, file-backed {mem['RssFile']:.0f} MB, peak {mem['VmHWM']:.0f} MB",
+            )
+        else:
+            pids = descendants(proc.pid)
+            mems = [rss_mb(pid) for pid in pids]
+            figure(
+                f"handler RSS, {aggregates:,} aggregates, {kind}, {workers} workers",
+                sum(m["VmRSS"] for m in mems),
+                "MB",
+                f"summed over {len(pids)} processes: " + ", ".join(f"{m['VmRSS']:.0f}" for m in mems),
+            )
     finally:
         proc.terminate()
         proc.wait(120)
