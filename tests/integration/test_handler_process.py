@@ -33,7 +33,15 @@ def test_health_readiness_and_metrics(kafka_bootstrap, invoices_aggregate, tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cls = invoices_aggregate(partitions=2)
-    proc = start_handler(kafka_bootstrap, aggregate_path(cls), tmp_path / "s", "h", tmp_path, http_port=port)
+    proc = start_handler(
+        kafka_bootstrap,
+        aggregate_path(cls),
+        tmp_path / "s",
+        "h",
+        tmp_path,
+        {"FOLDLINE_TXN_PRODUCERS": "2"},
+        http_port=port,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not _ready(port):
@@ -46,7 +54,7 @@ def test_health_readiness_and_metrics(kafka_bootstrap, invoices_aggregate, tmp_p
         assert status == 200
         assert f'foldline_commands_total{{aggregate="{cls.name}",status="accepted"}} 1.0' in text
         assert "foldline_transaction_duration_seconds_bucket" in text
-        # Two transactional producers take turns (HandlerSettings.txn_producers): a few more transactions,
+        # Two transactional producers (FOLDLINE_TXN_PRODUCERS=2) take turns: a few more transactions,
         # one command each, and each producer has committed some.
         for n in range(4):
             send(kafka_bootstrap, TopicNames(cls.name).commands, [command(f"j{n}", "CreateInvoice", CREATE)])

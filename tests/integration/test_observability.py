@@ -249,7 +249,7 @@ def test_a_new_owner_reports_its_whole_backlog_as_lag(kafka_bootstrap, invoices_
         commit_interval_ms=20,
     )
     handler = build_command_handler(AggregateSpec(cls()), settings)
-    for producer in handler.producers:  # they take turns, one transaction each
+    for producer in handler.producers:  # with FOLDLINE_TXN_PRODUCERS=2 they take turns
         producer.init_transactions(60.0)
     handler.group.subscribe()  # driven from this thread, which owns the consumer and the producer
     try:

@@ -269,7 +269,7 @@ def test_a_dead_letter_the_producer_refuses_for_its_size_is_dropped_not_fatal(
     )
     handler = build_command_handler(AggregateSpec(cls()), settings)
     tid = f"foldline.{cls.name}.{settings.instance_id}-small"
-    # One producer in place of the handler's pair (HandlerSettings.txn_producers): every transaction uses it.
+    # One producer in place of the handler's own (HandlerSettings.txn_producers of them).
     handler.producers = [Producer({**transactional_producer_config(kafka, tid), "message.max.bytes": 20_000})]
     handler.producer = handler.producers[0]
     names = TopicNames(cls.name)
