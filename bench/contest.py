@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.procs import TreeSampler
-from bench.support import figure, take
+from bench.support import figure
 from bench.workload import Planned
+from foldline.consumer import take
 
 
 @dataclass

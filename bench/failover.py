@@ -35,7 +35,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, take, wait_until
+from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, wait_until
+from foldline.consumer import take
 from foldline.ids import AggregateId, CommandId
 from foldline.partitioner import partition_for
 from foldline.records import CommandEnvelope, CommandResult, SnapshotRecord

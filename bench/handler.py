@@ -24,9 +24,10 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.procs import descendants
-from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, rss_mb, take, wait_until
+from bench.support import REPO, broker, figure, free_port, load, new_aggregate, produce_all, rss_mb, wait_until
 from bench.throughput import bench_throughput, check_foldline
 from bench.workload import Workload, invoices_workload
+from foldline.consumer import take
 from foldline.records import CommandEnvelope, CommandResult, SnapshotRecord
 from foldline.store.base import open_state_store, store_kinds
 from foldline.store.restore import restore_partition

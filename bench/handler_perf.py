@@ -28,7 +28,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.handler import handler_process
-from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate, take, wait_until
+from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate, wait_until
+from foldline.consumer import take
 from foldline.records import CommandEnvelope, CommandResult
 from foldline.topics import TopicNames
 

@@ -16,7 +16,7 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.support import take
+from foldline.consumer import take
 
 
 def pipe(bootstrap: str, source: str, sinks: list[str], partitions: list[int], group: str, batch: int) -> None:

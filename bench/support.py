@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from foldline.topics import aggregate_topics, ensure_topics
@@ -67,16 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def take(consumer: Consumer, most: int, wait: float) -> list[Message]:
-    """The records there now, up to ``most``, waiting at most ``wait`` for the first one.
-
-    ``consumer.consume(most, wait)`` returns only when ``most`` records came or ``wait`` ran out: a reader
-    timing results with it adds up to ``wait`` to every latency it measures.
-    """
-    first = consumer.consume(1, wait)
-    return first + consumer.consume(most - 1, 0) if first and most > 1 else first
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

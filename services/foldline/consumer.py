@@ -28,6 +28,16 @@ def initial_protocol(setting: str) -> str:
     return "consumer" if setting == "auto" else setting
 
 
+def take(consumer: Consumer, most: int, wait: float) -> list[Message]:
+    """What the consumer has now, up to ``most`` (errors included), waiting at most ``wait`` for the first.
+
+    ``consumer.consume(most, wait)`` returns only when ``most`` came or ``wait`` ran out: with fewer queued
+    it waits the whole ``wait``.
+    """
+    first = consumer.consume(1, wait)
+    return first + consumer.consume(most - 1, 0) if first and most > 1 else first
+
+
 def take_batch(consumer: Consumer, max_batch: int, wait: float, *, may_fall_back: bool) -> list[Message]:
     """The records queued now, up to ``max_batch``, waiting at most ``wait`` seconds for the first.
 
@@ -35,12 +45,8 @@ def take_batch(consumer: Consumer, max_batch: int, wait: float, *, may_fall_back
     big batches by itself. Non-fatal consumer errors are returned to nobody (librdkafka retries them);
     fatal ones raise ``KafkaFatalError``.
     """
-    first = consumer.consume(1, wait)
-    if not first:
-        return []
-    batch = first + consumer.consume(max_batch - 1, 0) if max_batch > 1 else first
     records = []
-    for msg in batch:
+    for msg in take(consumer, max_batch, wait):
         error = msg.error()
         if error is None:
             records.append(msg)

@@ -54,11 +54,15 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def counted(port: int, aggregate: str) -> float:
+def metric(port: int, series: str) -> float:
+    """The value of one series (``name{labels}``) on the pod's /metrics; -1 when it is not there."""
     _, text = get(port, "/metrics")
-    pattern = rf'^foldline_commands_total\{{aggregate="{re.escape(aggregate)}",status="accepted"\}} (\S+)$'
-    found = re.findall(pattern, text, re.M)
+    found = re.findall(rf"^{re.escape(series)} (\S+)$", text, re.M)
     return float(found[0]) if found else -1.0
+
+
+def counted(port: int, aggregate: str) -> float:
+    return metric(port, f'foldline_commands_total{{aggregate="{aggregate}",status="accepted"}}')
 
 
 def log_lines(path: Path) -> list[dict[str, object]]:
@@ -132,10 +136,7 @@ def test_two_workers_share_the_partitions_exactly_once(kafka_bootstrap, invoices
 
 
 def restored(port: int, aggregate: str) -> float:
-    _, text = get(port, "/metrics")
-    pattern = rf'^foldline_store_restored_records_total\{{aggregate="{re.escape(aggregate)}"\}} (\S+)$'
-    found = re.findall(pattern, text, re.M)
-    return float(found[0]) if found else -1.0
+    return metric(port, f'foldline_store_restored_records_total{{aggregate="{aggregate}"}}')
 
 
 def assignments(log: Path) -> list[tuple[int, int]]:

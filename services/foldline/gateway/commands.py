@@ -226,13 +226,7 @@ async def post_command(request: Request) -> Response:
     where = location(aggregate, envelope.command_id)
     if not wait:
         topic = gateway.topics[aggregate].commands
-        pending = {
-            "command_id": envelope.command_id,
-            "aggregate": aggregate,
-            "aggregate_id": envelope.aggregate_id,
-            "status": "pending",
-            "location": where,
-        }
+        pending = _pending(aggregate, envelope, where)
         try:
             async with asyncio.timeout(timeout):
                 await gateway.producer.send(topic, envelope.aggregate_id, envelope.to_bytes())
@@ -243,6 +237,17 @@ async def post_command(request: Request) -> Response:
         return SafeJSON(pending, status_code=202, headers={"Location": where})
     result = await await_result(gateway, aggregate, envelope, timeout, where)
     return result_response(result, RESULT_STATUS[result.status], {"Location": where})
+
+
+def _pending(aggregate: str, envelope: CommandEnvelope, where: str) -> dict[str, str]:
+    """A command sent (or maybe sent) whose result is not known yet: a 202's body, a 504's details."""
+    return {
+        "command_id": envelope.command_id,
+        "aggregate": aggregate,
+        "aggregate_id": envelope.aggregate_id,
+        "status": "pending",
+        "location": where,
+    }
 
 
 async def await_result(
@@ -258,16 +263,9 @@ async def await_result(
         )
         return await future
     except TimeoutError:
-        pending = {
-            "command_id": envelope.command_id,
-            "aggregate": aggregate,
-            "aggregate_id": envelope.aggregate_id,
-            "status": "pending",
-            "location": where,
-        }
         raise GatewayTimeout(
             f"no result within {timeout}s; the command may still be handled: GET {where} later",
-            details=pending,
+            details=_pending(aggregate, envelope, where),
             headers={"Location": where},
         ) from None
     finally:

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from foldline.clients import dead_letter_reader_config
+from foldline.consumer import take
 from foldline.errors import BrokerUnavailableError, RetryableError
 from foldline.gateway.core import Gateway
 from foldline.gateway.errors import BadRequest, HttpError, NotFound, SafeJSON, Unavailable
@@ -297,11 +298,7 @@ def _read_ranges(
             if time.monotonic() >= deadline or scan.scanned >= SCAN_BUDGET:
                 scan.complete = False
                 return
-            # consume(500, wait) would wait the whole wait unless 500 records came: take what is there.
-            batch = consumer.consume(1, min(0.2, _left(deadline)))
-            if batch:
-                batch += consumer.consume(499, 0)
-            for msg in batch:
+            for msg in take(consumer, 500, min(0.2, _left(deadline))):
                 p = int(msg.partition() or 0)
                 error = msg.error()
                 if error is not None:

@@ -32,7 +32,8 @@ from foldline.gateway.commands import (
     result_response,
 )
 from foldline.gateway.core import Gateway
-from foldline.gateway.errors import BadRequest, ClientClosed, HttpError, PayloadTooLarge, RequestTimeout
+from foldline.gateway.errors import BadRequest, ClientClosed, HttpError, PayloadTooLarge
+from foldline.gateway.slow import body_too_slow
 
 log = structlog.get_logger("foldline.gateway")
 
@@ -156,16 +157,7 @@ class CommandHotPath:
         except asyncio.CancelledError:
             if not late or task.uncancel() > 0:  # not (only) our deadline: someone else's cancel
                 raise
-            client = scope.get("client") or ("unknown", 0)
-            log.info(
-                "request body not complete in time",
-                client=f"{client[0]}:{client[1]}",
-                path=scope.get("path"),
-                timeout_s=self.body_timeout_s,
-            )
-            raise RequestTimeout(
-                f"the request body did not arrive within {self.body_timeout_s}s", headers={"Connection": "close"}
-            ) from None
+            raise body_too_slow(scope, self.body_timeout_s) from None
         finally:
             timer.cancel()
         if not chunks:

@@ -93,6 +93,18 @@ def timed_http(header_timeout_s: float) -> type[TimedHttp]:
     return type("GatewayHttp", (TimedHttp,), {"header_timeout_s": header_timeout_s})
 
 
+def body_too_slow(scope: Scope, seconds: float) -> RequestTimeout:
+    """The 408 for a body that did not arrive within ``seconds`` (logged: a slow or hostile client)."""
+    client = scope.get("client") or ("unknown", 0)
+    log.info(
+        "request body not complete in time",
+        client=f"{client[0]}:{client[1]}",
+        path=scope.get("path"),
+        timeout_s=seconds,
+    )
+    return RequestTimeout(f"the request body did not arrive within {seconds}s", headers={"Connection": "close"})
+
+
 class BodyDeadline:
     """A request body must be complete within ``seconds`` of the request's start, else 408 (and close)."""
 
@@ -116,16 +128,7 @@ class BodyDeadline:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                client = scope.get("client") or ("unknown", 0)
-                log.info(
-                    "request body not complete in time",
-                    client=f"{client[0]}:{client[1]}",
-                    path=scope.get("path"),
-                    timeout_s=self.seconds,
-                )
-                raise RequestTimeout(
-                    f"the request body did not arrive within {self.seconds}s", headers={"Connection": "close"}
-                ) from None
+                raise body_too_slow(scope, self.seconds) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 complete = True
             return message

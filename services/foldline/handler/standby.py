@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, cast
 
@@ -35,7 +35,7 @@ from foldline.handler.engine import CommandHandler
 from foldline.handler.placement import standby_partitions
 from foldline.observability import metrics, series
 from foldline.outage import Backoff
-from foldline.store.base import StateStore
+from foldline.store.base import ClosingStore, StateStore
 from foldline.store.lock import StoreLockedError
 
 log = structlog.get_logger("foldline.handler.standby")
@@ -279,42 +279,17 @@ class StandbyKeeper:
         self._m_partitions.set(0)
 
 
-class HandedOverStore:
+class HandedOverStore(ClosingStore):
     """The handler's store of a partition the keeper may stand by for: opened after ``release``, and closing
     it hands the partition back (``returned``), so the keeper and the handler never hold it together."""
 
     def __init__(self, store: StateStore, keeper: StandbyKeeper, partition: int) -> None:
-        self._store = store
+        super().__init__(store)
         self._keeper = keeper
         self._partition = partition
-        self.path = store.path
 
-    def get(self, key: bytes) -> bytes | None:
-        return self._store.get(key)
-
-    def write(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int) -> None:
-        self._store.write(items, changelog_offset)
-
-    def changelog_offset(self) -> int:
-        return self._store.changelog_offset()
-
-    def count(self) -> int:
-        return self._store.count()
-
-    def estimated_keys(self) -> int:
-        return self._store.estimated_keys()
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        return self._store.items()
-
-    def release_memory(self) -> None:
-        self._store.release_memory()
-
-    def close(self) -> None:
-        try:
-            self._store.close()
-        finally:
-            self._keeper.returned(self._partition)
+    def after_close(self) -> None:
+        self._keeper.returned(self._partition)
 
 
 def handed_over(keeper: StandbyKeeper, open_store: Callable[[int], StateStore]) -> Callable[[int], StateStore]:

@@ -52,6 +52,45 @@ class StateStore(Protocol):
         """Release files and handles; the data stays on disk."""
 
 
+class ClosingStore:
+    """Another store, as is, with something to do once it is closed (``after_close``, run even when closing
+    failed): the lock's release, the standby keeper's hand-back."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self.path = store.path
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._store.get(key)
+
+    def write(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int) -> None:
+        self._store.write(items, changelog_offset)
+
+    def changelog_offset(self) -> int:
+        return self._store.changelog_offset()
+
+    def count(self) -> int:
+        return self._store.count()
+
+    def estimated_keys(self) -> int:
+        return self._store.estimated_keys()
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return self._store.items()
+
+    def release_memory(self) -> None:
+        self._store.release_memory()
+
+    def close(self) -> None:
+        try:
+            self._store.close()
+        finally:
+            self.after_close()
+
+    def after_close(self) -> None:
+        """What the wrapper adds to ``close``."""
+
+
 def store_kinds() -> tuple[str, ...]:
     return ("lmdb", "sqlite", "rocksdb")
 

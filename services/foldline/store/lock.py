@@ -22,13 +22,13 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from foldline.errors import StoreUnavailableError
-from foldline.store.base import StateStore, destroy_store, open_state_store
+from foldline.store.base import ClosingStore, StateStore, destroy_store, open_state_store
 
 log = structlog.get_logger("foldline.store")
 
@@ -88,48 +88,23 @@ def wait_for_lock(directory: Path, bound: float, sleep: Callable[[float], object
         pause = min(pause * 2, 1.0)
 
 
-class LockedStore:
+class LockedStore(ClosingStore):
     """A store opened under its directory's lock: closing it closes the store, then lets go of the lock
     (and wipes the directory if it was a private fallback)."""
 
     def __init__(self, store: StateStore, lock: DirectoryLock, *, private: bool = False) -> None:
-        self._store = store
+        super().__init__(store)
         self._lock = lock
         self.private = private
-        self.path = store.path
 
-    def get(self, key: bytes) -> bytes | None:
-        return self._store.get(key)
-
-    def write(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int) -> None:
-        self._store.write(items, changelog_offset)
-
-    def changelog_offset(self) -> int:
-        return self._store.changelog_offset()
-
-    def count(self) -> int:
-        return self._store.count()
-
-    def estimated_keys(self) -> int:
-        return self._store.estimated_keys()
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        return self._store.items()
-
-    def release_memory(self) -> None:
-        self._store.release_memory()
-
-    def close(self) -> None:
+    def after_close(self) -> None:
         try:
-            self._store.close()
+            if self.private:
+                destroy_store(self.path)
+                with contextlib.suppress(OSError):
+                    lock_path(self.path).unlink()
         finally:
-            try:
-                if self.private:
-                    destroy_store(self.path)
-                    with contextlib.suppress(OSError):
-                        lock_path(self.path).unlink()
-            finally:
-                self._lock.release()
+            self._lock.release()
 
 
 def _open_locked(kind: str, directory: Path, lock: DirectoryLock, *, private: bool = False) -> LockedStore:
