@@ -1,9 +1,10 @@
 """Profile one command handler under a steady load of invoices commands (cProfile, the loop's thread).
 
-    FOLDLINE_KAFKA_BOOTSTRAP=... python -m bench.profile_handler [--rate 1000] [--seconds 20] [--top 40]
+    FOLDLINE_KAFKA_BOOTSTRAP=... python -m bench.profile_handler [--rate 1000] [--seconds 20] [--top 40] [--mix]
 
 The handler runs in this process's main thread under cProfile while a producer thread offers ``--rate``
-commands/s (an open loop; 0: a backlog of rate*seconds commands sent before the handler starts). Prints
+commands/s (an open loop; 0: a backlog of rate*seconds commands sent before the handler starts): creates
+and line items on 2,000 invoices, or with ``--mix`` the benchmarks' realistic mix (bench.workload). Prints
 the functions with the most own time, then the time per command of a few groups (codec, records,
 metrics, Kafka calls). A figure to read, never asserted.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from bench.support import broker, load, new_aggregate
+from bench.workload import invoices_workload
 from foldline.aggregate import load_aggregate
 from foldline.handler.wiring import build_command_handler
 from foldline.observability import metrics
@@ -66,7 +68,9 @@ def envelope(n: int) -> tuple[bytes, bytes]:
     return aggregate_id.encode(), env.to_bytes()
 
 
-def offer(bootstrap: str, topic: str, total: int, rate: float, stop: threading.Event) -> None:
+def offer(
+    bootstrap: str, topic: str, total: int, rate: float, stop: threading.Event, mixed: list[tuple[bytes, bytes]]
+) -> None:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "enable.idempotence": True,
                   "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})  # fmt: skip
     started = time.perf_counter()
@@ -77,7 +81,7 @@ def offer(bootstrap: str, topic: str, total: int, rate: float, stop: threading.E
             delay = started + n / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        key, value = envelope(n)
+        key, value = mixed[n] if mixed else envelope(n)
         while True:
             try:
                 p.produce(topic, value, key)
@@ -104,6 +108,7 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--out", default="")
+    ap.add_argument("--mix", action="store_true", help="the benchmarks' realistic invoices mix")
     args = ap.parse_args()
     bootstrap = broker()
     aggregate = new_aggregate(bootstrap, args.partitions, "prof")
@@ -111,12 +116,17 @@ def main() -> None:
     spec = load_aggregate(f"tests.named_invoices:{aggregate.replace('-', '_')}")
     stop = threading.Event()
     topic = TopicNames(aggregate).commands
+    mixed: list[tuple[bytes, bytes]] = []
+    if args.mix:
+        workload = invoices_workload(total // 5 + 1, args.partitions)
+        mixed = [(c.key, c.value) for c in workload.commands][:total]
+        total = len(mixed)
     if not args.rate:
-        offer(bootstrap, topic, total, 0, stop)
+        offer(bootstrap, topic, total, 0, stop, mixed)
     with tempfile.TemporaryDirectory(prefix="foldline-prof-") as tmp:
         settings = HandlerSettings(kafka=KafkaSettings(bootstrap_servers=bootstrap), state_dir=Path(tmp), http_port=0)
         handler = build_command_handler(spec, settings)
-        producer = threading.Thread(target=offer, args=(bootstrap, topic, total, args.rate, stop), daemon=True)
+        producer = threading.Thread(target=offer, args=(bootstrap, topic, total, args.rate, stop, mixed), daemon=True)
         marks: dict[str, float] = {}
 
         def watch() -> None:

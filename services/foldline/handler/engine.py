@@ -30,6 +30,7 @@ from foldline.handler.txn import (
     COMMIT_ATTEMPTS,
     TXN_TIMEOUT,
     Abort,
+    OffsetsSender,
     Recover,
     call,
     discard,
@@ -37,7 +38,7 @@ from foldline.handler.txn import (
     producer_error,
 )
 from foldline.observability import metrics, series
-from foldline.outage import Backoff, KafkaWatch
+from foldline.outage import Backoff, KafkaWatch, ask_quiet_broker
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
@@ -344,7 +345,10 @@ class CommandHandler:
                 metrics.CONSUMER_LAG.labels(self.spec.name, group, str(partition)).set(lag)
         batch = self._next_batch()
         if batch:
+            self.watch.heard()
             self._process(batch)
+        elif self.watch.check_due():
+            ask_quiet_broker(self.watch, self.restore_consumer, self.topics.commands)
         return len(batch)
 
     def _next_batch(self) -> list[Message]:
@@ -360,8 +364,18 @@ class CommandHandler:
         events = 0
         for owned in self.tasks.values():
             owned.begin_batch()
+        sender: OffsetsSender | None = None
         try:
             call(self.producer.begin_transaction)
+            planned = self._batch_offsets(batch)
+            if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
+                raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
+            if planned:
+                sender = OffsetsSender(
+                    self.producer,
+                    [TopicPartition(topics.commands, p, o) for p, (_, o) in planned.items()],
+                    self.consumer.consumer_group_metadata(),
+                )
             for i, msg in enumerate(batch):
                 if i and time.monotonic() - started > BATCH_BUDGET_S:
                     self._put_back(batch[i:])
@@ -396,19 +410,27 @@ class CommandHandler:
                 last = len(items) - 1
                 for i, (key, value) in enumerate(items):
                     self._send(produce, topics.snapshots, key, value, p, self._on_snapshot if i == last else None)
-            offsets = [TopicPartition(topics.commands, p, o) for p, o in next_offsets.items()]
-            if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
-                raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
-            call(
-                self.producer.send_offsets_to_transaction,
-                offsets,
-                self.consumer.consumer_group_metadata(),
-                TXN_TIMEOUT,
-            )
+            if sender is not None:
+                sender.wait()
+                sender = None
+            done = {p: next_offsets.get(p, first) for p, (first, _) in planned.items()}
+            if done != {p: last for p, (_, last) in planned.items()}:
+                # Records were put back (the batch's time budget): the offsets already sent would skip them.
+                # A second TxnOffsetCommit replaces the first; a partition with none processed stays put.
+                if not self.watch.up:
+                    raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
+                call(
+                    self.producer.send_offsets_to_transaction,
+                    [TopicPartition(topics.commands, p, o) for p, o in done.items()],
+                    self.consumer.consumer_group_metadata(),
+                    TXN_TIMEOUT,
+                )
             if self._flush() > 0:
                 raise Abort(BrokerUnavailableError("records not delivered in time"))
             self._commit()
         except Abort as abort:
+            if sender is not None:
+                sender.settle()
             self._abort(first_offsets, abort.cause)
             return
         # Committed: the stores may take the snapshots, with the changelog offset they now reflect.
@@ -459,6 +481,18 @@ class CommandHandler:
                     raise
                 log.error("record too large to write: dropped", topic=topic, partition=partition, size=len(value))
                 return
+
+    def _batch_offsets(self, batch: list[Message]) -> dict[int, tuple[int, int]]:
+        """Per owned partition of the batch: its first record's offset, and the offset after its last."""
+        out: dict[int, tuple[int, int]] = {}
+        tasks = self.tasks
+        for msg in batch:
+            p = cast(int, msg.partition())
+            if p in tasks:
+                offset = cast(int, msg.offset())
+                known = out.get(p)
+                out[p] = (offset if known is None else known[0], offset + 1)
+        return out
 
     def _put_back(self, rest: list[Message]) -> None:
         """Records left out of this transaction: seek back so that the next batch starts with them."""
