@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 import structlog
-from confluent_kafka import KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 log = structlog.get_logger("foldline.outage")
 
@@ -22,6 +22,10 @@ log = structlog.get_logger("foldline.outage")
 _DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT)
 
 _STALE = 2.0
+#: Seconds without a record after which an engine that believes Kafka is up asks the broker itself.
+#: librdkafka reports a lost connection once (it suppresses repeats of the same error), so a report lost
+#: in the stale window above would otherwise leave an idle engine ready through a whole outage.
+QUIET_CHECK_S = 5.0
 
 
 class Backoff:
@@ -51,14 +55,30 @@ class KafkaWatch:
     """Whether the Kafka cluster answered lately, as seen by one engine.
 
     ``on_error`` is the ``error_cb`` of the engine's clients: a report that the brokers are down marks
-    Kafka away. Only the engine marks it back, after a request of its own succeeded (``mark_up``).
+    Kafka away. Only the engine marks it back, after a request of its own succeeded (``mark_up``). An engine
+    that hears nothing for ``QUIET_CHECK_S`` (``check_due``) asks the broker itself.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, quiet_check: float = QUIET_CHECK_S) -> None:
         self.name = name
         self.down_since: float | None = None
         self.reason = ""
         self._up_at = 0.0
+        self._quiet_check = quiet_check
+        self._heard = time.monotonic()
+
+    def heard(self) -> None:
+        """Kafka answered: records came, or a transaction committed."""
+        self._heard = time.monotonic()
+
+    def check_due(self) -> bool:
+        """Whether Kafka seems up but has been quiet long enough that the engine should ask (once per quiet
+        period: the clock restarts here)."""
+        now = time.monotonic()
+        if self.down_since is None and now - self._heard >= self._quiet_check:
+            self._heard = now
+            return True
+        return False
 
     @property
     def up(self) -> bool:
@@ -82,4 +102,16 @@ class KafkaWatch:
             )
         self.down_since = None
         self.reason = ""
-        self._up_at = time.monotonic()
+        self._up_at = self._heard = time.monotonic()
+
+
+def ask_quiet_broker(watch: KafkaWatch, client: Consumer, topic: str) -> None:
+    """Kafka was quiet (``KafkaWatch.check_due``): a bounded metadata request; no answer marks it away.
+
+    A topic-level error still means the broker answered. Call from the thread that owns ``client``."""
+    try:
+        client.list_topics(topic, timeout=5.0)
+    except (KafkaException, RuntimeError) as exc:
+        watch.mark_down(f"no answer to a metadata request: {exc}")
+    else:
+        watch.heard()

@@ -50,3 +50,19 @@ def test_watch_takes_a_report_after_the_grace_period():
     watch._up_at = time.monotonic() - 5.0  # as if the probe succeeded five seconds ago
     watch.on_error(KafkaError(KafkaError._TRANSPORT))
     assert not up(watch)
+
+
+def test_a_quiet_watch_asks_once_per_quiet_period_and_never_while_kafka_is_away():
+    watch = KafkaWatch("test", quiet_check=0.05)
+    assert not watch.check_due()  # just made: news is fresh
+    time.sleep(0.06)
+    assert watch.check_due()
+    assert not watch.check_due()  # the clock restarted: one question per quiet period
+    time.sleep(0.06)
+    watch.heard()  # records came meanwhile
+    assert not watch.check_due()
+    watch.mark_down("gone")
+    time.sleep(0.06)
+    assert not watch.check_due()  # away: the engine's own probe with backoff asks instead
+    watch.mark_up()
+    assert not watch.check_due()
