@@ -14,6 +14,7 @@ printed beside every figure (other work on the machine skews them). Never assert
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -24,12 +25,14 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.handler import handler_process
 from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate, wait_until
 from foldline.consumer import take
+from foldline.handler.engine import SLOW_TXN_S
 from foldline.records import CommandEnvelope, CommandResult
 from foldline.topics import TopicNames
 
@@ -138,9 +141,11 @@ def latency(
         # Discarded: the workers' group settles (a worker that joins last takes its partitions now).
         offer(p, names.commands, rate, warmup)
         moves = rebalances(port)
+        txn0 = summed(port, "foldline_transaction_duration_seconds")
         sent = offer(p, names.commands, rate, seconds)
         wait_until(lambda: all(c in results.seen for c in sent), 60)
         moves = rebalances(port) - moves
+        txn1 = summed(port, "foldline_transaction_duration_seconds")
     finally:
         results.stop()
         proc.terminate()
@@ -150,6 +155,26 @@ def latency(
     note = f"{len(lat):,}/{len(sent):,} results, {workers} worker(s), {moves:.0f} partition moves, {load()}"
     figure(f"command→result p50 at {rate:,}/s", q[49] * 1000, "ms", note)
     figure(f"command→result p99 at {rate:,}/s", q[98] * 1000, "ms")
+    txns = txn1[1] - txn0[1]
+    figure("  transaction, mean", (txn1[0] - txn0[0]) / max(txns, 1) * 1000, "ms", f"{txns:,.0f} transactions")
+    slow = slow_transactions(tmp / f"handler-{port}.log")
+    if slow:
+        worst = max(slow, key=lambda e: float(e.get("seconds", 0)))
+        parts = {k: worst.get(k) for k in ("commands", "processing", "offsets", "flush", "commit", "producer")}
+        print(f"  {len(slow)} transaction(s) over {SLOW_TXN_S} s in the handler's log (warm-up included); the worst: "
+              f"{worst.get('seconds')} s {parts}")  # fmt: skip
+
+
+def slow_transactions(log: Path) -> list[dict[str, Any]]:
+    """The handler's "slow transaction" lines (JSON log), with their parts."""
+    out = []
+    for text in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if '"slow transaction"' in text:
+            try:
+                out.append(json.loads(text))
+            except ValueError:
+                continue
+    return out
 
 
 def throughput(bootstrap: str, tmp: Path, count: int, workers: int, partitions: int) -> None:

@@ -1,5 +1,5 @@
-"""A batch cut short by its time budget: the offsets sent ahead (while the batch is processed) are replaced by
-the offsets of what was processed, so a restart neither skips the records put back nor repeats any."""
+"""A batch cut short by its time budget: the transaction commits the offsets of what it processed, so a restart
+neither skips the records put back nor repeats any."""
 
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ from foldline.handler.txn import (
     COMMIT_ATTEMPTS,
     TXN_TIMEOUT,
     Abort,
-    OffsetsSender,
     Recover,
     call,
     discard,
@@ -57,6 +56,9 @@ BATCH_BUDGET_S = 2.0
 # broker is back, and only this thread may touch the producer, so readiness is all that can say so.
 _STALLED = 30.0
 _HUNG = 120.0
+#: A transaction that took longer is logged with its parts (processing, send_offsets, flush, commit): where a
+#: latency spike came from.
+SLOW_TXN_S = 0.5
 
 
 class CommandHandler:
@@ -356,6 +358,7 @@ class CommandHandler:
 
     def _process(self, batch: list[Message]) -> None:
         started = time.monotonic()
+        turn = self._turn
         produce = self.producer.produce
         topics = self.topics
         first_offsets: dict[int, int] = {}
@@ -364,18 +367,8 @@ class CommandHandler:
         events = 0
         for owned in self.tasks.values():
             owned.begin_batch()
-        sender: OffsetsSender | None = None
         try:
             call(self.producer.begin_transaction)
-            planned = self._batch_offsets(batch)
-            if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
-                raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
-            if planned:
-                sender = OffsetsSender(
-                    self.producer,
-                    [TopicPartition(topics.commands, p, o) for p, (_, o) in planned.items()],
-                    self.consumer.consumer_group_metadata(),
-                )
             for i, msg in enumerate(batch):
                 if i and time.monotonic() - started > BATCH_BUDGET_S:
                     self._put_back(batch[i:])
@@ -410,27 +403,22 @@ class CommandHandler:
                 last = len(items) - 1
                 for i, (key, value) in enumerate(items):
                     self._send(produce, topics.snapshots, key, value, p, self._on_snapshot if i == last else None)
-            if sender is not None:
-                sender.wait()
-                sender = None
-            done = {p: next_offsets.get(p, first) for p, (first, _) in planned.items()}
-            if done != {p: last for p, (_, last) in planned.items()}:
-                # Records were put back (the batch's time budget): the offsets already sent would skip them.
-                # A second TxnOffsetCommit replaces the first; a partition with none processed stays put.
-                if not self.watch.up:
-                    raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
-                call(
-                    self.producer.send_offsets_to_transaction,
-                    [TopicPartition(topics.commands, p, o) for p, o in done.items()],
-                    self.consumer.consumer_group_metadata(),
-                    TXN_TIMEOUT,
-                )
+            processed = time.monotonic()
+            offsets = [TopicPartition(topics.commands, p, o) for p, o in next_offsets.items()]
+            if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
+                raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
+            call(
+                self.producer.send_offsets_to_transaction,
+                offsets,
+                self.consumer.consumer_group_metadata(),
+                TXN_TIMEOUT,
+            )
+            offsets_in = time.monotonic()
             if self._flush() > 0:
                 raise Abort(BrokerUnavailableError("records not delivered in time"))
+            flushed = time.monotonic()
             self._commit()
         except Abort as abort:
-            if sender is not None:
-                sender.settle()
             self._abort(first_offsets, abort.cause)
             return
         # Committed: the stores may take the snapshots, with the changelog offset they now reflect.
@@ -454,7 +442,13 @@ class CommandHandler:
         self._backoff.reset()
         self._fenced_backoff.reset()
         self._m_batch.observe(len(batch))
-        self._m_txn.observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        self._m_txn.observe(took)
+        if took > SLOW_TXN_S:
+            log.info("slow transaction", aggregate=self.spec.name, seconds=round(took, 3), commands=len(batch),
+                     processing=round(processed - started, 3), offsets=round(offsets_in - processed, 3),
+                     flush=round(flushed - offsets_in, 3), commit=round(took - (flushed - started), 3),
+                     producer=turn)  # fmt: skip
 
     def _send(
         self,
@@ -481,18 +475,6 @@ class CommandHandler:
                     raise
                 log.error("record too large to write: dropped", topic=topic, partition=partition, size=len(value))
                 return
-
-    def _batch_offsets(self, batch: list[Message]) -> dict[int, tuple[int, int]]:
-        """Per owned partition of the batch: its first record's offset, and the offset after its last."""
-        out: dict[int, tuple[int, int]] = {}
-        tasks = self.tasks
-        for msg in batch:
-            p = cast(int, msg.partition())
-            if p in tasks:
-                offset = cast(int, msg.offset())
-                known = out.get(p)
-                out[p] = (offset if known is None else known[0], offset + 1)
-        return out
 
     def _put_back(self, rest: list[Message]) -> None:
         """Records left out of this transaction: seek back so that the next batch starts with them."""

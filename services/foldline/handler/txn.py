@@ -7,13 +7,11 @@ longer before rejoining.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
 
@@ -53,44 +51,6 @@ class Recover(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
-
-
-class OffsetsSender:
-    """``send_offsets_to_transaction`` on a thread of its own while the loop processes the batch.
-
-    The call is two round trips to the broker (AddOffsetsToTxn, then TxnOffsetCommit) that need nothing
-    from the batch's processing, only its offsets, known once the batch is taken; the binding releases the
-    GIL while librdkafka waits, so they overlap the Python work instead of following it. The loop must
-    ``wait`` before any other transactional call (librdkafka refuses concurrent ones)."""
-
-    def __init__(self, producer: Producer, offsets: list[TopicPartition], group_metadata: Any) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(producer, offsets, group_metadata), name="foldline-offsets", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, producer: Producer, offsets: list[TopicPartition], group_metadata: Any) -> None:
-        try:
-            call(producer.send_offsets_to_transaction, offsets, group_metadata, TXN_TIMEOUT)
-        except BaseException as exc:  # handed to the loop's thread by wait()
-            self._error = exc
-
-    def wait(self) -> None:
-        """Return once the offsets are in the transaction; raise what the call raised (see ``call``).
-
-        librdkafka can wait past the call's own timeout while the coordinator is away (see the engine's
-        _STALLED); past a margin, only new clients can go on, and this producer is left to that thread."""
-        self._thread.join(TXN_TIMEOUT + 10.0)
-        if self._thread.is_alive():
-            raise Recover(BrokerUnavailableError("send_offsets_to_transaction did not return in time"))
-        if self._error is not None:
-            raise self._error
-
-    def settle(self) -> None:
-        """Wait before an abort: the abort is refused while the call runs; its error no longer matters."""
-        with contextlib.suppress(Abort, BrokerUnavailableError, KafkaFatalError):
-            self.wait()
 
 
 def fenced(exc: BaseException | None) -> bool:
