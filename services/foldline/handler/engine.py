@@ -25,6 +25,7 @@ from foldline.aggregate import AggregateSpec
 from foldline.clients import check_access, flush_producer
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError
+from foldline.handler.lag import CommandsLag
 from foldline.handler.task import PartitionTask
 from foldline.handler.txn import (
     COMMIT_ATTEMPTS,
@@ -100,7 +101,7 @@ class CommandHandler:
         self._open_store = open_partition_store
         self.tasks: dict[int, PartitionTask] = {}
         self._snapshot_offsets: dict[int, int] = {}
-        self._positions: dict[int, int] = {}
+        self._lag = CommandsLag(self.topics.commands)
         self._restoring = 0
         self._started = False
         self._last_loop = time.monotonic()
@@ -193,7 +194,7 @@ class CommandHandler:
         metrics.REBALANCES.labels(self.spec.name, kind).inc(len(partitions))
         for tp in partitions:
             task = self.tasks.pop(tp.partition, None)
-            self._positions.pop(tp.partition, None)
+            self._lag.positions.pop(tp.partition, None)
             series.handler_partition_gone(self.spec.name, handler_group(self.spec.name), tp.partition)
             if task is not None:
                 task.close()
@@ -317,7 +318,7 @@ class CommandHandler:
         for task in self.tasks.values():
             task.close()
         self.tasks.clear()
-        self._positions.clear()
+        self._lag.positions.clear()
         self._snapshot_offsets.clear()
         self._m_assigned.set(0)
         discard(self.restore_consumer)
@@ -425,7 +426,7 @@ class CommandHandler:
         for p, items in snapshots.items():
             task = self.tasks[p]
             task.committed(items, self._snapshot_offsets.get(p, task.store.changelog_offset() - 1) + 1)
-        self._positions.update(next_offsets)
+        self._lag.positions.update(next_offsets)
         self._m_committed[self._turn].inc()
         if len(self.producers) > 1:  # the next transaction on the other producer: see HandlerSettings.txn_producers
             self._turn = (self._turn + 1) % len(self.producers)
@@ -530,38 +531,8 @@ class CommandHandler:
 
     # -- lag and shutdown --------------------------------------------------------------------------------
     def lag(self) -> dict[int, int]:
-        """Records behind the end of each owned commands partition (from the last fetch).
-
-        Call from the loop's thread only (it may ask the consumer for committed offsets).
-        """
-        self._resume_positions()
-        out = {}
-        for p in self.tasks:
-            tp = TopicPartition(self.topics.commands, p)
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            position = self._positions.get(p)
-            if high >= 0 and position is not None:
-                out[p] = max(0, high - position)
-        return out
-
-    def _resume_positions(self) -> None:
-        """A partition with no batch committed here yet counts from where this owner resumes (its committed
-        offset, else the start): right after a rebalance its backlog shows, and the lag sums to the truth."""
-        topic = self.topics.commands
-        missing = [TopicPartition(topic, p) for p in self.tasks if p not in self._positions]
-        if not missing:
-            return
-        try:
-            committed = self.consumer.committed(missing, timeout=2.0)
-        except KafkaException:
-            return  # measured on the next round
-        for tp in committed:
-            if tp.error is not None:
-                continue
-            low, _ = self.consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), cached=True)
-            start = tp.offset if tp.offset >= 0 else low  # no committed offset: auto.offset.reset=earliest
-            if start >= 0 and tp.partition not in self._positions:
-                self._positions[tp.partition] = start
+        """Records behind the end of each owned commands partition; from the loop's thread only."""
+        return self._lag.of(self.consumer, self.tasks)
 
     def close(self) -> None:
         try:
