@@ -233,9 +233,9 @@ class HandlerSettings(_Changeable):
     #: Transactional producers that take turns, one transaction each (``FOLDLINE_TXN_PRODUCERS``, 1 or 2).
     #: After a commit the coordinator still writes that transaction's markers for a few ms, and the same
     #: producer's next transaction is refused (CONCURRENT_TRANSACTIONS) until they are in; the other producer
-    #: starts at once (lower latency at a steady rate, measured). 1 by default until two have been through
-    #: the chaos and soak runs (docs/command-handler.md, Latency).
-    txn_producers: int = 1
+    #: starts at once (lower latency at a steady rate, measured: docs/command-handler.md, Latency). 1 needs
+    #: only the one transactional id.
+    txn_producers: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
