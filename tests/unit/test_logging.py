@@ -26,3 +26,28 @@ def test_a_cached_logger_follows_a_replaced_stderr(monkeypatch):
         structlog.configure(**saved)
     line = json.loads(second.getvalue())
     assert line["event"] == "two" and line["n"] == 2 and line["level"] == "info"
+
+
+class _Writes(io.StringIO):
+    """Records each ``write`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_each_line_is_one_write_so_another_thread_cannot_split_it(monkeypatch):
+    saved = structlog.get_config()
+    stream = _Writes()
+    monkeypatch.setattr(sys, "stderr", stream)
+    try:
+        configure_logging("json")
+        structlog.get_logger("foldline.test").warning("batch failed", error="x" * 300)
+    finally:
+        structlog.configure(**saved)
+    assert len(stream.calls) == 1 and stream.calls[0].endswith("}\n")
+    assert json.loads(stream.calls[0])["error"] == "x" * 300

@@ -12,7 +12,9 @@ import structlog
 
 class _CurrentStderr:
     """``sys.stderr`` as it is when a line is written, not when logging was set up: loggers are cached on
-    first use, and a stream replaced since (a test's capture, a redirect) may be closed by then."""
+    first use, and a stream replaced since (a test's capture, a redirect) may be closed by then. Each line
+    is one ``write`` (``WriteLogger``; ``print`` wrote the text and the newline apart, and a library's own
+    ``logging`` line from another thread landed between them: two records on one line)."""
 
     def write(self, text: str) -> int:
         return sys.stderr.write(text)
@@ -38,6 +40,6 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _CurrentStderr())),
+        logger_factory=structlog.WriteLoggerFactory(cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
