@@ -233,9 +233,9 @@ class HandlerSettings(_Changeable):
     #: Transactional producers that take turns, one transaction each (``FOLDLINE_TXN_PRODUCERS``, 1 or 2).
     #: After a commit the coordinator still writes that transaction's markers for a few ms, and the same
     #: producer's next transaction is refused (CONCURRENT_TRANSACTIONS) until they are in; the other producer
-    #: starts at once (lower latency at a steady rate, measured: docs/command-handler.md, Latency). 1 needs
-    #: only the one transactional id.
-    txn_producers: int = 2
+    #: starts at once (lower latency at a steady rate, measured: docs/command-handler.md, Latency). 1 by
+    #: default: with two, a handler froze in 2 of 3 full make test runs' outage test (docs/reliability.md).
+    txn_producers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:

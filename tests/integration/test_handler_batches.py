@@ -39,7 +39,7 @@ def test_records_put_back_by_the_time_budget_are_neither_skipped_nor_repeated(
 
     # Every batch now stops after its first record and puts the rest back, on every partition it holds.
     monkeypatch.setattr(engine, "BATCH_BUDGET_S", 0.0)
-    handler = run_handler(cls(), state_dir=tmp_path / "first", txn_producers=1)  # the default is 2: 1 here
+    handler = run_handler(cls(), state_dir=tmp_path / "first")
     deadline = time.monotonic() + 120
     while len(results(kafka_bootstrap, cls.name)) < 40 and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -15,7 +15,7 @@ def test_reads_foldline_environment():
         "FOLDLINE_KAFKA_GROUP_PROTOCOL": "classic",
         "FOLDLINE_STATIC_MEMBERSHIP": "true",
         "FOLDLINE_STANDBY_REPLICAS": "2",
-        "FOLDLINE_TXN_PRODUCERS": "1",
+        "FOLDLINE_TXN_PRODUCERS": "2",
     }
     s = HandlerSettings.from_env(env)
     assert s.kafka.bootstrap_servers == "k:9092" and s.store == "sqlite" and s.commit_interval_ms == 5
@@ -23,7 +23,7 @@ def test_reads_foldline_environment():
     assert s.static_membership is True
     assert HandlerSettings.from_env({}).static_membership is False  # host names need not be unique
     assert s.standby_replicas == 2 and HandlerSettings.from_env({}).standby_replicas == 0
-    assert s.txn_producers == 1 and HandlerSettings.from_env({}).txn_producers == 2
+    assert s.txn_producers == 2 and HandlerSettings.from_env({}).txn_producers == 1
 
 
 def test_secret_never_in_repr():
