@@ -38,6 +38,11 @@ def line(n: int) -> dict[str, object]:
     return {"line_id": f"l{n}", "description": "Consulting, senior engineer", "quantity": 3, "unit_price": "120.00"}
 
 
+def handler_log(state: Path, port: int) -> Path:
+    """Where ``handler_process`` writes the handler's output (JSON lines)."""
+    return state.parent / f"handler-{port}.log"
+
+
 def handler_process(bootstrap: str, aggregate: str, state: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
     environ = {
         **os.environ,
@@ -49,7 +54,7 @@ def handler_process(bootstrap: str, aggregate: str, state: Path, port: int, **en
         "PYTHONPATH": str(REPO),
         **env,
     }
-    log = (state.parent / f"handler-{port}.log").open("ab")
+    log = handler_log(state, port).open("ab")
     try:
         return subprocess.Popen(
             [

@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.handler import handler_process
+from bench.handler import handler_log, handler_process
 from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate, wait_until
 from foldline.consumer import take
 from foldline.handler.engine import SLOW_TXN_S
@@ -129,7 +129,8 @@ def latency(
     names = TopicNames(aggregate)
     results = Results(bootstrap, names.results, partitions)
     port = free_port()
-    proc = handler_process(bootstrap, aggregate, tmp / f"lat-{rate}-{workers}", port, **handler_env(workers))
+    state = tmp / f"lat-{rate}-{workers}"
+    proc = handler_process(bootstrap, aggregate, state, port, **handler_env(workers))
     p = producer(bootstrap)
     try:
         warm = [CommandEnvelope(uuid.uuid4().hex, f"inv-{i}", "CreateInvoice", CREATE) for i in range(500)]  # type: ignore[arg-type]
@@ -157,7 +158,7 @@ def latency(
     figure(f"command→result p99 at {rate:,}/s", q[98] * 1000, "ms")
     txns = txn1[1] - txn0[1]
     figure("  transaction, mean", (txn1[0] - txn0[0]) / max(txns, 1) * 1000, "ms", f"{txns:,.0f} transactions")
-    slow = slow_transactions(tmp / f"handler-{port}.log")
+    slow = slow_transactions(handler_log(state, port))
     if slow:
         worst = max(slow, key=lambda e: float(e.get("seconds", 0)))
         parts = {k: worst.get(k) for k in ("commands", "processing", "offsets", "flush", "commit", "producer")}

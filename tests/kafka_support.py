@@ -87,6 +87,16 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[Any
     return out
 
 
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """``group``'s committed offset of each partition of ``topic`` (negative: none committed)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in got}
+    finally:
+        consumer.close()
+
+
 def results(bootstrap: str, aggregate: str) -> list[CommandResult]:
     return [CommandResult.from_bytes(m.value()) for m in read_topic(bootstrap, TopicNames(aggregate).results)]
 

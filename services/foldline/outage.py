@@ -68,7 +68,7 @@ class KafkaWatch:
         self._heard = time.monotonic()
 
     def heard(self) -> None:
-        """Kafka answered: records came, or a transaction committed."""
+        """Kafka answered: records came, or a metadata request of the engine's own did."""
         self._heard = time.monotonic()
 
     def check_due(self) -> bool:
@@ -79,6 +79,20 @@ class KafkaWatch:
             self._heard = now
             return True
         return False
+
+    def after_poll(self, got_records: bool, client: Consumer, topic: str) -> None:
+        """Called by the engine after each poll of its consumer: records are news from Kafka; a quiet spell
+        past ``QUIET_CHECK_S`` is answered with a bounded metadata request from ``client`` (the engine's
+        thread owns it), and no answer marks Kafka away. A topic-level error still means the broker answered."""
+        if got_records:
+            self.heard()
+        elif self.check_due():
+            try:
+                client.list_topics(topic, timeout=5.0)
+            except (KafkaException, RuntimeError) as exc:
+                self.mark_down(f"no answer to a metadata request: {exc}")
+            else:
+                self.heard()
 
     @property
     def up(self) -> bool:
@@ -103,15 +117,3 @@ class KafkaWatch:
         self.down_since = None
         self.reason = ""
         self._up_at = self._heard = time.monotonic()
-
-
-def ask_quiet_broker(watch: KafkaWatch, client: Consumer, topic: str) -> None:
-    """Kafka was quiet (``KafkaWatch.check_due``): a bounded metadata request; no answer marks it away.
-
-    A topic-level error still means the broker answered. Call from the thread that owns ``client``."""
-    try:
-        client.list_topics(topic, timeout=5.0)
-    except (KafkaException, RuntimeError) as exc:
-        watch.mark_down(f"no answer to a metadata request: {exc}")
-    else:
-        watch.heard()

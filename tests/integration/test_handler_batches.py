@@ -8,25 +8,14 @@ import uuid
 from collections import defaultdict
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from foldline.handler import engine
 from foldline.records import CommandEnvelope
 from foldline.topics import TopicNames, handler_group
 from tests.integration.test_exactly_once import assert_exactly_once, workload
-from tests.kafka_support import read_topic, results, send, wait_for_results
+from tests.kafka_support import committed_offsets, read_topic, results, send, wait_for_results
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-def committed_offsets(bootstrap: str, aggregate: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": handler_group(aggregate)})
-    try:
-        topic = TopicNames(aggregate).commands
-        got = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: tp.offset for tp in got}
-    finally:
-        consumer.close()
 
 
 def test_records_put_back_by_the_time_budget_are_neither_skipped_nor_repeated(
@@ -49,7 +38,7 @@ def test_records_put_back_by_the_time_budget_are_neither_skipped_nor_repeated(
 
     answered = {r.command_id for r in results(kafka_bootstrap, cls.name)}
     assert 40 <= len(answered) < len(cmds), "the first handler should stop part-way"
-    committed = committed_offsets(kafka_bootstrap, cls.name, 3)
+    committed = committed_offsets(kafka_bootstrap, handler_group(cls.name), names.commands, 3)
     by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for msg in read_topic(kafka_bootstrap, names.commands):
         by_partition[msg.partition()].append((msg.offset(), CommandEnvelope.from_bytes(msg.value()).command_id))

@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from foldline import AggregateSpec, EventRecord, Happened, PolicySpec, policy_command_id
 from foldline.examples.invoices import ChargeOnSend, Customers, InvoiceCreated, InvoiceLink, Invoices, InvoiceSent
@@ -28,6 +27,7 @@ from tests import named_policies
 from tests.kafka_support import (
     HandlerProcess,
     command,
+    committed_offsets,
     read_topic,
     results,
     send,
@@ -117,17 +117,13 @@ def committed_to_the_end(bootstrap: str, group: str, topic: str, partitions: int
     last = dict.fromkeys(range(partitions), 0)
     for msg in read_topic(bootstrap, topic):
         last[msg.partition()] = max(last[msg.partition()], msg.offset() + 1)
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            tps = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-            if all(tp.offset >= last[tp.partition] for tp in tps):
-                return
-            assert time.monotonic() < deadline, f"{group} did not reach the end of {topic}"
-            time.sleep(0.5)
-    finally:
-        reader.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        committed = committed_offsets(bootstrap, group, topic, partitions)
+        if all(offset >= last[p] for p, offset in committed.items()):
+            return
+        assert time.monotonic() < deadline, f"{group} did not reach the end of {topic}"
+        time.sleep(0.5)
 
 
 @pytest.fixture

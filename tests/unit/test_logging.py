@@ -1,29 +1,38 @@
-"""Log lines go to ``sys.stderr`` as it is when they are written (loggers are cached on first use)."""
+"""Log lines go to ``sys.stderr`` as it is when they are written (loggers are cached on first use), one
+``write`` per line."""
 
 from __future__ import annotations
 
 import io
 import json
 import sys
+from collections.abc import Iterator
 
+import pytest
 import structlog
 
 from foldline.observability.logging import configure_logging
 
 
-def test_a_cached_logger_follows_a_replaced_stderr(monkeypatch):
+@pytest.fixture
+def json_logging() -> Iterator[None]:
+    """foldline's JSON logging for the test; structlog's configuration as it was afterwards."""
     saved = structlog.get_config()
-    first, second = io.StringIO(), io.StringIO()
-    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging("json")
     try:
-        configure_logging("json")
-        log = structlog.get_logger("foldline.test")
-        log.info("one", n=1)
-        first.close()  # as a test's capture is closed once the test is over
-        monkeypatch.setattr(sys, "stderr", second)
-        log.info("two", n=2)
+        yield
     finally:
         structlog.configure(**saved)
+
+
+def test_a_cached_logger_follows_a_replaced_stderr(json_logging, monkeypatch):
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    log = structlog.get_logger("foldline.test")
+    log.info("one", n=1)
+    first.close()  # as a test's capture is closed once the test is over
+    monkeypatch.setattr(sys, "stderr", second)
+    log.info("two", n=2)
     line = json.loads(second.getvalue())
     assert line["event"] == "two" and line["n"] == 2 and line["level"] == "info"
 
@@ -40,14 +49,9 @@ class _Writes(io.StringIO):
         return super().write(text)
 
 
-def test_each_line_is_one_write_so_another_thread_cannot_split_it(monkeypatch):
-    saved = structlog.get_config()
+def test_each_line_is_one_write_so_another_thread_cannot_split_it(json_logging, monkeypatch):
     stream = _Writes()
     monkeypatch.setattr(sys, "stderr", stream)
-    try:
-        configure_logging("json")
-        structlog.get_logger("foldline.test").warning("batch failed", error="x" * 300)
-    finally:
-        structlog.configure(**saved)
+    structlog.get_logger("foldline.test").warning("batch failed", error="x" * 300)
     assert len(stream.calls) == 1 and stream.calls[0].endswith("}\n")
     assert json.loads(stream.calls[0])["error"] == "x" * 300

@@ -38,7 +38,7 @@ from foldline.handler.txn import (
     producer_error,
 )
 from foldline.observability import metrics, series
-from foldline.outage import Backoff, KafkaWatch, ask_quiet_broker
+from foldline.outage import Backoff, KafkaWatch
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
@@ -347,11 +347,9 @@ class CommandHandler:
             for partition, lag in self.lag().items():
                 metrics.CONSUMER_LAG.labels(self.spec.name, group, str(partition)).set(lag)
         batch = self._next_batch()
+        self.watch.after_poll(bool(batch), self.restore_consumer, self.topics.commands)
         if batch:
-            self.watch.heard()
             self._process(batch)
-        elif self.watch.check_due():
-            ask_quiet_broker(self.watch, self.restore_consumer, self.topics.commands)
         return len(batch)
 
     def _next_batch(self) -> list[Message]:
@@ -419,6 +417,7 @@ class CommandHandler:
                 raise Abort(BrokerUnavailableError("records not delivered in time"))
             flushed = time.monotonic()
             self._commit()
+            committed = time.monotonic()
         except Abort as abort:
             self._abort(first_offsets, abort.cause)
             return
@@ -427,7 +426,7 @@ class CommandHandler:
             task = self.tasks[p]
             task.committed(items, self._snapshot_offsets.get(p, task.store.changelog_offset() - 1) + 1)
         self._lag.positions.update(next_offsets)
-        self._m_committed[self._turn].inc()
+        self._m_committed[turn].inc()
         if len(self.producers) > 1:  # the next transaction on the other producer: see HandlerSettings.txn_producers
             self._turn = (self._turn + 1) % len(self.producers)
             self.producer = self.producers[self._turn]
@@ -448,7 +447,7 @@ class CommandHandler:
         if took > SLOW_TXN_S:
             log.info("slow transaction", aggregate=self.spec.name, seconds=round(took, 3), commands=len(batch),
                      processing=round(processed - started, 3), offsets=round(offsets_in - processed, 3),
-                     flush=round(flushed - offsets_in, 3), commit=round(took - (flushed - started), 3),
+                     flush=round(flushed - offsets_in, 3), commit=round(committed - flushed, 3),
                      producer=turn)  # fmt: skip
 
     def _send(

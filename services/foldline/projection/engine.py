@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError, RetryableError
 from foldline.observability import metrics, series
-from foldline.outage import Backoff, KafkaWatch, ask_quiet_broker
+from foldline.outage import Backoff, KafkaWatch
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.apply import Applier, BatchResult, SourceMessage
 from foldline.projection.base import Registration, SqlStore
@@ -232,10 +232,7 @@ class Projector:
             self._next_probe = now + self._backoff.next()
             self._probe()
         batch = self._next_batch()
-        if batch:
-            self.watch.heard()
-        elif self.watch.check_due():
-            ask_quiet_broker(self.watch, self.consumer, self.topic)
+        self.watch.after_poll(bool(batch), self.consumer, self.topic)
         try:
             if batch or self._markers_passed():
                 self._write(batch)
