@@ -114,10 +114,12 @@ def test_rebuild_switches_atomically_while_commands_flow(
             except BaseException as exc:
                 errors.append(exc)
                 return
-            time.sleep(0.01)
+            time.sleep(0.05)  # the handler and both revisions share this process's GIL with the reads
 
-    after = invoice_workload(invoices=400, prefix="new", seed=5)
-    sender = stream(kafka_bootstrap, names.commands, after, seconds=30, chunk=40)
+    # Three times more commands than the rebuild needs on an idle machine, at the same pace (400 invoices in 30 s):
+    # the sender stops a second after the switch, and a loaded machine still switches with commands flowing.
+    after = invoice_workload(invoices=1200, prefix="new", seed=5)
+    sender = stream(kafka_bootstrap, names.commands, after, seconds=90, chunk=40)
     time.sleep(1)
     v2 = build_projector(
         ProjectionSpec(InvoiceListV2(aggregate_name=cls.name)), settings.with_changes(max_batch=50), on_switch=on_switch
@@ -127,7 +129,7 @@ def test_rebuild_switches_atomically_while_commands_flow(
     for thread in threads[1:]:
         thread.start()
     try:
-        wait_until(lambda: "rows" in switched, 90, "revision 2 to switch")
+        wait_until(lambda: "rows" in switched or not sender.is_alive(), 100, "revision 2 to switch")
         assert sender.is_alive(), "the rebuild took longer than the stream of commands"
         threads[0].join(30)
         assert v1.retired and not threads[0].is_alive(), "revision 1 did not stop after the switch"
