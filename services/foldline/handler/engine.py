@@ -42,7 +42,7 @@ from foldline.outage import Backoff, KafkaWatch
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
-from foldline.store.restore import restore_partition
+from foldline.store.restore import restore_partition, settle_after_restore
 from foldline.topics import TopicNames, handler_group
 
 log = structlog.get_logger("foldline.handler")
@@ -221,8 +221,7 @@ class CommandHandler:
         finally:
             restoring.dec()
         task.forget_all()
-        if count > 10_000:
-            task.store.release_memory()
+        settle_after_restore(task.store, count)
         elapsed = time.monotonic() - started
         metrics.RESTORE_SECONDS.labels(self.spec.name).observe(elapsed)
         metrics.RESTORED_RECORDS.labels(self.spec.name).inc(count)

@@ -27,7 +27,7 @@ from foldline.policies import PolicySpec
 from foldline.policy.task import PolicyTask
 from foldline.settings import PolicySettings
 from foldline.store.base import StateStore
-from foldline.store.restore import restore_partition
+from foldline.store.restore import restore_partition, settle_after_restore
 from foldline.topics import PolicyTopics, TopicNames
 
 #: How long a transaction's records may take to be delivered before it is aborted and run again (flush()
@@ -133,6 +133,7 @@ class PolicyWorker:
     def _restore(self, task: PolicyTask) -> None:
         topic = self.topics.state(task.source.name)
         count = restore_partition(self.restore_consumer, topic, task.partition, task.store)
+        settle_after_restore(task.store, count)
         task.index_deadlines()
         if count:
             log.info("store restored", policy=self.spec.name, topic=topic, partition=task.partition, records=count)
