@@ -28,13 +28,14 @@ from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, Ka
 from foldline.handler.lag import CommandsLag
 from foldline.handler.task import PartitionTask
 from foldline.handler.txn import (
-    COMMIT_ATTEMPTS,
     TXN_TIMEOUT,
     Abort,
     Recover,
     call,
+    commit,
     discard,
     fenced,
+    fresh_producer,
     producer_error,
 )
 from foldline.observability import metrics, series
@@ -415,7 +416,7 @@ class CommandHandler:
             if self._flush() > 0:
                 raise Abort(BrokerUnavailableError("records not delivered in time"))
             flushed = time.monotonic()
-            self._commit()
+            commit(self.producer, self.watch)
             committed = time.monotonic()
         except Abort as abort:
             self._abort(first_offsets, abort.cause)
@@ -493,48 +494,15 @@ class CommandHandler:
             if offset > self._snapshot_offsets.get(p, -1):
                 self._snapshot_offsets[p] = offset
 
-    def _commit(self) -> None:
-        """Commit, retrying a retriable failure (as librdkafka allows); if it keeps failing, the outcome is
-        unknown and only ``_recover`` (new clients, state from what Kafka committed) is safe."""
-        for _ in range(COMMIT_ATTEMPTS):
-            try:
-                self.producer.commit_transaction(TXN_TIMEOUT)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.txn_requires_abort():
-                    raise Abort(exc) from exc
-                if error.retriable():
-                    self.watch.mark_down(f"commit: {error.str()}")
-                    continue
-                raise KafkaFatalError(f"commit failed: {error.str()}") from exc
-        raise Recover(BrokerUnavailableError("commit kept failing with retriable errors"))
-
-    def _replace_producer(self) -> None:
-        """A fresh producer in the failed one's place (same index, same transactional id), initialized."""
-        turn = self._turn
-        discard(self.producers[turn])
-        if not self.watch.up:  # the new clients come once the broker answers: see _recover
-            raise Recover(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
-        self.producers[turn] = self.producer = self._new_producer(turn)
-        try:
-            call(self.producer.init_transactions, TXN_TIMEOUT)
-        except (Abort, BrokerUnavailableError, KafkaFatalError) as exc:
-            raise Recover(exc) from exc
-
     def _abort(self, first_offsets: dict[int, int], cause: BaseException) -> None:
-        """Abort, forget in-memory changes, and rewind so the same commands run again.
-
-        The producer that failed is not asked to abort and used again: a new one with its transactional id
-        fences it and aborts its transaction, as a restarted process would. librdkafka 2.16, asked to abort
-        after an error that needs an epoch bump (OUT_OF_ORDER_SEQUENCE_NUMBER after an outage), takes a new
-        producer epoch in the background, and a ``send_offsets_to_transaction`` meanwhile never returned:
-        a handler of test_broker_outage froze there (py-spy, gdb: every librdkafka thread idle, minutes after
-        the broker was back).
-        """
+        """Abort, forget in-memory changes, and rewind so the same commands run again. The failed producer
+        gives way to a fresh one (see ``fresh_producer``)."""
         log.warning("transaction aborted", aggregate=self.spec.name, cause=str(cause))
         metrics.TRANSACTIONS_ABORTED.labels(self.spec.name).inc()
-        self._replace_producer()
+        turn = self._turn
+        self.producers[turn] = self.producer = fresh_producer(
+            self.producer, lambda: self._new_producer(turn), self.watch
+        )
         for p, offset in first_offsets.items():
             task = self.tasks.get(p)
             if task is not None:

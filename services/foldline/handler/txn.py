@@ -14,6 +14,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from foldline.errors import BrokerUnavailableError, KafkaFatalError
+from foldline.outage import KafkaWatch
 
 log = structlog.get_logger("foldline.handler")
 
@@ -83,3 +84,42 @@ def discard(client: Producer | Consumer) -> None:
             client.close()
     except (KafkaException, RuntimeError) as exc:
         log.info("discarding a failed client", error=str(exc))
+
+
+def commit(producer: Producer, watch: KafkaWatch) -> None:
+    """Commit, retrying a retriable failure (as librdkafka allows); if it keeps failing, the outcome is
+    unknown and only ``Recover`` (new clients, state from what Kafka committed) is safe."""
+    for _ in range(COMMIT_ATTEMPTS):
+        try:
+            producer.commit_transaction(TXN_TIMEOUT)
+            return
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                raise Abort(exc) from exc
+            if error.retriable():
+                watch.mark_down(f"commit: {error.str()}")
+                continue
+            raise KafkaFatalError(f"commit failed: {error.str()}") from exc
+    raise Recover(BrokerUnavailableError("commit kept failing with retriable errors"))
+
+
+def fresh_producer(failed: Producer, new: Callable[[], Producer], watch: KafkaWatch) -> Producer:
+    """A new producer, initialized, for one whose transaction failed: same transactional id, so its
+    ``init_transactions`` fences the failed one and aborts the open transaction, as a restart would.
+
+    The failed producer is not asked to abort and used again. librdkafka 2.16, asked to abort after an
+    error that needs a new producer epoch (OUT_OF_ORDER_SEQUENCE_NUMBER after an outage), takes the epoch in
+    the background, and a ``send_offsets_to_transaction`` meanwhile never returned: a handler of
+    test_broker_outage froze there (py-spy and gdb: every librdkafka thread idle, minutes after the broker
+    was back). ``Recover`` when the broker is away or the new producer cannot start.
+    """
+    discard(failed)
+    if not watch.up:  # the engine makes every client anew once the broker answers
+        raise Recover(BrokerUnavailableError(f"the broker is away: {watch.reason}"))
+    producer = new()
+    try:
+        call(producer.init_transactions, TXN_TIMEOUT)
+    except (Abort, BrokerUnavailableError, KafkaFatalError) as exc:
+        raise Recover(exc) from exc
+    return producer
