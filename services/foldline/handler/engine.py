@@ -35,7 +35,6 @@ from foldline.handler.txn import (
     commit,
     discard,
     fenced,
-    fresh_producer,
     producer_error,
 )
 from foldline.observability import metrics, series
@@ -495,14 +494,13 @@ class CommandHandler:
                 self._snapshot_offsets[p] = offset
 
     def _abort(self, first_offsets: dict[int, int], cause: BaseException) -> None:
-        """Abort, forget in-memory changes, and rewind so the same commands run again. The failed producer
-        gives way to a fresh one (see ``fresh_producer``)."""
+        """Abort, forget in-memory changes, and rewind so the same commands run again."""
         log.warning("transaction aborted", aggregate=self.spec.name, cause=str(cause))
         metrics.TRANSACTIONS_ABORTED.labels(self.spec.name).inc()
-        turn = self._turn
-        self.producers[turn] = self.producer = fresh_producer(
-            self.producer, lambda: self._new_producer(turn), self.watch
-        )
+        try:
+            self.producer.abort_transaction(TXN_TIMEOUT)
+        except KafkaException as exc:  # the broker is away or the producer failed: start over from Kafka
+            raise Recover(KafkaFatalError(f"abort failed: {exc}")) from exc
         for p, offset in first_offsets.items():
             task = self.tasks.get(p)
             if task is not None:

@@ -102,24 +102,3 @@ def commit(producer: Producer, watch: KafkaWatch) -> None:
                 continue
             raise KafkaFatalError(f"commit failed: {error.str()}") from exc
     raise Recover(BrokerUnavailableError("commit kept failing with retriable errors"))
-
-
-def fresh_producer(failed: Producer, new: Callable[[], Producer], watch: KafkaWatch) -> Producer:
-    """A new producer, initialized, for one whose transaction failed: same transactional id, so its
-    ``init_transactions`` fences the failed one and aborts the open transaction, as a restart would.
-
-    The failed producer is not asked to abort and used again. librdkafka 2.16, asked to abort after an
-    error that needs a new producer epoch (OUT_OF_ORDER_SEQUENCE_NUMBER after an outage), takes the epoch in
-    the background, and a ``send_offsets_to_transaction`` meanwhile never returned: a handler of
-    test_broker_outage froze there (py-spy and gdb: every librdkafka thread idle, minutes after the broker
-    was back). ``Recover`` when the broker is away or the new producer cannot start.
-    """
-    discard(failed)
-    if not watch.up:  # the engine makes every client anew once the broker answers
-        raise Recover(BrokerUnavailableError(f"the broker is away: {watch.reason}"))
-    producer = new()
-    try:
-        call(producer.init_transactions, TXN_TIMEOUT)
-    except (Abort, BrokerUnavailableError, KafkaFatalError) as exc:
-        raise Recover(exc) from exc
-    return producer
