@@ -12,9 +12,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
 log = structlog.get_logger("foldline.outage")
 
@@ -26,6 +28,9 @@ _STALE = 2.0
 #: librdkafka reports a lost connection once (it suppresses repeats of the same error), so a report lost
 #: in the stale window above would otherwise leave an idle engine ready through a whole outage.
 QUIET_CHECK_S = 5.0
+#: Seconds an engine's own client may fail to reach the cluster before a new client is asked too: one that
+#: answers means the engine's client is stranded (see ``broker_answers``) and must be replaced.
+STRANDED_S = 30.0
 
 
 class Backoff:
@@ -98,6 +103,10 @@ class KafkaWatch:
     def up(self) -> bool:
         return self.down_since is None
 
+    def down_for(self) -> float:
+        """Seconds since Kafka was marked away (0 while up)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
     def on_error(self, error: KafkaError) -> None:
         # Reports queued before the engine's own request succeeded arrive just after it: not news.
         if error.code() in _DOWN and time.monotonic() - self._up_at > _STALE:
@@ -117,3 +126,18 @@ class KafkaWatch:
         self.down_since = None
         self.reason = ""
         self._up_at = self._heard = time.monotonic()
+
+
+def broker_answers(client_config: dict[str, Any], topic: str, timeout: float = 5.0) -> bool:
+    """Whether the cluster answers a metadata request from a new client of its own (made and dropped here).
+
+    It tells a broker that is away from an engine's client that is stranded: after the one broker of the
+    outage tests came back, librdkafka 2.16 clients now and then had no thread for it any more (gdb) and
+    never connected again - a projector stayed not-ready for minutes, a test's producer held its records
+    for good - while new clients reached the broker at once.
+    """
+    try:
+        meta = AdminClient(dict(client_config)).list_topics(topic, timeout=timeout)
+    except (KafkaException, RuntimeError):
+        return False
+    return bool(meta.brokers) and topic in meta.topics

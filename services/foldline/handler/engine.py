@@ -38,7 +38,7 @@ from foldline.handler.txn import (
     producer_error,
 )
 from foldline.observability import metrics, series
-from foldline.outage import Backoff, KafkaWatch
+from foldline.outage import STRANDED_S, Backoff, KafkaWatch, broker_answers
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
@@ -295,7 +295,8 @@ class CommandHandler:
         while not self.stop_event.is_set():
             self._last_loop = time.monotonic()  # waiting on purpose is not a hung loop
             self.stop_event.wait(backoff.next())
-            if not self.stop_event.is_set() and self._probe():
+            if not self.stop_event.is_set() and (self._probe() or self._others_reach_broker()):
+                self.watch.mark_up()  # every client is made anew below
                 break
         if self.stop_event.is_set():
             return
@@ -311,6 +312,9 @@ class CommandHandler:
         if ok:
             self.watch.mark_up()
         return ok
+
+    def _others_reach_broker(self) -> bool:
+        return broker_answers(self.settings.kafka.client_config(), self.topics.commands)
 
     def _rebuild(self) -> None:
         self.group.renew()  # revokes or loses the partitions: their tasks close
@@ -340,6 +344,8 @@ class CommandHandler:
             self._next_probe = now + self._backoff.next()
             if self._probe():
                 self._backoff.reset()
+            elif self.watch.down_for() > STRANDED_S and self._others_reach_broker():
+                raise Recover(BrokerUnavailableError("this handler's clients cannot reach the broker, a new one can"))
         if now - self._lag_updated > 5.0:
             self._lag_updated = now
             group = handler_group(self.spec.name)

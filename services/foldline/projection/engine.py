@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError, RetryableError
 from foldline.observability import metrics, series
-from foldline.outage import Backoff, KafkaWatch
+from foldline.outage import STRANDED_S, Backoff, KafkaWatch, broker_answers
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.apply import Applier, BatchResult, SourceMessage
 from foldline.projection.base import Registration, SqlStore
@@ -202,7 +202,8 @@ class Projector:
         while not self.stop_event.is_set():
             self._last_loop = time.monotonic()
             self.stop_event.wait(self._backoff.next())
-            if self._probe():
+            if self._probe() or self._others_reach_broker():  # the consumer is replaced anyway
+                self.watch.mark_up()
                 break
         if self.stop_event.is_set():
             return
@@ -223,6 +224,9 @@ class Projector:
             self._backoff.reset()
         return ok
 
+    def _others_reach_broker(self) -> bool:
+        return broker_answers(self.settings.kafka.client_config(), self.topic)
+
     def stop(self) -> None:
         self.stop_event.set()
 
@@ -230,7 +234,8 @@ class Projector:
         self._last_loop = now = time.monotonic()
         if not self.watch.up and now >= self._next_probe:  # librdkafka said the brokers are away: ask again
             self._next_probe = now + self._backoff.next()
-            self._probe()
+            if not self._probe() and self.watch.down_for() > STRANDED_S and self._others_reach_broker():
+                raise KafkaFatalError("the consumer cannot reach the broker, a new client can: replacing it")
         batch = self._next_batch()
         self.watch.after_poll(bool(batch), self.consumer, self.topic)
         try:
