@@ -213,6 +213,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C stops it even when started with SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     consumer = Consumer(reader_config(kafka, private_group("tail")))
     shown = 0
     try:
