@@ -13,11 +13,10 @@ import uuid
 
 import pytest
 
-from foldline import clients
+from foldline import clients, outage
 from foldline.aggregate import AggregateSpec
 from foldline.handler import wiring as handler_wiring
 from foldline.handler.wiring import build_command_handler
-from foldline.projection import engine as projection_engine
 from foldline.projection import load_projection
 from foldline.projection import wiring as projection_wiring
 from foldline.projection.wiring import build_projector
@@ -84,7 +83,7 @@ def test_a_projector_whose_consumer_is_stranded_replaces_it(
 ):
     strand = Strand()
     monkeypatch.setattr(projection_wiring, "projector_consumer_config", strand(clients.projector_consumer_config))
-    monkeypatch.setattr(projection_engine, "STRANDED_S", 1.0)
+    monkeypatch.setattr(outage, "STRANDED_S", 1.0)
     cls = invoices_aggregate(partitions=2)
     run_handler(cls())
     cmds = workload(10, 3, prefix=f"sp-{uuid.uuid4().hex[:6]}")

@@ -38,7 +38,7 @@ from foldline.handler.txn import (
     producer_error,
 )
 from foldline.observability import metrics, series
-from foldline.outage import STRANDED_S, Backoff, KafkaWatch, broker_answers
+from foldline.outage import Backoff, KafkaWatch, broker_answers
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
@@ -344,7 +344,7 @@ class CommandHandler:
             self._next_probe = now + self._backoff.next()
             if self._probe():
                 self._backoff.reset()
-            elif self.watch.down_for() > STRANDED_S and self._others_reach_broker():
+            elif self.watch.stranded(self.settings.kafka.client_config(), self.topics.commands):
                 raise Recover(BrokerUnavailableError("this handler's clients cannot reach the broker, a new one can"))
         if now - self._lag_updated > 5.0:
             self._lag_updated = now

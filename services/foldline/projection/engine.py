@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError, RetryableError
 from foldline.observability import metrics, series
-from foldline.outage import STRANDED_S, Backoff, KafkaWatch, broker_answers
+from foldline.outage import Backoff, KafkaWatch, broker_answers
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.apply import Applier, BatchResult, SourceMessage
 from foldline.projection.base import Registration, SqlStore
@@ -234,7 +234,7 @@ class Projector:
         self._last_loop = now = time.monotonic()
         if not self.watch.up and now >= self._next_probe:  # librdkafka said the brokers are away: ask again
             self._next_probe = now + self._backoff.next()
-            if not self._probe() and self.watch.down_for() > STRANDED_S and self._others_reach_broker():
+            if not self._probe() and self.watch.stranded(self.settings.kafka.client_config(), self.topic):
                 raise KafkaFatalError("the consumer cannot reach the broker, a new client can: replacing it")
         batch = self._next_batch()
         self.watch.after_poll(bool(batch), self.consumer, self.topic)
