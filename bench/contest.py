@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.procs import TreeSampler
+from bench.procs import TreeSampler, cpu_seconds, listening_pid
 from bench.support import figure
 from bench.workload import Planned
 from foldline.consumer import take
@@ -33,6 +33,8 @@ class Run:
     peak_rss_mb: float
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
+    #: The local broker's own CPU seconds over the same span (None: the broker is not on this machine).
+    broker_cpu_s: float | None = None
 
     @property
     def rate(self) -> float:
@@ -53,6 +55,14 @@ class Run:
         figure(f"{self.name}: first → last result", self.steady_rate, "commands/s")
         figure(f"{self.name}: CPU per command", self.cpu_us_per_command, "µs", f"{self.cpu_s:.1f} CPU s in all")
         figure(f"{self.name}: peak RSS", self.peak_rss_mb, "MB", "summed over its processes")
+        if self.broker_cpu_s is not None:
+            share = self.broker_cpu_s / max(self.launch_to_last_s, 1e-9)
+            figure(
+                f"{self.name}: the broker's CPU per command",
+                self.broker_cpu_s / self.commands * 1e6,
+                "µs",
+                f"{self.broker_cpu_s:.1f} CPU s in all, {share:.2f} cores on average",
+            )
         if baseline is not None:
             figure(f"{self.name}: ratio to {baseline.name}", self.rate / baseline.rate * 100, "%", "launch → last")
         for problem in self.problems:
@@ -135,6 +145,8 @@ def timed_run(
     """Launch, wait for ``expected`` readable results, stop. The check is the caller's (it knows the topics)."""
     counter = ResultCounter(bootstrap, results_topic, partitions)
     counter.ready.wait(30)
+    broker_pid = local_broker(bootstrap)
+    broker_before = None if broker_pid is None else cpu_seconds(broker_pid)
     started = time.perf_counter()
     proc = launch()
     sampler = TreeSampler(proc.pid).start()
@@ -148,6 +160,7 @@ def timed_run(
             time.sleep(0.02)
         ended = counter.last or time.perf_counter()
         sampler.stop()
+        broker_after = None if broker_pid is None else cpu_seconds(broker_pid)
     finally:
         counter.stop()
         proc.terminate()
@@ -157,4 +170,15 @@ def timed_run(
             proc.kill()
             proc.wait(10)
     first = counter.first or ended
-    return Run(name, expected, ended - started, ended - first, sampler.cpu_s, sampler.peak_rss_mb)
+    run = Run(name, expected, ended - started, ended - first, sampler.cpu_s, sampler.peak_rss_mb)
+    if broker_before is not None and broker_after is not None:
+        run.broker_cpu_s = broker_after - broker_before
+    return run
+
+
+def local_broker(bootstrap: str) -> int | None:
+    """The pid of the broker behind a loopback bootstrap address, when it runs on this machine."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]") or not port.isdigit():
+        return None
+    return listening_pid(int(port))

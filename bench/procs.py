@@ -30,6 +30,42 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """A process's own CPU seconds so far (all its threads), or None when it is gone."""
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
+
+
+def listening_pid(port: int) -> int | None:
+    """The process on this machine that listens on TCP ``port`` (a local broker), if one can be seen."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
 def descendants(root: int) -> list[int]:
     """``root`` and every live process below it."""
     parents: dict[int, list[int]] = {}

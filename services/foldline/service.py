@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from collections.abc import Callable
@@ -16,6 +17,21 @@ from foldline.observability.http import HealthServer
 from foldline.outage import Backoff
 
 log = structlog.get_logger("foldline.service")
+
+
+#: The young generation's threshold (Python's default: 700 allocations). A command or a request allocates
+#: a few hundred objects that die with it; at the default the collector ran several times per batch, each
+#: pass walking everything in flight and promoting it to the older generations, whose passes then walk the
+#: whole heap (a handler's cache of decoded aggregates): 10-15% of the handler's and the gateway's CPU.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def quiet_gc() -> None:
+    """Collect less often, and never walk what start-up made (modules, clients): a process of its own."""
+    gc.collect()
+    gc.freeze()  # start-up objects live as long as the process: out of every later full collection
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 class Engine(Protocol):
@@ -40,6 +56,7 @@ def serve(engine: Engine, http_port: int, metrics: Callable[[], bytes] = generat
     health = HealthServer(http_port, live=engine.live, ready=engine.ready, metrics=metrics).start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    quiet_gc()
     try:
         engine.run()
     finally:
@@ -81,6 +98,7 @@ def serve_when_built(build: Callable[[], Engine], http_port: int) -> int:
             if stopping.is_set():  # a signal between the build and the append
                 engine.stop()
         if built:
+            quiet_gc()
             built[0].run()
     finally:
         health.stop()

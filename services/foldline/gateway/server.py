@@ -6,7 +6,6 @@ process or a thread (``GatewayServer``) on a loopback port.
 
 from __future__ import annotations
 
-import gc
 import signal
 import socket
 import threading
@@ -24,6 +23,7 @@ from foldline.gateway.app import create_app
 from foldline.gateway.core import Gateway
 from foldline.gateway.slow import timed_http
 from foldline.gateway.views import ViewCatalog, ViewService
+from foldline.service import quiet_gc
 from foldline.settings import GatewaySettings
 
 log = structlog.get_logger("foldline.gateway")
@@ -115,20 +115,6 @@ def serve(gateway: Gateway) -> int:
     quiet_gc()
     server.run()
     return 0 if server.started else 1
-
-
-#: The young generation's threshold (Python's default: 700 allocations). A request allocates a few
-#: hundred objects that die with it; at the default the collector ran several times per request batch,
-#: each pass walking every request in flight and promoting it: ~15% of the gateway's CPU at 1,000/s.
-GC_YOUNG_THRESHOLD = 50_000
-
-
-def quiet_gc() -> None:
-    """Collect less often, and never walk what start-up made (modules, the app): a process of its own."""
-    gc.collect()
-    gc.freeze()  # start-up objects live as long as the process: out of every later full collection
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 class GatewayServer:
