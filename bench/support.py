@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import time
@@ -13,7 +14,7 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from foldline.topics import aggregate_topics, ensure_topics
+from foldline.topics import TopicNames, aggregate_topics, delete_topics, ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,26 @@ def broker() -> str:
 def new_aggregate(bootstrap: str, partitions: int, prefix: str = "bench") -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), aggregate_topics(name, partitions))
+    if not _created and not os.environ.get("FOLDLINE_BENCH_KEEP_TOPICS"):
+        atexit.register(delete_created_topics)
+    _created.append((bootstrap, name))
     return name
+
+
+#: (bootstrap, aggregate) of every aggregate this benchmark process made topics for.
+_created: list[tuple[str, str]] = []
+
+
+def delete_created_topics() -> None:
+    """A benchmark's topics go when its process ends (``FOLDLINE_BENCH_KEEP_TOPICS=1`` keeps them): a
+    development broker otherwise keeps every run's records, gigabytes after a day of runs, and was slower
+    for it. Topics other tools made (Quix's changelogs) stay."""
+    while _created:
+        bootstrap, name = _created.pop()
+        try:
+            delete_topics({"bootstrap.servers": bootstrap}, TopicNames(name).all(), timeout=10.0)
+        except Exception as exc:  # the broker may be gone already: the run's figures are printed anyway
+            print(f"# could not delete the topics of {name}: {exc}", flush=True)
 
 
 def figure(name: str, value: float, unit: str, note: str = "") -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from confluent_kafka.admin import ConfigResource
 
@@ -89,3 +91,16 @@ def test_our_murmur2_places_keys_where_the_client_does(kafka_bootstrap, kafka_ad
     p.flush(10)
     placed = {m.key().decode(): m.partition() for m in read_topic(kafka_bootstrap, topic)}
     assert placed == {key: partition_for(key, 7) for key in keys}
+
+
+def test_a_benchmarks_topics_go_when_it_ends(kafka_bootstrap, kafka_admin):
+    from bench import support
+
+    name = support.new_aggregate(kafka_bootstrap, 2, "bench-clean")
+    assert set(TopicNames(name).all()) <= set(kafka_admin.list_topics(timeout=10).topics)
+    support.delete_created_topics()  # what atexit runs when the benchmark's process ends
+    deadline = time.monotonic() + 30  # metadata may list a topic a moment after its deletion
+    while set(TopicNames(name).all()) & set(kafka_admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, "the benchmark's topics are still there"
+        time.sleep(0.2)
+    assert support._created == []
