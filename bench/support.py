@@ -54,8 +54,8 @@ _created: list[tuple[str, str]] = []
 
 def delete_created_topics() -> None:
     """A benchmark's topics go when its process ends (``FOLDLINE_BENCH_KEEP_TOPICS=1`` keeps them): a
-    development broker otherwise keeps every run's records, gigabytes after a day of runs, and was slower
-    for it. Topics other tools made (Quix's changelogs) stay."""
+    development broker otherwise keeps every run's records, gigabytes after a day of runs. Topics other
+    tools made (Quix's changelogs) stay."""
     while _created:
         bootstrap, name = _created.pop()
         try:
