@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from bench.check import Problems, Snapshot, check_history, read_events, read_results, read_topic
 from bench.contest import Run, produce_commands, timed_run
-from bench.support import REPO, broker, figure, load, new_aggregate
+from bench.support import REPO, broker, figure, load, new_aggregate, pace
 from bench.throughput import LOGS, PARTITIONS, launch_logged, make_workload, run_foldline, run_raw
 from bench.workload import Workload
 from foldline.aggregate import AggregateSpec
@@ -117,7 +117,7 @@ def main() -> None:
     if not QUIX_PYTHON.exists():
         raise SystemExit(f"{QUIX_PYTHON} is missing: run `make bench-compare` (it creates the Quix environment)")
     bootstrap = broker()
-    print(f"# comparison — {load()}", flush=True)
+    print(f"# comparison — {load()}; {pace()}", flush=True)
     workload = make_workload()
     with tempfile.TemporaryDirectory(prefix="foldline-compare-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -136,7 +136,7 @@ def main() -> None:
             figure(f"{quix.name} ÷ foldline, CPU per command", quix.cpu_s / max(foldline.cpu_s, 1e-9), "x")
             print(f"# {load()}", flush=True)
             runs.append(quix)
-    print(f"# done — {load()}", flush=True)
+    print(f"# done — {load()}; {pace()}", flush=True)
     print(table(runs, foldline), flush=True)
 
 

@@ -69,6 +69,17 @@ def figure(name: str, value: float, unit: str, note: str = "") -> None:
     print(f"{name:<48} {value:>14,.1f} {unit:<14} {note}".rstrip(), flush=True)
 
 
+def pace() -> str:
+    """How fast this machine runs Python right now: the CPU time of a fixed loop on one core. On the
+    development VM the same loop's CPU time varied by up to 1.8x within an hour, with no steal time
+    reported: figures from different hours do not compare, those of one run (or interleaved runs) do."""
+    started = time.process_time()
+    x = 0
+    for i in range(1_000_000):
+        x += i * i % 7
+    return f"a fixed Python loop took {(time.process_time() - started) * 1000:.0f} ms of CPU"
+
+
 def load() -> str:
     one, five, _ = os.getloadavg()
     return f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cores"

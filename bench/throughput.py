@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.check import Problems, check_history, read_events, read_results, read_snapshots
 from bench.contest import Run, produce_commands, timed_run
-from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate
+from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate, pace
 from bench.workload import Workload, invoices_workload
 from foldline.aggregate import AggregateSpec
 from foldline.examples.invoices import Invoices
@@ -143,6 +143,7 @@ def bench_throughput(bootstrap: str, tmp: Path) -> Run:
 def main() -> None:
     bootstrap = broker()
     print(f"# handler throughput — {load()}; handler code: {baseline_code() or ['this checkout']}", flush=True)
+    print(f"# {pace()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="foldline-bench-") as tmp_dir:
         bench_throughput(bootstrap, Path(tmp_dir))
-    print(f"# done — {load()}", flush=True)
+    print(f"# done — {load()}; {pace()}", flush=True)
