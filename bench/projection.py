@@ -28,6 +28,7 @@ from foldline.examples.invoices.views import InvoiceList
 from foldline.projection import ProjectionSpec, open_store
 from foldline.projection.wiring import build_projector
 from foldline.records import SnapshotRecord
+from foldline.service import quiet_gc
 from foldline.settings import KafkaSettings, ProjectorSettings
 from foldline.topics import TopicNames
 
@@ -114,6 +115,7 @@ def main() -> None:
     size = sum(len(v) for _, v in records) / len(records)
     figure("projection: snapshots pre-produced", total, "records", f"{size:.0f} B each, {seconds:.1f} s to produce")
     print(f"# machine: {load()}", flush=True)
+    quiet_gc()  # the collector as `foldline projector` runs it (foldline.service.serve_when_built)
     with tempfile.TemporaryDirectory() as tmp:
         elapsed, rows = project(bootstrap, aggregate, f"sqlite:///{Path(tmp) / 'views.db'}", ends)
     figure(
