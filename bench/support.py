@@ -39,6 +39,10 @@ def broker() -> str:
     return DevKafka().start()
 
 
+#: (bootstrap, aggregate) of every aggregate this benchmark process made topics for.
+_created: list[tuple[str, str]] = []
+
+
 def new_aggregate(bootstrap: str, partitions: int, prefix: str = "bench") -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), aggregate_topics(name, partitions))
@@ -46,10 +50,6 @@ def new_aggregate(bootstrap: str, partitions: int, prefix: str = "bench") -> str
         atexit.register(delete_created_topics)
     _created.append((bootstrap, name))
     return name
-
-
-#: (bootstrap, aggregate) of every aggregate this benchmark process made topics for.
-_created: list[tuple[str, str]] = []
 
 
 def delete_created_topics() -> None:

@@ -103,11 +103,11 @@ class KafkaWatch:
     def up(self) -> bool:
         return self.down_since is None
 
-    def stranded(self, client_config: dict[str, Any], topic: str) -> bool:
+    def stranded(self, new_client_answers: Callable[[], bool]) -> bool:
         """Kafka has been away from the engine's own clients for ``STRANDED_S``, yet a new client is answered
-        (``broker_answers``): the engine's clients are stranded and must be replaced."""
+        (``new_client_answers``, the engine's ``broker_answers``): its clients are stranded and must be replaced."""
         away = self.down_since is not None and time.monotonic() - self.down_since > STRANDED_S
-        return away and broker_answers(client_config, topic)
+        return away and new_client_answers()
 
     def on_error(self, error: KafkaError) -> None:
         # Reports queued before the engine's own request succeeded arrive just after it: not news.

@@ -344,7 +344,7 @@ class CommandHandler:
             self._next_probe = now + self._backoff.next()
             if self._probe():
                 self._backoff.reset()
-            elif self.watch.stranded(self.settings.kafka.client_config(), self.topics.commands):
+            elif self.watch.stranded(self._others_reach_broker):
                 raise Recover(BrokerUnavailableError("this handler's clients cannot reach the broker, a new one can"))
         if now - self._lag_updated > 5.0:
             self._lag_updated = now

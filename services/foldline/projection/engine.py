@@ -234,7 +234,7 @@ class Projector:
         self._last_loop = now = time.monotonic()
         if not self.watch.up and now >= self._next_probe:  # librdkafka said the brokers are away: ask again
             self._next_probe = now + self._backoff.next()
-            if not self._probe() and self.watch.stranded(self.settings.kafka.client_config(), self.topic):
+            if not self._probe() and self.watch.stranded(self._others_reach_broker):
                 raise KafkaFatalError("the consumer cannot reach the broker, a new client can: replacing it")
         batch = self._next_batch()
         self.watch.after_poll(bool(batch), self.consumer, self.topic)
