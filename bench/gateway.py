@@ -13,6 +13,7 @@ client. Prints one line per figure; never fails on a time.
         each load runs against the baseline (A) and this tree (B) in turns, A B A B, for a fair comparison)
     FOLDLINE_BENCH_GATEWAY_ROUNDS=2            (A B rounds per load with a baseline)
     FOLDLINE_BENCH_GATEWAY_PROFILE=/tmp/gw.prof   (this tree's gateway runs under cProfile, its loop thread)
+    FOLDLINE_BENCH_GATEWAY_FLOOR=0             (skip the HTTP floor: ``bench.http_floor`` before each raw load)
 
 Beside the end-to-end latency it prints the gateway's own share: from the moment a read_committed reader
 in this process sees the command's result (the handler's part is done) to the HTTP answer.
@@ -36,6 +37,7 @@ import httpx
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
+from bench import http_floor
 from bench.support import REPO, broker, figure, free_port, load, new_aggregate, wait_until
 from foldline.topics import TopicNames
 
@@ -349,8 +351,11 @@ def main() -> None:
             print(f"# first command: {first.status_code}", flush=True)
             kinds = {"httpx": HttpxConnections, "raw": RawConnections}
             rounds = int(os.environ.get("FOLDLINE_BENCH_GATEWAY_ROUNDS", "2")) if baseline else 1
+            floor = os.environ.get("FOLDLINE_BENCH_GATEWAY_FLOOR", "1") != "0"
             for name in os.environ.get("FOLDLINE_BENCH_GATEWAY_CLIENTS", "httpx,raw").split(","):
                 for rate in rates:
+                    if name == "raw" and floor:  # the least any Python server on this loop pays per request
+                        asyncio.run(http_floor.measure(rate, seconds))
                     for _ in range(rounds):
                         for label, proc, gw_url in gateways:
                             pids = {"gateway": proc.pid, "handler": handler.pid}

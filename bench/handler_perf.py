@@ -4,7 +4,9 @@
     FOLDLINE_KAFKA_BOOTSTRAP=... python -m bench.handler_perf throughput --workers 1 --workers 2
 
 ``latency``: an open-loop idempotent producer offers ``rate`` commands/s; each command's latency runs
-from its send to its result readable ``read_committed``. ``throughput``: a backlog of commands, then
+from its send to its result readable ``read_committed``; first through ``bench.raw_pipeline`` (the
+broker's floor: the same loop with no domain work, same rate, same kind of records; ``--no-raw`` skips
+it), then through the handler. ``throughput``: a backlog of commands, then
 the handler process is launched; wall time from the launch, and first → last result, until every result
 is readable ``read_committed``, checked: one result per command id. The machine's load average is
 printed beside every figure (other work on the machine skews them). Never asserted.
@@ -19,11 +21,14 @@ import os
 import random
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +57,10 @@ def producer(bootstrap: str) -> Producer:
 class Results:
     """Reads the results topic ``read_committed`` in a thread; the time each command id's result shows."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int, command_id: Callable[[bytes | None], str] | None = None
+    ) -> None:
+        self.command_id = command_id or (lambda value: CommandResult.from_bytes(value).command_id)
         self.seen: dict[str, float] = {}
         self.duplicates = 0
         self.first = 0.0
@@ -69,7 +77,7 @@ class Results:
             for msg in take(self._c, 2000, 0.02):
                 if msg.error() is None:
                     at = time.perf_counter()
-                    cid = CommandResult.from_bytes(msg.value()).command_id
+                    cid = self.command_id(msg.value())
                     if cid in self.seen:
                         self.duplicates += 1
                     else:
@@ -122,15 +130,40 @@ def summed(port: int, histogram: str) -> tuple[float, float]:
     return total, count
 
 
+def raw_process(bootstrap: str, names: TopicNames, partitions: int, workers: int) -> subprocess.Popen[bytes]:
+    """``bench.raw_pipeline`` in the handler's place: the same consume, three produces and transaction
+    per batch with no domain work, each command's bytes copied to the result, event and snapshot topics."""
+    argv = [sys.executable, "-m", "bench.raw_pipeline", "--bootstrap", bootstrap, "--source", names.commands,
+            "--partitions", str(partitions), "--processes", str(workers),
+            *(f"--sink={topic}" for topic in (names.results, names.events, names.snapshots))]  # fmt: skip
+    return subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+
+
+def envelope_id(value: bytes | None) -> str:
+    return CommandEnvelope.from_bytes(value).command_id
+
+
 def latency(
-    bootstrap: str, tmp: Path, rate: int, seconds: float, workers: int, partitions: int, warmup: float = 5.0
-) -> None:
+    bootstrap: str,
+    tmp: Path,
+    rate: int,
+    seconds: float,
+    workers: int,
+    partitions: int,
+    warmup: float = 5.0,
+    raw: bool = False,
+) -> list[float]:
+    """Each command's send → its result readable ``read_committed``, sorted (seconds); with ``raw`` through
+    ``bench.raw_pipeline`` instead of the handler: the broker's own floor for the same loop."""
     aggregate = new_aggregate(bootstrap, partitions, "lat")
     names = TopicNames(aggregate)
-    results = Results(bootstrap, names.results, partitions)
+    results = Results(bootstrap, names.results, partitions, envelope_id if raw else None)
     port = free_port()
     state = tmp / f"lat-{rate}-{workers}"
-    proc = handler_process(bootstrap, aggregate, state, port, **handler_env(workers))
+    if raw:
+        proc = raw_process(bootstrap, names, partitions, workers)
+    else:
+        proc = handler_process(bootstrap, aggregate, state, port, **handler_env(workers))
     p = producer(bootstrap)
     try:
         warm = [CommandEnvelope(uuid.uuid4().hex, f"inv-{i}", "CreateInvoice", CREATE) for i in range(500)]  # type: ignore[arg-type]
@@ -141,18 +174,23 @@ def latency(
             raise RuntimeError("the handler did not answer the warm-up commands")
         # Discarded: the workers' group settles (a worker that joins last takes its partitions now).
         offer(p, names.commands, rate, warmup)
-        moves = rebalances(port)
-        txn0 = summed(port, "foldline_transaction_duration_seconds")
+        moves = 0.0 if raw else rebalances(port)
+        txn0 = (0.0, 0.0) if raw else summed(port, "foldline_transaction_duration_seconds")
         sent = offer(p, names.commands, rate, seconds)
         wait_until(lambda: all(c in results.seen for c in sent), 60)
-        moves = rebalances(port) - moves
-        txn1 = summed(port, "foldline_transaction_duration_seconds")
+        moves = 0.0 if raw else rebalances(port) - moves
+        txn1 = (0.0, 0.0) if raw else summed(port, "foldline_transaction_duration_seconds")
     finally:
         results.stop()
         proc.terminate()
         proc.wait(60)
     lat = sorted(results.seen[c] - t for c, t in sent.items() if c in results.seen)
     q = statistics.quantiles(lat, n=100)
+    if raw:
+        note = f"{len(lat):,}/{len(sent):,} results, {workers} process(es), {load()}"
+        figure(f"raw broker pipeline p50 at {rate:,}/s", q[49] * 1000, "ms", note)
+        figure(f"raw broker pipeline p99 at {rate:,}/s", q[98] * 1000, "ms")
+        return lat
     note = f"{len(lat):,}/{len(sent):,} results, {workers} worker(s), {moves:.0f} partition moves, {load()}"
     figure(f"command→result p50 at {rate:,}/s", q[49] * 1000, "ms", note)
     figure(f"command→result p99 at {rate:,}/s", q[98] * 1000, "ms")
@@ -164,6 +202,7 @@ def latency(
         parts = {k: worst.get(k) for k in ("commands", "processing", "offsets", "flush", "commit", "producer")}
         print(f"  {len(slow)} transaction(s) over {SLOW_TXN_S} s in the handler's log (warm-up included); the worst: "
               f"{worst.get('seconds')} s {parts}")  # fmt: skip
+    return lat
 
 
 def slow_transactions(log: Path) -> list[dict[str, Any]]:
@@ -236,6 +275,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--no-raw", action="store_true", help="latency: skip the raw broker pipeline's floor")
     args = ap.parse_args()
     bootstrap = broker()
     print(f"# handler {args.mode} — {load()}", flush=True)
@@ -243,6 +283,8 @@ def main() -> None:
         for workers in args.workers or [1]:
             if args.mode == "latency":
                 for rate in args.rate or [500, 1000]:
+                    if not args.no_raw:  # the floor first, the same rate and records, then the handler
+                        latency(bootstrap, Path(tmp_dir), rate, args.seconds, workers, args.partitions, raw=True)
                     latency(bootstrap, Path(tmp_dir), rate, args.seconds, workers, args.partitions)
             else:
                 throughput(bootstrap, Path(tmp_dir), args.count, workers, args.partitions)

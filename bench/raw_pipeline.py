@@ -16,7 +16,9 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from foldline.clients import transactional_producer_config
 from foldline.consumer import take
+from foldline.settings import KafkaSettings
 
 
 def pipe(bootstrap: str, source: str, sinks: list[str], partitions: list[int], group: str, batch: int) -> None:
@@ -36,14 +38,9 @@ def pipe(bootstrap: str, source: str, sinks: list[str], partitions: list[int], g
             "auto.offset.reset": "earliest",
         }
     )
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "transactional.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
-            "linger.ms": 5,
-            "queue.buffering.max.messages": 1_000_000,
-        }
-    )
+    # The handler's own producer settings (linger, retry backoff, batch size): the floor for its latency too.
+    config = transactional_producer_config(KafkaSettings(bootstrap), f"bench-raw-{uuid.uuid4().hex[:8]}")
+    producer = Producer({**config, "queue.buffering.max.messages": 1_000_000})
     producer.init_transactions(30)
     consumer.assign([TopicPartition(source, p, 0) for p in partitions])
     while not stop:
