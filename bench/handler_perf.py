@@ -22,7 +22,6 @@ import random
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from bench import raw_pipeline
 from bench.handler import handler_log, handler_process
 from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate, wait_until
 from foldline.consumer import take
@@ -133,9 +133,7 @@ def summed(port: int, histogram: str) -> tuple[float, float]:
 def raw_process(bootstrap: str, names: TopicNames, partitions: int, workers: int) -> subprocess.Popen[bytes]:
     """``bench.raw_pipeline`` in the handler's place: the same consume, three produces and transaction
     per batch with no domain work, each command's bytes copied to the result, event and snapshot topics."""
-    argv = [sys.executable, "-m", "bench.raw_pipeline", "--bootstrap", bootstrap, "--source", names.commands,
-            "--partitions", str(partitions), "--processes", str(workers),
-            *(f"--sink={topic}" for topic in (names.results, names.events, names.snapshots))]  # fmt: skip
+    argv = raw_pipeline.command_line(bootstrap, names, partitions, workers)
     return subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
 
 

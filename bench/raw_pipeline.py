@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import signal
+import sys
 import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -19,6 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from foldline.clients import transactional_producer_config
 from foldline.consumer import take
 from foldline.settings import KafkaSettings
+from foldline.topics import TopicNames
 
 
 def pipe(bootstrap: str, source: str, sinks: list[str], partitions: list[int], group: str, batch: int) -> None:
@@ -63,6 +65,25 @@ def pipe(bootstrap: str, source: str, sinks: list[str], partitions: list[int], g
         producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
     consumer.close()
+
+
+def command_line(bootstrap: str, names: TopicNames, partitions: int, processes: int) -> list[str]:
+    """How a benchmark runs this pipeline in a child, from an aggregate's commands to its result, event
+    and snapshot topics."""
+    return [
+        sys.executable,
+        "-m",
+        "bench.raw_pipeline",
+        "--bootstrap",
+        bootstrap,
+        "--source",
+        names.commands,
+        "--partitions",
+        str(partitions),
+        "--processes",
+        str(processes),
+        *(f"--sink={topic}" for topic in (names.results, names.events, names.snapshots)),
+    ]
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from bench import raw_pipeline
 from bench.check import Problems, check_history, read_events, read_results, read_snapshots
 from bench.contest import Run, produce_commands, timed_run
 from bench.support import REPO, baseline_code, broker, figure, free_port, load, new_aggregate, pace
@@ -105,20 +106,7 @@ def run_raw(bootstrap: str, workload: Workload, tmp: Path, partitions: int = PAR
     aggregate = new_aggregate(bootstrap, partitions, "raw")
     names = TopicNames(aggregate)
     produce_commands(bootstrap, names.commands, workload.commands)
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.raw_pipeline",
-        "--bootstrap",
-        bootstrap,
-        "--source",
-        names.commands,
-        "--partitions",
-        str(partitions),
-        "--processes",
-        str(workers()),
-        *(f"--sink={topic}" for topic in (names.results, names.events, names.snapshots)),
-    ]
+    argv = raw_pipeline.command_line(bootstrap, names, partitions, workers())
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return timed_run(
         f"raw broker ({workers()} proc)",
