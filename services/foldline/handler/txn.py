@@ -87,18 +87,31 @@ def discard(client: Producer | Consumer) -> None:
 
 
 def commit(producer: Producer, watch: KafkaWatch) -> None:
-    """Commit, retrying a retriable failure (as librdkafka allows); if it keeps failing, the outcome is
-    unknown and only ``Recover`` (new clients, state from what Kafka committed) is safe."""
+    """Commit, resuming a retriable failure (as librdkafka allows).
+
+    A commit that went through only when resumed spanned an outage longer than the call's timeout, and so
+    longer than the transaction timeout (10 s), past which the coordinator aborts a transaction on its own.
+    Whether this one was committed or aborted is then taken from Kafka, not from memory: ``Recover`` (new
+    clients, positions from the committed offsets, states from the snapshots topic). Once, in a full test
+    run, a handler that kept its in-memory positions after such a commit left commands unanswered for good
+    (docs/reliability.md). A commit that keeps failing has an unknown outcome too: ``Recover`` as well.
+    """
+    resumed: KafkaException | None = None
     for _ in range(COMMIT_ATTEMPTS):
         try:
             producer.commit_transaction(TXN_TIMEOUT)
-            return
         except KafkaException as exc:
             error = exc.args[0]
             if error.txn_requires_abort():
                 raise Abort(exc) from exc
             if error.retriable():
                 watch.mark_down(f"commit: {error.str()}")
+                resumed = exc
                 continue
             raise KafkaFatalError(f"commit failed: {error.str()}") from exc
+        if resumed is not None:
+            raise Recover(
+                BrokerUnavailableError("the commit went through only when resumed after an outage")
+            ) from resumed
+        return
     raise Recover(BrokerUnavailableError("commit kept failing with retriable errors"))
