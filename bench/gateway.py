@@ -253,18 +253,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def bench_rate(
-    kind,
-    url: str,
-    aggregate: str,
-    rate: int,
-    seconds: float,
-    pids: dict[str, int],
-    watch: ResultsWatch,
-    label: str = "",
-) -> None:
+def pool_size(rate: int) -> int:
+    """Keep-alive connections for a load of ``rate``/s: enough for the answers in flight."""
+    return max(32, min(256, rate // 4))
+
+
+async def measured_load(kind, url: str, aggregate: str, rate: int, seconds: float, pids: dict[str, int]):
+    """Open ``kind`` connections (before the clock), warm up for up to 2 s, then offer ``rate``/s for
+    ``seconds``: latencies, statuses, elapsed and answered as ``offered_load`` gives them, and the CPU
+    seconds each process in ``pids`` used over the measured load."""
     tag = uuid.uuid4().hex[:6]
-    connections = kind(url, size=max(32, min(256, rate // 4)))
+    connections = kind(url, size=pool_size(rate))
     await connections.open()  # connect before the clock starts
     try:
         await offered_load(connections, aggregate, rate, min(2.0, seconds), f"warm-{tag}")
@@ -276,6 +275,20 @@ async def bench_rate(
         cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     finally:
         await connections.close()
+    return latencies, statuses, elapsed, answered, cpu
+
+
+async def bench_rate(
+    kind,
+    url: str,
+    aggregate: str,
+    rate: int,
+    seconds: float,
+    pids: dict[str, int],
+    watch: ResultsWatch,
+    label: str = "",
+) -> None:
+    latencies, statuses, elapsed, answered, cpu = await measured_load(kind, url, aggregate, rate, seconds, pids)
     # The gateway's own part: from the result visible to a read_committed reader to the HTTP answer.
     await asyncio.sleep(0.5)  # the watcher's last lines
     seen = watch.update()
@@ -287,7 +300,7 @@ async def bench_rate(
         f"gateway commands/s at {rate:,}/s offered ({kind_name})",
         ok / elapsed,
         "commands/s",
-        f"{ok:,} accepted in {elapsed:.1f}s over {connections.size} connections; other answers: {others}",
+        f"{ok:,} accepted in {elapsed:.1f}s over {pool_size(rate)} connections; other answers: {others}",
     )
     figure(f"  POST→result p50 at {rate:,}/s ({kind_name})", quantile(latencies, 50) * 1000, "ms")
     figure(f"  POST→result p99 at {rate:,}/s ({kind_name})", quantile(latencies, 99) * 1000, "ms")

@@ -122,6 +122,11 @@ def rebalances(port: int) -> float:
     return sum(float(v) for v in re.findall(r"^foldline_rebalances_total\{[^}]*\} (\S+)$", text, re.M))
 
 
+def counters(port: int) -> tuple[float, tuple[float, float]]:
+    """Partition moves so far and the transaction histogram's (sum, count), from the pod's /metrics."""
+    return rebalances(port), summed(port, "foldline_transaction_duration_seconds")
+
+
 def summed(port: int, histogram: str) -> tuple[float, float]:
     """A histogram's sum and count on the pod's /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -172,23 +177,22 @@ def latency(
             raise RuntimeError("the handler did not answer the warm-up commands")
         # Discarded: the workers' group settles (a worker that joins last takes its partitions now).
         offer(p, names.commands, rate, warmup)
-        moves = 0.0 if raw else rebalances(port)
-        txn0 = (0.0, 0.0) if raw else summed(port, "foldline_transaction_duration_seconds")
+        start = None if raw else counters(port)  # the raw pipeline has no /metrics
         sent = offer(p, names.commands, rate, seconds)
         wait_until(lambda: all(c in results.seen for c in sent), 60)
-        moves = 0.0 if raw else rebalances(port) - moves
-        txn1 = (0.0, 0.0) if raw else summed(port, "foldline_transaction_duration_seconds")
+        end = None if raw else counters(port)
     finally:
         results.stop()
         proc.terminate()
         proc.wait(60)
     lat = sorted(results.seen[c] - t for c, t in sent.items() if c in results.seen)
     q = statistics.quantiles(lat, n=100)
-    if raw:
+    if start is None or end is None:
         note = f"{len(lat):,}/{len(sent):,} results, {workers} process(es), {load()}"
         figure(f"raw broker pipeline p50 at {rate:,}/s", q[49] * 1000, "ms", note)
         figure(f"raw broker pipeline p99 at {rate:,}/s", q[98] * 1000, "ms")
         return lat
+    moves, txn0, txn1 = end[0] - start[0], start[1], end[1]
     note = f"{len(lat):,}/{len(sent):,} results, {workers} worker(s), {moves:.0f} partition moves, {load()}"
     figure(f"command→result p50 at {rate:,}/s", q[49] * 1000, "ms", note)
     figure(f"command→result p99 at {rate:,}/s", q[98] * 1000, "ms")
@@ -242,7 +246,7 @@ def throughput(bootstrap: str, tmp: Path, count: int, workers: int, partitions: 
         done = wait_until(lambda: len(results.seen) >= count or proc.poll() is not None, 900, 0.02)
         last = max(results.seen.values(), default=launched)
         time.sleep(1.0)  # a duplicate written late would show now
-        moves, (txn_s, txns) = rebalances(port), summed(port, "foldline_transaction_duration_seconds")
+        moves, (txn_s, txns) = counters(port)
     finally:
         results.stop()
         proc.terminate()

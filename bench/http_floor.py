@@ -92,26 +92,22 @@ def floor_process(port: int, hold_ms: float) -> subprocess.Popen[bytes]:
 
 async def measure(rate: int, seconds: float, hold_ms: float = 20.0) -> float:
     """The floor server's CPU seconds per request at ``rate``/s (printed too)."""
-    from bench.gateway import RawConnections, cpu_seconds, offered_load, quantile
+    # bench.gateway imports this module to run the floor beside its loads: its helpers come in here.
+    from bench.gateway import RawConnections, measured_load, quantile
 
     port = free_port()
     proc = floor_process(port, hold_ms)
     try:
         if not wait_until(lambda: port_open(port), 30):
             raise RuntimeError("the HTTP floor server did not start")
-        connections = RawConnections(f"http://127.0.0.1:{port}", size=max(32, min(256, rate // 4)))
-        await connections.open()
-        try:
-            await offered_load(connections, "floor", rate, min(2.0, seconds), "warm")
-            await asyncio.sleep(0.5)
-            before = cpu_seconds(proc.pid)
-            latencies, statuses, elapsed, _ = await offered_load(connections, "floor", rate, seconds, "floor")
-            used = cpu_seconds(proc.pid) - before
-        finally:
-            await connections.close()
+        url = f"http://127.0.0.1:{port}"
+        latencies, statuses, elapsed, _, cpu = await measured_load(
+            RawConnections, url, "floor", rate, seconds, {"floor": proc.pid}
+        )
     finally:
         proc.terminate()
         proc.wait(30)
+    used = cpu["floor"]
     sent = max(1, sum(statuses.values()))
     note = f"{statuses.get(200, 0):,} answered in {elapsed:.1f}s, each held {hold_ms:.0f} ms; {load()}"
     figure(f"HTTP floor server CPU per request at {rate:,}/s", used / sent * 1e6, "µs", note)
