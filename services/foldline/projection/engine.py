@@ -210,6 +210,7 @@ class Projector:
         self.group.renew()  # its partitions are revoked or lost through the callbacks
         self.assigned.clear()
         self.positions.clear()
+        self._lag = None  # unknown until the new consumer has fetched
         self.group.subscribe()
 
     def _probe(self) -> bool:
@@ -410,16 +411,20 @@ class Projector:
         """
         return self._lag
 
-    def _measure_lag(self) -> int:
-        behind = 0
+    def _measure_lag(self) -> int | None:
+        """None until every assigned partition's end is known: right after an assignment the consumer has
+        not fetched from each partition yet, and counting those as 0 behind said "caught up" too early."""
+        behind: dict[int, int] = {}
         for p in self.assigned:
             low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
             position = self.positions.get(p, low)
-            if high >= 0 and position >= 0:
-                behind += max(0, high - position)
-                if self.state == "active":  # as the total: a rebuilding revision reports progress instead
-                    self._m_partition_lag(p).set(max(0, high - position))
-        return behind
+            if high < 0 or position < 0:
+                return None
+            behind[p] = max(0, high - position)
+        if self.state == "active":  # as the total: a rebuilding revision reports progress instead
+            for p, n in behind.items():
+                self._m_partition_lag(p).set(n)
+        return sum(behind.values())
 
     def _m_partition_lag(self, partition: int) -> Any:
         return metrics.PROJECTION_PARTITION_LAG.labels(self.spec.aggregate, self.spec.view, str(partition))
@@ -429,7 +434,7 @@ class Projector:
         if now >= self._next_lag and self.assigned:
             self._next_lag = now + 0.5
             self._lag = self._measure_lag()
-            if self.state == "active":  # a rebuilding revision reports its progress instead
+            if self._lag is not None and self.state == "active":  # a rebuilding revision reports progress
                 self._m_lag.set(self._lag)
 
     def close(self) -> None:
