@@ -6,7 +6,9 @@ Right after an assignment the consumer has fetched from some partitions only; th
 
 from __future__ import annotations
 
-from confluent_kafka import TopicPartition
+from typing import cast
+
+from confluent_kafka import Consumer, TopicPartition
 
 from foldline.projection import load_projection
 from foldline.projection.engine import Projector
@@ -32,7 +34,7 @@ def projector(tmp_path) -> tuple[Projector, Watermarks]:
     settings = ProjectorSettings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"), database="sqlite://")
     consumer = Watermarks()
     store = open_store(f"sqlite:///{tmp_path / 'views.db'}")
-    return Projector(spec, settings, store=store, consumer_factory=lambda protocol: consumer), consumer
+    return Projector(spec, settings, store=store, consumer_factory=lambda protocol: cast(Consumer, consumer)), consumer
 
 
 def test_lag_is_unknown_until_every_assigned_partition_has_an_end(tmp_path):
