@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from foldline.errors import ConfigurationError, KafkaAuthenticationError
@@ -89,6 +89,18 @@ def flush_producer(producer: Producer, timeout: float) -> int:
         if isinstance(exc.__cause__, KafkaException):
             raise exc.__cause__ from exc
         raise
+
+
+def discard(client: Producer | Consumer) -> None:
+    """Let go of a failed client without waiting on the broker: purge a producer's queue, close a consumer."""
+    try:
+        if isinstance(client, Producer):
+            client.purge()
+            client.flush(0)
+        else:
+            client.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.info("discarding a failed client", error=str(exc))
 
 
 def restore_consumer_config(kafka: KafkaSettings, group: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from the thread that owns it).
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -128,6 +129,19 @@ class KafkaWatch:
         self.down_since = None
         self.reason = ""
         self._up_at = self._heard = time.monotonic()
+
+
+def wait_for_broker(
+    stop: threading.Event, backoff: Backoff, answers: Callable[[], bool], beat: Callable[[], None]
+) -> bool:
+    """Wait out an outage: sleep ``backoff``'s next delay, then ask ``answers``, until it says yes (True) or
+    ``stop`` is set (False). ``beat`` runs every round: an engine waiting on purpose is not a hung loop."""
+    while not stop.is_set():
+        beat()
+        stop.wait(backoff.next())
+        if not stop.is_set() and answers():
+            return True
+    return False
 
 
 def broker_answers(client_config: dict[str, Any], topic: str, timeout: float = 5.0) -> bool:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from confluent_kafka import KafkaError
 
-from foldline.outage import Backoff, KafkaWatch
+from foldline.outage import Backoff, KafkaWatch, wait_for_broker
 
 
 def test_backoff_doubles_up_to_its_cap_and_jitters_within_the_upper_half():
@@ -66,3 +67,22 @@ def test_a_quiet_watch_asks_once_per_quiet_period_and_never_while_kafka_is_away(
     assert not watch.check_due()  # away: the engine's own probe with backoff asks instead
     watch.mark_up()
     assert not watch.check_due()
+
+
+def test_wait_for_broker_asks_after_each_delay_until_answered_and_gives_up_when_stopped():
+    stop = threading.Event()
+    answers = iter([False, False, True])
+    asked: list[int] = []
+    beats: list[int] = []
+
+    def ask() -> bool:
+        asked.append(1)
+        return next(answers)
+
+    quick = Backoff(first=0.001, cap=0.002)
+    assert wait_for_broker(stop, quick, ask, lambda: beats.append(1))
+    assert len(asked) == 3 and len(beats) == 3  # a beat each round: the waiting engine stays live
+
+    stop.set()
+    assert not wait_for_broker(stop, quick, ask, lambda: beats.append(1))
+    assert len(asked) == 3  # stopped: nothing asked any more

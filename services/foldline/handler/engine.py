@@ -22,28 +22,28 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from foldline.aggregate import AggregateSpec
-from foldline.clients import check_access, flush_producer
+from foldline.clients import check_access, discard, flush_producer
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError
 from foldline.handler.lag import CommandsLag
 from foldline.handler.task import PartitionTask
-from foldline.handler.txn import (
-    TXN_TIMEOUT,
-    Abort,
-    Recover,
-    call,
-    commit,
-    discard,
-    fenced,
-    producer_error,
-)
 from foldline.observability import metrics, series
-from foldline.outage import Backoff, KafkaWatch, broker_answers
+from foldline.outage import Backoff, KafkaWatch, broker_answers, wait_for_broker
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
 from foldline.store.restore import restore_partition, settle_after_restore
 from foldline.topics import TopicNames, handler_group
+from foldline.transactions import (
+    KAFKA_FAILURES,
+    TXN_TIMEOUT,
+    Abort,
+    Recover,
+    call,
+    commit,
+    fenced,
+    producer_error,
+)
 
 log = structlog.get_logger("foldline.handler")
 
@@ -246,14 +246,7 @@ class CommandHandler:
                     if not self._connected:
                         self._connect()
                     self.poll_once()
-                except (
-                    BrokerUnavailableError,
-                    KafkaAuthenticationError,
-                    KafkaFatalError,
-                    KafkaException,
-                    Abort,
-                    Recover,
-                ) as exc:
+                except KAFKA_FAILURES as exc:
                     self._recover(exc)
         finally:
             self.close()
@@ -292,15 +285,16 @@ class CommandHandler:
             fenced=was_fenced,
         )
         backoff = self._fenced_backoff if was_fenced else self._backoff
-        while not self.stop_event.is_set():
-            self._last_loop = time.monotonic()  # waiting on purpose is not a hung loop
-            self.stop_event.wait(backoff.next())
-            if not self.stop_event.is_set() and (self._probe() or self._others_reach_broker()):
-                self.watch.mark_up()  # every client is made anew below
-                break
-        if self.stop_event.is_set():
+        if not wait_for_broker(self.stop_event, backoff, self._broker_back, self._beat):
             return
+        self.watch.mark_up()  # every client is made anew below
         self._rebuild()
+
+    def _beat(self) -> None:
+        self._last_loop = time.monotonic()
+
+    def _broker_back(self) -> bool:
+        return self._probe() or self._others_reach_broker()
 
     def _probe(self) -> bool:
         """Does the broker answer a metadata request for the commands topic? (from this thread, bounded)"""

@@ -20,6 +20,11 @@ DEAD_LETTERS = Counter(
 )
 DEADLINES_FIRED = Counter("foldline_policy_deadlines_fired_total", "Deadlines that fired", ["policy"])
 TRANSACTIONS_ABORTED = Counter("foldline_policy_transactions_aborted_total", "Aborted transactions", ["policy"])
+KAFKA_RECOVERIES = Counter(
+    "foldline_policy_kafka_recoveries_total",
+    "Times a policy worker rebuilt its Kafka clients after a broker outage or a failed or fenced client",
+    ["policy", "cause"],
+)
 DEADLINES_SCHEDULED = Gauge(
     "foldline_policy_deadlines_scheduled",
     "Deadlines pending in this worker's partitions",
@@ -44,6 +49,8 @@ def policy_started(policy: str, sources: list[str]) -> None:
     COMMANDS.labels(policy)
     DEADLINES_FIRED.labels(policy)
     TRANSACTIONS_ABORTED.labels(policy)
+    for cause in ("failed", "fenced"):
+        KAFKA_RECOVERIES.labels(policy, cause)
     ASSIGNED_PARTITIONS.labels(policy).set(0)
 
 

@@ -6,6 +6,9 @@ input offsets commit in one transaction, so a crash either publishes all of them
 handlers read ``read_committed``). One ``PolicyTask`` per assigned (events topic, partition), each with
 its own local store restored from the policy's state topic. Every transactional call is made from the
 loop's own thread.
+
+A broker outage, a failed or a fenced producer does not end the worker: it says not-ready, waits until
+the broker answers and starts over with new clients from what Kafka committed, as the command handler does.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from typing import Any, cast
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from foldline.clients import flush_producer
+from foldline.clients import check_access, discard, flush_producer
 from foldline.consumer import ConsumerFactory, GroupMember
-from foldline.errors import BrokerUnavailableError, KafkaFatalError
+from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError
 from foldline.observability import policy_metrics as metrics
+from foldline.outage import Backoff, KafkaWatch, wait_for_broker
 from foldline.policies import PolicySpec
 from foldline.policy.task import PolicyTask
 from foldline.settings import PolicySettings
 from foldline.store.base import StateStore
 from foldline.store.restore import restore_partition, settle_after_restore
 from foldline.topics import PolicyTopics, TopicNames
+from foldline.transactions import KAFKA_FAILURES, TXN_TIMEOUT, Abort, call, commit, fenced
 
 #: How long a transaction's records may take to be delivered before it is aborted and run again (flush()
 #: without a bound would wait forever while the broker is away).
@@ -50,11 +55,15 @@ class PolicyWorker:
         settings: PolicySettings,
         *,
         consumer_factory: ConsumerFactory,
-        producer: Producer,
-        restore_consumer: Consumer,
+        producer_factory: Callable[[], Producer],
+        restore_consumer_factory: Callable[[], Consumer],
         open_partition_store: Callable[[str, int], StateStore],
+        broker_answers: Callable[[], bool],
+        watch: KafkaWatch | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """``broker_answers`` asks the broker with a new client of its own (the probe that tells an outage
+        from stranded clients); ``watch`` is the one whose ``on_error`` the consumers report to."""
         self.clock = clock
         self.spec = spec
         self.settings = settings
@@ -68,13 +77,20 @@ class PolicyWorker:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        self.producer = producer
-        self.restore_consumer = restore_consumer
+        self._new_producer = producer_factory
+        self._new_restore_consumer = restore_consumer_factory
+        self.producer = producer_factory()
+        self.restore_consumer = restore_consumer_factory()
+        self._broker_answers = broker_answers
+        self.watch = watch or KafkaWatch(f"policy {spec.name}")
+        self._backoff = Backoff()
+        self._fenced_backoff = Backoff(first=5.0, cap=30.0)  # rejoining at once would fence the other again
+        self._next_probe = 0.0
+        self._connected = False
         self._open_store = open_partition_store
         self.tasks: dict[Slot, PolicyTask] = {}
         self._state_offsets: dict[Slot, int] = {}
         self._restoring = 0
-        self._started = False
         self._last_loop = time.monotonic()
         self.stop_event = threading.Event()
         #: Totals since start, for logs and tests.
@@ -95,7 +111,7 @@ class PolicyWorker:
         return self._restoring > 0 or time.monotonic() - self._last_loop < 300.0
 
     def ready(self) -> bool:
-        return self._started and self._restoring == 0
+        return self._connected and self._restoring == 0 and self.watch.up
 
     # -- rebalance callbacks (inside consume(), never while a transaction is open) -------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -140,24 +156,88 @@ class PolicyWorker:
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
-        """React to events until ``stop()``; leaves no transaction open."""
-        self._call(self.producer.init_transactions, 60.0)
-        self.group.subscribe()
+        """React to events until ``stop()``; leaves no transaction open. Kafka failing never ends it: see
+        ``_recover``."""
         metrics.policy_started(self.spec.name, sorted(self.spec.sources))
-        self._started = True
-        log.info("policy worker started", policy=self.spec.name, sources=sorted(self.spec.sources))
         try:
             while not self.stop_event.is_set():
-                self.poll_once()
+                try:
+                    if not self._connected:
+                        self._connect()
+                    self.poll_once()
+                except KAFKA_FAILURES as exc:
+                    if self.stop_event.is_set():
+                        break
+                    self._recover(exc)
         finally:
             self.close()
+
+    def _connect(self) -> None:
+        # A refused login is not an outage, but the worker stays up all the same: not ready, asking again.
+        check_access(self.settings.kafka)
+        call(self.producer.init_transactions, TXN_TIMEOUT)  # fences predecessors, aborts their leftovers
+        self.group.subscribe()
+        self._connected = True
+        log.info("policy worker started", policy=self.spec.name, sources=sorted(self.spec.sources))
+
+    def _recover(self, cause: BaseException) -> None:
+        """Kafka failed us: wait until the broker answers, then start over with new clients.
+
+        Closing the group member gives the partitions up (their tasks and stores close); the new clients
+        begin from what Kafka committed, as a restarted process would: the new producer's
+        ``init_transactions`` aborts the open transaction, positions come from the group's committed offsets
+        and the tasks' states from their stores and the state topics.
+        """
+        self._connected = False
+        was_fenced = fenced(cause)
+        if isinstance(cause, KafkaAuthenticationError):
+            log.error("kafka refused this policy worker; not ready until it is accepted", policy=self.spec.name,
+                      reason=str(cause))  # fmt: skip
+        self.watch.mark_down(str(cause))
+        metrics.KAFKA_RECOVERIES.labels(self.spec.name, "fenced" if was_fenced else "failed").inc()
+        log.warning(
+            "kafka clients failed; waiting for the broker to rebuild them",
+            policy=self.spec.name,
+            cause=f"{type(cause).__name__}: {cause}",
+            fenced=was_fenced,
+        )
+        backoff = self._fenced_backoff if was_fenced else self._backoff
+        if not wait_for_broker(self.stop_event, backoff, self._broker_answers, self._beat):
+            return
+        self._rebuild()
+        self.watch.mark_up()
+        backoff.reset()
+
+    def _beat(self) -> None:
+        self._last_loop = time.monotonic()
+
+    def _rebuild(self) -> None:
+        self.group.renew()  # revokes or loses the partitions: their tasks close
+        for task in self.tasks.values():
+            task.close()
+        self.tasks.clear()
+        self._committed.clear()
+        self._state_offsets.clear()
+        metrics.ASSIGNED_PARTITIONS.labels(self.spec.name).set(0)
+        discard(self.restore_consumer)
+        discard(self.producer)
+        self.producer = self._new_producer()
+        self.restore_consumer = self._new_restore_consumer()
+        log.info("kafka clients rebuilt", policy=self.spec.name)
 
     def stop(self) -> None:
         self.stop_event.set()
 
     def poll_once(self) -> int:
-        self._last_loop = time.monotonic()
+        tick = self._last_loop = time.monotonic()
+        if not self.watch.up and tick >= self._next_probe:  # the consumer said the brokers are away: ask again
+            self._next_probe = tick + self._backoff.next()
+            if self._probe():
+                self._backoff.reset()
+            elif self.watch.stranded(self._broker_answers):
+                raise BrokerUnavailableError("the consumer cannot reach the broker, a new client can: replacing it")
         batch = self.group.next_batch(self.settings.max_batch, self.settings.commit_interval_ms / 1000.0)
+        self.watch.after_poll(bool(batch), self.consumer, self._probe_topic)
         # Deadlines are checked at most every commit interval (a wall-clock resolution well below a second).
         due = False
         if time.monotonic() >= self._next_deadline_check:
@@ -173,6 +253,21 @@ class PolicyWorker:
             self._next_gauges = time.monotonic() + GAUGE_INTERVAL_S
             self._update_gauges()
         return len(batch)
+
+    @property
+    def _probe_topic(self) -> str:
+        return min(self._source_of)
+
+    def _probe(self) -> bool:
+        """Does the broker answer a metadata request from the consumer? (from this thread, bounded)"""
+        try:
+            meta = self.consumer.list_topics(self._probe_topic, timeout=5.0)
+            ok = bool(meta.brokers) and meta.topics[self._probe_topic].error is None
+        except (KafkaException, KeyError, RuntimeError):
+            ok = False
+        if ok:
+            self.watch.mark_up()
+        return ok
 
     def _update_gauges(self) -> None:
         """Lag (the position against the last fetched read_committed end) and pending deadlines per
@@ -205,13 +300,13 @@ class PolicyWorker:
         if not ahead:
             return
         try:
-            self._call(self.producer.begin_transaction)
-            self._call(self.producer.send_offsets_to_transaction, ahead, self.consumer.consumer_group_metadata())
-            self._commit()
-        except _Abort as abort:
+            call(self.producer.begin_transaction)
+            self._send_offsets(ahead)
+            commit(self.producer, self.watch)
+        except Abort as abort:
             log.warning("transaction aborted", policy=self.spec.name, cause=str(abort.cause))
             try:
-                self.producer.abort_transaction(60.0)
+                self.producer.abort_transaction(TXN_TIMEOUT)
             except KafkaException as exc:
                 raise KafkaFatalError(f"abort failed: {exc}") from exc
             return
@@ -227,7 +322,7 @@ class PolicyWorker:
         for task in self.tasks.values():
             task.begin_batch()
         try:
-            self._call(self.producer.begin_transaction)
+            call(self.producer.begin_transaction)
             if fire:  # deadlines first: a command due now precedes what this batch's events emit
                 now = self.clock()
                 for task in self.tasks.values():
@@ -264,11 +359,11 @@ class PolicyWorker:
                     self._send(state_topic, key, value, slot[1], self._on_state_record)
             offsets = [TopicPartition(topic, p, o) for (topic, p), o in next_offsets.items()]
             if offsets:
-                self._call(self.producer.send_offsets_to_transaction, offsets, self.consumer.consumer_group_metadata())
-            if self._call(flush_producer, self.producer, TXN_FLUSH_S) > 0:
-                raise _Abort(BrokerUnavailableError("records not delivered in time"))
-            self._commit()
-        except _Abort as abort:
+                self._send_offsets(offsets)
+            if call(flush_producer, self.producer, TXN_FLUSH_S) > 0:
+                raise Abort(BrokerUnavailableError("records not delivered in time"))
+            commit(self.producer, self.watch)
+        except Abort as abort:
             metrics.TRANSACTIONS_ABORTED.labels(self.spec.name).inc()
             self._abort(first_offsets, abort.cause)
             for task in self.tasks.values():
@@ -317,25 +412,18 @@ class PolicyWorker:
             if offset > self._state_offsets.get(slot, -1):
                 self._state_offsets[slot] = offset
 
-    def _commit(self) -> None:
-        for _ in range(10):
-            try:
-                self.producer.commit_transaction(60.0)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.txn_requires_abort():
-                    raise _Abort(exc) from exc
-                if error.retriable():
-                    continue
-                raise KafkaFatalError(f"commit failed: {error.str()}") from exc
-        raise _Abort(BrokerUnavailableError("commit kept failing with retriable errors"))
+    def _send_offsets(self, offsets: list[TopicPartition]) -> None:
+        # librdkafka 2.16 can wait in send_offsets_to_transaction past its timeout while the coordinator is
+        # away (the command handler's outage test, under gdb): never enter it while the broker is known away.
+        if not self.watch.up:
+            raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
+        call(self.producer.send_offsets_to_transaction, offsets, self.consumer.consumer_group_metadata(), TXN_TIMEOUT)
 
     def _abort(self, first_offsets: dict[Slot, int], cause: BaseException) -> None:
         """Abort, forget in-memory changes, and rewind so the same events run again."""
         log.warning("transaction aborted", policy=self.spec.name, cause=str(cause))
         try:
-            self.producer.abort_transaction(60.0)
+            self.producer.abort_transaction(TXN_TIMEOUT)
         except KafkaException as exc:
             raise KafkaFatalError(f"abort failed: {exc}") from exc
         for slot, offset in first_offsets.items():
@@ -343,19 +431,6 @@ class PolicyWorker:
             if task is not None:
                 task.discard()
                 self.consumer.seek(TopicPartition(slot[0], slot[1], offset))
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a transactional API, sorting its errors into abort, retry and fatal."""
-        try:
-            return fn(*args)
-        except KafkaException as exc:
-            error = exc.args[0]
-            name = getattr(fn, "__name__", fn)
-            if error.txn_requires_abort():
-                raise _Abort(exc) from exc
-            if error.retriable() and not error.fatal():
-                raise BrokerUnavailableError(f"{name}: {error.str()}") from exc
-            raise KafkaFatalError(f"{name} failed: {error.str()}") from exc
 
     def close(self) -> None:
         try:
@@ -370,9 +445,3 @@ class PolicyWorker:
             except KafkaException as exc:  # fenced or failed: what it still held belongs to an aborted transaction
                 log.warning("flushing the producer at close failed", policy=self.spec.name, error=str(exc))
             log.info("policy worker stopped", policy=self.spec.name)
-
-
-class _Abort(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause

@@ -10,11 +10,12 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from foldline.clients import group_member_config, restore_consumer_config, transactional_producer_config
 from foldline.errors import ConfigurationError
+from foldline.outage import KafkaWatch, broker_answers
 from foldline.policies import PolicySpec
 from foldline.policy.engine import PolicyWorker
 from foldline.settings import PolicySettings
 from foldline.store.base import StateStore, open_state_store
-from foldline.topics import policy_group, policy_restore_group
+from foldline.topics import TopicNames, policy_group, policy_restore_group
 
 
 def build_policy_worker(
@@ -24,25 +25,36 @@ def build_policy_worker(
     group = policy_group(spec.name)
     state_root = Path(settings.state_dir) / "policy" / spec.name
 
+    watch = KafkaWatch(f"policy {spec.name}")
+
     def new_consumer(protocol: str) -> Consumer:
-        return Consumer(group_member_config(settings.kafka, group, protocol))
+        return Consumer({**group_member_config(settings.kafka, group, protocol), "error_cb": watch.on_error})
+
+    def new_producer() -> Producer:
+        return Producer(
+            transactional_producer_config(settings.kafka, f"foldline.policy.{spec.name}.{settings.instance_id}")
+        )
+
+    def new_restore_consumer() -> Consumer:
+        return Consumer(
+            {**restore_consumer_config(settings.kafka, policy_restore_group(spec.name)), "error_cb": watch.on_error}
+        )
 
     def new_store(source: str, partition: int) -> StateStore:
         return open_state_store(settings.store, state_root / source / f"partition-{partition}")
 
+    probe_topic = min(TopicNames(name).events for name in spec.sources)
     try:
-        producer = Producer(
-            transactional_producer_config(settings.kafka, f"foldline.policy.{spec.name}.{settings.instance_id}")
+        return PolicyWorker(
+            spec,
+            settings,
+            consumer_factory=new_consumer,
+            producer_factory=new_producer,
+            restore_consumer_factory=new_restore_consumer,
+            open_partition_store=new_store,
+            broker_answers=lambda: broker_answers(settings.kafka.client_config(), probe_topic),
+            watch=watch,
+            clock=clock,
         )
-        restore = Consumer(restore_consumer_config(settings.kafka, policy_restore_group(spec.name)))
     except KafkaException as exc:
         raise ConfigurationError(f"invalid Kafka client settings: {exc}") from exc
-    return PolicyWorker(
-        spec,
-        settings,
-        consumer_factory=new_consumer,
-        producer=producer,
-        restore_consumer=restore,
-        open_partition_store=new_store,
-        clock=clock,
-    )

@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaFatalError, RetryableError
 from foldline.observability import metrics, series
-from foldline.outage import Backoff, KafkaWatch, broker_answers
+from foldline.outage import Backoff, KafkaWatch, broker_answers, wait_for_broker
 from foldline.projection.api import ProjectionSpec
 from foldline.projection.apply import Applier, BatchResult, SourceMessage
 from foldline.projection.base import Registration, SqlStore
@@ -199,19 +199,20 @@ class Projector:
         self.watch.mark_down(str(cause))
         metrics.KAFKA_RECOVERIES.labels("projector", self.spec.aggregate, "failed").inc()
         self._log.warning("kafka consumer failed; waiting for the broker to replace it", cause=str(cause))
-        while not self.stop_event.is_set():
-            self._last_loop = time.monotonic()
-            self.stop_event.wait(self._backoff.next())
-            if self._probe() or self._others_reach_broker():  # the consumer is replaced anyway
-                self.watch.mark_up()
-                break
-        if self.stop_event.is_set():
+        if not wait_for_broker(self.stop_event, self._backoff, self._broker_back, self._beat):
             return
+        self.watch.mark_up()  # the consumer is replaced anyway
         self.group.renew()  # its partitions are revoked or lost through the callbacks
         self.assigned.clear()
         self.positions.clear()
         self._lag = None  # unknown until the new consumer has fetched
         self.group.subscribe()
+
+    def _beat(self) -> None:
+        self._last_loop = time.monotonic()
+
+    def _broker_back(self) -> bool:
+        return self._probe() or self._others_reach_broker()
 
     def _probe(self) -> bool:
         """Does the broker answer a metadata request for the source topic? (from this thread, bounded)"""

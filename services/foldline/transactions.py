@@ -1,6 +1,7 @@
-"""The command handler's transactional calls: their bounds, and how their failures are sorted.
+"""The transactional calls of the exactly-once engines (command handler, policy worker): their bounds, and
+how their failures are sorted.
 
-``Abort``: abort the transaction and run the same commands again. ``Recover``: only new Kafka clients can
+``Abort``: abort the transaction and run the same input again. ``Recover``: only new Kafka clients can
 go on (the engine waits for the broker and rebuilds them). A fenced producer is told apart, as it waits
 longer before rejoining.
 """
@@ -10,19 +11,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
-from foldline.errors import BrokerUnavailableError, KafkaFatalError
+from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError
 from foldline.outage import KafkaWatch
-
-log = structlog.get_logger("foldline.handler")
 
 # Bounds on the transactional calls: librdkafka's own timeouts, so the loop never blocks for long.
 TXN_TIMEOUT = 20.0
 COMMIT_ATTEMPTS = 3
 # librdkafka's codes for "another producer with this transactional id took over" (or bumped our epoch).
 FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+
+
+class Abort(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Recover(Exception):
+    """Only new Kafka clients can go on (see ``CommandHandler._recover``, ``PolicyWorker._recover``)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+#: What an engine's loop answers by waiting for the broker and starting over with new clients.
+KAFKA_FAILURES = (BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError, KafkaException, Abort, Recover)
 
 
 def call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -38,20 +54,6 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
         if error.retriable():
             raise BrokerUnavailableError(f"{getattr(fn, '__name__', fn)}: {error.str()}") from exc
         raise KafkaFatalError(f"{getattr(fn, '__name__', fn)} failed: {error.str()}") from exc
-
-
-class Abort(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class Recover(Exception):
-    """Only new Kafka clients can go on (see ``CommandHandler._recover``)."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 def fenced(exc: BaseException | None) -> bool:
@@ -74,26 +76,14 @@ def producer_error(producer: Producer) -> KafkaException | None:
     return None
 
 
-def discard(client: Producer | Consumer) -> None:
-    """Let go of a failed client without waiting on the broker: purge a producer's queue, close a consumer."""
-    try:
-        if isinstance(client, Producer):
-            client.purge()
-            client.flush(0)
-        else:
-            client.close()
-    except (KafkaException, RuntimeError) as exc:
-        log.info("discarding a failed client", error=str(exc))
-
-
 def commit(producer: Producer, watch: KafkaWatch) -> None:
     """Commit, resuming a retriable failure (as librdkafka allows).
 
     A commit that went through only when resumed spanned an outage longer than the call's timeout, and so
     longer than the transaction timeout (10 s), past which the coordinator aborts a transaction on its own.
     Whether this one was committed or aborted is then taken from Kafka, not from memory: ``Recover`` (new
-    clients, positions from the committed offsets, states from the snapshots topic). Once, in a full test
-    run, a handler that kept its in-memory positions after such a commit left commands unanswered for good
+    clients, positions from the committed offsets, states from the snapshots or state topics). Once, in a
+    full test run, a handler that kept its in-memory positions after such a commit left commands unanswered for good
     (docs/reliability.md). A commit that keeps failing has an unknown outcome too: ``Recover`` as well.
     """
     resumed: KafkaException | None = None

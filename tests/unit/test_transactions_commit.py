@@ -1,4 +1,4 @@
-"""The handler's commit: resumed after a retriable failure, its outcome is taken from Kafka (Recover)."""
+"""The exactly-once engines' commit: resumed after a retriable failure, its outcome is taken from Kafka (Recover)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from foldline.handler.txn import Recover, commit
 from foldline.outage import KafkaWatch
+from foldline.transactions import Recover, commit
 
 
 class Producer:
