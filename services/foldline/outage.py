@@ -32,6 +32,13 @@ QUIET_CHECK_S = 5.0
 #: Seconds an engine's own client may fail to reach the cluster before a new client is asked too: one that
 #: answers means the engine's client is stranded (see ``broker_answers``) and must be replaced.
 STRANDED_S = 30.0
+#: Seconds after which an engine's loop that has not turned is stuck in a client call: not ready.
+#: librdkafka 2.16's send_offsets_to_transaction can wait past its own timeout while the coordinator is
+#: away (rd_kafka_txn_op_req0 in an untimed cnd_wait, its issues #5456 and #5511); often it returns once the
+#: broker is back, but after some restarts it never did (docs/reliability.md). Readiness is all that can
+#: say so (no error callback runs meanwhile: they are served by the consumer's poll); liveness, after
+#: longer, has the process restarted.
+STALLED_S = 30.0
 
 
 class Backoff:

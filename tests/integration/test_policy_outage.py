@@ -1,7 +1,7 @@
-"""A policy worker through a broker outage, and with clients that cannot reach the broker at all.
+"""Policy workers through a broker outage, and with clients that cannot reach the broker at all.
 
-The worker stays up while the broker is away (not-ready on /readyz), waits for it and starts over with new
-clients from what Kafka committed; every invoice sent before, during and after the outage is charged once.
+A worker stays up while the broker is away (not-ready on /readyz), waits for it and starts over with new
+clients from what Kafka committed; every invoice sent before and after the outage is charged once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from foldline.records import Status
 from foldline.settings import KafkaSettings, PolicySettings
 from foldline.topics import TopicNames, policy_group
 from tests import named_policies
-from tests.faults_support import Sender, aggregate_name, free_port, get, log_events, own_broker, wait_until
+from tests.faults_support import aggregate_name, free_port, get, log_events, own_broker, wait_until
 from tests.integration.test_policies import (
     CUSTOMERS,
     Stack,
@@ -33,7 +33,7 @@ from tests.integration.test_policies import (
     start_aggregate,
 )
 from tests.integration.test_stranded_clients import Strand
-from tests.kafka_support import results, send, start_policy, wait_for_results
+from tests.kafka_support import HandlerProcess, results, send, start_policy, wait_for_results
 
 pytestmark = [pytest.mark.kafka]
 
@@ -55,52 +55,64 @@ def charged_once(bootstrap: str, stack: Stack, invoices: list[str]) -> None:
     assert set(charged) == set(invoices) and set(charged.values()) == {1}
 
 
-def test_a_policy_worker_waits_out_a_broker_outage_and_charges_each_invoice_once(tmp_path):
+def test_policy_workers_wait_out_a_broker_outage_and_charge_each_invoice_once(tmp_path):
+    """One worker runs through the outage, one is started during it: both stay up, not ready, and charge.
+
+    The outage falls between two bursts of invoices, not in the middle of one: under traffic librdkafka
+    2.16 now and then never returns from ``send_offsets_to_transaction`` after the broker restarts (its
+    issues #5456, #5511), in the handlers as in the worker, and only a restart of that process helps
+    (docs/reliability.md). A worker started while the broker is away fails ``init_transactions`` after
+    its 20 s bound and waits for the broker, where it used to exit.
+    """
     with own_broker() as broker:
         bootstrap = broker.bootstrap
         stack = Stack(AdminClient({"bootstrap.servers": bootstrap}), aggregate_name, partitions=3)
         handlers = [start_aggregate(bootstrap, stack, kind, tmp_path) for kind in ("invoices", "customers")]
-        port = free_port()
-        worker = start_policy(
-            bootstrap,
-            stack.policy_path("charge"),
-            tmp_path / "charge",
-            "c1",
-            tmp_path,
-            {"FOLDLINE_HTTP_PORT": str(port)},
-        )
+        ports = {"c1": free_port(), "c2": free_port()}
+
+        def worker(name: str) -> HandlerProcess:
+            env = {"FOLDLINE_HTTP_PORT": str(ports[name])}
+            return start_policy(bootstrap, stack.policy_path("charge"), tmp_path / name, name, tmp_path, env)
+
+        workers = [worker("c1")]
+        invoices = [f"INV-{i:03d}" for i in range(60)]
+        flows = [
+            invoice_flow(inv, CUSTOMERS[i % len(CUSTOMERS)], 1000 + i, pay=False) for i, inv in enumerate(invoices)
+        ]
         try:
             register_customers(bootstrap, stack)
-            wait_until(lambda: get(port, "/readyz") == 200, 180, "the policy worker to be ready")
-            invoices = [f"INV-{i:03d}" for i in range(150)]
-            flows = [
-                invoice_flow(inv, CUSTOMERS[i % len(CUSTOMERS)], 1000 + i, pay=False) for i, inv in enumerate(invoices)
-            ]
-            stream = [flow[n] for n in range(3) for flow in flows]  # create all, then add lines, then send
-            sender = Sender(bootstrap, TopicNames(stack.invoices).commands, stream, chunk=9, pause=0.1)
-            sender.start()
-            # Stopped while invoices are being sent, so while the worker charges them in transactions.
-            wait_until(lambda: sender.handed >= 330, 120, "sends under way before the outage")
+            wait_until(lambda: get(ports["c1"], "/readyz") == 200, 180, "the policy worker to be ready")
+            before = [c for flow in flows[:30] for c in flow]
+            send(bootstrap, TopicNames(stack.invoices).commands, before)
+            wait_for_results(bootstrap, stack.customers, len(CUSTOMERS) + 30, timeout=180)
+
             broker.stop()
-            wait_until(lambda: get(port, "/readyz") == 503, 120, "the policy worker to say not-ready")
-            time.sleep(12)  # longer than the transaction timeout (10 s): an open transaction times out meanwhile
-            assert worker.alive(), worker.log.read_text()[-3000:]
-            assert get(port, "/readyz") == 503
+            wait_until(lambda: get(ports["c1"], "/readyz") == 503, 120, "the running worker to say not-ready")
+            workers.append(worker("c2"))
+            wait_until(lambda: get(ports["c2"], "/healthz") == 200, 120, "the late worker's health port")
+            time.sleep(25)  # past the late worker's init_transactions bound (20 s)
+            assert all(w.alive() for w in workers), [w.log.read_text()[-2000:] for w in workers]
+            assert all(get(port, "/readyz") == 503 for port in ports.values())
             broker.start(keep_data=True, timeout=180.0)
-            wait_until(lambda: get(port, "/readyz") == 200, 300, "the policy worker to be ready after the outage")
-            sender.join(600)
-            assert not sender.failed, sender.failed
-            wait_for_results(bootstrap, stack.invoices, len(stream), timeout=300)
+            ready = lambda: all(get(port, "/readyz") == 200 for port in ports.values())  # noqa: E731
+            wait_until(ready, 300, "both workers to be ready after the outage")
+
+            after = [c for flow in flows[30:] for c in flow]
+            send(bootstrap, TopicNames(stack.invoices).commands, after)
+            wait_for_results(bootstrap, stack.invoices, len(before) + len(after), timeout=300)
             wait_for_results(bootstrap, stack.customers, len(CUSTOMERS) + len(invoices), timeout=300)
             committed_to_the_end(bootstrap, policy_group(stack.charge), TopicNames(stack.invoices).events, 3)
             charged_once(bootstrap, stack, invoices)
-            assert worker.alive() and all(h.alive() for h in handlers)
+            assert all(p.alive() for p in (*workers, *handlers))
         finally:
-            for proc in (worker, *handlers):
+            for proc in (*workers, *handlers):
                 if proc.alive():
                     proc.terminate()
-    events = [e.get("event") for e in log_events(worker.log)]
-    assert "kafka unavailable" in events and "kafka available again" in events
+    running = [e.get("event") for e in log_events(workers[0].log)]
+    assert "kafka unavailable" in running and "kafka available again" in running
+    assert "kafka clients rebuilt" in running  # not the clients that lived through the outage (see the docstring)
+    late = [e.get("event") for e in log_events(workers[1].log)]
+    assert "kafka clients failed; waiting for the broker to rebuild them" in late and "kafka clients rebuilt" in late
 
 
 def test_a_policy_worker_whose_clients_are_stranded_rebuilds_them(

@@ -28,7 +28,7 @@ from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, Ka
 from foldline.handler.lag import CommandsLag
 from foldline.handler.task import PartitionTask
 from foldline.observability import metrics, series
-from foldline.outage import Backoff, KafkaWatch, broker_answers, wait_for_broker
+from foldline.outage import STALLED_S, Backoff, KafkaWatch, broker_answers, wait_for_broker
 from foldline.records import Status
 from foldline.settings import HandlerSettings
 from foldline.store.base import StateStore
@@ -51,11 +51,7 @@ log = structlog.get_logger("foldline.handler")
 #: Far under the transaction timeout (10 s), past which the broker would fence the producer: a batch of
 #: commands on huge aggregates (each measured against FOLDLINE_MAX_RECORD_BYTES) can take that long.
 BATCH_BUDGET_S = 2.0
-# A loop that has not turned for this long is stuck in a client call: not ready. librdkafka 2.16's
-# send_offsets_to_transaction can wait past its own timeout while the coordinator is away (seen in
-# test_broker_outage.py with gdb: rd_kafka_txn_op_req0 in an untimed cnd_wait); it returns once the
-# broker is back, and only this thread may touch the producer, so readiness is all that can say so.
-_STALLED = 30.0
+# A loop stuck in a client call for this long is not live (a stall shorter than that: not ready, STALLED_S).
 _HUNG = 120.0
 #: A transaction that took longer is logged with its parts (processing, send_offsets, flush, commit): where a
 #: latency spike came from.
@@ -126,12 +122,12 @@ class CommandHandler:
 
     # -- health --------------------------------------------------------------------------------------
     def live(self) -> bool:
-        # A loop stuck in a client call this long will not come back by itself (see _STALLED): restart
+        # A loop stuck in a client call this long will not come back by itself (see STALLED_S): restart
         # the process. A long restore is progress, not a hang.
         return self._restoring > 0 or time.monotonic() - self._last_loop < _HUNG
 
     def ready(self) -> bool:
-        stalled = time.monotonic() - self._last_loop > _STALLED
+        stalled = time.monotonic() - self._last_loop > STALLED_S
         return self._started and self._connected and self._restoring == 0 and self.watch.up and not stalled
 
     # -- rebalance callbacks (called inside consume(), never while a transaction is open) --------------
@@ -336,9 +332,14 @@ class CommandHandler:
         self._last_loop = now
         if not self.watch.up and now >= self._next_probe:  # librdkafka said the brokers are away: ask again
             self._next_probe = now + self._backoff.next()
+            away = self.watch.reason
             if self._probe():
                 self._backoff.reset()
-            elif self.watch.stranded(self._others_reach_broker):
+                # Back, but not with these clients: after a broker restart librdkafka 2.16 now and then never
+                # returns from the next send_offsets_to_transaction (a coordinator it still has cached),
+                # so every outage ends with new clients (docs/reliability.md).
+                raise Recover(BrokerUnavailableError(f"the broker is back after an outage ({away})"))
+            if self.watch.stranded(self._others_reach_broker):
                 raise Recover(BrokerUnavailableError("this handler's clients cannot reach the broker, a new one can"))
         if now - self._lag_updated > 5.0:
             self._lag_updated = now
@@ -403,7 +404,7 @@ class CommandHandler:
                     self._send(produce, topics.snapshots, key, value, p, self._on_snapshot if i == last else None)
             processed = time.monotonic()
             offsets = [TopicPartition(topics.commands, p, o) for p, o in next_offsets.items()]
-            if not self.watch.up:  # see _STALLED: never enter send_offsets_to_transaction without a broker
+            if not self.watch.up:  # see STALLED_S: never enter send_offsets_to_transaction without a broker
                 raise Abort(BrokerUnavailableError(f"the broker is away: {self.watch.reason}"))
             call(
                 self.producer.send_offsets_to_transaction,

@@ -26,7 +26,7 @@ from foldline.clients import check_access, discard, flush_producer
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError
 from foldline.observability import policy_metrics as metrics
-from foldline.outage import Backoff, KafkaWatch, wait_for_broker
+from foldline.outage import STALLED_S, Backoff, KafkaWatch, wait_for_broker
 from foldline.policies import PolicySpec
 from foldline.policy.task import PolicyTask
 from foldline.settings import PolicySettings
@@ -111,7 +111,8 @@ class PolicyWorker:
         return self._restoring > 0 or time.monotonic() - self._last_loop < 300.0
 
     def ready(self) -> bool:
-        return self._connected and self._restoring == 0 and self.watch.up
+        stalled = time.monotonic() - self._last_loop > STALLED_S  # stuck in a client call (see STALLED_S)
+        return self._connected and self._restoring == 0 and self.watch.up and not stalled
 
     # -- rebalance callbacks (inside consume(), never while a transaction is open) -------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -232,9 +233,11 @@ class PolicyWorker:
         tick = self._last_loop = time.monotonic()
         if not self.watch.up and tick >= self._next_probe:  # the consumer said the brokers are away: ask again
             self._next_probe = tick + self._backoff.next()
-            if self._probe():
+            away = self.watch.reason
+            if self._probe():  # back, but new clients go on (see CommandHandler.poll_once)
                 self._backoff.reset()
-            elif self.watch.stranded(self._broker_answers):
+                raise BrokerUnavailableError(f"the broker is back after an outage ({away})")
+            if self.watch.stranded(self._broker_answers):
                 raise BrokerUnavailableError("the consumer cannot reach the broker, a new client can: replacing it")
         batch = self.group.next_batch(self.settings.max_batch, self.settings.commit_interval_ms / 1000.0)
         self.watch.after_poll(bool(batch), self.consumer, self._probe_topic)
