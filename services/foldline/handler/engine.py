@@ -92,7 +92,10 @@ class CommandHandler:
         self.restore_consumer = restore_consumer_factory()
         self._connected = False
         self._backoff = Backoff()
-        self._fenced_backoff = Backoff(first=5.0, cap=30.0)  # rejoining at once would fence the other again
+        self._fenced_backoff = Backoff(first=5.0, cap=30.0)
+        self._unanswered = (
+            0  # probes unanswered since Kafka was reported away  # rejoining at once would fence the other again
+        )
         self._next_probe = 0.0
         self._open_store = open_partition_store
         self.tasks: dict[int, PartitionTask] = {}
@@ -307,6 +310,7 @@ class CommandHandler:
         return broker_answers(self.settings.kafka.client_config(), self.topics.commands)
 
     def _rebuild(self) -> None:
+        self._unanswered = 0
         self.group.renew()  # revokes or loses the partitions: their tasks close
         for task in self.tasks.values():
             task.close()
@@ -335,12 +339,19 @@ class CommandHandler:
             away = self.watch.reason
             if self._probe():
                 self._backoff.reset()
+                was_away, self._unanswered = self._unanswered > 0, 0
                 # Back, but not with these clients: after a broker restart librdkafka 2.16 now and then never
                 # returns from the next send_offsets_to_transaction (a coordinator it still has cached),
-                # so every outage ends with new clients (docs/reliability.md).
-                raise Recover(BrokerUnavailableError(f"the broker is back after an outage ({away})"))
-            if self.watch.stranded(self._others_reach_broker):
-                raise Recover(BrokerUnavailableError("this handler's clients cannot reach the broker, a new one can"))
+                # so an outage ends with new clients (docs/reliability.md). A report answered at the first
+                # probe (a connection closed while idle) was no outage: the clients stay.
+                if was_away:
+                    raise Recover(BrokerUnavailableError(f"the broker is back after an outage ({away})"))
+            else:
+                self._unanswered += 1
+                if self.watch.stranded(self._others_reach_broker):
+                    raise Recover(
+                        BrokerUnavailableError("this handler's clients cannot reach the broker, a new one can")
+                    )
         if now - self._lag_updated > 5.0:
             self._lag_updated = now
             group = handler_group(self.spec.name)
