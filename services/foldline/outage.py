@@ -107,6 +107,18 @@ class KafkaWatch:
             else:
                 self.heard()
 
+    def probe(self, client: Consumer, topic: str) -> bool:
+        """Whether the broker answers a metadata request for ``topic`` from ``client`` (bounded; from the
+        thread that owns the client); an answer marks Kafka up."""
+        try:
+            meta = client.list_topics(topic, timeout=5.0)
+            ok = bool(meta.brokers) and meta.topics[topic].error is None
+        except (KafkaException, KeyError, RuntimeError):
+            ok = False
+        if ok:
+            self.mark_up()
+        return ok
+
     @property
     def up(self) -> bool:
         return self.down_since is None

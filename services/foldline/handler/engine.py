@@ -296,15 +296,7 @@ class CommandHandler:
         return self._probe() or self._others_reach_broker()
 
     def _probe(self) -> bool:
-        """Does the broker answer a metadata request for the commands topic? (from this thread, bounded)"""
-        try:
-            meta = self.restore_consumer.list_topics(self.topics.commands, timeout=5.0)
-            ok = bool(meta.brokers) and meta.topics[self.topics.commands].error is None
-        except (KafkaException, KeyError, RuntimeError):
-            ok = False
-        if ok:
-            self.watch.mark_up()
-        return ok
+        return self.watch.probe(self.restore_consumer, self.topics.commands)
 
     def _others_reach_broker(self) -> bool:
         return broker_answers(self.settings.kafka.client_config(), self.topics.commands)

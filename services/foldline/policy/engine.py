@@ -26,7 +26,7 @@ from foldline.clients import check_access, discard, flush_producer
 from foldline.consumer import ConsumerFactory, GroupMember
 from foldline.errors import BrokerUnavailableError, KafkaAuthenticationError, KafkaFatalError
 from foldline.observability import policy_metrics as metrics
-from foldline.outage import STALLED_S, Backoff, KafkaWatch, wait_for_broker
+from foldline.outage import STALLED_S, Backoff, KafkaWatch, broker_answers, wait_for_broker
 from foldline.policies import PolicySpec
 from foldline.policy.task import PolicyTask
 from foldline.settings import PolicySettings
@@ -58,17 +58,16 @@ class PolicyWorker:
         producer_factory: Callable[[], Producer],
         restore_consumer_factory: Callable[[], Consumer],
         open_partition_store: Callable[[str, int], StateStore],
-        broker_answers: Callable[[], bool],
         watch: KafkaWatch | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """``broker_answers`` asks the broker with a new client of its own (the probe that tells an outage
-        from stranded clients); ``watch`` is the one whose ``on_error`` the consumers report to."""
+        """``watch`` is the one whose ``on_error`` the consumers report to."""
         self.clock = clock
         self.spec = spec
         self.settings = settings
         self.topics = PolicyTopics(spec.name)
         self._source_of = {TopicNames(name).events: source for name, source in spec.sources.items()}
+        self._probe_topic = min(self._source_of)  # the topic the worker's own metadata requests name
         self.group = GroupMember(
             consumer_factory,
             settings.kafka.group_protocol,
@@ -81,7 +80,6 @@ class PolicyWorker:
         self._new_restore_consumer = restore_consumer_factory
         self.producer = producer_factory()
         self.restore_consumer = restore_consumer_factory()
-        self._broker_answers = broker_answers
         self.watch = watch or KafkaWatch(f"policy {spec.name}")
         self._backoff = Backoff()
         self._fenced_backoff = Backoff(first=5.0, cap=30.0)  # rejoining at once would fence the other again
@@ -204,7 +202,7 @@ class PolicyWorker:
             fenced=was_fenced,
         )
         backoff = self._fenced_backoff if was_fenced else self._backoff
-        if not wait_for_broker(self.stop_event, backoff, self._broker_answers, self._beat):
+        if not wait_for_broker(self.stop_event, backoff, self._others_reach_broker, self._beat):
             return
         self._rebuild()
         self.watch.mark_up()
@@ -243,7 +241,7 @@ class PolicyWorker:
                     raise BrokerUnavailableError(f"the broker is back after an outage ({away})")
             else:
                 self._unanswered += 1
-                if self.watch.stranded(self._broker_answers):
+                if self.watch.stranded(self._others_reach_broker):
                     raise BrokerUnavailableError("the consumer cannot reach the broker, a new client can: replacing it")
         batch = self.group.next_batch(self.settings.max_batch, self.settings.commit_interval_ms / 1000.0)
         self.watch.after_poll(bool(batch), self.consumer, self._probe_topic)
@@ -263,20 +261,12 @@ class PolicyWorker:
             self._update_gauges()
         return len(batch)
 
-    @property
-    def _probe_topic(self) -> str:
-        return min(self._source_of)
-
     def _probe(self) -> bool:
-        """Does the broker answer a metadata request from the consumer? (from this thread, bounded)"""
-        try:
-            meta = self.consumer.list_topics(self._probe_topic, timeout=5.0)
-            ok = bool(meta.brokers) and meta.topics[self._probe_topic].error is None
-        except (KafkaException, KeyError, RuntimeError):
-            ok = False
-        if ok:
-            self.watch.mark_up()
-        return ok
+        return self.watch.probe(self.consumer, self._probe_topic)
+
+    def _others_reach_broker(self) -> bool:
+        """Whether a new client of its own is answered (tells an outage from stranded clients)."""
+        return broker_answers(self.settings.kafka.client_config(), self._probe_topic)
 
     def _update_gauges(self) -> None:
         """Lag (the position against the last fetched read_committed end) and pending deadlines per

@@ -10,12 +10,12 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from foldline.clients import group_member_config, restore_consumer_config, transactional_producer_config
 from foldline.errors import ConfigurationError
-from foldline.outage import KafkaWatch, broker_answers
+from foldline.outage import KafkaWatch
 from foldline.policies import PolicySpec
 from foldline.policy.engine import PolicyWorker
 from foldline.settings import PolicySettings
 from foldline.store.base import StateStore, open_state_store
-from foldline.topics import TopicNames, policy_group, policy_restore_group
+from foldline.topics import policy_group, policy_restore_group
 
 
 def build_policy_worker(
@@ -43,7 +43,6 @@ def build_policy_worker(
     def new_store(source: str, partition: int) -> StateStore:
         return open_state_store(settings.store, state_root / source / f"partition-{partition}")
 
-    probe_topic = min(TopicNames(name).events for name in spec.sources)
     try:
         return PolicyWorker(
             spec,
@@ -52,7 +51,6 @@ def build_policy_worker(
             producer_factory=new_producer,
             restore_consumer_factory=new_restore_consumer,
             open_partition_store=new_store,
-            broker_answers=lambda: broker_answers(settings.kafka.client_config(), probe_topic),
             watch=watch,
             clock=clock,
         )

@@ -215,14 +215,8 @@ class Projector:
         return self._probe() or self._others_reach_broker()
 
     def _probe(self) -> bool:
-        """Does the broker answer a metadata request for the source topic? (from this thread, bounded)"""
-        try:
-            meta = self.consumer.list_topics(self.topic, timeout=5.0)
-            ok = bool(meta.brokers) and meta.topics[self.topic].error is None
-        except (KafkaException, KeyError, RuntimeError):
-            ok = False
+        ok = self.watch.probe(self.consumer, self.topic)
         if ok:
-            self.watch.mark_up()
             self._backoff.reset()
         return ok
 
