@@ -22,6 +22,8 @@ from tests.conftest import REPO
 CHART = REPO / "charts" / "foldline"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
 NAMESPACE = "observe-test"
+#: How far back a steady instant lies: past every scrape still running (1 s interval, 900 ms timeout).
+SETTLED_S = 3.0
 
 
 class Prometheus:
@@ -87,16 +89,39 @@ class Prometheus:
         self._write_targets()
         wait_until(lambda: not self.query(f'up{{pod="{pod}"}}'), 60, f"prometheus to drop {pod}")
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        body = self.http.get("/api/v1/query", params={"query": expr}).json()
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Evaluate ``expr`` now, or at the Unix time ``at`` (see :meth:`steady_instant`)."""
+        params: dict[str, str | float] = {"query": expr}
+        if at is not None:
+            params["time"] = at
+        body = self.http.get("/api/v1/query", params=params).json()
         assert body["status"] == "success", f"{expr}: {body}"
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
-    def value(self, expr: str) -> float:
-        result = self.query(expr)
+    def value(self, expr: str, at: float | None = None) -> float:
+        result = self.query(expr, at)
         assert len(result) == 1, f"{expr}: {result}"
         return float(result[0]["value"][1])
+
+    def steady_instant(self, pods: set[str], timeout: float = 60) -> float:
+        """An instant, no earlier than this call, at which the last scrape of every one of ``pods`` had
+        succeeded.
+
+        One scrape that misses its timeout on a loaded machine marks every series of that target stale,
+        and a query "now" then finds none of them. Evaluated at this instant, which lies further back than
+        any scrape still in flight, every check sees the same complete data however often it asks; and
+        since it is not before the call, it sees what the caller has already waited for.
+        """
+        not_before = time.time()
+        deadline = time.monotonic() + timeout
+        while True:
+            at = time.time() - SETTLED_S
+            up = {s["metric"]["pod"]: float(s["value"][1]) for s in self.query("up", at)} if at >= not_before else {}
+            if up and all(up.get(pod) == 1 for pod in pods):
+                return at
+            assert time.monotonic() < deadline, f"no instant with every one of {sorted(pods)} up: {up}"
+            time.sleep(0.5)
 
     def stop(self) -> None:
         self.http.close()

@@ -66,22 +66,23 @@ def test_operator_panels_and_alerts_against_a_real_prometheus(
         errors = 'foldline_operator_errors_total{kind="EventSourcedAggregate", reason="KafkaSecretMissing"}'
         wait_until(lambda: prometheus.query(errors), 60, "the missing Secret counted as an error")
 
+        at = prometheus.steady_instant({"operator", "handler"})  # one instant, every scrape complete
         empty = []
         for board, title, expr in panel_queries():
-            result = prometheus.query(fill(expr, name))  # every panel of every dashboard parses
+            result = prometheus.query(fill(expr, name), at)  # every panel of every dashboard parses
             if board == "foldline-operator.json" and not result:
                 empty.append(title)
         assert not empty, f"operator panels without data: {empty}"
         waiting_ready = prometheus.query(
-            f'min by (resource_name) (foldline_operator_resource_ready{{resource_namespace="{namespace}"}})'
+            f'min by (resource_name) (foldline_operator_resource_ready{{resource_namespace="{namespace}"}})', at
         )
         assert {s["metric"]["resource_name"]: s["value"][1] for s in waiting_ready} == {name: "1", waiting: "0"}
         reconciles = 'sum(foldline_operator_reconcile_seconds_count{kind="EventSourcedAggregate"})'
-        assert prometheus.value(reconciles) >= 2
+        assert prometheus.value(reconciles, at) >= 2
         for rule in alert_rules():
             prometheus.query(rule["expr"])
             for metric in set(re.findall(r"\bfoldline_operator_[a-z_]+", rule["expr"])):
-                assert prometheus.query(f"count({metric})"), f"{rule['alert']}: no {metric} scraped"
+                assert prometheus.query(f"count({metric})", at), f"{rule['alert']}: no {metric} scraped"
     finally:
         for pod in pods:
             pod.stop()

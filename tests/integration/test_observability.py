@@ -166,23 +166,25 @@ def test_dashboards_and_alerts_against_a_real_prometheus(
             time.sleep(3)  # a few more scrapes and rule evaluations
 
             check_metrics_lint(prometheus)
-            check_panels(prometheus, agg)
-            check_alerts(prometheus, agg)
+            # Every check reads one instant at which each process still running had just been scraped.
+            at = prometheus.steady_instant({"gateway", "handler-a", "projector-r2"})
+            check_panels(prometheus, agg, at)
+            check_alerts(prometheus, agg, at)
             check_variables(prometheus)
 
             # The values the test knows.
             panel = dict(((d, t), e) for d, t, e in panel_queries() if d == "foldline-aggregates.json")
-            dead_letters = prometheus.query(fill(panel["foldline-aggregates.json", "Dead letters (last 5m)"], agg))
+            dead_letters = prometheus.query(fill(panel["foldline-aggregates.json", "Dead letters (last 5m)"], agg), at)
             by_code = {s["metric"]["code"]: float(s["value"][1]) for s in dead_letters}
             assert abs(by_code.pop("undecodable") - 1) < 0.1 and set(by_code.values()) == {0.0}
             rebalances = fill(panel["foldline-aggregates.json", "Rebalances (last 5m)"], agg)
-            kinds = {s["metric"]["kind"]: float(s["value"][1]) for s in prometheus.query(rebalances)}
+            kinds = {s["metric"]["kind"]: float(s["value"][1]) for s in prometheus.query(rebalances, at)}
             # handler-a gave partitions to b and took them back (its first assignment may precede the first
             # scrape); b's series left with b. Each kind is there from the start.
             assert kinds["revoked"] >= 1 and kinds["assigned"] >= 1 and "lost" in kinds
             restores = f'sum(foldline_store_restore_seconds_count{{aggregate="{agg}"}})'
-            assert prometheus.value(restores) >= 4
-            assert prometheus.value(f'sum(foldline_store_restoring_partitions{{aggregate="{agg}"}})') == 0
+            assert prometheus.value(restores, at) >= 4
+            assert prometheus.value(f'sum(foldline_store_restoring_partitions{{aggregate="{agg}"}})', at) == 0
     finally:
         for proc in handlers.values():
             if proc.alive():
@@ -201,16 +203,16 @@ def check_metrics_lint(prometheus: Prometheus) -> None:
         assert done.returncode == 0, f"{pod}: {done.stdout.decode()}{done.stderr.decode()}"
 
 
-def check_panels(prometheus: Prometheus, agg: str) -> None:
+def check_panels(prometheus: Prometheus, agg: str, at: float) -> None:
     empty = []
     for board, title, expr in panel_queries():
-        result = prometheus.query(fill(expr, agg))  # asserts that it parses and evaluates
+        result = prometheus.query(fill(expr, agg), at)  # asserts that it parses and evaluates
         if not result and not NOT_EXERCISED.search(expr):
             empty.append(f"{board} / {title}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 
-def check_alerts(prometheus: Prometheus, agg: str) -> None:
+def check_alerts(prometheus: Prometheus, agg: str, at: float) -> None:
     rules = prometheus.http.get("/api/v1/rules").json()["data"]["groups"]
     loaded = {rule["name"]: rule for group in rules for rule in group["rules"]}
     assert set(loaded) == {rule["alert"] for rule in alert_rules()}
@@ -219,7 +221,7 @@ def check_alerts(prometheus: Prometheus, agg: str) -> None:
         prometheus.query(rule["expr"])  # parses and evaluates through the HTTP API
         for metric in set(re.findall(r"\bfoldline_[a-z_]+", rule["expr"])):
             if not NOT_EXERCISED.search(metric):
-                assert prometheus.query(f"count({metric})"), f"{rule['alert']}: no {metric} scraped"
+                assert prometheus.query(f"count({metric})", at), f"{rule['alert']}: no {metric} scraped"
     firing = [
         a["labels"]
         for a in prometheus.http.get("/api/v1/alerts").json()["data"]["alerts"]
