@@ -100,9 +100,15 @@ class Prometheus:
         return result
 
     def value(self, expr: str, at: float | None = None) -> float:
+        found = self.scalar(expr, at)
+        assert found is not None, f"{expr}: no value"
+        return found
+
+    def scalar(self, expr: str, at: float | None = None) -> float | None:
+        """The one value of ``expr``, or None if it has none (as when a target's last scrape failed)."""
         result = self.query(expr, at)
-        assert len(result) == 1, f"{expr}: {result}"
-        return float(result[0]["value"][1])
+        assert len(result) <= 1, f"{expr}: {result}"
+        return float(result[0]["value"][1]) if result else None
 
     def steady_instant(self, pods: set[str], timeout: float = 60) -> float:
         """An instant, no earlier than this call, at which the last scrape of every one of ``pods`` had
