@@ -79,6 +79,8 @@ class KafkaWatch:
         self._up_at = 0.0
         self._quiet_check = quiet_check
         self._heard = time.monotonic()
+        self._next_probe = 0.0
+        self._unanswered = 0  # the engine's requests left unanswered since Kafka was reported away
 
     def heard(self) -> None:
         """Kafka answered: records came, or a metadata request of the engine's own did."""
@@ -123,6 +125,35 @@ class KafkaWatch:
     def up(self) -> bool:
         return self.down_since is None
 
+    def recheck(
+        self,
+        backoff: Backoff,
+        probe: Callable[[], bool],
+        new_client_answers: Callable[[], bool],
+        renew_after_outage: bool = True,
+    ) -> str | None:
+        """While Kafka is away, ask again whenever ``backoff`` allows: ``probe`` is the engine's bounded request
+        from its own client (an answer marks Kafka up). Returns why the engine must replace its clients, or None.
+
+        - Stranded: unanswered for ``STRANDED_S`` while a new client is answered (``stranded``).
+        - Back after an outage (``renew_after_outage``, for engines with a transactional producer): librdkafka
+          2.16 now and then never returns from the next send_offsets_to_transaction after a broker restart
+          (a coordinator it still has cached; docs/reliability.md), so an outage ends with new clients. A
+          report answered at the first request (a connection the broker closed while idle) was no outage.
+        """
+        now = time.monotonic()
+        if self.up or now < self._next_probe:
+            return None
+        self._next_probe = now + backoff.next()
+        away, unanswered = self.reason, self._unanswered
+        if probe():
+            backoff.reset()
+            return f"the broker is back after an outage ({away})" if renew_after_outage and unanswered else None
+        self._unanswered += 1
+        if self.stranded(new_client_answers):
+            return f"the clients of {self.name} cannot reach the broker, a new client can"
+        return None
+
     def stranded(self, new_client_answers: Callable[[], bool]) -> bool:
         """Kafka has been away from the engine's own clients for ``STRANDED_S``, yet a new client is answered
         (``new_client_answers``, the engine's ``broker_answers``): its clients are stranded and must be replaced."""
@@ -137,6 +168,7 @@ class KafkaWatch:
     def mark_down(self, reason: str) -> None:
         if self.down_since is None:
             self.down_since = time.monotonic()
+            self._next_probe = 0.0  # the first recheck asks at once
             log.warning("kafka unavailable", engine=self.name, reason=reason)
         self.reason = reason
 
@@ -147,6 +179,7 @@ class KafkaWatch:
             )
         self.down_since = None
         self.reason = ""
+        self._unanswered = 0
         self._up_at = self._heard = time.monotonic()
 
 

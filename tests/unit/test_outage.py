@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from confluent_kafka import KafkaError
 
 from foldline.outage import Backoff, KafkaWatch, wait_for_broker
@@ -86,3 +87,64 @@ def test_wait_for_broker_asks_after_each_delay_until_answered_and_gives_up_when_
     stop.set()
     assert not wait_for_broker(stop, quick, ask, lambda: beats.append(1))
     assert len(asked) == 3  # stopped: nothing asked any more
+
+
+def test_recheck_asks_only_while_away_and_as_often_as_the_backoff_allows():
+    watch = KafkaWatch("test")
+    asked: list[int] = []
+
+    def unanswered() -> bool:
+        asked.append(1)
+        return False
+
+    backoff = Backoff(first=60.0)
+    assert watch.recheck(backoff, unanswered, lambda: True) is None and asked == []  # Kafka is up: no question
+    watch.mark_down("gone")
+    assert watch.recheck(backoff, unanswered, lambda: True) is None and asked == [1]  # the first asks at once
+    assert watch.recheck(backoff, unanswered, lambda: True) is None and asked == [1]  # then it waits
+
+
+def answering(watch: KafkaWatch):
+    """A probe the broker answers (which, like ``KafkaWatch.probe``, marks Kafka up)."""
+
+    def probe() -> bool:
+        watch.mark_up()
+        return True
+
+    return probe
+
+
+def test_a_report_answered_at_the_first_request_keeps_the_clients():
+    watch = KafkaWatch("test")
+    watch.mark_down("connection closed while idle")
+    assert watch.recheck(Backoff(), answering(watch), lambda: False) is None
+    assert up(watch)
+
+
+@pytest.mark.parametrize(
+    ("renew", "expected"), [(True, "the broker is back after an outage (all brokers down)"), (False, None)]
+)
+def test_an_outage_ends_with_new_clients_for_transactional_engines_only(renew, expected):
+    watch = KafkaWatch("test")
+    backoff = Backoff(first=0.001)
+    watch.mark_down("all brokers down")
+    assert watch.recheck(backoff, lambda: False, lambda: False, renew) is None  # unanswered
+    time.sleep(0.01)
+    assert watch.recheck(backoff, answering(watch), lambda: False, renew) == expected
+    assert up(watch) and backoff.attempts == 0
+    # The count went with the outage: the next report, answered at once, is no outage.
+    watch._up_at -= 5.0
+    watch.on_error(KafkaError(KafkaError._TRANSPORT))
+    assert watch.recheck(backoff, answering(watch), lambda: False, renew) is None
+
+
+def test_clients_away_for_long_while_a_new_client_is_answered_are_stranded():
+    watch = KafkaWatch("handler inv")
+    watch.mark_down("all brokers down")
+    assert watch.recheck(Backoff(first=0.001), lambda: False, lambda: True) is None  # not away for long yet
+    watch.down_since = time.monotonic() - 31.0
+    time.sleep(0.01)
+    assert watch.recheck(Backoff(first=0.001), lambda: False, lambda: False) is None  # an outage: nobody answers
+    time.sleep(0.01)
+    renew = watch.recheck(Backoff(first=0.001), lambda: False, lambda: True)
+    assert renew == "the clients of handler inv cannot reach the broker, a new client can"

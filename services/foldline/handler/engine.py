@@ -92,11 +92,7 @@ class CommandHandler:
         self.restore_consumer = restore_consumer_factory()
         self._connected = False
         self._backoff = Backoff()
-        self._fenced_backoff = Backoff(first=5.0, cap=30.0)
-        self._unanswered = (
-            0  # probes unanswered since Kafka was reported away  # rejoining at once would fence the other again
-        )
-        self._next_probe = 0.0
+        self._fenced_backoff = Backoff(first=5.0, cap=30.0)  # rejoining at once would fence the other again
         self._open_store = open_partition_store
         self.tasks: dict[int, PartitionTask] = {}
         self._snapshot_offsets: dict[int, int] = {}
@@ -302,7 +298,6 @@ class CommandHandler:
         return broker_answers(self.settings.kafka.client_config(), self.topics.commands)
 
     def _rebuild(self) -> None:
-        self._unanswered = 0
         self.group.renew()  # revokes or loses the partitions: their tasks close
         for task in self.tasks.values():
             task.close()
@@ -326,24 +321,10 @@ class CommandHandler:
         """Take one batch and process it in one transaction; returns the number of commands."""
         now = time.monotonic()
         self._last_loop = now
-        if not self.watch.up and now >= self._next_probe:  # librdkafka said the brokers are away: ask again
-            self._next_probe = now + self._backoff.next()
-            away = self.watch.reason
-            if self._probe():
-                self._backoff.reset()
-                was_away, self._unanswered = self._unanswered > 0, 0
-                # Back, but not with these clients: after a broker restart librdkafka 2.16 now and then never
-                # returns from the next send_offsets_to_transaction (a coordinator it still has cached),
-                # so an outage ends with new clients (docs/reliability.md). A report answered at the first
-                # probe (a connection closed while idle) was no outage: the clients stay.
-                if was_away:
-                    raise Recover(BrokerUnavailableError(f"the broker is back after an outage ({away})"))
-            else:
-                self._unanswered += 1
-                if self.watch.stranded(self._others_reach_broker):
-                    raise Recover(
-                        BrokerUnavailableError("this handler's clients cannot reach the broker, a new one can")
-                    )
+        # librdkafka said the brokers are away: ask again, and replace the clients if they must go.
+        renew = self.watch.recheck(self._backoff, self._probe, self._others_reach_broker)
+        if renew is not None:
+            raise Recover(BrokerUnavailableError(renew))
         if now - self._lag_updated > 5.0:
             self._lag_updated = now
             group = handler_group(self.spec.name)

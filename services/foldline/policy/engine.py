@@ -83,8 +83,6 @@ class PolicyWorker:
         self.watch = watch or KafkaWatch(f"policy {spec.name}")
         self._backoff = Backoff()
         self._fenced_backoff = Backoff(first=5.0, cap=30.0)  # rejoining at once would fence the other again
-        self._unanswered = 0  # probes unanswered since Kafka was reported away
-        self._next_probe = 0.0
         self._connected = False
         self._open_store = open_partition_store
         self.tasks: dict[Slot, PolicyTask] = {}
@@ -212,7 +210,6 @@ class PolicyWorker:
         self._last_loop = time.monotonic()
 
     def _rebuild(self) -> None:
-        self._unanswered = 0
         self.group.renew()  # revokes or loses the partitions: their tasks close
         for task in self.tasks.values():
             task.close()
@@ -230,19 +227,11 @@ class PolicyWorker:
         self.stop_event.set()
 
     def poll_once(self) -> int:
-        tick = self._last_loop = time.monotonic()
-        if not self.watch.up and tick >= self._next_probe:  # the consumer said the brokers are away: ask again
-            self._next_probe = tick + self._backoff.next()
-            away = self.watch.reason
-            if self._probe():  # back after an outage: new clients go on (see CommandHandler.poll_once)
-                self._backoff.reset()
-                was_away, self._unanswered = self._unanswered > 0, 0
-                if was_away:
-                    raise BrokerUnavailableError(f"the broker is back after an outage ({away})")
-            else:
-                self._unanswered += 1
-                if self.watch.stranded(self._others_reach_broker):
-                    raise BrokerUnavailableError("the consumer cannot reach the broker, a new client can: replacing it")
+        self._last_loop = time.monotonic()
+        # The consumer said the brokers are away: ask again, and replace the clients if they must go.
+        renew = self.watch.recheck(self._backoff, self._probe, self._others_reach_broker)
+        if renew is not None:
+            raise BrokerUnavailableError(renew)
         batch = self.group.next_batch(self.settings.max_batch, self.settings.commit_interval_ms / 1000.0)
         self.watch.after_poll(bool(batch), self.consumer, self._probe_topic)
         # Deadlines are checked at most every commit interval (a wall-clock resolution well below a second).

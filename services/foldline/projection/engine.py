@@ -87,7 +87,6 @@ class Projector:
         self.watch = watch or KafkaWatch(f"projector {spec.aggregate}/{spec.view}")
         self.database_up = True
         self._backoff = Backoff()
-        self._next_probe = 0.0
         self.state = "starting"  # then active | building | retired
         self.retired = False
         self.positions: dict[int, int] = {}
@@ -227,11 +226,12 @@ class Projector:
         self.stop_event.set()
 
     def poll_once(self) -> int:
-        self._last_loop = now = time.monotonic()
-        if not self.watch.up and now >= self._next_probe:  # librdkafka said the brokers are away: ask again
-            self._next_probe = now + self._backoff.next()
-            if not self._probe() and self.watch.stranded(self._others_reach_broker):
-                raise KafkaFatalError("the consumer cannot reach the broker, a new client can: replacing it")
+        self._last_loop = time.monotonic()
+        # librdkafka said the brokers are away: ask again. The consumer stays after an outage (it holds no
+        # transaction); stranded, it is replaced.
+        renew = self.watch.recheck(self._backoff, self._probe, self._others_reach_broker, renew_after_outage=False)
+        if renew is not None:
+            raise KafkaFatalError(renew)
         batch = self._next_batch()
         self.watch.after_poll(bool(batch), self.consumer, self.topic)
         try:
