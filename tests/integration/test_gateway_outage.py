@@ -77,9 +77,12 @@ def test_the_gateway_answers_through_an_outage_and_takes_commands_again_after_it
             wait_until(lambda: get(ports["handler"], "/readyz") == 200, 300, "the handler ready again")
 
             # The same gateway process takes commands again, each answered with its result.
+            answers: dict[str, dict[str, object]] = {}
+
             def accepted(invoice: str, command_id: str) -> bool:
                 r = create(client, agg, invoice, command_id, timeout=10)
                 assert r.status_code in (200, 503, 504), r.text  # 503/504 while the pieces reconnect
+                answers[invoice] = r.json()
                 return r.status_code == 200 and r.json()["status"] == "accepted"
 
             after = str(uuid.uuid4())
@@ -91,6 +94,7 @@ def test_the_gateway_answers_through_an_outage_and_takes_commands_again_after_it
             # The command sent during the outage, retried with its id, is handled once (``duplicate`` if its
             # first record reached the handler after all).
             wait_until(lambda: accepted("during", during), 120, "the retried command answered", step=1.0)
+            print(f"the retry of the command sent during the outage: duplicate={answers['during'].get('duplicate')}")
             for invoice in ("later-1", "later-2"):
                 r = create(client, agg, invoice, str(uuid.uuid4()))
                 assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
