@@ -161,6 +161,15 @@ class Runner:
         finally:
             lock.release()
 
+    def forget(self, namespace: str, name: str, uid: str) -> None:
+        """The resource is deleted: drop its series and its lock. A pass that read the resource just before
+        may still be running and would report it again after a plain removal, leaving a series no pass ever
+        removes (a "not Ready" that pages for ever): the removal waits for that pass."""
+        with self.locks.of(uid):
+            series.operator_resource_gone(self.kind, namespace, name)
+            self.locks.forget(uid)
+        self.backoff.forget(uid)
+
     def _pass(self, meta: Mapping[str, Any]) -> bool:
         uid, namespace, name = str(meta["uid"]), str(meta["namespace"]), str(meta["name"])
         bound = log.bind(kind=self.kind, namespace=namespace, name=name)
@@ -358,9 +367,13 @@ def register(
             schedule.seen(Tracked(kind, str(meta.namespace), str(meta.name), str(meta.uid)), time.monotonic())
             return
         schedule.gone(str(meta.uid))
-        locks.forget(str(body.metadata.uid))
-        backoff.forget(str(body.metadata.uid))
-        series.operator_resource_gone(kind, str(body.metadata.namespace), str(body.metadata.name))
+        runner = runtime.get(kind)
+        if isinstance(runner, Runner):
+            runner.forget(str(meta.namespace), str(meta.name), str(meta.uid))
+        else:  # before the start-up handler made the runners: no pass has run
+            locks.forget(str(meta.uid))
+            backoff.forget(str(meta.uid))
+            series.operator_resource_gone(kind, str(meta.namespace), str(meta.name))
         if kind == "EventSourcedAggregate" and not deletes_topics(body.spec):
             name = (body.get("status") or {}).get("aggregateName") or body.metadata.name
             message = f"deletionPolicy Retain: kept the topics of {name}"
