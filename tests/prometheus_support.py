@@ -121,11 +121,13 @@ class Prometheus:
         """
         not_before = time.time()
         deadline = time.monotonic() + timeout
+        up: dict[str, float] = {}
         while True:
             at = time.time() - SETTLED_S
-            up = {s["metric"]["pod"]: float(s["value"][1]) for s in self.query("up", at)} if at >= not_before else {}
-            if up and all(up.get(pod) == 1 for pod in pods):
-                return at
+            if at >= not_before:
+                up = {s["metric"]["pod"]: float(s["value"][1]) for s in self.query("up", at)}
+                if all(up.get(pod) == 1 for pod in pods):
+                    return at
             assert time.monotonic() < deadline, f"no instant with every one of {sorted(pods)} up: {up}"
             time.sleep(0.5)
 

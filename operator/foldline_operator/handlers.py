@@ -367,13 +367,8 @@ def register(
             schedule.seen(Tracked(kind, str(meta.namespace), str(meta.name), str(meta.uid)), time.monotonic())
             return
         schedule.gone(str(meta.uid))
-        runner = runtime.get(kind)
-        if isinstance(runner, Runner):
-            runner.forget(str(meta.namespace), str(meta.name), str(meta.uid))
-        else:  # before the start-up handler made the runners: no pass has run
-            locks.forget(str(meta.uid))
-            backoff.forget(str(meta.uid))
-            series.operator_resource_gone(kind, str(meta.namespace), str(meta.name))
+        # kopf starts watching only once the start-up handlers succeeded: the runners exist.
+        runtime[kind].forget(str(meta.namespace), str(meta.name), str(meta.uid))
         if kind == "EventSourcedAggregate" and not deletes_topics(body.spec):
             name = (body.get("status") or {}).get("aggregateName") or body.metadata.name
             message = f"deletionPolicy Retain: kept the topics of {name}"

@@ -141,8 +141,10 @@ class KafkaWatch:
           (a coordinator it still has cached; docs/reliability.md), so an outage ends with new clients. A
           report answered at the first request (a connection the broker closed while idle) was no outage.
         """
+        if self.up:  # every turn of the engine's loop: nothing more to do while Kafka answers
+            return None
         now = time.monotonic()
-        if self.up or now < self._next_probe:
+        if now < self._next_probe:
             return None
         self._next_probe = now + backoff.next()
         away, unanswered = self.reason, self._unanswered
